@@ -1,0 +1,549 @@
+"""The MTA configuration schema: the contract between the operator and the MTA.
+
+The operator renders an :class:`MtaConfig` into a ConfigMap as YAML (``model_dump(mode="json")``);
+the MTA loads it with :func:`load_config`. Secrets (TLS key, DKIM keys, credential hashes) are
+referenced by file path, because they are mounted from Kubernetes Secrets next to the ConfigMap.
+Every model forbids unknown fields so a typo in the rendered config fails loudly instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from smtpinfra_mta.passwords import hash_password, is_password_hash, verify_password
+
+__all__ = [
+    "ConfigError",
+    "MtaConfig",
+    "hash_password",
+    "load_config",
+    "parse_config",
+    "verify_password",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/smtp-infra/mta.yaml")
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|m|min|h|hour|d|day)\s*$")
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
+
+
+class ConfigError(Exception):
+    """The config file is missing, not YAML, or fails validation; the message says what to fix."""
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept seconds as a number or a string such as ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number of seconds or a string like '30s', '5m', '2h', '1d'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise ValueError(f"invalid duration {value!r}: use a number of seconds or e.g. '30s', '5m', '2h', '1d'")
+        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    return value
+
+
+def _parse_rate(value: Any) -> Any:
+    """Accept ``"100/h"`` style rates (KumoMTA's notation) and normalise them to messages per second."""
+    if isinstance(value, bool):
+        raise ValueError("a rate must look like '100/h' (units: s, m, h, d) or a number per second")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _RATE_RE.match(value)
+        if not m:
+            raise ValueError(f"invalid rate {value!r}: use e.g. '10/s', '300/m', '1000/h', '50000/d'")
+        return float(m.group(1)) / _RATE_UNITS[m.group(2)]
+    return value
+
+
+def _normalise_domain(value: Any) -> Any:
+    if isinstance(value, str):
+        d = value.strip().rstrip(".").lower()
+        try:
+            d = d.encode("idna").decode("ascii") if any(ord(c) > 127 for c in d) else d
+        except UnicodeError as exc:
+            raise ValueError(f"invalid domain name {value!r}") from exc
+        if not _DOMAIN_RE.match(d):
+            raise ValueError(f"invalid domain name {value!r}")
+        return d
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
+"""Seconds; YAML may say ``30``, ``"30s"``, ``"5m"``, ``"2h"`` or ``"1d"``."""
+Rate = Annotated[float, BeforeValidator(_parse_rate), Field(gt=0)]
+"""Events per second; YAML may say ``"100/h"``, ``"10/s"``, ``"5000/d"``."""
+DomainName = Annotated[str, BeforeValidator(_normalise_domain)]
+IPAddress = Annotated[str, BeforeValidator(lambda v: str(ipaddress.ip_address(v)) if isinstance(v, str) else v)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------------- listeners
+
+
+class TlsFiles(_Model):
+    """A certificate chain and key mounted from a Secret (kubernetes.io/tls layout by default)."""
+
+    cert_file: Path = Field(
+        Path("/etc/smtp-infra/tls/tls.crt"), description="PEM certificate chain presented to SMTP clients."
+    )
+    key_file: Path = Field(Path("/etc/smtp-infra/tls/tls.key"), description="PEM private key of the certificate.")
+
+
+class ListenerBase(_Model):
+    enabled: bool = Field(True, description="Whether this listener is started.")
+    bind: list[IPAddress] = Field(
+        default_factory=lambda: ["0.0.0.0"], min_length=1, description="Addresses to listen on (IPv4 or IPv6)."
+    )
+    proxy_protocol: bool = Field(
+        False,
+        description="Expect a HAProxy PROXY protocol (v1 or v2) header on every connection "
+        "(set when a load balancer in front preserves client addresses this way).",
+    )
+
+
+class SubmissionListener(ListenerBase):
+    """Authenticated submission (RFC 6409): STARTTLS, then AUTH PLAIN/LOGIN, before MAIL."""
+
+    port: int = Field(587, ge=1, le=65535, description="TCP port (587 by convention).")
+
+
+class ImplicitTlsListener(ListenerBase):
+    """Submission over implicit TLS (RFC 8314, port 465): TLS from the first byte, then AUTH."""
+
+    enabled: bool = Field(False, description="Whether the implicit-TLS listener is started.")
+    port: int = Field(465, ge=1, le=65535, description="TCP port (465 by convention).")
+
+
+class InboundListener(ListenerBase):
+    """Unauthenticated port 25 that accepts mail only for the bounce/return-path and FBL domains."""
+
+    port: int = Field(25, ge=1, le=65535, description="TCP port (25 by convention).")
+    domains: list[DomainName] = Field(
+        default_factory=list,
+        description="Domains this listener accepts recipients for: the return-path (asynchronous bounce) "
+        "domain and the feedback-loop (ARF complaint) domain. Everything else is refused with 5.7.1.",
+    )
+    starttls: bool = Field(True, description="Offer STARTTLS (not required) on port 25.")
+
+
+class Listeners(_Model):
+    submission: SubmissionListener = Field(
+        default_factory=SubmissionListener, description="Port 587: STARTTLS + AUTH required."
+    )
+    implicit_tls: ImplicitTlsListener = Field(
+        default_factory=ImplicitTlsListener, description="Port 465: implicit TLS + AUTH required (optional)."
+    )
+    inbound: InboundListener = Field(
+        default_factory=InboundListener, description="Port 25: inbound bounces and complaint reports only."
+    )
+
+
+class SmtpLimits(_Model):
+    """Per-session limits shared by all listeners."""
+
+    max_message_size: int = Field(
+        25 * 1024 * 1024, ge=1024, description="Largest message accepted in bytes (advertised as SIZE)."
+    )
+    max_recipients: int = Field(100, ge=1, le=100_000, description="Most RCPT TO accepted per transaction.")
+    command_timeout: Duration = Field(300.0, gt=0, description="Idle time before a session is closed (seconds).")
+    max_sessions: int = Field(1000, ge=1, description="Concurrent inbound sessions across all listeners.")
+    proxy_protocol_timeout: Duration = Field(5.0, gt=0, description="Time allowed for the PROXY header.")
+
+
+# --------------------------------------------------------------------------------------------- tenants
+
+
+class Credential(_Model):
+    """One SMTP login of a tenant; only the hash is stored, made with ``hash_password()``."""
+
+    username: str = Field(min_length=1, max_length=256, description="SMTP AUTH username.")
+    password_hash: str = Field(
+        description="Password hash from smtpinfra_mta.passwords.hash_password(): "
+        "'$scrypt$ln=..,r=..,p=..$salt$hash' or '$pbkdf2-sha256$rounds$salt$hash'.",
+        repr=False,
+    )
+
+    @field_validator("username")
+    @classmethod
+    def _no_control_chars(cls, v: str) -> str:
+        if any(ord(c) < 33 or c == ":" for c in v):
+            raise ValueError("username must not contain spaces, control characters or ':'")
+        return v
+
+    @field_validator("password_hash")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        if not is_password_hash(v):
+            raise ValueError(
+                "password_hash is not a supported hash; produce it with smtpinfra_mta.passwords.hash_password() "
+                "(formats '$scrypt$ln=N,r=R,p=P$salt$hash' or '$pbkdf2-sha256$rounds$salt$hash')"
+            )
+        return v
+
+
+class Quotas(_Model):
+    """Submission quotas; exceeding one answers 452/451 (temporary) so clients retry later."""
+
+    per_hour: int | None = Field(None, ge=0, description="Messages (per recipient) per rolling hour; null = no limit.")
+    per_day: int | None = Field(None, ge=0, description="Messages (per recipient) per rolling day; null = no limit.")
+
+
+class Tenant(_Model):
+    """A customer account allowed to submit mail."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="Tenant name (DNS label).")
+    credentials: list[Credential] = Field(default_factory=list, description="Inline SMTP logins (hashes only).")
+    credentials_file: Path | None = Field(
+        None,
+        description="File of 'username:password_hash' lines mounted from the tenant's credentials Secret; "
+        "merged with 'credentials'. Re-read on config reload.",
+    )
+    sender_domains: list[DomainName] = Field(
+        min_length=1,
+        description="Domains the tenant may use in MAIL FROM and in the header From "
+        "(exact match or a subdomain of one of them).",
+    )
+    quotas: Quotas = Field(default_factory=Quotas, description="Per-hour / per-day submission quotas.")
+    suspended: bool = Field(False, description="A suspended tenant is refused at MAIL FROM with 550 5.7.1.")
+    pool: str = Field(description="Name of the IP pool (see 'pools') this tenant's mail leaves from.")
+
+
+# --------------------------------------------------------------------------------------------- pools
+
+
+class SourceIp(_Model):
+    """A sending address bound for outbound connections, with the EHLO name its PTR record matches."""
+
+    address: IPAddress = Field(description="Local address to bind outbound SMTP connections to.")
+    ehlo_name: DomainName = Field(description="Host name sent in EHLO from this address (matches its PTR).")
+
+
+class Pool(_Model):
+    """The source IPs of one IpPool assigned to this replica."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="IpPool name.")
+    source_ips: list[SourceIp] = Field(min_length=1, description="Source IPs of this pool on this replica.")
+
+
+# --------------------------------------------------------------------------------------------- DKIM
+
+
+class DkimKey(_Model):
+    """A DKIM signing key; messages whose header From is in ``domain`` (or a subdomain) get signed."""
+
+    domain: DomainName = Field(description="Signing domain (d=).")
+    selector: str = Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$", description="Selector (s=).")
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = Field("rsa-sha256", description="Signature algorithm (a=).")
+    key_file: Path = Field(
+        description="Private key mounted from a Secret: PEM (PKCS#1 or PKCS#8); for ed25519 also the raw base64 seed."
+    )
+    headers: list[str] = Field(
+        default_factory=lambda: [
+            "From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "MIME-Version",
+            "Content-Type", "Content-Transfer-Encoding", "List-Unsubscribe", "List-Unsubscribe-Post",
+        ],
+        description="Header fields to sign (h=); From is always signed.",
+    )
+
+
+# --------------------------------------------------------------------------------------------- throttling
+
+
+class Provider(_Model):
+    """A mailbox provider recognised by its MX host names (KumoMTA's MX rollup)."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="Provider name, e.g. 'google'.")
+    mx_suffixes: list[DomainName] = Field(
+        min_length=1,
+        description="MX host suffixes; a destination whose MX hosts all end in one of them belongs to the provider, "
+        "and shares its limits with every other such destination.",
+    )
+
+
+class ThrottleRule(_Model):
+    """Traffic shaping for one scope; the most specific matching rule wins field by field."""
+
+    scope: Literal["default", "domain", "provider", "source_ip"] = Field(
+        description="What the rule applies to: everything, one recipient domain, one provider, or one source IP."
+    )
+    match: str | None = Field(
+        None, description="The domain, provider name or source IP address; must be empty for scope 'default'."
+    )
+    connection_limit: int | None = Field(None, ge=1, description="Concurrent outbound connections.")
+    max_message_rate: Rate | None = Field(None, description="Messages per time, e.g. '100/h'.")
+    max_connection_rate: Rate | None = Field(None, description="New connections per time, e.g. '10/m'.")
+    max_deliveries_per_connection: int | None = Field(None, ge=1, description="Messages sent over one connection.")
+
+    @model_validator(mode="after")
+    def _match_fits_scope(self) -> ThrottleRule:
+        if self.scope == "default":
+            if self.match:
+                raise ValueError("a 'default' throttle rule must not have 'match'")
+        elif not self.match:
+            raise ValueError(f"a '{self.scope}' throttle rule needs 'match'")
+        elif self.scope == "source_ip":
+            try:
+                ipaddress.ip_address(self.match)
+            except ValueError as exc:
+                raise ValueError(f"'match' of a source_ip rule must be an IP address, got {self.match!r}") from exc
+        return self
+
+
+class WarmupCap(_Model):
+    """A warm-up volume cap for one source IP (optionally only towards one provider). Survives restarts."""
+
+    source_ip: IPAddress = Field(description="Source IP the cap applies to.")
+    provider: str | None = Field(None, description="Provider name; null caps all traffic from the IP.")
+    per_hour: int | None = Field(None, ge=0, description="Messages per clock hour (UTC).")
+    per_day: int | None = Field(None, ge=0, description="Messages per day (UTC).")
+
+
+class AutomationRule(_Model):
+    """Response-driven shaping (KumoMTA automation): a remote reply matching ``regex`` triggers ``action``."""
+
+    name: str = Field(min_length=1, description="Rule name, for logs and metrics.")
+    regex: str = Field(description="Python regular expression searched in the remote reply text (code + text).")
+    scope: Literal["domain", "provider", "source_ip"] = Field(
+        "provider", description="What is suspended/slowed: the destination's domain or provider, or the source IP."
+    )
+    action: Literal["suspend", "throttle"] = Field(description="Stop sending, or lower max_message_rate.")
+    duration: Duration = Field(gt=0, description="How long the action lasts.")
+    max_message_rate: Rate | None = Field(None, description="The rate while throttled (action 'throttle').")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"regex does not compile: {exc}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _rate_for_throttle(self) -> AutomationRule:
+        if self.action == "throttle" and self.max_message_rate is None:
+            raise ValueError("action 'throttle' needs max_message_rate")
+        return self
+
+
+class Throttling(_Model):
+    providers: list[Provider] = Field(default_factory=list, description="Provider definitions (MX rollup).")
+    rules: list[ThrottleRule] = Field(
+        default_factory=lambda: [ThrottleRule(scope="default", connection_limit=10, max_deliveries_per_connection=100)],
+        description="Shaping rules. Precedence: source_ip > domain > provider > default.",
+    )
+    warmup: list[WarmupCap] = Field(default_factory=list, description="Warm-up caps per source IP.")
+    automation: list[AutomationRule] = Field(default_factory=list, description="Response-driven shaping rules.")
+
+    @model_validator(mode="after")
+    def _references(self) -> Throttling:
+        names = [p.name for p in self.providers]
+        if len(set(names)) != len(names):
+            raise ValueError("provider names must be unique")
+        for rule in self.rules:
+            if rule.scope == "provider" and rule.match not in names:
+                raise ValueError(f"throttle rule refers to unknown provider {rule.match!r}")
+        for cap in self.warmup:
+            if cap.provider is not None and cap.provider not in names:
+                raise ValueError(f"warm-up cap refers to unknown provider {cap.provider!r}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- delivery
+
+
+class Resolver(_Model):
+    """The DNS resolver used for MX/A lookups (a cluster-local caching resolver in production)."""
+
+    address: IPAddress | None = Field(None, description="Resolver address; null uses /etc/resolv.conf.")
+    port: int = Field(53, ge=1, le=65535, description="Resolver port.")
+    timeout: Duration = Field(5.0, gt=0, description="Lifetime of one lookup.")
+
+
+class TlsPolicy(_Model):
+    """Outbound STARTTLS policy for one destination domain."""
+
+    domain: DomainName = Field(description="Recipient domain.")
+    mode: Literal["opportunistic", "required"] = Field(description="'required' defers instead of sending in clear.")
+    verify: bool = Field(False, description="Verify the MX certificate and host name (with mode 'required').")
+
+
+class Delivery(_Model):
+    resolver: Resolver = Field(default_factory=Resolver, description="DNS resolver for MX lookups.")
+    port: int = Field(25, ge=1, le=65535, description="Remote SMTP port (25; other values only for testing).")
+    retry_schedule: list[Duration] = Field(
+        default_factory=lambda: [60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0],
+        min_length=1,
+        description="Delays before successive retries after a temporary failure; the last one repeats.",
+    )
+    max_queue_age: Duration = Field(
+        5 * 86400.0, gt=0, description="After this long in the queue a message is bounced (DSN, 4.4.7)."
+    )
+    starttls: Literal["opportunistic", "required"] = Field("opportunistic", description="Default STARTTLS policy.")
+    tls_policies: list[TlsPolicy] = Field(default_factory=list, description="Per-destination STARTTLS overrides.")
+    connect_timeout: Duration = Field(30.0, gt=0, description="TCP connect + banner timeout.")
+    command_timeout: Duration = Field(300.0, gt=0, description="Timeout for each SMTP command reply.")
+    idle_timeout: Duration = Field(5.0, ge=0, description="How long an idle outbound connection is kept for reuse.")
+    max_concurrency: int = Field(500, ge=1, description="Outbound connections across all destinations.")
+
+
+class Spool(_Model):
+    directory: Path = Field(Path("/var/spool/smtp-infra"), description="Spool directory (the replica's PVC).")
+    fsync: bool = Field(True, description="fsync before acknowledging; only tests may turn this off.")
+    group_commit_window: Duration = Field(
+        0.002, ge=0, le=1, description="How long a commit waits to batch other sessions' messages into one fsync."
+    )
+    idempotency_retention: Duration = Field(
+        86400.0, gt=0, description="How long a (tenant, idempotency key) pair is remembered after acceptance."
+    )
+
+
+class Suppression(_Model):
+    url: str = Field(
+        "sqlite:///var/spool/smtp-infra/suppression.db",
+        description="Database for suppression lists: 'sqlite:///path' (embedded default) or "
+        "'postgresql://user@host/db' (shared by replicas; password from PGPASSWORD / a mounted file).",
+    )
+
+
+class Http(_Model):
+    bind: IPAddress = Field("0.0.0.0", description="Address of the metrics/health HTTP server.")
+    port: int = Field(8080, ge=1, le=65535, description="Port of /metrics, /healthz, /readyz and /stats.")
+
+
+class Bounces(_Model):
+    return_path_domain: DomainName | None = Field(
+        None, description="Domain of the MTA's own address used as From of DSNs (MAILER-DAEMON@<domain>)."
+    )
+
+
+# --------------------------------------------------------------------------------------------- root
+
+
+class MtaConfig(_Model):
+    """The whole config of one MTA replica."""
+
+    version: Literal[1] = Field(1, description="Schema version of this file.")
+    hostname: DomainName = Field(description="This replica's host name (SMTP banner, Received, Reporting-MTA).")
+    listeners: Listeners = Field(default_factory=Listeners, description="SMTP listeners.")
+    tls: TlsFiles | None = Field(None, description="Server certificate for STARTTLS/implicit TLS.")
+    limits: SmtpLimits = Field(default_factory=SmtpLimits, description="Session limits.")
+    tenants: list[Tenant] = Field(default_factory=list, description="Tenants allowed to submit.")
+    pools: list[Pool] = Field(default_factory=list, description="IP pools (source IPs) on this replica.")
+    dkim: list[DkimKey] = Field(default_factory=list, description="DKIM signing keys.")
+    throttling: Throttling = Field(default_factory=Throttling, description="Traffic shaping and warm-up.")
+    delivery: Delivery = Field(default_factory=Delivery, description="Outbound delivery.")
+    spool: Spool = Field(default_factory=Spool, description="Durable message spool.")
+    suppression: Suppression = Field(default_factory=Suppression, description="Suppression list database.")
+    http: Http = Field(default_factory=Http, description="Metrics and health endpoints.")
+    bounces: Bounces = Field(default_factory=Bounces, description="DSN settings.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> MtaConfig:
+        pools = [p.name for p in self.pools]
+        if len(set(pools)) != len(pools):
+            raise ValueError("pool names must be unique")
+        addrs = [ip.address for p in self.pools for ip in p.source_ips]
+        if len(set(addrs)) != len(addrs):
+            raise ValueError("a source IP may belong to only one pool")
+        names = [t.name for t in self.tenants]
+        if len(set(names)) != len(names):
+            raise ValueError("tenant names must be unique")
+        users: dict[str, str] = {}
+        domains: dict[str, str] = {}
+        for t in self.tenants:
+            if t.pool not in pools:
+                raise ValueError(f"tenant {t.name!r} uses pool {t.pool!r}, which is not in 'pools' {pools}")
+            for c in t.credentials:
+                if c.username in users:
+                    raise ValueError(f"username {c.username!r} is used by tenants {users[c.username]!r} and {t.name!r}")
+                users[c.username] = t.name
+            for d in t.sender_domains:
+                if d in domains and domains[d] != t.name:
+                    raise ValueError(f"sender domain {d!r} is claimed by tenants {domains[d]!r} and {t.name!r}")
+                domains[d] = t.name
+        keys = [(k.domain, k.selector) for k in self.dkim]
+        if len(set(keys)) != len(keys):
+            raise ValueError("DKIM (domain, selector) pairs must be unique")
+        wants_tls = self.listeners.submission.enabled or self.listeners.implicit_tls.enabled
+        if wants_tls and self.tls is None:
+            raise ValueError("listeners.submission/implicit_tls need 'tls' (cert_file and key_file)")
+        if self.listeners.inbound.enabled and not self.listeners.inbound.domains:
+            raise ValueError("listeners.inbound is enabled but has no 'domains' (the bounce/FBL domains)")
+        return self
+
+    # Lookups used on hot paths; cheap enough to compute per call at config sizes we expect.
+    def pool(self, name: str) -> Pool:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def tenant(self, name: str) -> Tenant:
+        for t in self.tenants:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s) in the MTA config:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> MtaConfig:
+    """Validate already-parsed YAML/JSON data; raises :class:`ConfigError` with one line per problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the MTA config must be a mapping at the top level")
+    try:
+        return MtaConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: Path | str) -> MtaConfig:
+    """Read and validate the YAML config file the operator renders."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_config(data, str(p))
+
+
+def dump_config(cfg: MtaConfig) -> str:
+    """Render a config as YAML (what the operator writes into the ConfigMap)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -1,0 +1,343 @@
+"""Durable message spool with group commit.
+
+Contract: :meth:`Spool.commit` returns only after the message file (envelope + content) and, when
+present, its idempotency record are on disk and fsynced, and the directory entry is fsynced. The SMTP
+layer answers 250 to DATA only after that. Sessions that finish DATA at the same time share one
+commit round (one thread, all files written, then fsynced, renamed, one directory fsync), so the
+cost of an fsync is paid per batch rather than per message.
+
+Layout under the spool directory::
+
+    tmp/<id>              message being written (discarded on recovery)
+    queue/<id>.msg        committed message: magic line, JSON envelope line, raw content
+    queue/<id>.done       append-only JSON lines: recipients finished (delivered/bounced/suppressed)
+    idempotency.log       append-only JSON lines: [tenant, key, id, accepted_at]
+    corrupt/              unreadable files moved aside on recovery (never silently deleted)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"SMTPINFRA-SPOOL-1\n"
+Kind = Literal["submission", "dsn", "inbound"]
+
+
+def new_message_id() -> str:
+    """Sortable, unique queue id: hex nanoseconds + 48 random bits."""
+    return f"{time.time_ns():016x}{secrets.token_hex(6)}"
+
+
+@dataclass
+class SpooledMessage:
+    """The envelope of a queued message; the content stays on disk until delivery needs it."""
+
+    id: str
+    tenant: str
+    pool: str
+    mail_from: str
+    rcpts: list[str]
+    received_at: float
+    kind: Kind = "submission"
+    idempotency_key: str | None = None
+    size: int = 0
+    client: str = ""
+    done: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> list[str]:
+        return [r for r in self.rcpts if r not in self.done]
+
+    def to_json(self) -> bytes:
+        d = {
+            "id": self.id, "tenant": self.tenant, "pool": self.pool, "mail_from": self.mail_from,
+            "rcpts": self.rcpts, "received_at": self.received_at, "kind": self.kind,
+            "idempotency_key": self.idempotency_key, "size": self.size, "client": self.client,
+        }
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SpooledMessage:
+        d: dict[str, Any] = json.loads(data)
+        return cls(
+            id=d["id"], tenant=d["tenant"], pool=d["pool"], mail_from=d["mail_from"], rcpts=list(d["rcpts"]),
+            received_at=float(d["received_at"]), kind=d.get("kind", "submission"),
+            idempotency_key=d.get("idempotency_key"), size=int(d.get("size", 0)), client=d.get("client", ""),
+        )
+
+
+@dataclass
+class _Pending:
+    msg: SpooledMessage
+    content: bytes
+    future: asyncio.Future[None]
+
+
+class SpoolError(Exception):
+    """The spool could not persist a message; the SMTP layer answers 451 so the client retries."""
+
+
+class Spool:
+    """Owns one spool directory. Not safe to share a directory between processes."""
+
+    def __init__(self, directory: Path, *, fsync: bool = True, group_commit_window: float = 0.002,
+                 idempotency_retention: float = 86400.0) -> None:
+        self.directory = directory
+        self.queue_dir = directory / "queue"
+        self.tmp_dir = directory / "tmp"
+        self.corrupt_dir = directory / "corrupt"
+        self.idem_path = directory / "idempotency.log"
+        self._fsync = fsync
+        self._window = group_commit_window
+        self._retention = idempotency_retention
+        self._pending: list[_Pending] = []
+        self._wakeup: asyncio.Event | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._idem: dict[tuple[str, str], tuple[str, float]] = {}
+        self._idem_inflight: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self._idem_file: Any = None
+        self.commit_rounds = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> list[SpooledMessage]:
+        """Create directories, recover committed messages, start the committer. Returns the queue."""
+        recovered = await asyncio.to_thread(self._recover)
+        self._wakeup = asyncio.Event()
+        self._committer = asyncio.create_task(self._commit_loop(), name="spool-committer")
+        return recovered
+
+    async def close(self) -> None:
+        """Flush pending commits and stop."""
+        if self._committer is not None:
+            while self._pending:
+                await asyncio.sleep(0.001)
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
+        if self._idem_file is not None:
+            self._idem_file.close()
+            self._idem_file = None
+
+    def _recover(self) -> list[SpooledMessage]:
+        for d in (self.queue_dir, self.tmp_dir, self.corrupt_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp_dir.iterdir():  # never acknowledged, so never promised to anyone
+            leftover.unlink(missing_ok=True)
+        now = time.time()
+        self._idem.clear()
+        if self.idem_path.exists():
+            for line in self.idem_path.read_bytes().splitlines():
+                try:
+                    tenant, key, msg_id, ts = json.loads(line)
+                except (ValueError, TypeError):
+                    continue  # a torn last line from a crash before its fsync: that commit was never acked
+                if now - float(ts) < self._retention:
+                    self._idem[(tenant, key)] = (msg_id, float(ts))
+        self._rewrite_idempotency_log()
+        out: list[SpooledMessage] = []
+        for path in sorted(self.queue_dir.glob("*.msg")):
+            try:
+                msg = self._read_envelope(path)
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("corrupt spool file moved aside", extra={"file": path.name, "error": str(exc)})
+                path.rename(self.corrupt_dir / path.name)
+                continue
+            done_path = path.with_suffix(".done")
+            if done_path.exists():
+                for line in done_path.read_bytes().splitlines():
+                    try:
+                        rec = json.loads(line)
+                        msg.done[rec["rcpt"]] = rec["status"]
+                    except (ValueError, KeyError, TypeError):
+                        continue
+            if not msg.pending:
+                self._unlink_message(msg.id)
+                continue
+            out.append(msg)
+        self._fsync_dir(self.queue_dir)
+        return out
+
+    def _rewrite_idempotency_log(self) -> None:
+        tmp = self.directory / "idempotency.log.tmp"
+        with tmp.open("wb") as f:
+            for (tenant, key), (msg_id, ts) in self._idem.items():
+                f.write(json.dumps([tenant, key, msg_id, ts]).encode() + b"\n")
+            f.flush()
+            if self._fsync:
+                os.fsync(f.fileno())
+        tmp.replace(self.idem_path)
+        self._fsync_dir(self.directory)
+        self._idem_file = self.idem_path.open("ab")
+
+    def _read_envelope(self, path: Path) -> SpooledMessage:
+        with path.open("rb") as f:
+            if f.readline() != MAGIC:
+                raise ValueError("bad magic")
+            return SpooledMessage.from_json(f.readline())
+
+    # ------------------------------------------------------------------ commit
+
+    def lookup_idempotent(self, tenant: str, key: str) -> str | None:
+        """The queue id already accepted for (tenant, key), if remembered."""
+        hit = self._idem.get((tenant, key))
+        if hit is None:
+            return None
+        if time.time() - hit[1] >= self._retention:
+            del self._idem[(tenant, key)]
+            return None
+        return hit[0]
+
+    async def commit(self, msg: SpooledMessage, content: bytes) -> tuple[str, bool]:
+        """Persist a message durably. Returns (queue id, duplicate).
+
+        With an idempotency key that was already accepted for this tenant (or is being committed by a
+        concurrent session), nothing is written and the earlier id is returned with duplicate=True.
+        """
+        ikey = (msg.tenant, msg.idempotency_key) if msg.idempotency_key else None
+        if ikey is not None:
+            existing = self.lookup_idempotent(*ikey)
+            if existing is not None:
+                return existing, True
+            inflight = self._idem_inflight.get(ikey)
+            if inflight is not None:
+                return await asyncio.shield(inflight), True
+        assert self._wakeup is not None, "spool not opened"
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        idem_future: asyncio.Future[str] | None = None
+        if ikey is not None:
+            idem_future = loop.create_future()
+            self._idem_inflight[ikey] = idem_future
+        msg.size = len(content)
+        self._pending.append(_Pending(msg, content, done))
+        self._wakeup.set()
+        try:
+            await done
+        except BaseException as exc:
+            if ikey is not None and idem_future is not None:
+                self._idem_inflight.pop(ikey, None)
+                if not idem_future.done():
+                    idem_future.set_exception(SpoolError(str(exc)))
+                    idem_future.exception()  # mark retrieved
+            raise
+        if ikey is not None and idem_future is not None:
+            self._idem[ikey] = (msg.id, msg.received_at)
+            self._idem_inflight.pop(ikey, None)
+            idem_future.set_result(msg.id)
+        return msg.id, False
+
+    async def _commit_loop(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._window > 0:
+                await asyncio.sleep(self._window)
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                await asyncio.to_thread(self._write_batch, batch)
+            except Exception as exc:  # disk full, I/O error: every session in the batch gets 451
+                log.error("spool commit failed", extra={"error": str(exc), "messages": len(batch)})
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(SpoolError(str(exc)))
+                continue
+            self.commit_rounds += 1
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_result(None)
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        files = []
+        try:
+            for p in batch:
+                tmp = self.tmp_dir / p.msg.id
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                files.append((fd, tmp, p))
+                os.write(fd, MAGIC + p.msg.to_json() + b"\n")
+                view = memoryview(p.content)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            if self._fsync:
+                for fd, _, _ in files:
+                    os.fdatasync(fd)
+        finally:
+            for fd, _, _ in files:
+                os.close(fd)
+        for _, tmp, p in files:
+            tmp.rename(self.queue_dir / f"{p.msg.id}.msg")
+        idem_lines = [
+            json.dumps([p.msg.tenant, p.msg.idempotency_key, p.msg.id, p.msg.received_at]).encode() + b"\n"
+            for p in batch
+            if p.msg.idempotency_key
+        ]
+        if idem_lines:
+            self._idem_file.write(b"".join(idem_lines))
+            self._idem_file.flush()
+            if self._fsync:
+                os.fdatasync(self._idem_file.fileno())
+        self._fsync_dir(self.queue_dir)
+
+    def _fsync_dir(self, path: Path) -> None:
+        if not self._fsync:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ after delivery
+
+    def read_content(self, msg_id: str) -> bytes:
+        """The raw message as received (after DKIM signing)."""
+        with (self.queue_dir / f"{msg_id}.msg").open("rb") as f:
+            f.readline()
+            f.readline()
+            return f.read()
+
+    async def record_done(self, msg: SpooledMessage, results: Iterable[tuple[str, str]]) -> None:
+        """Durably note finished recipients; removes the message once none is pending."""
+        lines = []
+        for rcpt, status in results:
+            msg.done[rcpt] = status
+            lines.append(json.dumps({"rcpt": rcpt, "status": status, "at": time.time()}).encode() + b"\n")
+        if not lines:
+            return
+        finished = not msg.pending
+        await asyncio.to_thread(self._append_done, msg.id, b"".join(lines), finished)
+
+    def _append_done(self, msg_id: str, data: bytes, finished: bool) -> None:
+        if finished:
+            self._unlink_message(msg_id)
+            self._fsync_dir(self.queue_dir)
+            return
+        with (self.queue_dir / f"{msg_id}.done").open("ab") as f:
+            f.write(data)
+            f.flush()
+            if self._fsync:
+                os.fdatasync(f.fileno())
+
+    def _unlink_message(self, msg_id: str) -> None:
+        (self.queue_dir / f"{msg_id}.msg").unlink(missing_ok=True)
+        (self.queue_dir / f"{msg_id}.done").unlink(missing_ok=True)
+
+    def queued_ids(self) -> list[str]:
+        return sorted(p.stem for p in self.queue_dir.glob("*.msg"))

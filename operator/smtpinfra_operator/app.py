@@ -1,0 +1,44 @@
+"""Kopf wiring: storage, peering and the entry point `smtp-infra operator run` calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from smtpinfra_api.meta import GROUP
+
+PEERING_NAME = "smtp-infra"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Keep Kopf's bookkeeping in status, not in annotations of the user's objects.
+
+    Annotations would show up as drift in GitOps diffs; `status.kopf` is declared in every
+    CRD's schema (with preserve-unknown-fields) so the API server does not prune it.
+    """
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+        field="status.kopf.lastHandledConfiguration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+
+
+def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: str | None = None) -> None:
+    """Run the operator until interrupted; handlers register on import."""
+    from . import handlers  # noqa: F401  (registration side effect)
+
+    asyncio.run(
+        kopf.operator(
+            clusterwide=True,
+            standalone=standalone,
+            peering_name=peering_name,
+            liveness_endpoint=liveness,
+        )
+    )

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds the local control-plane binaries from the pinned Go wrapper modules in testenv/go/
+# into a cache outside the repository. Only missing binaries are built, so a warm cache
+# costs nothing. Usage: build-controlplane.sh [CACHE_DIR]
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+K8S_VERSION=v1.36.3
+cache=${1:-${SMTP_INFRA_CACHE:-$HOME/.cache/smtp-infra}}
+bin="$cache/controlplane-$K8S_VERSION/bin"
+mkdir -p "$bin"
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+need() { for b in "$@"; do [ -x "$bin/$b" ] || return 0; done; return 1; }
+log() { printf '[controlplane] %s\n' "$*" >&2; }
+
+if need etcd; then
+  log "building etcd"
+  (cd "$here/go/etcd" && go build -trimpath -o "$bin/etcd.tmp" . && mv "$bin/etcd.tmp" "$bin/etcd")
+fi
+
+if need kube-apiserver kube-controller-manager kube-scheduler kubectl; then
+  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ($K8S_VERSION)"
+  major=${K8S_VERSION#v}; major=${major%%.*}
+  minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
+  ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  tmp="$bin/.k8s.tmp"; mkdir -p "$tmp"
+  (cd "$here/go/kubernetes" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  mv "$tmp"/* "$bin/" && rmdir "$tmp"
+fi
+
+if need kwok; then
+  log "building kwok"
+  (cd "$here/go/kwok" && go build -trimpath -ldflags "-s -w" -o "$bin/kwok.tmp" sigs.k8s.io/kwok/cmd/kwok && mv "$bin/kwok.tmp" "$bin/kwok")
+fi
+
+if need helm; then
+  log "building helm"
+  (cd "$here/go/helm" && go build -trimpath -ldflags "-s -w" -o "$bin/helm.tmp" helm.sh/helm/v3/cmd/helm && mv "$bin/helm.tmp" "$bin/helm")
+fi
+
+log "binaries in $bin"
+echo "$bin"
