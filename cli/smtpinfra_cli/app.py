@@ -37,7 +37,7 @@ def crds_generate(
         stale = crdgen.stale(directories)
         if stale:
             for path in stale:
-                console.print(f"[red]stale:[/] {path}")
+                typer.echo(f"stale: {path}", err=True)
             console.print("Run `smtp-infra crds generate` and commit the result.")
             raise typer.Exit(1)
         console.print(f"CRDs up to date in {', '.join(map(str, directories))}")

@@ -122,8 +122,8 @@ class Spool:
     async def close(self) -> None:
         """Flush pending commits and stop."""
         if self._committer is not None:
-            while self._pending:
-                await asyncio.sleep(0.001)
+            if self._pending:
+                await asyncio.gather(*(p.future for p in self._pending), return_exceptions=True)
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer

@@ -30,7 +30,7 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if "$ref" not in node:
         return node
     name = node["$ref"].rsplit("/", 1)[-1]
-    merged = copy.deepcopy(defs[name])
+    merged: dict[str, Any] = copy.deepcopy(defs[name])
     for key, value in node.items():
         if key != "$ref":
             merged[key] = value

@@ -57,9 +57,9 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
     """One ``x-kubernetes-validations`` entry; the message must tell the user what to fix."""
-    entry = {"rule": rule, "message": message}
+    entry: dict[str, Any] = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
     if reason:
@@ -67,7 +67,7 @@ def cel(rule: str, message: str, *, field_path: str | None = None, reason: str |
     return entry
 
 
-def immutable(field: str) -> dict[str, str]:
+def immutable(field: str) -> dict[str, Any]:
     """A transition rule that refuses any change of ``field`` once set."""
     return cel("self == oldSelf", f"{field} is immutable; delete and recreate the object to change it")
 

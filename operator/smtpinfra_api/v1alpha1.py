@@ -21,7 +21,6 @@ from .meta import (
     Duration,
     Email,
     Fqdn,
-    LocalObjectReference,
     NamespacedObjectReference,
     ObjectName,
     Percent,
@@ -1060,7 +1059,7 @@ class Kind:
     status_model: ClassVar[type[CommonStatus]]
     description: ClassVar[str]
     columns: ClassVar[list[PrinterColumn]]
-    top_level_validations: ClassVar[list[dict[str, str]]] = []
+    top_level_validations: ClassVar[list[dict[str, Any]]] = []
 
     @classmethod
     def singular(cls) -> str:

@@ -98,13 +98,13 @@ def build_status(current: dict[str, Any] | None, outcome: Outcome, generation: i
         conditions = set_condition(conditions, STALLED, TRUE, outcome.reason, outcome.message, generation, now)
     else:
         conditions = set_condition(conditions, STALLED, FALSE, "NotStalled", "", generation, now)
-    for type_, status, reason, message in outcome.extra_conditions:
-        conditions = set_condition(conditions, type_, status, reason, message, generation, now)
-    status: dict[str, Any] = {"conditions": conditions}
+    for type_, value, reason, message in outcome.extra_conditions:
+        conditions = set_condition(conditions, type_, value, reason, message, generation, now)
+    result: dict[str, Any] = {"conditions": conditions}
     if generation is not None:
-        status["observedGeneration"] = generation
-    status.update(outcome.fields)
-    return status
+        result["observedGeneration"] = generation
+    result.update(outcome.fields)
+    return result
 
 
 def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client, config
@@ -30,9 +30,9 @@ def custom_objects_api() -> client.CustomObjectsApi:
     global _api
     if _api is None:
         try:
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
-            config.load_kube_config()
+            config.load_kube_config()  # type: ignore[no-untyped-call]
         _api = client.CustomObjectsApi()
     return _api
 
@@ -83,6 +83,6 @@ def _event(body: Mapping[str, Any], ready: dict[str, Any]) -> None:
     kind = "Normal" if ready["status"] != "False" else "Warning"
     message = ready.get("message") or f"Ready is {ready['status']}"
     try:
-        kopf.event(dict(body), type=kind, reason=ready["reason"], message=message[:1024])
+        kopf.event(cast(kopf.Body, body), type=kind, reason=ready["reason"], message=message[:1024])
     except Exception:  # events are best-effort; never fail a reconcile on them
         log.exception("could not post event")

@@ -38,6 +38,10 @@ CONTROLLER_MANAGER = ClientIdentity("kube-controller-manager", "system:kube-cont
 SCHEDULER = ClientIdentity("kube-scheduler", "system:kube-scheduler")
 KWOK = ClientIdentity("kwok", "kwok-controller", ("system:masters",))
 CLIENTS = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK)
+# The API server's client identity towards aggregated API servers, signed by its own CA (the
+# "front proxy" CA) as Kubernetes requires. Configuring it also publishes the requestheader CA
+# that kube-controller-manager and kube-scheduler look up for their delegated authentication.
+FRONT_PROXY_CLIENT = ClientIdentity("front-proxy-client", "front-proxy-client")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,14 @@ class Pki:
     @property
     def apiserver_key(self) -> Path:
         return self.root / "kube-apiserver.key"
+
+    @property
+    def front_proxy_ca_cert(self) -> Path:
+        return self.root / "front-proxy-ca.crt"
+
+    @property
+    def front_proxy_ca_key(self) -> Path:
+        return self.root / "front-proxy-ca.key"
 
     @property
     def sa_key(self) -> Path:
@@ -151,9 +163,13 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def _make_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _load_or_make_ca(
+    cert_path: Path, key_path: Path, common_name: str
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    if cert_path.exists() and key_path.exists():
+        return x509.load_pem_x509_certificate(cert_path.read_bytes()), _load_key(key_path)
     key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtp-infra-testenv-ca")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -181,8 +197,8 @@ def _make_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(pki.ca_key, _key_pem(key))
-    _write_public(pki.ca_cert, cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(key_path, _key_pem(key))
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
 
@@ -196,11 +212,10 @@ def ensure_pki(root: Path, service_ip: str) -> Pki:
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
 
-    if pki.ca_cert.exists() and pki.ca_key.exists():
-        ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-        ca_key = _load_key(pki.ca_key)
-    else:
-        ca_cert, ca_key = _make_ca(pki)
+    ca_cert, ca_key = _load_or_make_ca(pki.ca_cert, pki.ca_key, "smtp-infra-testenv-ca")
+    fp_cert, fp_key = _load_or_make_ca(
+        pki.front_proxy_ca_cert, pki.front_proxy_ca_key, "smtp-infra-testenv-front-proxy-ca"
+    )
 
     if not (pki.apiserver_cert.exists() and pki.apiserver_key.exists()):
         key = _new_key()
@@ -229,13 +244,16 @@ def ensure_pki(root: Path, service_ip: str) -> Pki:
         _write_private(pki.apiserver_key, _key_pem(key))
         _write_public(pki.apiserver_cert, cert.public_bytes(serialization.Encoding.PEM))
 
-    for who in CLIENTS:
+    signers = [(who, ca_cert, ca_key) for who in CLIENTS] + [(FRONT_PROXY_CLIENT, fp_cert, fp_key)]
+    for who, signer_cert, signer_key in signers:
         if pki.client_cert(who).exists() and pki.client_key(who).exists():
             continue
         key = _new_key()
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in who.organizations]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, who.common_name))
-        cert = _issue(x509.Name(attrs), key, ca_cert, ca_key, usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
+        cert = _issue(
+            x509.Name(attrs), key, signer_cert, signer_key, usages=[ExtendedKeyUsageOID.CLIENT_AUTH]
+        )
         _write_private(pki.client_key(who), _key_pem(key))
         _write_public(pki.client_cert(who), cert.public_bytes(serialization.Encoding.PEM))
 

@@ -1,0 +1,239 @@
+"""The MTA runtime: wires config, tenants, spool, scheduler, listeners and HTTP together.
+
+Lifecycle: ``start()`` recovers the spool and requeues it before any listener opens, so a restart
+never acknowledges new mail ahead of recovering the old; ``drain()`` answers new sessions with 421,
+lets in-flight ones finish, then stops delivery; ``reload()`` swaps config-derived state in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from smtpinfra_mta.config import MtaConfig, Tenant, load_config
+from smtpinfra_mta.counters import Counters
+from smtpinfra_mta.dkim_sign import DkimSigner
+from smtpinfra_mta.dnsmx import MxResolver
+from smtpinfra_mta.metrics import HttpServer, Metrics
+from smtpinfra_mta.scheduler import Scheduler
+from smtpinfra_mta.server import ListenerKind, make_protocol_factory, server_tls_context
+from smtpinfra_mta.spool import Spool, SpooledMessage
+from smtpinfra_mta.tenants import TenantDirectory
+from smtpinfra_mta.throttle import WarmupGate
+
+log = logging.getLogger(__name__)
+
+
+class MtaApp:
+    def __init__(self, cfg: MtaConfig, config_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.tenants = TenantDirectory(cfg)
+        self.signer = DkimSigner(cfg.dkim)
+        self.spool = Spool(cfg.spool.directory, fsync=cfg.spool.fsync,
+                           group_commit_window=cfg.spool.group_commit_window,
+                           idempotency_retention=cfg.spool.idempotency_retention)
+        self.counters: Counters | None = None
+        self.scheduler: Scheduler | None = None
+        self.draining = False
+        self.sessions = 0
+        self.ready = False
+        self.listen_ports: dict[str, list[tuple[str, int]]] = {}
+        self.http_port: int | None = None
+        self._servers: list[asyncio.Server] = []
+        self._http: HttpServer | None = None
+        self._sessions_idle = asyncio.Event()
+        self._sessions_idle.set()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._inbound_tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, *, http: bool = True, watch_config: bool = False) -> None:
+        self.cfg.spool.directory.mkdir(parents=True, exist_ok=True)
+        self.counters = Counters(self.cfg.spool.directory / "counters.sqlite")
+        recovered = await self.spool.open()
+        self.scheduler = Scheduler(self.cfg, self.spool, MxResolver(self.cfg.delivery.resolver),
+                                   WarmupGate(self.cfg.throttling, self.counters), self.metrics)
+        for msg in recovered:
+            if msg.kind == "inbound":
+                self._process_inbound(msg)
+            else:
+                self.scheduler.submit(msg)
+        if recovered:
+            log.info("spool recovered", extra={"messages": len(recovered)})
+        self.scheduler.start()
+        await self._open_listeners()
+        if http:
+            self._http = HttpServer(self.metrics, lambda: self.ready and not self.draining, self.stats,
+                                    self._refresh_gauges)
+            self.http_port = await self._http.start(self.cfg.http.bind, self.cfg.http.port)
+        if watch_config and self.config_path is not None:
+            self._watch_task = asyncio.create_task(self._watch_config(), name="config-watch")
+        self.ready = True
+
+    async def _open_listeners(self) -> None:
+        loop = asyncio.get_running_loop()
+        tls_ctx = None
+        if self.cfg.tls is not None:
+            tls_ctx = server_tls_context(str(self.cfg.tls.cert_file), str(self.cfg.tls.key_file))
+        kinds: list[ListenerKind] = ["submission", "implicit_tls", "inbound"]
+        for kind in kinds:
+            listener = getattr(self.cfg.listeners, kind)
+            if not listener.enabled:
+                continue
+            factory = make_protocol_factory(self, kind, tls_ctx)
+            for host in listener.bind:
+                server = await loop.create_server(
+                    factory, host=host, port=listener.port, reuse_address=True,
+                    ssl=tls_ctx if kind == "implicit_tls" else None,
+                )
+                self._servers.append(server)
+                port = int(server.sockets[0].getsockname()[1])
+                self.listen_ports.setdefault(kind, []).append((host, port))
+                log.info("listening", extra={"listener": kind, "host": host, "port": port})
+
+    async def drain(self, grace: float = 30.0) -> None:
+        """SIGTERM: refuse new sessions (421), finish open ones, then stop delivery and close."""
+        self.draining = True
+        self.ready = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._sessions_idle.wait(), timeout=grace)
+        await self.stop()
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        for s in self._servers:
+            s.close()
+        self._servers.clear()
+        if self.scheduler is not None:
+            await self.scheduler.stop(grace=5.0)
+        await self.spool.close()
+        if self._http is not None:
+            await self._http.close()
+        if self.counters is not None:
+            self.counters.close()
+            self.counters = None
+
+    # ------------------------------------------------------------------ sessions
+
+    def session_opened(self) -> None:
+        self.sessions += 1
+        self._sessions_idle.clear()
+        self.metrics.sessions.set(self.sessions)
+
+    def session_closed(self) -> None:
+        self.sessions -= 1
+        self.metrics.sessions.set(self.sessions)
+        if self.sessions <= 0:
+            self._sessions_idle.set()
+
+    def quota_refusal(self, tenant: Tenant, n: int) -> str | None:
+        """A reply when accepting ``n`` more recipients would exceed the tenant's quota."""
+        assert self.counters is not None
+        q = tenant.quotas
+        key = f"quota:{tenant.name}"
+        if q.per_day == 0 or q.per_hour == 0:
+            return "550 5.7.1 This account may not send mail (quota is zero)"
+        if q.per_day is not None and self.counters.get(key, "day") + n > q.per_day:
+            return f"452 4.7.1 Daily sending quota of {q.per_day} reached; try again tomorrow"
+        if q.per_hour is not None and self.counters.get(key, "hour") + n > q.per_hour:
+            return f"452 4.7.1 Hourly sending quota of {q.per_hour} reached; try again later"
+        return None
+
+    async def sign(self, content: bytes, from_domain: str) -> bytes:
+        if not self.signer.keys_for(from_domain):
+            return content
+        return await asyncio.to_thread(self.signer.sign, content, from_domain)
+
+    async def accepted(self, msg: SpooledMessage, listener: str) -> None:
+        """Called after a message is durably spooled."""
+        if msg.kind == "inbound":
+            self._process_inbound(msg)
+            return
+        assert self.counters is not None and self.scheduler is not None
+        self.counters.add(f"quota:{msg.tenant}", len(msg.rcpts))
+        self.metrics.accepted.labels(tenant=msg.tenant, pool=msg.pool, listener=listener).inc(len(msg.rcpts))
+        log.info("accepted", extra={"id": msg.id, "tenant": msg.tenant, "rcpts": len(msg.rcpts), "size": msg.size})
+        self.scheduler.submit(msg)
+
+    def _process_inbound(self, msg: SpooledMessage) -> None:
+        task = asyncio.create_task(self._handle_inbound(msg))
+        self._inbound_tasks.add(task)
+        task.add_done_callback(self._inbound_tasks.discard)
+
+    async def _handle_inbound(self, msg: SpooledMessage) -> None:
+        """Asynchronous bounces and ARF reports: counted and logged, then released from the spool."""
+        from smtpinfra_mta.reports import parse_report
+
+        content = await asyncio.to_thread(self.spool.read_content, msg.id)
+        report = parse_report(content)
+        if report.kind == "complaint":
+            self.metrics.complained.labels(tenant="unknown").inc()
+        log.info("inbound report", extra={"id": msg.id, "kind": report.kind, "recipients": report.recipients})
+        await self.spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self, cfg: MtaConfig) -> None:
+        """Apply a new config without dropping sessions or queued mail (listener changes need a restart)."""
+        self.cfg = cfg
+        self.tenants = TenantDirectory(cfg)
+        self.signer = DkimSigner(cfg.dkim)
+        if self.scheduler is not None:
+            self.scheduler.update_config(cfg)
+            if self.counters is not None:
+                self.scheduler.warmup = WarmupGate(cfg.throttling, self.counters)
+        log.info("config reloaded")
+
+    async def _watch_config(self) -> None:
+        assert self.config_path is not None
+        last = _stamp(self.config_path)
+        while True:
+            await asyncio.sleep(2.0)
+            now = _stamp(self.config_path)
+            if now == last:
+                continue
+            last = now
+            try:
+                cfg = await asyncio.to_thread(load_config, self.config_path)
+            except Exception as exc:
+                log.error("config reload failed; keeping the running config", extra={"error": str(exc)})
+                continue
+            self.reload(cfg)
+
+    # ------------------------------------------------------------------ stats
+
+    def _refresh_gauges(self) -> None:
+        if self.scheduler is not None:
+            self.metrics.queue_depth.set(len(self.spool.queued_ids()))
+            self.metrics.oldest_age.set(self.scheduler.oldest_age())
+
+    def stats(self) -> dict[str, Any]:
+        queued = self.spool.queued_ids()
+        return {
+            "hostname": self.cfg.hostname,
+            "time": time.time(),
+            "ready": self.ready and not self.draining,
+            "sessions": self.sessions,
+            "queue": {"messages": len(queued),
+                      "oldest_age_seconds": self.scheduler.oldest_age() if self.scheduler else 0.0},
+            "automation": {k: {"rule": v.rule, "action": v.action, "until": v.until}
+                           for k, v in (self.scheduler.automation.active.items() if self.scheduler else [])},
+        }
+
+
+def _stamp(path: Path) -> tuple[float, int] | None:
+    """mtime+inode of the resolved file: ConfigMap updates swap a symlink, which changes both."""
+    try:
+        st = path.resolve().stat()
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_ino)

@@ -1,0 +1,100 @@
+"""Command line: ``smtp-infra mta serve --config FILE`` (mounted by the main CLI as ``mta``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from smtpinfra_mta.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from smtpinfra_mta.passwords import hash_password
+
+app = typer.Typer(help="The smtp-infra MTA.", no_args_is_help=True)
+
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; ``extra=`` fields become keys. Bodies and passwords are never passed in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                               "logger": record.name, "msg": record.getMessage()}
+        for k, v in vars(record).items():
+            if k not in _STD_ATTRS:
+                out[k] = v
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiosmtpd logs raw command lines at INFO (AUTH blobs are masked, but addresses are not): keep it quiet.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+async def _serve(config: Path) -> None:
+    from smtpinfra_mta.app import MtaApp
+
+    cfg = load_config(config)
+    mta = MtaApp(cfg, config)
+    await mta.start(watch_config=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger(__name__).info("draining")
+    await mta.drain(grace=30.0)
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="MTA config YAML.")] = DEFAULT_CONFIG_PATH,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Run the MTA until SIGTERM, then drain."""
+    setup_logging(log_level)
+    try:
+        load_config(config)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    runner: Any = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+
+        runner = uvloop.run
+    runner(_serve(config))
+
+
+@app.command("check-config")
+def check_config(config: Annotated[Path, typer.Option("--config", "-c", help="MTA config YAML.")]) -> None:
+    """Validate a config file and exit non-zero with the problems."""
+    try:
+        load_config(config)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo("ok")
+
+
+@app.command("hash-password")
+def hash_password_cmd(
+    scheme: Annotated[str, typer.Option(help="scrypt or pbkdf2-sha256")] = "scrypt",
+) -> None:
+    """Read a password from stdin and print its hash (for credentials files)."""
+    password = sys.stdin.readline().rstrip("\n")
+    typer.echo(hash_password(password, scheme))  # type: ignore[arg-type]

@@ -1,0 +1,155 @@
+"""Outbound SMTP client session: one connection from a bound source IP to one MX host.
+
+Wraps aiosmtplib so the scheduler sees per-recipient outcomes instead of exceptions, and so the
+source address and EHLO name always come from the same configured SourceIp.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+
+import aiosmtplib
+from aiosmtplib.errors import SMTPException, SMTPResponseException, SMTPServerDisconnected
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.code} {' '.join(self.text.split())}"
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+@dataclass
+class SendResult:
+    """Outcome of one transaction: a reply per recipient (data reply for the accepted ones)."""
+
+    per_rcpt: dict[str, Reply] = field(default_factory=dict)
+    connection_usable: bool = True
+
+
+class ConnectFailed(Exception):
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.line)
+        self.reply = reply
+
+
+class OutboundConnection:
+    """A connected, EHLO'd (and maybe STARTTLS'd) session, reusable for several transactions."""
+
+    def __init__(self, smtp: aiosmtplib.SMTP, mx_host: str, address: str, source_ip: str, tls: bool) -> None:
+        self.smtp = smtp
+        self.mx_host = mx_host
+        self.address = address
+        self.source_ip = source_ip
+        self.tls = tls
+        self.deliveries = 0
+
+    @classmethod
+    async def open(
+        cls, *, mx_host: str, address: str, port: int, source_ip: str, ehlo_name: str, starttls: str,
+        verify: bool, connect_timeout: float, command_timeout: float,
+    ) -> OutboundConnection:
+        """Connect from ``source_ip``; raises :class:`ConnectFailed` with a synthetic 4xx on any failure."""
+        smtp = aiosmtplib.SMTP(
+            hostname=address, port=port, local_hostname=ehlo_name, source_address=(source_ip, 0),
+            timeout=command_timeout, start_tls=False, use_tls=False, validate_certs=verify,
+        )
+        try:
+            await smtp.connect(timeout=connect_timeout)
+            await smtp.ehlo()
+            tls = False
+            if smtp.supports_extension("starttls") and starttls in ("opportunistic", "required"):
+                ctx = ssl.create_default_context()
+                if not verify:
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                try:
+                    await smtp.starttls(server_hostname=mx_host, tls_context=ctx)
+                    await smtp.ehlo()
+                    tls = True
+                except (SMTPException, ssl.SSLError, OSError):
+                    if starttls == "required":
+                        raise
+                    # Opportunistic: retry in clear text on a fresh connection.
+                    smtp.close()
+                    return await cls.open(
+                        mx_host=mx_host, address=address, port=port, source_ip=source_ip, ehlo_name=ehlo_name,
+                        starttls="none", verify=verify, connect_timeout=connect_timeout,
+                        command_timeout=command_timeout,
+                    )
+            if starttls == "required" and not tls:
+                smtp.close()
+                raise ConnectFailed(Reply(451, f"4.7.5 {mx_host} does not offer STARTTLS, which policy requires"))
+            return cls(smtp, mx_host, address, source_ip, tls)
+        except SMTPResponseException as exc:
+            smtp.close()
+            code = exc.code if 400 <= exc.code < 600 else 451
+            raise ConnectFailed(Reply(code, exc.message)) from None
+        except (SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+            smtp.close()
+            raise ConnectFailed(Reply(451, f"4.4.1 connection to {mx_host} [{address}] failed: {exc}")) from None
+
+    async def send(self, mail_from: str, rcpts: list[str], content: bytes) -> SendResult:
+        """One transaction; every recipient ends with a reply (synthetic 451 if the connection dropped)."""
+        result = SendResult()
+        self.deliveries += 1
+        try:
+            try:
+                await self.smtp.mail(mail_from)
+            except SMTPResponseException as exc:
+                reply = Reply(exc.code, exc.message)
+                for r in rcpts:
+                    result.per_rcpt[r] = reply
+                await self._rset(result)
+                return result
+            accepted = []
+            for r in rcpts:
+                try:
+                    await self.smtp.rcpt(r)
+                    accepted.append(r)
+                except SMTPResponseException as exc:
+                    result.per_rcpt[r] = Reply(exc.code, exc.message)
+            if not accepted:
+                await self._rset(result)
+                return result
+            try:
+                resp = await self.smtp.data(content)
+                reply = Reply(resp.code, resp.message)
+            except SMTPResponseException as exc:
+                reply = Reply(exc.code, exc.message)
+            for r in accepted:
+                result.per_rcpt[r] = reply
+            if reply.code == 421:
+                result.connection_usable = False
+        except (SMTPServerDisconnected, SMTPException, OSError, TimeoutError) as exc:
+            result.connection_usable = False
+            for r in rcpts:
+                result.per_rcpt.setdefault(r, Reply(451, f"4.4.2 connection to {self.mx_host} lost: {exc}"))
+        return result
+
+    async def _rset(self, result: SendResult) -> None:
+        try:
+            await self.smtp.rset()
+        except (SMTPException, OSError, TimeoutError):
+            result.connection_usable = False
+
+    async def close(self) -> None:
+        try:
+            if self.smtp.is_connected:
+                await self.smtp.quit()
+        except (SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            self.smtp.close()

@@ -1,0 +1,318 @@
+"""SMTP listeners on aiosmtpd: submission (587), implicit TLS (465) and inbound bounces/FBL (25).
+
+aiosmtpd does the protocol; the policy lives in :mod:`smtpinfra_mta.policy` and the handler below
+only connects the two: authenticate, check envelope and headers, sign, spool durably, then answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import ssl
+import time
+from email.parser import BytesHeaderParser
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+
+from smtpinfra_mta import policy
+from smtpinfra_mta.spool import SpooledMessage, SpoolError, new_message_id
+from smtpinfra_mta.tenants import domain_of
+
+if TYPE_CHECKING:
+    from smtpinfra_mta.app import MtaApp
+
+log = logging.getLogger(__name__)
+ListenerKind = Literal["submission", "implicit_tls", "inbound"]
+NULL_SENDER = "<>"  # aiosmtpd treats an empty MAIL FROM as "no MAIL yet", so we carry a marker
+MAX_AUTH_FAILURES = 3
+
+
+class MtaSMTP(SMTP):
+    """aiosmtpd's protocol with our address rules: null sender allowed, source routes refused."""
+
+    def __init__(self, *args: Any, app: MtaApp, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._app = app
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        stripped = arg.strip()
+        if stripped.startswith("<>"):
+            return NULL_SENDER, stripped[2:]
+        if stripped.startswith("<@"):
+            return None, None  # RFC 5321 source route: a relay trick; refuse as malformed (553 5.1.3)
+        addr, rest = super()._getaddr(arg)
+        if addr is not None and ("\r" in addr or "\n" in addr or "\0" in addr):
+            return None, None
+        return addr, rest
+
+    async def _handle_client(self) -> None:
+        if self._app.draining:
+            await self.push("421 4.3.2 Service shutting down, try another server")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self._app.sessions >= self._app.cfg.limits.max_sessions:
+            await self.push("421 4.7.0 Too many connections, try later")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._app.session_opened()
+        try:
+            await super()._handle_client()
+        finally:
+            self._app.session_closed()
+
+
+def _tls_ok(server: SMTP) -> bool:
+    return bool(server.transport is not None and server.transport.get_extra_info("ssl_object") is not None)
+
+
+class SmtpHandler:
+    """Policy hooks for one listener kind."""
+
+    def __init__(self, app: MtaApp, kind: ListenerKind) -> None:
+        self.app = app
+        self.kind = kind
+
+    @property
+    def authenticated_listener(self) -> bool:
+        return self.kind != "inbound"
+
+    # ------------------------------------------------------------------ EHLO / AUTH
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return [responses[0], *extra, *responses[1:]]
+
+    async def _login(self, server: SMTP, session: Session, username: bytes, password: bytes) -> AuthResult:
+        if not _tls_ok(server):  # defence in depth: aiosmtpd already refuses AUTH before TLS
+            return AuthResult(success=False, handled=False, message="538 5.7.11 Encryption required")
+        failures = getattr(session, "auth_failures", 0)
+        try:
+            user = username.decode("utf-8")
+        except UnicodeDecodeError:
+            user = ""
+        tenant = await self.app.tenants.authenticate(user, password) if user else None
+        if tenant is None:
+            session.auth_failures = failures + 1  # type: ignore[attr-defined]
+            self.app.metrics.auth_failures.labels(listener=self.kind).inc()
+            log.warning("auth failed", extra={"listener": self.kind, "peer": _peer(session)})
+            if failures + 1 >= MAX_AUTH_FAILURES:
+                await server.push("421 4.7.0 Too many authentication failures")
+                if server.transport is not None:
+                    server.transport.close()
+                return AuthResult(success=False, handled=True)
+            await asyncio.sleep(0.2 * (failures + 1))  # slow down guessing
+            return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid")
+        log.info("auth ok", extra={"listener": self.kind, "tenant": tenant.name, "peer": _peer(session)})
+        return AuthResult(success=True, auth_data=tenant.name)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        assert server.session is not None
+        return await self._login(server, server.session, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            username = await server.challenge_auth("Username:")
+            if username is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                username = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password:")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        assert server.session is not None
+        return await self._login(server, server.session, username, password)
+
+    # ------------------------------------------------------------------ envelope
+
+    def _reject(self, reason: str, reply: str) -> str:
+        self.app.metrics.rejected.labels(listener=self.kind, reason=reason).inc()
+        return reply
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        if self.app.draining:
+            return "421 4.3.2 Service shutting down"
+        if self.authenticated_listener:
+            tenant = self.app.tenants.tenant(str(session.auth_data)) if session.authenticated else None
+            if tenant is None:
+                return self._reject("auth", "530 5.7.0 Authentication required")
+            refusal = policy.check_mail_from(address, tenant)
+            if refusal is not None:
+                log.info("mail from refused", extra={"tenant": tenant.name, "reply": refusal})
+                return self._reject("sender", refusal)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if self.authenticated_listener and session.authenticated:
+            refusal = policy.check_submission_rcpt(address, len(envelope.rcpt_tos),
+                                                   self.app.cfg.limits.max_recipients)
+            if refusal is not None:
+                return self._reject("recipient", refusal)
+            tenant = self.app.tenants.tenant(str(session.auth_data))
+            if tenant is not None:
+                refusal = self.app.quota_refusal(tenant, len(envelope.rcpt_tos) + 1)
+                if refusal is not None:
+                    return self._reject("quota", refusal)
+        else:
+            # Unauthenticated: only our own bounce/FBL domains, on the inbound listener only.
+            domains = self.app.cfg.listeners.inbound.domains if self.kind == "inbound" else []
+            refusal = policy.check_inbound_rcpt(address, domains)
+            if refusal is None and len(envelope.rcpt_tos) >= self.app.cfg.limits.max_recipients:
+                refusal = "452 4.5.3 Too many recipients"
+            if refusal is not None:
+                return self._reject("relay", refusal)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    # ------------------------------------------------------------------ DATA
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content: bytes = envelope.original_content or b""
+        loop_refusal = policy.check_loop(content)
+        if loop_refusal is not None:
+            return self._reject("loop", loop_refusal)
+        mail_from = "" if envelope.mail_from == NULL_SENDER else str(envelope.mail_from)
+        rcpts = list(envelope.rcpt_tos)
+        if self.authenticated_listener:
+            tenant = self.app.tenants.tenant(str(session.auth_data))
+            if tenant is None or tenant.suspended:
+                return self._reject("suspended", "550 5.7.1 Account is suspended")
+            refusal = policy.check_header_from(content, tenant)
+            if refusal is not None:
+                return self._reject("header_from", refusal)
+            refusal = self.app.quota_refusal(tenant, len(rcpts))
+            if refusal is not None:
+                return self._reject("quota", refusal)
+            tenant_name, pool, kind = tenant.name, tenant.pool, "submission"
+        else:
+            tenant_name, pool, kind = "_inbound", "", "inbound"
+        content = self._received_header(session, envelope, tenant_name if self.authenticated_listener else None) \
+            + content
+        if self.authenticated_listener:
+            from_addrs = policy.header_from_addresses(content) or []
+            if from_addrs:
+                content = await self.app.sign(content, domain_of(from_addrs[0]))
+        ikey = self._idempotency_key(content, mail_from, rcpts) if self.authenticated_listener else None
+        msg = SpooledMessage(
+            id=new_message_id(), tenant=tenant_name, pool=pool, mail_from=mail_from, rcpts=rcpts,
+            received_at=time.time(), kind="submission" if kind == "submission" else "inbound",
+            idempotency_key=ikey, client=_peer(session),
+        )
+        try:
+            msg_id, duplicate = await self.app.spool.commit(msg, content)
+        except SpoolError:
+            return "451 4.3.0 Temporary local problem (spool), please retry"
+        if duplicate:
+            log.info("duplicate submission", extra={"tenant": tenant_name, "id": msg_id})
+            return f"250 2.0.0 OK already queued as {msg_id}"
+        await self.app.accepted(msg, self.kind)
+        return f"250 2.0.0 OK queued as {msg_id}"
+
+    def _idempotency_key(self, content: bytes, mail_from: str, rcpts: list[str]) -> str | None:
+        headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(content)
+        key = headers.get("X-Idempotency-Key") or headers.get("Message-ID")
+        if not key:
+            return None
+        h = hashlib.sha256("\0".join([str(key).strip(), mail_from, *sorted(rcpts)]).encode("utf-8", "replace"))
+        return h.hexdigest()
+
+    def _received_header(self, session: Session, envelope: Envelope, tenant: str | None) -> bytes:
+        peer = _peer(session)
+        helo = (session.host_name or "unknown").replace("\r", "").replace("\n", "")[:200]
+        proto = "ESMTP"
+        if _tls_ok_session(session):
+            proto += "S"
+        if session.authenticated:
+            proto += "A"
+        auth = f" (tenant {tenant})" if tenant else ""
+        return (
+            f"Received: from {helo} ([{peer}]){auth}\r\n\tby {self.app.cfg.hostname} (smtp-infra) with {proto};\r\n"
+            f"\t{formatdate(usegmt=True)}\r\n"
+        ).encode("utf-8", "replace")
+
+    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, proxy_data: Any) -> bool:
+        # The original client address replaces the load balancer's in logs and Received headers.
+        return bool(proxy_data and getattr(proxy_data, "valid", True))
+
+
+def _tls_ok_session(session: Session) -> bool:
+    return session.ssl is not None
+
+
+def _peer(session: Session) -> str:
+    proxy = getattr(session, "proxy_data", None)
+    if proxy is not None and getattr(proxy, "src_addr", None) is not None:
+        return str(proxy.src_addr)
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
+
+
+def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def make_protocol_factory(app: MtaApp, kind: ListenerKind, tls_ctx: ssl.SSLContext | None) -> Any:
+    """A factory for ``loop.create_server`` building one aiosmtpd protocol per connection."""
+    cfg = app.cfg
+    listener = getattr(cfg.listeners, kind)
+    handler = SmtpHandler(app, kind)
+    common: dict[str, Any] = {
+        "hostname": cfg.hostname,
+        "ident": "smtp-infra ESMTP",
+        "data_size_limit": cfg.limits.max_message_size,
+        "enable_SMTPUTF8": True,
+        "decode_data": False,
+        "timeout": cfg.limits.command_timeout,
+        "proxy_protocol_timeout": cfg.limits.proxy_protocol_timeout if listener.proxy_protocol else None,
+    }
+    if kind == "submission":
+        common.update(tls_context=tls_ctx, require_starttls=True, auth_required=True, auth_require_tls=True)
+    elif kind == "implicit_tls":
+        # TLS is on the transport from the first byte; aiosmtpd cannot see that, so its own
+        # "AUTH needs TLS" check is replaced by the handler's check of the transport.
+        common.update(tls_context=None, require_starttls=False, auth_required=True, auth_require_tls=False)
+    else:
+        common.update(tls_context=tls_ctx if cfg.listeners.inbound.starttls else None, require_starttls=False,
+                      auth_required=False, auth_require_tls=True, auth_exclude_mechanism=["PLAIN", "LOGIN"])
+
+    def factory() -> MtaSMTP:
+        return MtaSMTP(handler, app=app, **common)
+
+    return factory

@@ -1,0 +1,111 @@
+"""Helpers and fixtures for tests that talk to the local control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD_DIR = ROOT / "crds"
+EXAMPLES = ROOT / "examples"
+
+
+def apply(cp: Any, manifest: dict[str, Any] | str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply` a manifest (dict or YAML text) with strict server-side field validation."""
+    text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+    result: subprocess.CompletedProcess[str] = cp.kubectl("apply", "--validate=strict", "-f", "-", *args,
+                                                          input=text, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl apply failed: {result.stderr}")
+    return result
+
+
+def get(cp: Any, resource: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    """The object as JSON."""
+    args = ["get", resource, name, "-o", "json"]
+    if namespace:
+        args += ["-n", namespace]
+    return json.loads(cp.kubectl(*args).stdout)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> Any:
+    """Poll until predicate returns something truthy; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (AssertionError, subprocess.CalledProcessError, KeyError) as error:
+            last = error
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what or predicate}: last={last!r}")
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in obj.get("status", {}).get("conditions", []):
+        if c["type"] == type_:
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane: Any) -> Any:
+    """The CRDs from crds/ installed and Established."""
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                          *[f"crd/{p.stem.split('_', 1)[1]}.smtpinfra.com" for p in sorted(CRD_DIR.glob("*.yaml"))])
+    return control_plane
+
+
+class OperatorProcess:
+    """`smtp-infra operator run` as a child process with its log in a file."""
+
+    def __init__(self, cp: Any, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.cp = cp
+        self.log_path = log_path
+        self.env = {**os.environ, "SMTP_INFRA_RESYNC_SECONDS": "2", **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "smtpinfra_cli", "operator", "run", "--kubeconfig", str(self.cp.kubeconfig)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+        )
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def operator(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """A running operator for the tests of one module."""
+    proc = OperatorProcess(crds, tmp_path_factory.mktemp("operator") / "operator.log")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        if proc.process and proc.process.returncode not in (0, -15):
+            print(proc.log()[-5000:])

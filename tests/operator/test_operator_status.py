@@ -1,0 +1,117 @@
+"""The operator against the real control plane: WarmupPlan status, and Pending for the other kinds."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.kube import EXAMPLES, apply, condition, get, wait_for
+
+pytestmark = pytest.mark.operator
+
+
+def plan(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "WarmupPlan", "metadata": {"name": name}, "spec": spec}
+
+
+def ready(obj: dict[str, Any]) -> dict[str, Any] | None:
+    return condition(obj, "Ready")
+
+
+def test_valid_plan_becomes_ready_with_a_summary(operator):
+    cp = operator.cp
+    apply(cp, (EXAMPLES / "warmupplan-standard.yaml").read_text())
+    result = cp.kubectl("wait", "--for=condition=Ready", "warmupplan/standard", "--timeout=60s", check=False)
+    assert result.returncode == 0, result.stderr + operator.log()[-3000:]
+    obj = get(cp, "warmupplan", "standard")
+    status = obj["status"]
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert status["daysToFullVolume"] == 35
+    assert status["finalDailyCap"] == 100000
+    assert ready(obj)["reason"] == "PlanValid"
+    assert condition(obj, "Reconciling")["status"] == "False"
+    assert condition(obj, "Stalled")["status"] == "False"
+    columns = cp.kubectl("get", "warmupplan", "standard").stdout
+    assert "100000" in columns and "35" in columns and "True" in columns
+    # No Kopf annotations on the user's object: bookkeeping lives in status.
+    assert not [a for a in obj["metadata"].get("annotations", {}) if "kopf" in a]
+
+
+def test_invalid_plan_is_not_ready_with_the_reason(operator):
+    cp = operator.cp
+    apply(cp, plan("shrinking", {"stages": [{"day": 1, "dailyCap": 500}, {"day": 3, "dailyCap": 200}]}))
+    obj = wait_for(lambda: (o := get(cp, "warmupplan", "shrinking")) and ready(o) and
+                   ready(o)["status"] == "False" and o, what="Ready=False", timeout=60)
+    assert ready(obj)["reason"] == "CapsNotIncreasing"
+    assert "spec.stages[1].dailyCap (200)" in ready(obj)["message"]
+    assert condition(obj, "Stalled")["status"] == "True"
+    events = cp.kubectl("get", "events", "-n", "default", "--field-selector",
+                        "involvedObject.name=shrinking", "-o", "yaml").stdout
+    assert "CapsNotIncreasing" in events
+
+
+def test_editing_a_plan_updates_status_and_generation(operator):
+    cp = operator.cp
+    apply(cp, plan("edited", {"geometric": {"initialDailyCap": 100, "growthFactor": "1.05",
+                                             "targetDailyCap": 100000, "maxDays": 30}}))
+    first = wait_for(lambda: (o := get(cp, "warmupplan", "edited")) and ready(o) and
+                     ready(o)["status"] == "False" and o, what="CeilingNotReached", timeout=60)
+    assert ready(first)["reason"] == "CeilingNotReached"
+    failed_at = ready(first)["lastTransitionTime"]
+    fixed = plan("edited", {"geometric": {"initialDailyCap": 100, "growthFactor": "1.5",
+                                          "targetDailyCap": 100000, "maxDays": 30}})
+    apply(cp, fixed)
+    obj = wait_for(lambda: (o := get(cp, "warmupplan", "edited")) and ready(o)["status"] == "True" and o,
+                   what="Ready after edit", timeout=60)
+    assert obj["metadata"]["generation"] == first["metadata"]["generation"] + 1
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    assert ready(obj)["observedGeneration"] == obj["metadata"]["generation"]
+    assert obj["status"]["daysToFullVolume"] == 19
+    assert ready(obj)["lastTransitionTime"] >= failed_at
+
+
+def test_no_hot_loop_after_ready(operator):
+    """Once reconciled, neither status writes nor timers change the object again."""
+    cp = operator.cp
+    apply(cp, (EXAMPLES / "warmupplan-geometric.yaml").read_text())
+    cp.kubectl("wait", "--for=condition=Ready", "warmupplan/geometric", "--timeout=60s")
+    time.sleep(3)  # let the post-write watch events and Kopf's own bookkeeping settle
+    before = get(cp, "warmupplan", "geometric")
+    time.sleep(6)  # three resync periods (SMTP_INFRA_RESYNC_SECONDS=2 in tests)
+    after = get(cp, "warmupplan", "geometric")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert ready(after)["lastTransitionTime"] == ready(before)["lastTransitionTime"]
+
+
+def test_status_written_by_hand_is_corrected_by_the_timer(operator):
+    """Level-based: a status overwritten by someone else is re-derived."""
+    cp = operator.cp
+    apply(cp, (EXAMPLES / "warmupplan-standard.yaml").read_text())
+    cp.kubectl("wait", "--for=condition=Ready", "warmupplan/standard", "--timeout=60s")
+    cp.kubectl("patch", "warmupplan", "standard", "--subresource=status", "--type=merge",
+               "-p", '{"status": {"finalDailyCap": 1}}')
+    wait_for(lambda: get(cp, "warmupplan", "standard")["status"]["finalDailyCap"] == 100000,
+             what="timer restores finalDailyCap", timeout=30)
+
+
+@pytest.mark.parametrize(("kind", "resource"), [("SmtpServer", "smtpserver"), ("IpPool", "ippool"),
+                                                ("Tenant", "tenant"), ("Campaign", "campaign")])
+def test_other_kinds_are_pending_with_observed_generation(operator, kind, resource):
+    cp = operator.cp
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        if any(d["kind"] == kind for d in docs):
+            for doc in docs:
+                apply(cp, copy.deepcopy(doc))
+            target = next(d for d in docs if d["kind"] == kind)
+    name, namespace = target["metadata"]["name"], target["metadata"].get("namespace")
+    obj = wait_for(lambda: (o := get(cp, resource, name, namespace)) and ready(o) and o,
+                   what=f"{kind} status", timeout=60)
+    assert ready(obj)["status"] == "Unknown"
+    assert ready(obj)["reason"] == "Pending"
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    assert condition(obj, "Reconciling")["status"] == "True"
