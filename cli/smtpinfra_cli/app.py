@@ -13,11 +13,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from smtpinfra_mta.cli import app as mta_app
+from smtpinfra_testenv.cli import app as testenv_app
+
 app = typer.Typer(help="Self-hosted SMTP infrastructure on Kubernetes.", no_args_is_help=True)
 crds_app = typer.Typer(help="CustomResourceDefinitions generated from the API models.", no_args_is_help=True)
 operator_app = typer.Typer(help="The Kopf operator.", no_args_is_help=True)
 app.add_typer(crds_app, name="crds")
 app.add_typer(operator_app, name="operator")
+app.add_typer(testenv_app, name="testenv")
+app.add_typer(mta_app, name="mta")
 
 console = Console(stderr=True)
 

@@ -22,10 +22,14 @@ from smtpinfra_mta.metrics import HttpServer, Metrics
 from smtpinfra_mta.scheduler import Scheduler
 from smtpinfra_mta.server import ListenerKind, make_protocol_factory, server_tls_context
 from smtpinfra_mta.spool import Spool, SpooledMessage
+from smtpinfra_mta.suppression import SuppressionStore, open_store
 from smtpinfra_mta.tenants import TenantDirectory
 from smtpinfra_mta.throttle import WarmupGate
 
 log = logging.getLogger(__name__)
+# aiosmtpd logs every command line at INFO and every DATA line at DEBUG: message bodies, addresses.
+# The MTA promises never to log bodies or credentials, whatever the root log level is.
+logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 class MtaApp:
@@ -40,6 +44,7 @@ class MtaApp:
                            idempotency_retention=cfg.spool.idempotency_retention)
         self.counters: Counters | None = None
         self.scheduler: Scheduler | None = None
+        self.suppression: SuppressionStore | None = None
         self.draining = False
         self.sessions = 0
         self.ready = False
@@ -58,8 +63,12 @@ class MtaApp:
         self.cfg.spool.directory.mkdir(parents=True, exist_ok=True)
         self.counters = Counters(self.cfg.spool.directory / "counters.sqlite")
         recovered = await self.spool.open()
+        self.spool.on_committed = self._committed
+        self.suppression = open_store(self.cfg.suppression.url)
+        await self.suppression.open()
         self.scheduler = Scheduler(self.cfg, self.spool, MxResolver(self.cfg.delivery.resolver),
-                                   WarmupGate(self.cfg.throttling, self.counters), self.metrics)
+                                   WarmupGate(self.cfg.throttling, self.counters), self.metrics,
+                                   suppression=self.suppression)
         for msg in recovered:
             if msg.kind == "inbound":
                 self._process_inbound(msg)
@@ -116,6 +125,8 @@ class MtaApp:
         if self.scheduler is not None:
             await self.scheduler.stop(grace=5.0)
         await self.spool.close()
+        if self.suppression is not None:
+            await self.suppression.close()
         if self._http is not None:
             await self._http.close()
         if self.counters is not None:
@@ -153,14 +164,17 @@ class MtaApp:
             return content
         return await asyncio.to_thread(self.signer.sign, content, from_domain)
 
-    async def accepted(self, msg: SpooledMessage, listener: str) -> None:
-        """Called after a message is durably spooled."""
+    def _committed(self, msg: SpooledMessage) -> None:
+        """Spool hook: a message is durably on disk (called by the committer, even if the client left)."""
         if msg.kind == "inbound":
             self._process_inbound(msg)
             return
-        assert self.counters is not None and self.scheduler is not None
-        self.counters.add(f"quota:{msg.tenant}", len(msg.rcpts))
-        self.metrics.accepted.labels(tenant=msg.tenant, pool=msg.pool, listener=listener).inc(len(msg.rcpts))
+        if msg.kind == "dsn" or self.scheduler is None:
+            return  # DSNs are queued by the scheduler that made them
+        if self.counters is not None:
+            self.counters.add(f"quota:{msg.tenant}", len(msg.rcpts))
+        self.metrics.accepted.labels(tenant=msg.tenant, pool=msg.pool, listener=msg.listener or "unknown").inc(
+            len(msg.rcpts))
         log.info("accepted", extra={"id": msg.id, "tenant": msg.tenant, "rcpts": len(msg.rcpts), "size": msg.size})
         self.scheduler.submit(msg)
 
@@ -177,7 +191,8 @@ class MtaApp:
         report = parse_report(content)
         if report.kind == "complaint":
             self.metrics.complained.labels(tenant="unknown").inc()
-        log.info("inbound report", extra={"id": msg.id, "kind": report.kind, "recipients": report.recipients})
+        log.info("inbound report", extra={"id": msg.id, "kind": report.kind, "client": msg.client,
+                                          "recipients": report.recipients})
         await self.spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
 
     # ------------------------------------------------------------------ reload

@@ -42,7 +42,7 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # aiosmtpd logs raw command lines at INFO (AUTH blobs are masked, but addresses are not): keep it quiet.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 async def _serve(config: Path) -> None:

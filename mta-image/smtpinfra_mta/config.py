@@ -430,6 +430,13 @@ class Suppression(_Model):
         "'postgresql://user@host/db' (shared by replicas; password from PGPASSWORD / a mounted file).",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("suppression url must start with 'sqlite:///' or 'postgresql://'")
+        return v
+
 
 class Http(_Model):
     bind: IPAddress = Field("0.0.0.0", description="Address of the metrics/health HTTP server.")

@@ -16,7 +16,6 @@ import itertools
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ from smtpinfra_mta.throttle import Automation, RateLimiter, Shaping, WarmupGate,
 
 if TYPE_CHECKING:
     from smtpinfra_mta.metrics import Metrics
+    from smtpinfra_mta.suppression import SuppressionStore
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class WorkItem:
     attempts: int = 0
     last_reply: Reply | None = None
     remote_mta: str | None = None
+    state: str = "ready"  # ready | taken | deferred; a crashed connection requeues its "taken" items
 
 
 @dataclass
@@ -58,14 +59,15 @@ class DomainQueue:
     ready: deque[WorkItem] = field(default_factory=deque)
     active: int = 0
     not_before: float = 0.0  # suspension / warm-up hold: no new connection before this (monotonic)
+    idle: int = 0  # connections waiting for more work (connection reuse)
+    more: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-SuppressionCheck = Callable[[str, str], Awaitable[bool]]
 
 
 class Scheduler:
     def __init__(self, cfg: MtaConfig, spool: Spool, resolver: MxResolver, warmup: WarmupGate,
-                 metrics: Metrics | None = None, suppression: SuppressionCheck | None = None) -> None:
+                 metrics: Metrics | None = None, suppression: SuppressionStore | None = None) -> None:
         self.cfg = cfg
         self.spool = spool
         self.resolver = resolver
@@ -107,10 +109,13 @@ class Scheduler:
         q = self.queues.get((item.msg.pool, item.domain))
         if q is None:
             q = self.queues[(item.msg.pool, item.domain)] = DomainQueue(item.msg.pool, item.domain)
+        item.state = "ready"
         q.ready.append(item)
+        q.more.set()
         self._wakeup.set()
 
     def _defer(self, item: WorkItem, delay: float) -> None:
+        item.state = "deferred"
         heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), item))
         self._wakeup.set()
 
@@ -133,6 +138,8 @@ class Scheduler:
         """Stop opening connections; let in-flight transactions finish for up to ``grace`` seconds."""
         self._closing = True
         self._wakeup.set()
+        for q in self.queues.values():
+            q.more.set()  # release connections idling for reuse
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
         for t in list(self._tasks):
@@ -158,6 +165,8 @@ class Scheduler:
                     next_wake = min(next_wake, q.not_before - now)
                     continue
                 limit = self._domain_connection_limit(q)
+                if q.idle >= len(q.ready):
+                    continue  # an open idle connection will pick these up
                 while q.ready and q.active < limit and self._total_active < self.cfg.delivery.max_concurrency:
                     q.active += 1
                     self._total_active += 1
@@ -176,45 +185,59 @@ class Scheduler:
     # ------------------------------------------------------------------ one connection
 
     async def _connection(self, q: DomainQueue) -> None:
+        holding: list[WorkItem] = []
         try:
-            await self._connection_inner(q)
+            await self._connection_inner(q, holding)
         except Exception:
             log.exception("delivery connection crashed", extra={"domain": q.domain})
+            # Whatever this connection had taken is still in the spool: put it back, never drop it.
+            for item in holding:
+                if item.state == "taken":
+                    self._defer(item, retry_delay(self.cfg.delivery.retry_schedule, 1))
         finally:
             q.active -= 1
             self._total_active -= 1
             self._wakeup.set()
 
-    async def _take(self, q: DomainQueue) -> WorkItem | None:
+    async def _take(self, q: DomainQueue, holding: list[WorkItem]) -> WorkItem | None:
         while q.ready:
             item = q.ready.popleft()
             pending = [r for r in item.rcpts if r not in item.msg.done]
             if not pending:
                 continue
             item.rcpts = pending
+            item.state = "taken"
+            holding.append(item)
             if self.suppression is not None:
                 keep: list[str] = []
                 suppressed: list[str] = []
-                for r in pending:
-                    (suppressed if await self.suppression(item.msg.tenant, r) else keep).append(r)
+                try:
+                    for r in pending:
+                        (suppressed if await self.suppression.is_suppressed(item.msg.tenant, r) else keep).append(r)
+                except Exception as exc:
+                    # Cannot tell whether the recipient opted out: wait rather than risk sending.
+                    log.error("suppression lookup failed; deferring", extra={"error": str(exc)})
+                    self._defer(item, 30.0)
+                    continue
                 if suppressed:
                     await self._record(item.msg, [(r, "suppressed") for r in suppressed])
                     self._count("suppressed", item, len(suppressed))
                 if not keep:
+                    item.state = "done"
                     continue
                 item.rcpts = keep
             return item
         return None
 
-    async def _connection_inner(self, q: DomainQueue) -> None:
-        item = await self._take(q)
+    async def _connection_inner(self, q: DomainQueue, holding: list[WorkItem]) -> None:
+        item = await self._take(q, holding)
         if item is None:
             return
         try:
             mx = await self.resolver.lookup(q.domain)
         except DnsPermanentError as exc:
             await self._fail_permanent(item, Reply(550, f"{exc.status} {exc}"), None)
-            while (more := await self._take(q)) is not None:
+            while (more := await self._take(q, holding)) is not None:
                 await self._fail_permanent(more, Reply(550, f"{exc.status} {exc}"), None)
             return
         except DnsTemporaryError as exc:
@@ -225,6 +248,7 @@ class Scheduler:
         source, shaping, wait = self._pick_source(q, item.msg.pool, site, provider)
         if source is None:
             # Every source IP of the pool is capped or suspended: hold the queue, not counted as an attempt.
+            item.state = "ready"
             q.ready.appendleft(item)
             q.not_before = time.monotonic() + wait
             if self.metrics is not None:
@@ -232,12 +256,13 @@ class Scheduler:
             return
         path = (source.address, site)
         if self._site_active[path] >= shaping.connection_limit:
+            item.state = "ready"
             q.ready.appendleft(item)
             q.not_before = time.monotonic() + 0.05
             return
         self._site_active[path] += 1
         try:
-            await self._deliver_over_connection(q, item, mx, source, shaping, site, provider)
+            await self._deliver_over_connection(q, item, mx, source, shaping, site, provider, holding)
         finally:
             self._site_active[path] -= 1
 
@@ -273,7 +298,8 @@ class Scheduler:
             await asyncio.sleep(delay)
 
     async def _deliver_over_connection(self, q: DomainQueue, item: WorkItem, mx: MxResult, source: SourceIp,
-                                       shaping: Shaping, site: str, provider: str | None) -> None:
+                                       shaping: Shaping, site: str, provider: str | None,
+                                       holding: list[WorkItem]) -> None:
         await self._wait_rate(f"conn:{source.address}:{site}", shaping.max_connection_rate)
         policy = self.cfg.delivery.starttls
         verify = False
@@ -302,6 +328,8 @@ class Scheduler:
         if conn is None:
             await self._fail_temporary(item, last, None)
             return
+        log.info("connected", extra={"domain": q.domain, "mx": conn.mx_host, "source_ip": source.address,
+                                     "tls": conn.tls})
         try:
             current: WorkItem | None = item
             while current is not None:
@@ -311,6 +339,7 @@ class Scheduler:
                     rate = min(rate, auto_rate) if rate is not None else auto_rate
                 await self._wait_rate(f"msg:{source.address}:{site}", rate)
                 if self.warmup.wait_time(source.address, provider) > 0:
+                    current.state = "ready"
                     q.ready.appendleft(current)
                     break
                 self.warmup.record(source.address, provider)
@@ -319,9 +348,32 @@ class Scheduler:
                     break
                 if self.automation.suspended_for([f"domain:{q.domain}", site, f"ip:{source.address}"]) > 0:
                     break
-                current = await self._take(q)
+                current = await self._take(q, holding)
+                if current is None and self.cfg.delivery.idle_timeout > 0:
+                    current = await self._wait_for_more(q, holding)
         finally:
             await conn.close()
+
+    async def _wait_for_more(self, q: DomainQueue, holding: list[WorkItem]) -> WorkItem | None:
+        """Keep the connection open a little for work that arrives shortly (connection reuse)."""
+        q.idle += 1
+        try:
+            deadline = time.monotonic() + self.cfg.delivery.idle_timeout
+            while not self._closing:
+                q.more.clear()
+                item = await self._take(q, holding)
+                if item is not None:
+                    return item
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(q.more.wait(), timeout=remaining)
+                except TimeoutError:
+                    return await self._take(q, holding)
+            return None
+        finally:
+            q.idle -= 1
 
     async def _send_item(self, conn: OutboundConnection, item: WorkItem, source: SourceIp, site: str,
                          provider: str | None, domain: str) -> bool:
@@ -355,6 +407,7 @@ class Scheduler:
             rep = next(iter(temp.values()))
             await self._fail_temporary(WorkItem(item.msg, domain, list(temp), item.attempts), rep, conn.mx_host,
                                        source=source.address, provider=provider)
+        item.state = "done"
         return result.connection_usable
 
     def _observe(self, reply: Reply, domain: str, site: str, source_ip: str) -> None:
@@ -415,6 +468,13 @@ class Scheduler:
         # Never bounce a bounce (null sender), never DSN our own DSNs: that is how mail loops start.
         if item.msg.mail_from and item.msg.kind != "dsn":
             await self._send_dsn(item.msg, failures)
+        if self.suppression is not None and cls.bounce_class == "hard" and status is None and item.msg.kind != "dsn":
+            for r in item.rcpts:
+                try:
+                    await self.suppression.add(item.msg.tenant, r, f"hard bounce {st}")
+                except Exception as exc:
+                    log.error("suppression insert failed", extra={"error": str(exc)})
+        item.state = "done"
         await self._record(item.msg, [(r, "bounced") for r in item.rcpts])
 
     async def _send_dsn(self, msg: SpooledMessage, failures: list[RecipientFailure]) -> None:

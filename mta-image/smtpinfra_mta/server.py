@@ -13,6 +13,7 @@ import hashlib
 import logging
 import ssl
 import time
+import warnings
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
@@ -90,7 +91,10 @@ class SmtpHandler:
                           responses: list[str]) -> list[str]:
         session.host_name = hostname
         extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
-        return [responses[0], *extra, *responses[1:]]
+        rest = responses[1:]
+        if not self.authenticated_listener:
+            rest = [r for r in rest if not r[4:].upper().startswith("AUTH")]
+        return [responses[0], *extra, *rest]
 
     async def _login(self, server: SMTP, session: Session, username: bytes, password: bytes) -> AuthResult:
         if not _tls_ok(server):  # defence in depth: aiosmtpd already refuses AUTH before TLS
@@ -228,7 +232,7 @@ class SmtpHandler:
         msg = SpooledMessage(
             id=new_message_id(), tenant=tenant_name, pool=pool, mail_from=mail_from, rcpts=rcpts,
             received_at=time.time(), kind="submission" if kind == "submission" else "inbound",
-            idempotency_key=ikey, client=_peer(session),
+            idempotency_key=ikey, client=_peer(session), listener=self.kind,
         )
         try:
             msg_id, duplicate = await self.app.spool.commit(msg, content)
@@ -237,7 +241,6 @@ class SmtpHandler:
         if duplicate:
             log.info("duplicate submission", extra={"tenant": tenant_name, "id": msg_id})
             return f"250 2.0.0 OK already queued as {msg_id}"
-        await self.app.accepted(msg, self.kind)
         return f"250 2.0.0 OK queued as {msg_id}"
 
     def _idempotency_key(self, content: bytes, mail_from: str, rcpts: list[str]) -> str | None:
@@ -313,6 +316,9 @@ def make_protocol_factory(app: MtaApp, kind: ListenerKind, tls_ctx: ssl.SSLConte
                       auth_required=False, auth_require_tls=True, auth_exclude_mechanism=["PLAIN", "LOGIN"])
 
     def factory() -> MtaSMTP:
-        return MtaSMTP(handler, app=app, **common)
+        with warnings.catch_warnings():
+            # "AUTH without TLS" warning: on 465 TLS is on the transport, which aiosmtpd cannot see.
+            warnings.simplefilter("ignore", UserWarning)
+            return MtaSMTP(handler, app=app, **common)
 
     return factory

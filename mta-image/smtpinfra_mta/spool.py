@@ -24,7 +24,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +54,7 @@ class SpooledMessage:
     idempotency_key: str | None = None
     size: int = 0
     client: str = ""
+    listener: str = ""  # not persisted: only used for the acceptance metric
     done: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -109,6 +110,7 @@ class Spool:
         self._idem_inflight: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._idem_file: Any = None
         self.commit_rounds = 0
+        self.on_committed: Callable[[SpooledMessage], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -123,7 +125,7 @@ class Spool:
         """Flush pending commits and stop."""
         if self._committer is not None:
             if self._pending:
-                await asyncio.gather(*(p.future for p in self._pending), return_exceptions=True)
+                await asyncio.gather(*(asyncio.shield(p.future) for p in self._pending), return_exceptions=True)
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
@@ -206,6 +208,8 @@ class Spool:
 
         With an idempotency key that was already accepted for this tenant (or is being committed by a
         concurrent session), nothing is written and the earlier id is returned with duplicate=True.
+        The write completes even if the calling session is cancelled (client hung up): the committer,
+        not the session, hands committed messages to ``on_committed``, so nothing is left unqueued.
         """
         ikey = (msg.tenant, msg.idempotency_key) if msg.idempotency_key else None
         if ikey is not None:
@@ -216,29 +220,35 @@ class Spool:
             if inflight is not None:
                 return await asyncio.shield(inflight), True
         assert self._wakeup is not None, "spool not opened"
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        idem_future: asyncio.Future[str] | None = None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if ikey is not None:
-            idem_future = loop.create_future()
-            self._idem_inflight[ikey] = idem_future
+            self._idem_inflight[ikey] = asyncio.get_running_loop().create_future()
         msg.size = len(content)
         self._pending.append(_Pending(msg, content, done))
         self._wakeup.set()
-        try:
-            await done
-        except BaseException as exc:
-            if ikey is not None and idem_future is not None:
-                self._idem_inflight.pop(ikey, None)
-                if not idem_future.done():
-                    idem_future.set_exception(SpoolError(str(exc)))
-                    idem_future.exception()  # mark retrieved
-            raise
-        if ikey is not None and idem_future is not None:
-            self._idem[ikey] = (msg.id, msg.received_at)
-            self._idem_inflight.pop(ikey, None)
-            idem_future.set_result(msg.id)
+        await asyncio.shield(done)
         return msg.id, False
+
+    def _finish(self, p: _Pending, error: BaseException | None) -> None:
+        ikey = (p.msg.tenant, p.msg.idempotency_key) if p.msg.idempotency_key else None
+        inflight = self._idem_inflight.pop(ikey, None) if ikey is not None else None
+        if error is None:
+            if ikey is not None:
+                self._idem[ikey] = (p.msg.id, p.msg.received_at)
+            if inflight is not None and not inflight.done():
+                inflight.set_result(p.msg.id)
+            if not p.future.done():
+                p.future.set_result(None)
+            if self.on_committed is not None:
+                try:
+                    self.on_committed(p.msg)
+                except Exception:
+                    log.exception("on_committed hook failed", extra={"id": p.msg.id})
+        else:
+            for fut in (inflight, p.future):
+                if fut is not None and not fut.done():
+                    fut.set_exception(SpoolError(str(error)))
+                    fut.exception()  # mark retrieved: nobody may be waiting any more
 
     async def _commit_loop(self) -> None:
         assert self._wakeup is not None
@@ -255,13 +265,11 @@ class Spool:
             except Exception as exc:  # disk full, I/O error: every session in the batch gets 451
                 log.error("spool commit failed", extra={"error": str(exc), "messages": len(batch)})
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(SpoolError(str(exc)))
+                    self._finish(p, exc)
                 continue
             self.commit_rounds += 1
             for p in batch:
-                if not p.future.done():
-                    p.future.set_result(None)
+                self._finish(p, None)
 
     def _write_batch(self, batch: list[_Pending]) -> None:
         files = []

@@ -92,9 +92,10 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
         raise SchemaError(f"{path}: no type in {node}")
 
     default = out.get("default")
-    if default is not None and kind == "object":
-        # Let the API server apply nested defaults to an empty object instead of freezing a copy.
-        out["default"] = {}
+    if isinstance(default, dict):
+        # The whole default object: the API server validates a default (CEL included) as it is,
+        # without applying the nested defaults first, so `{}` would fail rules on its children.
+        out["default"] = _prune(default)
     elif isinstance(default, list) and not default:
         out.pop("default")  # [] is what absence means; don't write it into every object
     elif "default" in out and default is None:
@@ -102,6 +103,15 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
     if path.startswith(".status"):
         out.pop("default", None)
     return _ordered(out)
+
+
+def _prune(value: Any) -> Any:
+    """Drop unset (None) members and empty lists from a default, as the wire format does."""
+    if isinstance(value, dict):
+        return {k: _prune(v) for k, v in value.items() if v is not None and v != []}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
 
 
 _FIRST_KEYS = ("type", "description")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 
 from .meta import (
+    DNS_LABEL_PATTERN,
     ApiModel,
     CommonStatus,
     DnsLabel,
@@ -762,8 +763,8 @@ class TenantSpec(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel(
-                    "!has(oldSelf.namespace) || (has(self.namespace) && self.namespace == oldSelf.namespace)",
-                    "spec.namespace is immutable once set",
+                    "!has(oldSelf.namespace) || has(self.namespace)",
+                    "spec.namespace is immutable once set and cannot be removed",
                     field_path=".namespace",
                 ),
                 cel(
@@ -776,7 +777,8 @@ class TenantSpec(ApiModel):
 
     display_name: Annotated[str, Field(min_length=1, max_length=256)]
     """Human readable account name."""
-    namespace: DnsLabel | None = None
+    namespace: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, json_schema_extra={
+        "x-kubernetes-validations": [cel("self == oldSelf", "spec.namespace is immutable once set")]})] | None = None
     """Namespace of the tenant's Campaigns and credentials; tenant-<name> when unset. Immutable."""
     sender_domains: Annotated[list[Fqdn], Field(min_length=1, max_length=100, json_schema_extra=_SET)]
     """Domains the tenant may send as (MAIL FROM and header From)."""
@@ -898,7 +900,7 @@ class Unsubscribe(ApiModel):
                     "spec.unsubscribe: set url or mailto when unsubscribe is enabled",
                 ),
                 cel(
-                    "!self.oneClick || has(self.url)",
+                    "!self.enabled || !self.oneClick || has(self.url)",
                     "spec.unsubscribe.url is required for oneClick (RFC 8058 needs an https URL)",
                 ),
             ]
@@ -956,8 +958,8 @@ class CampaignSpec(ApiModel):
     """When to start; immediately when unset."""
     rate: RateSpec = RateSpec()
     """Submission rate."""
-    unsubscribe: Unsubscribe = Unsubscribe()
-    """Unsubscribe headers."""
+    unsubscribe: Unsubscribe
+    """Unsubscribe headers; bulk mail must offer an unsubscribe (set enabled: false only for tests)."""
     postal_address: Annotated[str, Field(min_length=5, max_length=512)]
     """The sender's physical postal address, required in bulk mail (CAN-SPAM)."""
     suspend: bool = False
@@ -1082,7 +1084,7 @@ class SmtpServer(Kind):
     spec_model = SmtpServerSpec
     status_model = SmtpServerStatus
     top_level_validations = [
-        cel("self.metadata.name.size() <= 40 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        cel("self.metadata.name.size() <= 40 && !self.metadata.name.contains('.')",
             "metadata.name must be a DNS label of at most 40 characters (it names the StatefulSet and its pods)"),
     ]
     description = ("An MTA deployment: pods that accept tenants' mail on submission ports and send it from the "
@@ -1146,8 +1148,7 @@ class Tenant(Kind):
     spec_model = TenantSpec
     status_model = TenantStatus
     top_level_validations = [
-        cel("has(self.spec.namespace) || (self.metadata.name.size() <= 56"
-            " && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",
+        cel("has(self.spec.namespace) || (self.metadata.name.size() <= 56 && !self.metadata.name.contains('.'))",
             "metadata.name must be a DNS label of at most 56 characters when spec.namespace is unset "
             "(the namespace is tenant-<name>)"),
     ]

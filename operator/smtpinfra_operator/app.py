@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -34,11 +35,13 @@ def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: 
     """Run the operator until interrupted; handlers register on import."""
     from . import handlers  # noqa: F401  (registration side effect)
 
+    kopf.configure(debug=os.environ.get("SMTP_INFRA_DEBUG") == "1", log_format=kopf.LogFormat.FULL, log_refkey="object")
     asyncio.run(
         kopf.operator(
             clusterwide=True,
             standalone=standalone,
-            peering_name=peering_name,
+            # Naming a peering makes Kopf insist on the peering CRD; only do that when asked.
+            peering_name=None if standalone else peering_name,
             liveness_endpoint=liveness,
         )
     )

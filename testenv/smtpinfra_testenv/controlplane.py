@@ -9,6 +9,13 @@ pods get scheduled and become Running). The binaries are built once from pinned 
 Everything a control plane needs to be found again (ports, pids, certificates, etcd data,
 kubeconfigs, logs) lives in one state directory, so ``down``/``status`` work from another process
 and a second ``up`` resumes the same cluster with its data.
+
+Pod IPs are loopback addresses (``POD_CIDR``, 127.65.0.0/16), checked against v1.36.3: the API
+server accepts them in pod status (kwok writes them, pods go Running), but Endpoints and
+EndpointSlices refuse every 127.0.0.0/8 address ("may not be in the loopback range"), so a
+Service selecting such pods gets no endpoints and kube-controller-manager records
+FailedToUpdateEndpointSlices events. Clients connect to pod IPs directly. For the same reason the
+API server runs with ``--endpoint-reconciler-type=none`` (its own address is 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -74,6 +81,10 @@ _PORTS: dict[str, tuple[str, ...]] = {
     "kwok": ("kwok",),
 }
 _STATE_VERSION = 1
+# Everything up creates in a state dir (down --purge refuses to delete anything else).
+_STATE_ENTRIES = frozenset(
+    {".lock", "state.json", "kubeconfig", "kubeconfigs", "pki", "etcd", "logs", "kwok-home", *COMPONENTS}
+)
 _KUBECONFIG_EXTENSION = "smtp-infra-testenv"
 
 
@@ -171,9 +182,7 @@ def ensure_binaries() -> Path:
     return bin_dir
 
 
-def wait_until(
-    predicate: Callable[[], _T | None], *, timeout: float, message: str, interval: float = 0.2
-) -> _T:
+def wait_until(predicate: Callable[[], _T | None], *, timeout: float, message: str, interval: float = 0.2) -> _T:
     """Poll ``predicate`` until it returns something truthy and return that.
 
     Controllers are asynchronous, so tests assert "eventually" with a bounded timeout; the
@@ -291,9 +300,7 @@ class _State:
             return None
         return _State(
             ports={k: int(v) for k, v in raw["ports"].items()},
-            pids={
-                k: {"pid": int(v["pid"]), "start": int(v["start"])} for k, v in raw.get("pids", {}).items()
-            },
+            pids={k: {"pid": int(v["pid"]), "start": int(v["start"])} for k, v in raw.get("pids", {}).items()},
             pod_cidr=str(raw.get("pod_cidr", POD_CIDR)),
             service_cidr=str(raw.get("service_cidr", SERVICE_CIDR)),
             nodes=int(raw.get("nodes", 1)),
@@ -515,9 +522,7 @@ def _health_url(name: str, ports: dict[str, int]) -> str:
 # Configuration files
 
 
-def _kubeconfig(
-    server: str, pki: pkimod.Pki, who: pkimod.ClientIdentity, ext: dict[str, Any] | None = None
-) -> str:
+def _kubeconfig(server: str, pki: pkimod.Pki, who: pkimod.ClientIdentity, ext: dict[str, Any] | None = None) -> str:
     def b64(p: Path) -> str:
         return base64.b64encode(p.read_bytes()).decode()
 
@@ -633,6 +638,10 @@ def _command_lines(sd: Path, bin_dir: Path, st: _State, pki: pkimod.Pki) -> dict
             # Pod IPs come from kwok's --cidr, not from per-node podCIDRs.
             "--controllers=*,-node-ipam-controller",
             "--allocate-node-cidrs=false",
+            # The default client rate limit (20 qps) alone adds seconds to startup, when every
+            # controller fetches its service-account token; nothing else competes for this API.
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
             "--profiling=false",
         ],
         "kube-scheduler": [
@@ -663,9 +672,7 @@ def _component_env(sd: Path, name: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("KUBECONFIG", None)
     # Loopback must never go through a proxy configured for the registries.
-    env["NO_PROXY"] = env["no_proxy"] = ",".join(
-        x for x in (env.get("NO_PROXY", ""), "127.0.0.0/8,localhost") if x
-    )
+    env["NO_PROXY"] = env["no_proxy"] = ",".join(x for x in (env.get("NO_PROXY", ""), "127.0.0.0/8,localhost") if x)
     if name == "kwok":
         # kwok silently merges ~/.kwok/kwok.yaml into its config; give it an empty home instead.
         home = sd / "kwok-home"
@@ -678,9 +685,7 @@ def _component_env(sd: Path, name: str) -> dict[str, str]:
 # Waiting
 
 
-def _wait(
-    what: str, check: Callable[[], bool], deadline: float, sd: Path, watch: dict[str, dict[str, int]]
-) -> None:
+def _wait(what: str, check: Callable[[], bool], deadline: float, sd: Path, watch: dict[str, dict[str, int]]) -> None:
     """Poll ``check`` until it holds; fail fast (with the log tail) if a watched component died."""
     delay = 0.05
     while True:
@@ -749,6 +754,21 @@ def _handle(sd: Path, bin_dir: Path, st: _State) -> ControlPlane:
     )
 
 
+def _write_kubeconfigs(sd: Path, st: _State, pki: pkimod.Pki) -> str:
+    """Write the admin kubeconfig (with our extension, for ``attach``) and the components' ones."""
+    server = f"https://127.0.0.1:{st.ports['kube-apiserver']}"
+    ext = {
+        "state-dir": str(sd),
+        "pod-cidr": st.pod_cidr,
+        "service-cidr": st.service_cidr,
+        "nodes": [f"{NODE_NAME_PREFIX}{i}" for i in range(st.nodes)],
+    }
+    _write(sd / "kubeconfig", _kubeconfig(server, pki, pkimod.ADMIN, ext))
+    for who in (pkimod.CONTROLLER_MANAGER, pkimod.SCHEDULER, pkimod.KWOK):
+        _write(sd / "kubeconfigs" / f"{who.stem}.kubeconfig", _kubeconfig(server, pki, who))
+    return server
+
+
 def up(state_dir: Path | None = None, *, nodes: int = 1, timeout: float = 180.0) -> ControlPlane:
     """Start (or find already running) the control plane of ``state_dir`` and wait until usable.
 
@@ -763,6 +783,7 @@ def up(state_dir: Path | None = None, *, nodes: int = 1, timeout: float = 180.0)
     with _flock(sd / ".lock"):
         t0 = time.monotonic()
         st = _State.load(sd)
+        grew = st is not None and nodes > st.nodes
         if st is not None:
             st.nodes = max(st.nodes, nodes)
         pki = pkimod.Pki(sd / "pki")
@@ -770,6 +791,8 @@ def up(state_dir: Path | None = None, *, nodes: int = 1, timeout: float = 180.0)
         if st is not None and running and (sd / "kubeconfig").exists():
             api = _Api.for_pki(f"https://127.0.0.1:{st.ports['kube-apiserver']}", pki)
             if api.ok("/readyz"):
+                if grew:
+                    _write_kubeconfigs(sd, st, pki)
                 _finish(sd, st, api, time.monotonic() + timeout)
                 st.save(sd)
                 log.info("control plane in %s already running", sd)
@@ -784,32 +807,37 @@ def up(state_dir: Path | None = None, *, nodes: int = 1, timeout: float = 180.0)
             st = _State(ports={}, nodes=nodes, pod_cidr=pod_cidr)
         st.ports = _pick_ports([p for n in COMPONENTS for p in _PORTS[n]], st.ports)
         pki = pkimod.ensure_pki(sd / "pki", _first_service_ip(st.service_cidr))
-        server = f"https://127.0.0.1:{st.ports['kube-apiserver']}"
-        ext = {
-            "state-dir": str(sd),
-            "pod-cidr": st.pod_cidr,
-            "service-cidr": st.service_cidr,
-            "nodes": [f"{NODE_NAME_PREFIX}{i}" for i in range(st.nodes)],
-        }
-        _write(sd / "kubeconfig", _kubeconfig(server, pki, pkimod.ADMIN, ext))
-        for who in (pkimod.CONTROLLER_MANAGER, pkimod.SCHEDULER, pkimod.KWOK):
-            _write(sd / "kubeconfigs" / f"{who.stem}.kubeconfig", _kubeconfig(server, pki, who))
+        server = _write_kubeconfigs(sd, st, pki)
         st.save(sd)
         cmds = _command_lines(sd, bin_dir, st, pki)
         api = _Api.for_pki(server, pki)
         deadline = time.monotonic() + timeout
+        phases: list[str] = []
+        mark = time.monotonic()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            phases.append(f"{name} {now - mark:.1f}s")
+            mark = now
+
+        phase("prepare")
         try:
             _start(sd, st, cmds, ["etcd"], deadline)
+            phase("etcd")
             _start(sd, st, cmds, ["kube-apiserver"], deadline, api_check=api)
+            phase("kube-apiserver")
             _start(sd, st, cmds, ["kube-controller-manager", "kube-scheduler", "kwok"], deadline)
+            phase("controllers")
             _finish(sd, st, api, deadline)
+            phase("nodes+serviceaccount")
         except BaseException:
             _terminate(st.pids, list(reversed(COMPONENTS)), grace=5.0)
             st.pids.clear()
             st.save(sd)
             raise
         st.save(sd)
-        log.info("control plane in %s up after %.1fs", sd, time.monotonic() - t0)
+        log.info("control plane in %s up after %.1fs (%s)", sd, time.monotonic() - t0, ", ".join(phases))
         return _handle(sd, bin_dir, st)
 
 
@@ -869,11 +897,17 @@ def down(state_dir: Path | None = None, *, purge: bool = False, grace: float = 1
             st.pids.clear()
             st.save(sd)
     if purge:
+        unknown = sorted(p.name for p in sd.iterdir() if p.name.removesuffix(".tmp") not in _STATE_ENTRIES)
+        if unknown:
+            # Guard against `down --purge --state-dir ~`: only ever delete what up created.
+            raise ControlPlaneError(f"not purging {sd}: it holds files up did not create: {unknown}")
         shutil.rmtree(sd, ignore_errors=True)
 
 
 @dataclass(frozen=True)
 class ComponentStatus:
+    """One component: process alive (pid), its main port, and whether its health endpoint is ok."""
+
     name: str
     running: bool
     pid: int | None

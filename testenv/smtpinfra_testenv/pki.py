@@ -154,9 +154,7 @@ def _issue(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -251,9 +249,7 @@ def ensure_pki(root: Path, service_ip: str) -> Pki:
         key = _new_key()
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in who.organizations]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, who.common_name))
-        cert = _issue(
-            x509.Name(attrs), key, signer_cert, signer_key, usages=[ExtendedKeyUsageOID.CLIENT_AUTH]
-        )
+        cert = _issue(x509.Name(attrs), key, signer_cert, signer_key, usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
         _write_private(pki.client_key(who), _key_pem(key))
         _write_public(pki.client_cert(who), cert.public_bytes(serialization.Encoding.PEM))
 
@@ -262,8 +258,6 @@ def ensure_pki(root: Path, service_ip: str) -> Pki:
         _write_private(pki.sa_key, _key_pem(key))
         _write_public(
             pki.sa_pub,
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            ),
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
         )
     return pki

@@ -37,9 +37,7 @@ def _condition(obj: dict[str, Any], kind: str) -> str | None:
 
 def test_simulated_node_is_ready_and_schedulable(control_plane: ControlPlane) -> None:
     nodes = control_plane.get_json("nodes")["items"]
-    kwok_nodes = [
-        n for n in nodes if n["metadata"].get("annotations", {}).get("kwok.x-k8s.io/node") == "fake"
-    ]
+    kwok_nodes = [n for n in nodes if n["metadata"].get("annotations", {}).get("kwok.x-k8s.io/node") == "fake"]
     assert kwok_nodes, f"no kwok-managed node among {[n['metadata']['name'] for n in nodes]}"
     for node in kwok_nodes:
         assert _condition(node, "Ready") == "True", node["status"]
@@ -49,9 +47,7 @@ def test_simulated_node_is_ready_and_schedulable(control_plane: ControlPlane) ->
         assert {n["metadata"]["name"] for n in kwok_nodes} >= set(control_plane.node_names)
 
 
-def test_plain_pod_is_scheduled_and_runs_with_a_pod_cidr_ip(
-    control_plane: ControlPlane, namespace: str
-) -> None:
+def test_plain_pod_is_scheduled_and_runs_with_a_pod_cidr_ip(control_plane: ControlPlane, namespace: str) -> None:
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -84,9 +80,7 @@ def test_plain_pod_is_scheduled_and_runs_with_a_pod_cidr_ip(
 
 def test_pod_ips_are_unique(control_plane: ControlPlane, namespace: str) -> None:
     for i in range(3):
-        control_plane.kubectl(
-            "run", f"p{i}", "--image=registry.invalid/nothing:1", "--restart=Never", "-n", namespace
-        )
+        control_plane.kubectl("run", f"p{i}", "--image=registry.invalid/nothing:1", "--restart=Never", "-n", namespace)
 
     def ips() -> list[str] | None:
         items = control_plane.get_json("pods", namespace=namespace)["items"]
@@ -144,6 +138,7 @@ def test_service_account_tokens_are_signed_by_the_configured_issuer(control_plan
     assert claims["sub"] == "system:serviceaccount:default:default"
     if control_plane.state_dir is not None:
         assert claims["iss"] == "https://kubernetes.default.svc.cluster.local"
+
     # The token authenticates: the API server verifies its own signature (and rejects a forgery).
     def review(tok: str) -> dict[str, Any]:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": tok}}

@@ -80,6 +80,17 @@ def test_up_is_idempotent_and_fast_when_running(state_dir: Path) -> None:
     assert elapsed < 5, f"up on a running control plane took {elapsed:.1f}s"
 
 
+def test_up_adds_simulated_nodes_without_restarting(state_dir: Path) -> None:
+    cpmod.up(state_dir)
+    pids = _pids(state_dir)
+    cp = cpmod.up(state_dir, nodes=2)
+    assert cp.node_names == ("kwok-node-0", "kwok-node-1")
+    assert _pids(state_dir) == pids
+    node = cp.get_json("node", "kwok-node-1")
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
+    assert cpmod.attach(cp.kubeconfig).node_names == cp.node_names
+
+
 def test_up_restarts_a_crashed_component(state_dir: Path) -> None:
     cp = cpmod.up(state_dir)
     kwok_pid = _pids(state_dir)["kwok"]
