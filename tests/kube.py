@@ -79,9 +79,13 @@ class OperatorProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.start_with_kubeconfig(Path(self.cp.kubeconfig))
+
+    def start_with_kubeconfig(self, kubeconfig: Path) -> None:
+        """Start with given credentials (e.g. a ServiceAccount token instead of cluster-admin)."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "smtpinfra_cli", "operator", "run", "--kubeconfig", str(self.cp.kubeconfig)],
+            [sys.executable, "-m", "smtpinfra_cli", "operator", "run", "--kubeconfig", str(kubeconfig)],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
         )
 

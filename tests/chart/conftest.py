@@ -1,0 +1,1 @@
+from tests.kube import crds  # noqa: F401

@@ -1,0 +1,95 @@
+"""The Helm chart: lint, render, install on the real API server, and run the operator with its RBAC."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.kube import EXAMPLES, ROOT, OperatorProcess, apply, get, wait_for
+
+pytestmark = pytest.mark.chart
+
+CHART = ROOT / "charts" / "smtp-infra"
+KUBE_VERSION = "1.36.3"
+
+
+def helm(cp: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    home = Path(tempfile.gettempdir()) / "smtp-infra-helm"
+    env = {**cp.env(), "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+           "HELM_DATA_HOME": str(home / "data")}
+    result = subprocess.run([str(cp.bin_dir / "helm"), *args], capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+def test_chart_lints_clean(control_plane):
+    out = helm(control_plane, "lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_more_replicas_without_peering_is_refused(control_plane):
+    result = helm(control_plane, "template", "x", str(CHART), "--kube-version", KUBE_VERSION,
+                  "--set", "replicaCount=2", check=False)
+    assert result.returncode != 0
+    assert "replicaCount > 1 needs peering.name" in result.stderr
+
+
+def test_chart_crds_are_the_generated_ones():
+    for path in (ROOT / "crds").glob("*.yaml"):
+        assert (CHART / "crds" / path.name).read_text() == path.read_text()
+
+
+def test_rbac_is_least_privilege(control_plane):
+    rendered = helm(control_plane, "template", "x", str(CHART), "--kube-version", KUBE_VERSION).stdout
+    role = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ClusterRole")
+    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
+    assert not verbs & {"*", "delete", "deletecollection", "escalate", "bind", "impersonate"}
+    assert all("*" not in rule["resources"] for rule in role["rules"])
+    assert "kopf.dev" not in {g for rule in role["rules"] for g in rule["apiGroups"]}
+    peered = helm(control_plane, "template", "x", str(CHART), "--kube-version", KUBE_VERSION,
+                  "--set", "replicaCount=2", "--set", "peering.name=smtp-infra").stdout
+    role = next(d for d in yaml.safe_load_all(peered) if d and d["kind"] == "ClusterRole")
+    assert "kopf.dev" in {g for rule in role["rules"] for g in rule["apiGroups"]}
+
+
+def test_install_and_run_the_operator_with_the_charts_service_account(crds, tmp_path):
+    """The operator works with exactly the chart's ClusterRole, not as cluster-admin."""
+    cp = crds
+    helm(cp, "upgrade", "--install", "smtp-infra", str(CHART), "--namespace", "smtp-infra-system",
+         "--create-namespace", "--skip-crds", "--wait=false")
+    deployment = get(cp, "deployment", "smtp-infra-operator", "smtp-infra-system")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "smtp-infra"
+    token = cp.kubectl("create", "token", "smtp-infra", "-n", "smtp-infra-system", "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(Path(cp.kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}],
+        "current-context": "operator",
+    }))
+    # The token can do what the operator needs and nothing else.
+    can = subprocess.run([str(cp.kubectl_path), "--kubeconfig", str(kubeconfig), "auth", "can-i", "delete",
+                          "secrets", "-A"], capture_output=True, text=True)
+    assert can.stdout.strip() == "no"
+    proc = OperatorProcess(cp, tmp_path / "operator.log")
+    proc.start_with_kubeconfig(kubeconfig)
+    try:
+        doc = yaml.safe_load((EXAMPLES / "warmupplan-standard.yaml").read_text())
+        doc["metadata"]["name"] = "rbac-check"
+        apply(cp, doc)
+        wait_for(lambda: (get(cp, "warmupplan", "rbac-check").get("status", {}).get("finalDailyCap") == 100000),
+                 timeout=60, what="status written with the chart's RBAC")
+        assert "Forbidden" not in proc.log() and "403" not in proc.log(), proc.log()[-3000:]
+    finally:
+        proc.stop()
+        cp.kubectl("delete", "warmupplan", "rbac-check", "--wait=false", check=False)
+        helm(cp, "uninstall", "smtp-infra", "--namespace", "smtp-infra-system", check=False)
