@@ -171,7 +171,7 @@ class MtaApp:
             return
         if msg.kind == "dsn" or self.scheduler is None:
             return  # DSNs are queued by the scheduler that made them
-        if self.counters is not None:
+        if self.counters is not None and msg.kind == "submission":
             self.counters.add(f"quota:{msg.tenant}", len(msg.rcpts))
         self.metrics.accepted.labels(tenant=msg.tenant, pool=msg.pool, listener=msg.listener or "unknown").inc(
             len(msg.rcpts))

@@ -139,14 +139,31 @@ class ImplicitTlsListener(ListenerBase):
     port: int = Field(465, ge=1, le=65535, description="TCP port (465 by convention).")
 
 
+class RelayDomain(_Model):
+    """A domain this MTA accepts and forwards on port 25 without AUTH (Postfix's ``relay_domains``).
+
+    For an inbound gateway or backup MX in front of an internal mail host. Only mail *to* this domain is
+    accepted, never to anywhere else, so listing a domain does not make the MTA an open relay. The next hop
+    is the domain's ``delivery.routes`` entry when there is one, otherwise its MX hosts.
+    """
+
+    domain: DomainName = Field(description="Recipient domain accepted and forwarded (exact match).")
+    pool: str = Field(description="Name of the IP pool (see 'pools') whose source IPs forward this mail.")
+
+
 class InboundListener(ListenerBase):
-    """Unauthenticated port 25 that accepts mail only for the bounce/return-path and FBL domains."""
+    """Unauthenticated port 25: accepts mail only for the bounce/FBL domains and the relay domains."""
 
     port: int = Field(25, ge=1, le=65535, description="TCP port (25 by convention).")
     domains: list[DomainName] = Field(
         default_factory=list,
         description="Domains this listener accepts recipients for: the return-path (asynchronous bounce) "
         "domain and the feedback-loop (ARF complaint) domain. Everything else is refused with 5.7.1.",
+    )
+    relay_domains: list[RelayDomain] = Field(
+        default_factory=list,
+        description="Domains accepted on port 25 and forwarded (inbound gateway / backup MX). A transaction "
+        "carries recipients of one kind only: report domains, or relay domains of one pool.",
     )
     starttls: bool = Field(True, description="Offer STARTTLS (not required) on port 25.")
 
@@ -393,6 +410,30 @@ class TlsPolicy(_Model):
     verify: bool = Field(False, description="Verify the MX certificate and host name (with mode 'required').")
 
 
+class Route(_Model):
+    """A static next hop for one recipient domain, used instead of its MX records.
+
+    Postfix's ``transport_maps`` entry ``domain smtp:[host]:port``: mail for an internal domain goes to its
+    mail host, or all mail for a partner domain goes through a fixed smarthost. Shaping, warm-up caps and
+    retries apply exactly as for MX delivery.
+    """
+
+    domain: DomainName = Field(description="Recipient domain (exact match).")
+    host: str = Field(
+        min_length=1, max_length=253,
+        description="Next hop: an IP address, or a host name whose A/AAAA records are used (no MX lookup).",
+    )
+    port: int = Field(25, ge=1, le=65535, description="Next hop's SMTP port.")
+
+    @field_validator("host")
+    @classmethod
+    def _host_or_ip(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            return str(_normalise_domain(v))
+
+
 class Delivery(_Model):
     resolver: Resolver = Field(default_factory=Resolver, description="DNS resolver for MX lookups.")
     port: int = Field(25, ge=1, le=65535, description="Remote SMTP port (25; other values only for testing).")
@@ -406,6 +447,9 @@ class Delivery(_Model):
     )
     starttls: Literal["opportunistic", "required"] = Field("opportunistic", description="Default STARTTLS policy.")
     tls_policies: list[TlsPolicy] = Field(default_factory=list, description="Per-destination STARTTLS overrides.")
+    routes: list[Route] = Field(
+        default_factory=list, description="Static next hops per recipient domain (instead of MX lookup)."
+    )
     connect_timeout: Duration = Field(30.0, gt=0, description="TCP connect + banner timeout.")
     command_timeout: Duration = Field(300.0, gt=0, description="Timeout for each SMTP command reply.")
     idle_timeout: Duration = Field(5.0, ge=0, description="How long an idle outbound connection is kept for reuse.")
@@ -500,8 +544,20 @@ class MtaConfig(_Model):
         wants_tls = self.listeners.submission.enabled or self.listeners.implicit_tls.enabled
         if wants_tls and self.tls is None:
             raise ValueError("listeners.submission/implicit_tls need 'tls' (cert_file and key_file)")
-        if self.listeners.inbound.enabled and not self.listeners.inbound.domains:
+        inbound = self.listeners.inbound
+        if inbound.enabled and not inbound.domains:
             raise ValueError("listeners.inbound is enabled but has no 'domains' (the bounce/FBL domains)")
+        relay = [r.domain for r in inbound.relay_domains]
+        if len(set(relay)) != len(relay):
+            raise ValueError("listeners.inbound.relay_domains: each domain may be listed once")
+        for r in inbound.relay_domains:
+            if r.pool not in pools:
+                raise ValueError(f"relay domain {r.domain!r} uses pool {r.pool!r}, which is not in 'pools' {pools}")
+            if r.domain in inbound.domains:
+                raise ValueError(f"{r.domain!r} is both a bounce/FBL domain and a relay domain; pick one")
+        routed = [r.domain for r in self.delivery.routes]
+        if len(set(routed)) != len(routed):
+            raise ValueError("delivery.routes: each domain may have one route")
         return self
 
     # Lookups used on hot paths; cheap enough to compute per call at config sizes we expect.
@@ -510,6 +566,18 @@ class MtaConfig(_Model):
             if p.name == name:
                 return p
         raise KeyError(name)
+
+    def relay_domain(self, domain: str) -> RelayDomain | None:
+        for r in self.listeners.inbound.relay_domains:
+            if r.domain == domain:
+                return r
+        return None
+
+    def route(self, domain: str) -> Route | None:
+        for r in self.delivery.routes:
+            if r.domain == domain:
+                return r
+        return None
 
     def tenant(self, name: str) -> Tenant:
         for t in self.tenants:

@@ -16,7 +16,7 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
-from smtpinfra_mta.config import Provider, Resolver
+from smtpinfra_mta.config import Provider, Resolver, Route
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class MxHost:
     name: str
     preference: int
     addresses: tuple[str, ...]
+    port: int | None = None  # a static route's port; None means the configured delivery port
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,24 @@ class MxResolver:
             ttl = min(ttl, float(ans.rrset.ttl if ans.rrset is not None else 300))
             out.extend(r.to_text() for r in ans)
         return tuple(out), ttl
+
+    async def route(self, route: Route) -> MxResult:
+        """The next hop of a static route: its IP, or its host name's A/AAAA records (never MX)."""
+        key = f"route:{route.domain}"
+        cached = self._cache.get(key)
+        if cached is not None and cached.expires_at > time.monotonic():
+            return cached
+        try:
+            ipaddress.ip_address(route.host)
+            addrs: tuple[str, ...] = (route.host,)
+            ttl = 86400.0
+        except ValueError:
+            addrs, ttl = await self._addresses(route.host)
+            if not addrs:
+                raise DnsTemporaryError(f"route host {route.host} of {route.domain} has no address") from None
+        result = MxResult(route.domain, (MxHost(route.host, 0, addrs, route.port),), time.monotonic() + max(ttl, 5.0))
+        self._cache[key] = result
+        return result
 
     async def lookup(self, domain: str) -> MxResult:
         domain = domain.lower().rstrip(".")

@@ -208,7 +208,7 @@ class Scheduler:
             item.rcpts = pending
             item.state = "taken"
             holding.append(item)
-            if self.suppression is not None:
+            if self.suppression is not None and item.msg.kind != "relay":  # relayed mail has no tenant list
                 keep: list[str] = []
                 suppressed: list[str] = []
                 try:
@@ -234,7 +234,8 @@ class Scheduler:
         if item is None:
             return
         try:
-            mx = await self.resolver.lookup(q.domain)
+            route = self.cfg.route(q.domain)
+            mx = await (self.resolver.route(route) if route is not None else self.resolver.lookup(q.domain))
         except DnsPermanentError as exc:
             await self._fail_permanent(item, Reply(550, f"{exc.status} {exc}"), None)
             while (more := await self._take(q, holding)) is not None:
@@ -312,7 +313,8 @@ class Scheduler:
             for addr in host.addresses:
                 try:
                     conn = await OutboundConnection.open(
-                        mx_host=host.name, address=addr, port=self.cfg.delivery.port, source_ip=source.address,
+                        mx_host=host.name, address=addr, port=host.port or self.cfg.delivery.port,
+                        source_ip=source.address,
                         ehlo_name=source.ehlo_name, starttls=policy, verify=verify,
                         connect_timeout=self.cfg.delivery.connect_timeout,
                         command_timeout=self.cfg.delivery.command_timeout,

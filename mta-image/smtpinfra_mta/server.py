@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from smtpinfra_mta import policy
-from smtpinfra_mta.spool import SpooledMessage, SpoolError, new_message_id
+from smtpinfra_mta.spool import Kind, SpooledMessage, SpoolError, new_message_id
 from smtpinfra_mta.tenants import domain_of
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ListenerKind = Literal["submission", "implicit_tls", "inbound"]
 NULL_SENDER = "<>"  # aiosmtpd treats an empty MAIL FROM as "no MAIL yet", so we carry a marker
 MAX_AUTH_FAILURES = 3
+RELAY_TENANT = "_relay"  # accounting name of mail accepted for a relay domain (no tenant sent it)
 
 
 class MtaSMTP(SMTP):
@@ -189,16 +190,35 @@ class SmtpHandler:
                 if refusal is not None:
                     return self._reject("quota", refusal)
         else:
-            # Unauthenticated: only our own bounce/FBL domains, on the inbound listener only.
-            domains = self.app.cfg.listeners.inbound.domains if self.kind == "inbound" else []
-            refusal = policy.check_inbound_rcpt(address, domains)
+            # Unauthenticated: only our own bounce/FBL domains and the relay domains, on the inbound listener.
+            inbound = self.app.cfg.listeners.inbound
+            relay = [r.domain for r in inbound.relay_domains]
+            refusal = policy.check_inbound_rcpt(address, [*inbound.domains, *relay] if self.kind == "inbound" else [])
             if refusal is None and len(envelope.rcpt_tos) >= self.app.cfg.limits.max_recipients:
                 refusal = "452 4.5.3 Too many recipients"
+            if refusal is None:
+                refusal = self._one_route_per_transaction(envelope, address)
             if refusal is not None:
                 return self._reject("relay", refusal)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient OK"
+
+    def _relay_pool(self, address: str) -> str | None:
+        """The pool forwarding mail for ``address`` when it is in a relay domain, else None (a report)."""
+        rd = self.app.cfg.relay_domain(domain_of(address))
+        return rd.pool if rd is not None else None
+
+    def _one_route_per_transaction(self, envelope: Envelope, address: str) -> str | None:
+        """Reports and relayed mail are spooled differently, so one transaction carries one kind (and pool).
+
+        452 makes the client send the remaining recipients in another transaction (RFC 5321 4.5.3.1.10).
+        """
+        if not envelope.rcpt_tos:
+            return None
+        if self._relay_pool(address) != self._relay_pool(envelope.rcpt_tos[0]):
+            return "452 4.5.3 Send recipients of this domain in a separate transaction"
+        return None
 
     # ------------------------------------------------------------------ DATA
 
@@ -209,6 +229,7 @@ class SmtpHandler:
             return self._reject("loop", loop_refusal)
         mail_from = "" if envelope.mail_from == NULL_SENDER else str(envelope.mail_from)
         rcpts = list(envelope.rcpt_tos)
+        kind: Kind
         if self.authenticated_listener:
             tenant = self.app.tenants.tenant(str(session.auth_data))
             if tenant is None or tenant.suspended:
@@ -221,7 +242,11 @@ class SmtpHandler:
                 return self._reject("quota", refusal)
             tenant_name, pool, kind = tenant.name, tenant.pool, "submission"
         else:
-            tenant_name, pool, kind = "_inbound", "", "inbound"
+            relay_pool = self._relay_pool(rcpts[0]) if rcpts else None
+            if relay_pool is not None:
+                tenant_name, pool, kind = RELAY_TENANT, relay_pool, "relay"
+            else:
+                tenant_name, pool, kind = "_inbound", "", "inbound"
         content = self._received_header(session, envelope, tenant_name if self.authenticated_listener else None) \
             + content
         if self.authenticated_listener:
@@ -231,7 +256,7 @@ class SmtpHandler:
         ikey = self._idempotency_key(content, mail_from, rcpts) if self.authenticated_listener else None
         msg = SpooledMessage(
             id=new_message_id(), tenant=tenant_name, pool=pool, mail_from=mail_from, rcpts=rcpts,
-            received_at=time.time(), kind="submission" if kind == "submission" else "inbound",
+            received_at=time.time(), kind=kind,
             idempotency_key=ikey, client=_peer(session), listener=self.kind,
         )
         try:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 log = logging.getLogger(__name__)
 
 MAGIC = b"SMTPINFRA-SPOOL-1\n"
-Kind = Literal["submission", "dsn", "inbound"]
+Kind = Literal["submission", "dsn", "inbound", "relay"]
 
 
 def new_message_id() -> str:

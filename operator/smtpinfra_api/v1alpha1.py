@@ -397,6 +397,36 @@ class SpoolSpec(ApiModel):
     """StorageClass of the spool volumes; the cluster default when unset."""
 
 
+class StartTlsPolicy(StrEnum):
+    """Outbound STARTTLS policy."""
+
+    OPPORTUNISTIC = "opportunistic"
+    REQUIRED = "required"
+
+
+class ResolverSpec(ApiModel):
+    """The DNS resolver the MTA uses for MX lookups."""
+
+    address: Annotated[str, Field(max_length=45, json_schema_extra={"x-kubernetes-validations": [
+        cel("isIP(self)", "spec.delivery.resolver.address must be an IP address")]})]
+    """Resolver address; the pod's /etc/resolv.conf when resolver is unset."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 53
+    """Resolver port."""
+
+
+class DeliverySpec(ApiModel):
+    """Outbound delivery."""
+
+    resolver: ResolverSpec | None = None
+    """DNS resolver for MX lookups; the cluster DNS when unset."""
+    max_queue_age: Duration = "5d"
+    """How long a message is retried before it bounces (DSN)."""
+    starttls: StartTlsPolicy = StartTlsPolicy.OPPORTUNISTIC
+    """Default outbound STARTTLS policy."""
+    remote_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    """Port of remote MX hosts; only change it for test environments."""
+
+
 class TenantSelector(ApiModel):
     """Which Tenants may send through this server, by label."""
 
@@ -444,6 +474,8 @@ class SmtpServerSpec(ApiModel):
     """Traffic shaping rules."""
     tenant_selector: TenantSelector = TenantSelector()
     """Which Tenants may send through this server."""
+    delivery: DeliverySpec = DeliverySpec()
+    """Outbound delivery settings."""
     resources: Resources = Resources()
     """Compute resources of each MTA pod."""
     spool: SpoolSpec = SpoolSpec()
@@ -574,6 +606,8 @@ class AddressStatus(StatusModel):
     """namespace/server/replica using this address."""
     listings: Annotated[list[Annotated[str, Field(max_length=253)]], Field(json_schema_extra=_SET)] = []
     """DNSBL zones currently listing the address."""
+    warmup_started: datetime | None = None
+    """When the address started its warm-up plan (day 1)."""
     warmup_day: Annotated[int, Field(ge=0)] | None = None
     """Day of the warm-up plan the address is on."""
     daily_cap: Annotated[int, Field(ge=0)] | None = None

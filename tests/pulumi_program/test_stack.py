@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 from pathlib import Path
@@ -29,9 +30,6 @@ class Recorder(pulumi.runtime.Mocks):
         return {}, None
 
 
-recorder = Recorder()
-pulumi.runtime.set_mocks(recorder, preview=False)
-
 _spec = importlib.util.spec_from_file_location("smtpinfra_pulumi_stack", ROOT / "pulumi" / "stack.py")
 assert _spec and _spec.loader
 stack_module = importlib.util.module_from_spec(_spec)
@@ -39,8 +37,17 @@ sys.modules["smtpinfra_pulumi_stack"] = stack_module
 _spec.loader.exec_module(stack_module)
 
 
-@pulumi.runtime.test
 def test_stack_declares_crds_operator_and_examples():
+    # A fresh event loop: other tests' asyncio.run() leave none behind, and Pulumi's runtime
+    # binds its futures to the loop current when the mocks are set.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    recorder = Recorder()
+    pulumi.runtime.set_mocks(recorder, preview=False)
+    program(recorder)
+
+
+@pulumi.runtime.test  # type: ignore[untyped-decorator]
+def program(recorder: Recorder) -> pulumi.Output[Any]:
     stack = stack_module.deploy(stack_module.StackConfig(namespace="mail-system", operator_image="reg/op:1.2"))
 
     def check(_: Any) -> None:

@@ -1,0 +1,349 @@
+"""End-to-end relay throughput: ``smtp-source`` -> MTA -> ``smtp-sink``, ours against Postfix, same run.
+
+Both MTAs receive the same load from Postfix's ``smtp-source`` (20 parallel sessions, 1 KiB bodies, one
+message per connection, as a fleet of clients would send) for one domain they relay without AUTH, and
+forward it over SMTP to an ``smtp-sink`` acting as the remote MX. A side's clock starts when
+``smtp-source`` starts and stops when the sink has counted every message, so the rate is end to end:
+accepted (fsynced before 250), queued, delivered.
+
+* ours: ``python -m smtpinfra_mta serve`` with the port-25 listener relaying ``sink.bench`` (a relay domain)
+  to the sink through a static route, spool fsync on (the default);
+* Postfix: a private instance (own config_directory, queue_directory and master under a temp dir on the
+  same disk) with ``relay_domains = sink.bench`` and a ``transport_maps`` route to the same sink, default
+  fsync behaviour.
+
+Everything listens on 127.0.77.x only. All processes started here are stopped at the end, also on errors.
+The last line of output is JSON: ``{"mta_msgs_per_s": ..., "postfix_msgs_per_s": ..., "ratio": ...}``.
+
+    .venv/bin/python bench/mta_throughput.py [--messages 10000] [--sessions 20] [--rounds 1] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MTA_ADDR = "127.0.77.10"
+POSTFIX_ADDR = "127.0.77.11"
+MTA_SOURCE_IP = "127.0.77.21"
+POSTFIX_SOURCE_IP = "127.0.77.22"
+SINK_ADDR = "127.0.77.42"
+DOMAIN = "sink.bench"
+SENDER = "load@source.bench"
+REPO = Path(__file__).resolve().parent.parent
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as s:
+                s.recv(512)  # read the banner so the server sees an orderly session
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+class Processes:
+    """Every process this benchmark starts, each in its own session, killed by its own group id at exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        # children of a stopped leader (e.g. worker processes) share its process group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            self.stop(p)
+
+
+class Sink:
+    """``smtp-sink -c``: a fast remote MX whose running counter tells how many messages have arrived."""
+
+    def __init__(self, procs: Processes) -> None:
+        self.port = free_port(SINK_ADDR)
+        self.proc = procs.start([SMTP_SINK, "-u", "root", "-c", f"{SINK_ADDR}:{self.port}", "1000"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.messages = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_port(SINK_ADDR, self.port)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        buf = b""
+        while chunk := self.proc.stdout.read1(65536):
+            buf = (buf + chunk)[-4096:]
+            found = re.findall(rb"mesg=(\d+)", buf)
+            if found:
+                self.messages = int(found[-1])
+
+    def wait_for(self, n: int, timeout: float) -> float:
+        """Monotonic time at which ``n`` messages had arrived (raises on timeout)."""
+        deadline = time.monotonic() + timeout
+        while self.messages < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {self.messages}/{n} messages reached the sink within {timeout:.0f}s")
+            time.sleep(0.01)
+        return time.monotonic()
+
+
+def run_load(procs: Processes, host: str, port: int, messages: int, sessions: int, size: int,
+             timeout: float) -> float:
+    """Run smtp-source to completion; returns its duration."""
+    t0 = time.monotonic()
+    proc = procs.start([SMTP_SOURCE, "-s", str(sessions), "-m", str(messages), "-l", str(size), "-f", SENDER,
+                        "-t", f"user@{DOMAIN}", "-M", "client.source.bench", f"{host}:{port}"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        procs.stop(proc, signal.SIGKILL)
+        raise TimeoutError("smtp-source did not finish in time") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"smtp-source failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
+    return time.monotonic() - t0
+
+
+# ----------------------------------------------------------------------------------------- our MTA
+
+
+def mta_config(work: Path, sink_port: int, listen_port: int) -> dict[str, Any]:
+    return {
+        "hostname": "mta.bench",
+        "listeners": {
+            "submission": {"enabled": False},
+            "inbound": {"bind": [MTA_ADDR], "port": listen_port, "starttls": False,
+                        "domains": ["bounces.mta.bench"],
+                        "relay_domains": [{"domain": DOMAIN, "pool": "bench"}]},
+        },
+        "limits": {"max_sessions": 1000},
+        "pools": [{"name": "bench", "source_ips": [{"address": MTA_SOURCE_IP, "ehlo_name": "out.mta.bench"}]}],
+        # Postfix's defaults: 20 connections per destination, connection cache reuse
+        "throttling": {"rules": [{"scope": "default", "connection_limit": 20,
+                                  "max_deliveries_per_connection": 1000}]},
+        "delivery": {"routes": [{"domain": DOMAIN, "host": SINK_ADDR, "port": sink_port}],
+                     "resolver": {"address": "127.0.77.53", "port": 53, "timeout": "1s"}},
+        "spool": {"directory": str(work / "spool"), "fsync": True},
+        "suppression": {"url": f"sqlite:///{work / 'suppression.db'}"},
+        "http": {"bind": MTA_ADDR, "port": free_port(MTA_ADDR)},
+        "bounces": {"return_path_domain": "bounces.mta.bench"},
+    }
+
+
+@contextlib.contextmanager
+def our_mta(procs: Processes, work: Path, sink_port: int, workers: int | None,
+            log_level: str) -> Iterator[int]:
+    port = free_port(MTA_ADDR)
+    cfg = mta_config(work, sink_port, port)
+    if workers is not None:
+        cfg["workers"] = workers
+    cfg_path = work / "mta.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "mta-image"))
+    log = (work / "mta.log").open("wb")
+    proc = procs.start([sys.executable, "-m", "smtpinfra_mta", "serve", "--config", str(cfg_path),
+                        "--log-level", log_level], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+    try:
+        wait_port(MTA_ADDR, port)
+        yield port
+    finally:
+        procs.stop(proc)
+        log.close()
+
+
+# ----------------------------------------------------------------------------------------- Postfix
+
+_MASTER_CF = """\
+{addr}:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+"""
+
+
+def postfix_main_cf(work: Path, sink_port: int) -> str:
+    settings = {
+        "compatibility_level": "3.6",
+        "queue_directory": str(work / "queue"),
+        "data_directory": str(work / "data"),
+        "mail_owner": "postfix",
+        "setgid_group": "postdrop",
+        "myhostname": "postfix.bench",
+        "mydomain": "bench",
+        "mydestination": "",
+        "inet_interfaces": POSTFIX_ADDR,
+        "inet_protocols": "ipv4",
+        "mynetworks": "127.0.77.0/24",
+        "relay_domains": DOMAIN,
+        "transport_maps": f"inline:{{ {DOMAIN} = smtp:[{SINK_ADDR}]:{sink_port} }}",
+        "smtp_bind_address": POSTFIX_SOURCE_IP,
+        "smtpd_relay_restrictions": "reject_unauth_destination",
+        "alias_maps": "",
+        "alias_database": "",
+        "local_recipient_maps": "",
+        "smtpd_banner": "$myhostname ESMTP",
+        "biff": "no",
+    }
+    return "".join(f"{k} = {v}\n" for k, v in settings.items())
+
+
+@contextlib.contextmanager
+def postfix(procs: Processes, work: Path, sink_port: int) -> Iterator[int]:
+    conf = work / "etc"
+    conf.mkdir(parents=True)
+    (work / "queue").mkdir()
+    (work / "data").mkdir()
+    shutil.chown(work / "data", "postfix", "postfix")
+    port = free_port(POSTFIX_ADDR)
+    (conf / "main.cf").write_text(postfix_main_cf(work, sink_port))
+    (conf / "master.cf").write_text(_MASTER_CF.format(addr=POSTFIX_ADDR, port=port))
+
+    def pf(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["/usr/sbin/postfix", "-c", str(conf), *args], capture_output=True, text=True,
+                              check=check, timeout=60)
+
+    pf("check", check=False)  # creates the queue directories with their owners
+    started = pf("start", check=False)
+    if started.returncode != 0:
+        raise RuntimeError(f"postfix did not start: {started.stdout}{started.stderr}")
+    try:
+        wait_port(POSTFIX_ADDR, port)
+        yield port
+    finally:
+        pf("stop", check=False)
+        pid_file = work / "queue" / "pid" / "master.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().split()[0])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------- runs
+
+
+def measure(procs: Processes, side: str, work: Path, args: argparse.Namespace) -> dict[str, float]:
+    work.mkdir(parents=True)
+    sink = Sink(procs)
+    timeout = max(120.0, args.messages / 20.0)
+    try:
+        server = (our_mta(procs, work, sink.port, args.workers, args.log_level) if side == "mta"
+                  else postfix(procs, work, sink.port))
+        with server as port:
+            t0 = time.monotonic()
+            accept_s = run_load(procs, MTA_ADDR if side == "mta" else POSTFIX_ADDR, port, args.messages,
+                                args.sessions, args.size, timeout)
+            t_end = sink.wait_for(args.messages, timeout)
+        total = t_end - t0
+        return {"msgs_per_s": round(args.messages / total, 1), "seconds": round(total, 2),
+                "accept_msgs_per_s": round(args.messages / accept_s, 1)}
+    finally:
+        procs.stop(sink.proc)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=10_000, help="messages per side (default 10000)")
+    ap.add_argument("--sessions", type=int, default=20, help="parallel smtp-source sessions (default 20)")
+    ap.add_argument("--size", type=int, default=1024, help="message body bytes (default 1024)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate ours/Postfix this many times; report medians")
+    ap.add_argument("--workers", type=int, default=None, help="MTA 'workers' setting (default: the MTA's)")
+    ap.add_argument("--log-level", default="WARNING", help="MTA log level (Postfix logs to an absent syslog)")
+    ap.add_argument("--only", choices=["mta", "postfix"], help="run one side only (for profiling)")
+    args = ap.parse_args()
+    for exe in (SMTP_SOURCE, SMTP_SINK, "/usr/sbin/postfix"):
+        if not Path(exe).exists():
+            print(f"{exe} missing: run scripts/install-system-deps.sh", file=sys.stderr)
+            return 2
+    procs = Processes()
+    base = Path(tempfile.mkdtemp(prefix="mta-bench-", dir="/var/tmp"))
+    results: dict[str, list[dict[str, float]]] = {"mta": [], "postfix": []}
+    sides = [args.only] if args.only else ["mta", "postfix"]
+    try:
+        for rnd in range(args.rounds):
+            for side in sides:
+                r = measure(procs, side, base / f"{side}-{rnd}", args)
+                results[side].append(r)
+                print(json.dumps({"round": rnd + 1, "side": side, **r}), flush=True)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
+
+    def med(side: str, key: str = "msgs_per_s") -> float:
+        vals = [r[key] for r in results[side]]
+        return round(statistics.median(vals), 1) if vals else 0.0
+
+    out: dict[str, Any] = {"mta_msgs_per_s": med("mta"), "postfix_msgs_per_s": med("postfix")}
+    out["ratio"] = round(out["mta_msgs_per_s"] / out["postfix_msgs_per_s"], 2) if out["postfix_msgs_per_s"] else None
+    out.update({"mta_accept_msgs_per_s": med("mta", "accept_msgs_per_s"),
+                "postfix_accept_msgs_per_s": med("postfix", "accept_msgs_per_s"),
+                "messages": args.messages, "sessions": args.sessions, "size": args.size, "rounds": args.rounds,
+                "mta_runs": [r["msgs_per_s"] for r in results["mta"]],
+                "postfix_runs": [r["msgs_per_s"] for r in results["postfix"]]})
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

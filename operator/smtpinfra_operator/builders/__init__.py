@@ -1,0 +1,1 @@
+"""Pure builders: spec in, desired objects / config out. No I/O."""

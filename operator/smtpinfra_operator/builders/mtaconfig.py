@@ -1,0 +1,218 @@
+"""SmtpServer spec + served tenants + address assignment → one MTA config per replica.
+
+The result is the MTA's own pydantic model (`smtpinfra_mta.config.MtaConfig`): the contract
+between operator and MTA is one module both import, so a config the MTA would refuse fails
+here, in the operator, with the same message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from smtpinfra_api.meta import parse_duration
+from smtpinfra_api.v1alpha1 import DkimKey, MailboxProvider, ShapingRule, SmtpServerSpec, TenantSpec, WarmupPlanSpec
+from smtpinfra_mta.config import MtaConfig, dump_config
+
+from ..warmup import daily_caps
+
+CONFIG_DIR = PurePosixPath("/etc/smtp-infra/config")
+CREDENTIALS_DIR = PurePosixPath("/etc/smtp-infra/credentials")
+TLS_DIR = PurePosixPath("/etc/smtp-infra/tls")
+DKIM_DIR = PurePosixPath("/etc/smtp-infra/dkim")
+SPOOL_DIR = PurePosixPath("/var/spool/smtp-infra")
+HTTP_PORT = 8080
+
+# MX host suffixes of the mailbox providers warm-up plans name (KumoMTA's rollup idea).
+PROVIDER_MX_SUFFIXES: dict[MailboxProvider, list[str]] = {
+    MailboxProvider.GMAIL: ["google.com", "googlemail.com"],
+    MailboxProvider.YAHOO: ["yahoodns.net"],
+    MailboxProvider.MICROSOFT: ["outlook.com"],
+    MailboxProvider.APPLE: ["icloud.com"],
+    MailboxProvider.COMCAST: ["comcast.net"],
+}
+
+
+@dataclass(frozen=True)
+class ServedTenant:
+    """A tenant this server serves, with what the MTA needs of it."""
+
+    name: str
+    spec: TenantSpec
+    pool: str
+    """The IpPool its mail leaves from (its dedicated pool, or the server's first pool)."""
+
+
+@dataclass(frozen=True)
+class SourceAddress:
+    """One sending address of one replica."""
+
+    pool: str
+    address: str
+    ehlo_name: str
+    daily_cap: int | None = None
+    """Today's warm-up cap; None when the address is not warming up."""
+    hourly_cap: int | None = None
+    provider_caps: tuple[tuple[MailboxProvider, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerInputs:
+    """Everything the builders need, gathered by the handler."""
+
+    name: str
+    namespace: str
+    spec: SmtpServerSpec
+    tenants: list[ServedTenant]
+    replica_addresses: dict[int, list[SourceAddress]]
+    """Ordinal → one address per pool, for the replicas that have all their addresses."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def dkim_key_path(key: DkimKey) -> PurePosixPath:
+    """Where a DKIM private key is mounted in the pod."""
+    return DKIM_DIR / f"{key.domain}.{key.selector}" / "private.pem"
+
+
+def credentials_path(tenant: str) -> PurePosixPath:
+    """Where a tenant's `username:hash` line is mounted in the pod."""
+    return CREDENTIALS_DIR / tenant
+
+
+def _rule(scope: str, match: str | None, rule: ShapingRule) -> dict[str, Any] | None:
+    values = {
+        "connection_limit": rule.connection_limit,
+        "max_message_rate": rule.max_message_rate,
+        "max_connection_rate": rule.max_connection_rate,
+        "max_deliveries_per_connection": rule.max_deliveries_per_connection,
+    }
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values and scope != "default":
+        return None
+    out: dict[str, Any] = {"scope": scope, **values}
+    if match is not None:
+        out["match"] = match
+    return out
+
+
+def throttling(spec: SmtpServerSpec, addresses: list[SourceAddress]) -> dict[str, Any]:
+    """The MTA's throttling section: shaping rules, MX rollup providers, warm-up caps, automation."""
+    shaping = spec.throttling
+    providers: dict[str, list[str]] = {p.name: list(p.mx_suffixes) for p in shaping.providers}
+    warm_providers = {p for a in addresses for p, _ in a.provider_caps}
+    for provider in sorted(warm_providers):
+        providers.setdefault(provider.value, PROVIDER_MX_SUFFIXES.get(provider, []))
+    rules = [_rule("default", None, shaping.default)]
+    rules += [_rule("domain", d.domain, d) for d in shaping.domains]
+    rules += [_rule("provider", p.name, p) for p in shaping.providers]
+    rules += [_rule("source_ip", s.address, s) for s in shaping.sources]
+    warmup: list[dict[str, Any]] = []
+    for address in addresses:
+        if address.daily_cap is not None:
+            warmup.append({"source_ip": address.address, "per_day": address.daily_cap,
+                           "per_hour": address.hourly_cap})
+        for provider, cap in address.provider_caps:
+            if providers.get(provider.value):
+                warmup.append({"source_ip": address.address, "provider": provider.value, "per_day": cap})
+    automation = [
+        {
+            "name": a.name,
+            "regex": a.match,
+            "action": a.action.value.lower(),
+            "duration": parse_duration(a.duration),
+            **({"max_message_rate": a.max_message_rate} if a.max_message_rate else {}),
+        }
+        for a in shaping.automation
+    ]
+    return {
+        "providers": [{"name": n, "mx_suffixes": s} for n, s in providers.items() if s],
+        "rules": [r for r in rules if r is not None],
+        "warmup": [{k: v for k, v in w.items() if v is not None} for w in warmup],
+        "automation": automation,
+    }
+
+
+def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
+    """The MTA config of one replica (validated by the MTA's own model)."""
+    spec = inputs.spec
+    addresses = inputs.replica_addresses[ordinal]
+    pools: dict[str, list[dict[str, str]]] = {}
+    for a in addresses:
+        pools.setdefault(a.pool, []).append({"address": a.address, "ehlo_name": a.ehlo_name})
+    listeners = spec.listeners
+    data: dict[str, Any] = {
+        "version": 1,
+        "hostname": spec.hostname,
+        "listeners": {
+            "submission": {"enabled": listeners.submission.enabled, "port": listeners.submission.port,
+                           "proxy_protocol": listeners.proxy_protocol},
+            "implicit_tls": {"enabled": listeners.implicit_tls.enabled, "port": listeners.implicit_tls.port,
+                             "proxy_protocol": listeners.proxy_protocol},
+            "inbound": {"enabled": listeners.inbound.enabled, "port": listeners.inbound.port,
+                        "proxy_protocol": listeners.proxy_protocol, "domains": [spec.return_path_domain]},
+        },
+        "limits": {"max_message_size": listeners.max_message_size, "max_recipients": listeners.max_recipients},
+        "tenants": [
+            {
+                "name": t.name,
+                "credentials_file": str(credentials_path(t.name)),
+                "sender_domains": list(t.spec.sender_domains),
+                "quotas": {"per_hour": t.spec.quotas.per_hour, "per_day": t.spec.quotas.per_day},
+                "suspended": t.spec.suspended,
+                "pool": t.pool,
+            }
+            for t in inputs.tenants
+        ],
+        "pools": [{"name": name, "source_ips": ips} for name, ips in pools.items()],
+        "dkim": [
+            {"domain": k.domain, "selector": k.selector, "algorithm": k.algorithm.value,
+             "key_file": str(dkim_key_path(k))}
+            for k in spec.dkim.keys
+        ],
+        "throttling": throttling(spec, addresses),
+        "delivery": {
+            "port": spec.delivery.remote_port,
+            "max_queue_age": parse_duration(spec.delivery.max_queue_age),
+            "starttls": spec.delivery.starttls.value,
+            **({"resolver": {"address": spec.delivery.resolver.address, "port": spec.delivery.resolver.port}}
+               if spec.delivery.resolver else {}),
+        },
+        "spool": {"directory": str(SPOOL_DIR)},
+        "suppression": {"url": f"sqlite://{SPOOL_DIR}/suppression.db"},
+        "http": {"port": HTTP_PORT},
+        "bounces": {"return_path_domain": spec.return_path_domain},
+    }
+    if spec.tls is not None:
+        data["tls"] = {"cert_file": str(TLS_DIR / "tls.crt"), "key_file": str(TLS_DIR / "tls.key")}
+    return MtaConfig.model_validate(data)
+
+
+def config_map_data(inputs: ServerInputs) -> dict[str, str]:
+    """ConfigMap data: one `<pod-name>.yaml` per replica, so each pod reads its own section."""
+    return {
+        f"{inputs.name}-{ordinal}.yaml": dump_config(replica_config(inputs, ordinal))
+        for ordinal in sorted(inputs.replica_addresses)
+    }
+
+
+def content_hash(data: dict[str, str]) -> str:
+    """A stable digest of string data (ConfigMap or Secret contents)."""
+    digest = hashlib.sha256()
+    for key in sorted(data):
+        digest.update(key.encode() + b"\0" + data[key].encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def warmup_caps(plan: WarmupPlanSpec, day: int) -> tuple[int, int | None, tuple[tuple[MailboxProvider, int], ...]]:
+    """(daily cap, hourly cap, provider caps) of a plan on a given day (1-based); full volume after it ends."""
+    caps = daily_caps(plan)
+    daily = caps[min(day, len(caps)) - 1]
+    hourly: int | None = None
+    provider: dict[MailboxProvider, int] = {p.provider: p.daily_cap for p in plan.provider_caps}
+    if plan.stages is not None:
+        stage = [s for s in plan.stages if s.day <= day][-1]
+        hourly = stage.hourly_cap
+        provider.update({p.provider: p.daily_cap for p in stage.provider_caps})
+    return daily, hourly, tuple(sorted(provider.items()))
