@@ -230,7 +230,7 @@ def postfix_main_cf(work: Path, sink_port: int) -> str:
         "myhostname": "postfix.bench",
         "mydomain": "bench",
         "mydestination": "",
-        "inet_interfaces": POSTFIX_ADDR,
+        "inet_interfaces": "loopback-only",  # the smtpd entry in master.cf binds POSTFIX_ADDR
         "inet_protocols": "ipv4",
         "mynetworks": "127.0.77.0/24",
         "relay_domains": DOMAIN,

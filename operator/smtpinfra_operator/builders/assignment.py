@@ -55,8 +55,8 @@ def expand_addresses(entries: Iterable[str]) -> list[str]:
     for entry in entries:
         if "/" in entry:
             network = ipaddress.ip_network(entry, strict=False)
-            hosts = list(network.hosts()) if network.num_addresses > 2 else list(network)
-            out.update(hosts)
+            hosts = network.hosts() if network.num_addresses > 2 else iter(network)
+            out.update(ipaddress.ip_address(str(h)) for h in hosts)
         else:
             out.add(ipaddress.ip_address(entry))
     return [str(a) for a in sorted(out, key=lambda a: (a.version, int(a)))]

@@ -1,0 +1,274 @@
+"""SmtpServer → the Kubernetes objects that run it (pure functions, plain dicts).
+
+Every object carries the same labels and an ownerReference to the SmtpServer, so deleting the
+server garbage-collects them, `kubectl get -l` finds them, and the operator can tell its own
+objects from anybody else's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from smtpinfra_api.meta import API_VERSION
+from smtpinfra_api.v1alpha1 import DkimKey, SmtpServerSpec
+
+from .mtaconfig import CONFIG_DIR, CREDENTIALS_DIR, DKIM_DIR, HTTP_PORT, SPOOL_DIR, TLS_DIR
+
+MANAGED_BY = "smtp-infra-operator"
+COMPONENT_MTA = "mta"
+DEFAULT_MTA_IMAGE = "smtp-infra/mta:0.1.0"
+MTA_UID = 10025
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The SmtpServer that owns the objects."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        """A controller ownerReference (blockOwnerDeletion so foreground deletion waits)."""
+        return {"apiVersion": API_VERSION, "kind": "SmtpServer", "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+
+# --- names ----------------------------------------------------------------------------------
+
+
+def statefulset_name(server: str) -> str:
+    return server
+
+
+def headless_service_name(server: str) -> str:
+    return f"{server}-pods"
+
+
+def submission_service_name(server: str) -> str:
+    return f"{server}-submission"
+
+
+def inbound_service_name(server: str) -> str:
+    return f"{server}-inbound"
+
+
+def config_map_name(server: str) -> str:
+    return f"{server}-config"
+
+
+def credentials_secret_name(server: str) -> str:
+    return f"{server}-credentials"
+
+
+def dkim_secret_name(server: str, key: DkimKey) -> str:
+    """Generated DKIM key Secret of one (domain, selector); an explicit secretName wins."""
+    if key.secret_name:
+        return key.secret_name
+    digest = hashlib.sha256(f"{key.domain}/{key.selector}".encode()).hexdigest()[:8]
+    return f"{server}-dkim-{key.selector}-{digest}"
+
+
+def pdb_name(server: str) -> str:
+    return server
+
+
+def pod_name(server: str, ordinal: int) -> str:
+    return f"{server}-{ordinal}"
+
+
+# --- labels ---------------------------------------------------------------------------------
+
+
+def selector_labels(server: str) -> dict[str, str]:
+    """Labels that select the server's pods (immutable in a StatefulSet: keep them minimal)."""
+    return {"app.kubernetes.io/name": "smtp-infra-mta", "app.kubernetes.io/instance": server}
+
+
+def labels(server: str) -> dict[str, str]:
+    """Labels on every object of a server."""
+    return {**selector_labels(server), "app.kubernetes.io/component": COMPONENT_MTA,
+            "app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/part-of": "smtp-infra"}
+
+
+def _meta(name: str, owner: Owner, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "namespace": owner.namespace, "labels": labels(owner.name),
+            "ownerReferences": [owner.reference()], **extra}
+
+
+# --- objects --------------------------------------------------------------------------------
+
+
+def config_map(owner: Owner, data: dict[str, str]) -> dict[str, Any]:
+    """The rendered MTA config, one key per replica."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(config_map_name(owner.name), owner),
+            "data": data}
+
+
+def credentials_secret(owner: Owner, lines: dict[str, str]) -> dict[str, Any]:
+    """`username:hash` per tenant, mounted where the config's credentials_file points."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(credentials_secret_name(owner.name), owner), "stringData": lines}
+
+
+def dkim_secret(owner: Owner, key: DkimKey, private_pem: str, dns_value: str) -> dict[str, Any]:
+    """A generated DKIM key. Created once and never rewritten: rotation is a new selector."""
+    meta = _meta(dkim_secret_name(owner.name, key), owner,
+                 annotations={"smtpinfra.com/dkim-domain": key.domain, "smtpinfra.com/dkim-selector": key.selector,
+                              "smtpinfra.com/dkim-algorithm": key.algorithm.value})
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta,
+            "stringData": {"private.pem": private_pem, "dns.txt": dns_value}}
+
+
+def restart_hash(spec: SmtpServerSpec, image: str, tls_secret: str | None) -> str:
+    """Digest of what the MTA cannot reload (ports, TLS, image): a change rolls the pods."""
+    material = {"listeners": spec.listeners.wire(), "image": image, "tls": tls_secret,
+                "resources": spec.resources.wire(),
+                "dkim": sorted((k.domain, k.selector) for k in spec.dkim.keys)}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _ports(spec: SmtpServerSpec) -> list[dict[str, Any]]:
+    listeners = spec.listeners
+    ports = []
+    if listeners.submission.enabled:
+        ports.append({"name": "submission", "containerPort": listeners.submission.port, "protocol": "TCP"})
+    if listeners.implicit_tls.enabled:
+        ports.append({"name": "smtps", "containerPort": listeners.implicit_tls.port, "protocol": "TCP"})
+    if listeners.inbound.enabled:
+        ports.append({"name": "smtp", "containerPort": listeners.inbound.port, "protocol": "TCP"})
+    ports.append({"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"})
+    return ports
+
+
+def statefulset(
+    owner: Owner, spec: SmtpServerSpec, replicas: int, image: str, tls_secret: str | None
+) -> dict[str, Any]:
+    """The MTA StatefulSet: one spool PVC per replica, probes on the MTA's health endpoints."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
+        {"name": "credentials", "secret": {"secretName": credentials_secret_name(owner.name)}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
+        {"name": "credentials", "mountPath": str(CREDENTIALS_DIR), "readOnly": True},
+        {"name": "spool", "mountPath": str(SPOOL_DIR)},
+    ]
+    if tls_secret:
+        volumes.append({"name": "tls", "secret": {"secretName": tls_secret}})
+        mounts.append({"name": "tls", "mountPath": str(TLS_DIR), "readOnly": True})
+    for index, key in enumerate(spec.dkim.keys):
+        volumes.append({"name": f"dkim-{index}", "secret": {"secretName": dkim_secret_name(owner.name, key),
+                                                             "items": [{"key": "private.pem",
+                                                                        "path": "private.pem"}]}})
+        mounts.append({"name": f"dkim-{index}", "mountPath": str(DKIM_DIR / f"{key.domain}.{key.selector}"),
+                       "readOnly": True})
+    resources = {k: v for k, v in spec.resources.wire().items() if v}
+    container = {
+        "name": "mta",
+        "image": image,
+        "command": ["smtp-infra", "mta", "serve"],
+        # The kubelet expands $(VAR) from the container's env: each pod reads its own config
+        # section and listens on its own pod IP.
+        "args": ["--config", f"{CONFIG_DIR}/$(POD_NAME).yaml", "--listen-address", "$(POD_IP)"],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ],
+        "ports": _ports(spec),
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2,
+                           "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 10,
+                          "periodSeconds": 10, "failureThreshold": 3},
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}},
+    }
+    if resources:
+        container["resources"] = resources
+    claim: dict[str, Any] = {
+        "metadata": {"name": "spool", "labels": labels(owner.name)},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": spec.spool.size}}},
+    }
+    if spec.spool.storage_class_name:
+        claim["spec"]["storageClassName"] = spec.spool.storage_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(statefulset_name(owner.name), owner),
+        "spec": {
+            "serviceName": headless_service_name(owner.name),
+            "replicas": replicas,
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "selector": {"matchLabels": selector_labels(owner.name)},
+            "template": {
+                "metadata": {
+                    "labels": labels(owner.name),
+                    "annotations": {"smtpinfra.com/restart-hash": restart_hash(spec, image, tls_secret)},
+                },
+                "spec": {
+                    # The MTA drains on SIGTERM: new sessions get 421, sessions in flight finish.
+                    "terminationGracePeriodSeconds": 60,
+                    "enableServiceLinks": False,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": MTA_UID, "runAsGroup": MTA_UID,
+                                        "fsGroup": MTA_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+            "volumeClaimTemplates": [claim],
+        },
+    }
+
+
+def _service(name: str, owner: Owner, ports: list[dict[str, Any]], headless: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = {"selector": selector_labels(owner.name), "ports": ports}
+    if headless:
+        spec["clusterIP"] = "None"
+        spec["publishNotReadyAddresses"] = True
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, owner), "spec": spec}
+
+
+def services(owner: Owner, spec: SmtpServerSpec) -> list[dict[str, Any]]:
+    """Headless (pod DNS, metrics), submission (587/465) and inbound (25) Services."""
+    listeners = spec.listeners
+    submission = []
+    if listeners.submission.enabled:
+        submission.append({"name": "submission", "port": listeners.submission.port, "targetPort": "submission"})
+    if listeners.implicit_tls.enabled:
+        submission.append({"name": "smtps", "port": listeners.implicit_tls.port, "targetPort": "smtps"})
+    out = [_service(headless_service_name(owner.name), owner,
+                    [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}], headless=True)]
+    if submission:
+        out.append(_service(submission_service_name(owner.name), owner, submission))
+    if listeners.inbound.enabled:
+        out.append(_service(inbound_service_name(owner.name), owner,
+                            [{"name": "smtp", "port": listeners.inbound.port, "targetPort": "smtp"}]))
+    return out
+
+
+def pod_disruption_budget(owner: Owner) -> dict[str, Any]:
+    """At most one MTA pod voluntarily down at a time (each holds its own queue)."""
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(pdb_name(owner.name), owner),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)}}}
+
+
+def service_monitor(owner: Owner) -> dict[str, Any]:
+    """Prometheus Operator scrape config for the MTA's /metrics (only when that CRD exists)."""
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": _meta(owner.name, owner),
+            "spec": {"selector": {"matchLabels": selector_labels(owner.name)},
+                     "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}]}}
+
+
+def certificate(owner: Owner, spec: SmtpServerSpec, secret_name: str) -> dict[str, Any]:
+    """A cert-manager Certificate for the MTA host name, when the TLS spec names an issuer."""
+    assert spec.tls is not None and spec.tls.issuer_ref is not None
+    return {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": _meta(owner.name, owner),
+            "spec": {"secretName": secret_name, "dnsNames": [spec.hostname],
+                     "issuerRef": {"name": spec.tls.issuer_ref.name, "kind": spec.tls.issuer_ref.kind.value,
+                                   "group": "cert-manager.io"}}}
