@@ -234,7 +234,7 @@ def postfix_main_cf(work: Path, sink_port: int) -> str:
         "inet_protocols": "ipv4",
         "mynetworks": "127.0.77.0/24",
         "relay_domains": DOMAIN,
-        "transport_maps": f"inline:{{ {DOMAIN} = smtp:[{SINK_ADDR}]:{sink_port} }}",
+        "transport_maps": f"inline:{{{DOMAIN}=smtp:[{SINK_ADDR}]:{sink_port}}}",
         "smtp_bind_address": POSTFIX_SOURCE_IP,
         "smtpd_relay_restrictions": "reject_unauth_destination",
         "alias_maps": "",
@@ -318,6 +318,7 @@ def main() -> int:
             return 2
     procs = Processes()
     base = Path(tempfile.mkdtemp(prefix="mta-bench-", dir="/var/tmp"))
+    base.chmod(0o755)  # Postfix daemons run as user postfix and must reach their queue directory
     results: dict[str, list[dict[str, float]]] = {"mta": [], "postfix": []}
     sides = [args.only] if args.only else ["mta", "postfix"]
     try:

@@ -11,6 +11,7 @@ import pytest
 
 if TYPE_CHECKING:
     from smtpinfra_testenv.controlplane import ControlPlane
+    from smtpinfra_testenv.podrunner import PodRunner
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,28 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield up(state_dir)
     finally:
         down(state_dir, purge=True)
+
+
+@pytest.fixture(scope="session")
+def pod_runner(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodRunner]:
+    """The local pod runner (a minimal kubelet) serving the session control plane.
+
+    Pods whose first image starts with ``smtp-infra/`` really run as local processes (kwok ignores
+    them); without this fixture they stay Pending. Processes get this venv's bin dir first on
+    PATH, so ``smtp-infra`` and ``python3`` in pod commands are the project's. Logs:
+    ``runner.log_path(namespace, pod, container)``; PVC data: ``runner.claim_dir(namespace, claim)``.
+    """
+    import sys
+
+    from smtpinfra_testenv.podrunner import PodRunner, RunnerConfig
+
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
+    config = RunnerConfig(
+        kubeconfig=control_plane.kubeconfig, state_dir=tmp_path_factory.mktemp("pod-runner"), path=path
+    )
+    runner = PodRunner(config)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()

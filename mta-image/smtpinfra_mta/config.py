@@ -10,6 +10,7 @@ silently ignored.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -616,7 +617,30 @@ def load_config(path: Path | str) -> MtaConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return parse_config(data, str(p))
+    cfg = parse_config(data, str(p))
+    listen = os.environ.get(LISTEN_ADDRESS_ENV)
+    return with_listen_address(cfg, listen) if listen else cfg
+
+
+LISTEN_ADDRESS_ENV = "SMTP_INFRA_LISTEN_ADDRESS"
+"""Set by the pod spec from status.podIP: every listener and the HTTP endpoint bind to that address.
+
+One rendered config serves pods whose addresses are only known when they start; applying the
+override in the loader keeps it across reloads.
+"""
+
+
+def with_listen_address(cfg: MtaConfig, address: str) -> MtaConfig:
+    """The config with every listener and the HTTP server bound to `address` only."""
+    try:
+        bound = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise ConfigError(f"{LISTEN_ADDRESS_ENV}={address!r} is not an IP address") from None
+    listeners = cfg.listeners.model_copy(update={
+        name: getattr(cfg.listeners, name).model_copy(update={"bind": [bound]})
+        for name in ("submission", "implicit_tls", "inbound")
+    })
+    return cfg.model_copy(update={"listeners": listeners, "http": cfg.http.model_copy(update={"bind": bound})})
 
 
 def dump_config(cfg: MtaConfig) -> str:

@@ -13,28 +13,19 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client
 
 from smtpinfra_api.meta import GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Kind
 
 from .conditions import READY, Outcome, build_status, get_condition, now_rfc3339, pending, status_patch
+from .kube import api_client
 
 log = logging.getLogger(__name__)
 
-_api: client.CustomObjectsApi | None = None
-
-
 def custom_objects_api() -> client.CustomObjectsApi:
-    """A client for our custom resources, configured from the in-cluster account or KUBECONFIG."""
-    global _api
-    if _api is None:
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        _api = client.CustomObjectsApi()
-    return _api
+    """A client for our custom resources (shares the operator's configured ApiClient)."""
+    return client.CustomObjectsApi(api_client())
 
 
 async def _patch_status(kind: type[Kind], name: str, namespace: str | None, patch: dict[str, Any]) -> None:

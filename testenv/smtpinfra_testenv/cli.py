@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from smtpinfra_testenv import controlplane
+from smtpinfra_testenv import controlplane, podrunner
 
 app = typer.Typer(
     help="Local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok).",
@@ -34,12 +34,20 @@ StateDir = Annotated[
 def up(
     state_dir: StateDir = None,
     nodes: Annotated[int, typer.Option(min=1, help="Number of simulated (kwok) nodes.")] = 1,
+    run_pods: Annotated[
+        bool,
+        typer.Option(
+            "--run-pods",
+            help="Also start the local pod runner (detached; `down` stops it), so pods of our images "
+            "(smtp-infra/...) really run as local processes.",
+        ),
+    ] = False,
 ) -> None:
     """Start the control plane (or find it running) and print the kubeconfig path."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.monotonic()
     try:
-        cp = controlplane.up(state_dir, nodes=nodes)
+        cp = controlplane.up(state_dir, nodes=nodes, run_pods=run_pods)
     except controlplane.ControlPlaneError as err:
         _err.print(f"[red]control plane failed to start:[/red] {err}")
         raise typer.Exit(1) from err
@@ -95,3 +103,39 @@ def kubeconfig(state_dir: StateDir = None) -> None:
         _err.print("[red]no control plane state here; run `smtp-infra testenv up` first[/red]")
         raise typer.Exit(1)
     typer.echo(str(path))
+
+
+@app.command("run-pods")
+def run_pods(
+    state_dir: StateDir = None,
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="Cluster to serve (default: the admin kubeconfig of --state-dir).")
+    ] = None,
+    runner_dir: Annotated[
+        Path | None,
+        typer.Option(help="Runner state: pod dirs, PVC data, logs (default: <state-dir>/pod-runner)."),
+    ] = None,
+    image_prefix: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Image prefix of pods to run (repeatable; default ${podrunner.IMAGE_PREFIXES_ENV} "
+                     f"or {','.join(podrunner.DEFAULT_IMAGE_PREFIXES)})."),
+    ] = None,
+    pod_cidr: Annotated[str, typer.Option(help="Loopback CIDR for pod IPs.")] = podrunner.DEFAULT_POD_CIDR,
+    node: Annotated[list[str] | None, typer.Option(help="Only pods on these nodes (repeatable; default any).")] = None,
+) -> None:
+    """Run pods of our images as real local processes (a minimal kubelet), in the foreground."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    sd = (state_dir or controlplane.default_state_dir()).expanduser().absolute()
+    config = podrunner.RunnerConfig(
+        kubeconfig=kubeconfig or sd / "kubeconfig",
+        state_dir=runner_dir or sd / controlplane.POD_RUNNER,
+        pod_cidr=pod_cidr,
+        nodes=frozenset(node) if node else None,
+    )
+    if image_prefix:
+        config.image_prefixes = tuple(image_prefix)
+    podrunner.PodRunner(config).run_forever()
+
+
+if __name__ == "__main__":
+    app()

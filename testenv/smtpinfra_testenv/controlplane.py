@@ -35,6 +35,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -70,6 +71,9 @@ NODE_NAME_PREFIX = "kwok-node-"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+#: Optional component started by ``up(run_pods=True)``: the local pod runner (podrunner.py), which
+#: really runs pods of our images; recorded in state.json like the others so ``down`` stops it.
+POD_RUNNER = "pod-runner"
 REQUIRED_BINARIES = (*COMPONENTS, "kubectl")
 ALL_BINARIES = (*REQUIRED_BINARIES, "helm")
 # Ports each component listens on; the first one is reported by ``status``.
@@ -83,7 +87,8 @@ _PORTS: dict[str, tuple[str, ...]] = {
 _STATE_VERSION = 1
 # Everything up creates in a state dir (down --purge refuses to delete anything else).
 _STATE_ENTRIES = frozenset(
-    {".lock", "state.json", "kubeconfig", "kubeconfigs", "pki", "etcd", "logs", "kwok-home", *COMPONENTS}
+    {".lock", "state.json", "kubeconfig", "kubeconfigs", "pki", "etcd", "logs", "kwok-home", "kwok-stages.yaml",
+     POD_RUNNER, *COMPONENTS}
 )
 _KUBECONFIG_EXTENSION = "smtp-infra-testenv"
 
@@ -566,6 +571,22 @@ def _first_service_ip(service_cidr: str) -> str:
     return str(ipaddress.ip_network(service_cidr)[1])
 
 
+def _kwok_stages(sd: Path) -> Path:
+    """kwok's stages with the local pod runner's image prefixes excluded (``$SMTP_INFRA_LOCAL_IMAGES``).
+
+    The shipped file skips ``smtp-infra/`` images; other prefixes are written into the state dir.
+    """
+    from smtpinfra_testenv import podrunner
+
+    prefixes = podrunner.image_prefixes_from_env()
+    if prefixes == podrunner.DEFAULT_IMAGE_PREFIXES:
+        return KWOK_STAGES
+    default = f"'{podrunner.kwok_image_expression(podrunner.DEFAULT_IMAGE_PREFIXES)}'"
+    text = KWOK_STAGES.read_text().replace(default, json.dumps(podrunner.kwok_image_expression(prefixes)))
+    _write(sd / "kwok-stages.yaml", text, 0o644)
+    return sd / "kwok-stages.yaml"
+
+
 def _command_lines(sd: Path, bin_dir: Path, st: _State, pki: pkimod.Pki) -> dict[str, list[str]]:
     """The exact flags of every component (the one place to read how the cluster is configured)."""
     p = st.ports
@@ -658,7 +679,7 @@ def _command_lines(sd: Path, bin_dir: Path, st: _State, pki: pkimod.Pki) -> dict
         "kwok": [
             b["kwok"],
             f"--kubeconfig={kc / 'kwok.kubeconfig'}",
-            f"--config={KWOK_STAGES}",
+            f"--config={_kwok_stages(sd)}",
             f"--manage-nodes-with-annotation-selector={key}={sel}",
             f"--cidr={st.pod_cidr}",
             f"--node-ip={NODE_IP}",
@@ -769,13 +790,16 @@ def _write_kubeconfigs(sd: Path, st: _State, pki: pkimod.Pki) -> str:
     return server
 
 
-def up(state_dir: Path | None = None, *, nodes: int = 1, timeout: float = 180.0) -> ControlPlane:
+def up(
+    state_dir: Path | None = None, *, nodes: int = 1, timeout: float = 180.0, run_pods: bool = False
+) -> ControlPlane:
     """Start (or find already running) the control plane of ``state_dir`` and wait until usable.
 
     Usable means: /readyz is ok, every simulated node is Ready without NoSchedule taints, and the
     ``default`` ServiceAccount exists (pods are rejected until it does). Idempotent: a healthy
     running control plane is returned as is; a partly running one is restarted as a whole with
-    its existing data. ``nodes`` only ever adds simulated nodes.
+    its existing data. ``nodes`` only ever adds simulated nodes. ``run_pods`` also starts the local
+    pod runner (detached, logs in ``logs/pod-runner.log``, state in ``pod-runner/``) unless it runs.
     """
     sd = _resolve_state_dir(state_dir)
     bin_dir = ensure_binaries()
@@ -794,6 +818,8 @@ def up(state_dir: Path | None = None, *, nodes: int = 1, timeout: float = 180.0)
                 if grew:
                     _write_kubeconfigs(sd, st, pki)
                 _finish(sd, st, api, time.monotonic() + timeout)
+                if run_pods:
+                    _start_pod_runner(sd, st)
                 st.save(sd)
                 log.info("control plane in %s already running", sd)
                 return _handle(sd, bin_dir, st)
@@ -831,8 +857,11 @@ def up(state_dir: Path | None = None, *, nodes: int = 1, timeout: float = 180.0)
             phase("controllers")
             _finish(sd, st, api, deadline)
             phase("nodes+serviceaccount")
+            if run_pods:
+                _start_pod_runner(sd, st)
+                phase("pod-runner")
         except BaseException:
-            _terminate(st.pids, list(reversed(COMPONENTS)), grace=5.0)
+            _terminate(st.pids, [POD_RUNNER, *reversed(COMPONENTS)], grace=5.0)
             st.pids.clear()
             st.save(sd)
             raise
@@ -859,6 +888,25 @@ def _start(
         else:
             check = functools.partial(_http_ok, _health_url(name, st.ports))
         _wait(f"{name} health", check, deadline, sd, {n: st.pids[n] for n in st.pids})
+
+
+def _start_pod_runner(sd: Path, st: _State) -> None:
+    """Start the local pod runner detached (``smtp-infra testenv run-pods``) unless it already runs.
+
+    Its processes get this interpreter's bin directory first on PATH, so ``smtp-infra`` and
+    ``python3`` in pod commands are the project's venv.
+    """
+    if _alive(st.pids.get(POD_RUNNER)):
+        return
+    argv = [sys.executable, "-m", "smtpinfra_testenv.cli", "run-pods", "--state-dir", str(sd)]
+    env = _component_env(sd, POD_RUNNER)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "/usr/local/bin:/usr/bin:/bin")])
+    ready = sd / POD_RUNNER / "ready"
+    ready.unlink(missing_ok=True)
+    st.pids[POD_RUNNER] = _spawn(argv, sd / "logs" / f"{POD_RUNNER}.log", env)
+    st.save(sd)
+    _wait("pod runner", ready.exists, time.monotonic() + 60, sd, {POD_RUNNER: st.pids[POD_RUNNER]})
 
 
 def _finish(sd: Path, st: _State, api: _Api, deadline: float) -> None:
@@ -893,6 +941,8 @@ def down(state_dir: Path | None = None, *, purge: bool = False, grace: float = 1
     with _flock(sd / ".lock"):
         st = _State.load(sd)
         if st is not None:
+            # The runner first (it SIGTERMs its pods' processes and waits for their grace periods).
+            _terminate(st.pids, [POD_RUNNER], grace=max(grace, 70.0))
             _terminate(st.pids, list(reversed(COMPONENTS)), grace=grace)
             st.pids.clear()
             st.save(sd)

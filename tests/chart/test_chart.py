@@ -49,7 +49,9 @@ def test_rbac_is_least_privilege(control_plane):
     rendered = helm(control_plane, "template", "x", str(CHART), "--kube-version", KUBE_VERSION).stdout
     role = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ClusterRole")
     verbs = {v for rule in role["rules"] for v in rule["verbs"]}
-    assert not verbs & {"*", "delete", "deletecollection", "escalate", "bind", "impersonate"}
+    assert not verbs & {"*", "deletecollection", "escalate", "bind", "impersonate"}
+    deletable = {r for rule in role["rules"] if "delete" in rule["verbs"] for r in rule["resources"]}
+    assert deletable == {"poddisruptionbudgets"}
     assert all("*" not in rule["resources"] for rule in role["rules"])
     assert "kopf.dev" not in {g for rule in role["rules"] for g in rule["apiGroups"]}
     peered = helm(control_plane, "template", "x", str(CHART), "--kube-version", KUBE_VERSION,

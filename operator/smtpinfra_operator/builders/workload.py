@@ -14,6 +14,7 @@ from typing import Any
 
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import DkimKey, SmtpServerSpec
+from smtpinfra_mta.config import LISTEN_ADDRESS_ENV
 
 from .mtaconfig import CONFIG_DIR, CREDENTIALS_DIR, DKIM_DIR, HTTP_PORT, SPOOL_DIR, TLS_DIR
 
@@ -172,11 +173,11 @@ def statefulset(
         "image": image,
         "command": ["smtp-infra", "mta", "serve"],
         # The kubelet expands $(VAR) from the container's env: each pod reads its own config
-        # section and listens on its own pod IP.
-        "args": ["--config", f"{CONFIG_DIR}/$(POD_NAME).yaml", "--listen-address", "$(POD_IP)"],
+        # section; the MTA binds its listeners to the pod IP it is given.
+        "args": ["--config", f"{CONFIG_DIR}/$(POD_NAME).yaml"],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": LISTEN_ADDRESS_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         ],
         "ports": _ports(spec),
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2,

@@ -1,5 +1,6 @@
 """Kopf handlers, one module per kind; importing this package registers them all."""
 
-from . import pending, warmupplan
+from .. import resync
+from . import ippool, pending, smtpserver, tenant, warmupplan
 
-__all__ = ["pending", "warmupplan"]
+__all__ = ["ippool", "pending", "resync", "smtpserver", "tenant", "warmupplan"]

@@ -1,4 +1,4 @@
-"""Kinds this operator version accepts but does not reconcile yet: SmtpServer, IpPool, Tenant, Campaign.
+"""Kinds this operator version accepts but does not reconcile yet: Campaign.
 
 They still get honest status: observedGeneration and Ready=Unknown with reason Pending, so
 `kubectl get` and kstatus show that nothing has been done for them (InProgress), not a
@@ -12,12 +12,12 @@ from typing import Any
 import kopf
 
 from smtpinfra_api.meta import GROUP, VERSION
-from smtpinfra_api.v1alpha1 import Campaign, IpPool, Kind, SmtpServer, Tenant
+from smtpinfra_api.v1alpha1 import Campaign, Kind
 
 from ..conditions import pending
 from ..statuswriter import publish
 
-PENDING_KINDS: list[type[Kind]] = [SmtpServer, IpPool, Tenant, Campaign]
+PENDING_KINDS: list[type[Kind]] = [Campaign]
 
 
 def _register(kind: type[Kind]) -> None:

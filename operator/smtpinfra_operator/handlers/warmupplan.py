@@ -7,12 +7,12 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from smtpinfra_api.meta import GROUP, VERSION
+from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
 from smtpinfra_api.v1alpha1 import WarmupPlan, WarmupPlanSpec
 
-from .. import warmup
+from .. import kube, warmup
 from ..conditions import FALSE, Outcome
-from ..settings import RESYNC_SECONDS
+from ..kicker import Kicker
 from ..statuswriter import publish
 
 
@@ -33,7 +33,11 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, **_: Any) -> None:
     await publish(WarmupPlan, body, plan_outcome(dict(spec)))
 
 
-@kopf.timer(GROUP, VERSION, WarmupPlan.plural, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(body: kopf.Body, spec: kopf.Spec, **_: Any) -> None:
-    """Level-based: re-derive the status periodically; writes only when it differs."""
-    await publish(WarmupPlan, body, plan_outcome(dict(spec)))
+async def reconcile_plan(name: str) -> None:
+    """Re-derive one plan's status from a fresh read (the periodic resync calls this)."""
+    body = await kube.get(API_VERSION, "WarmupPlan", name)
+    if body is not None and not body["metadata"].get("deletionTimestamp"):
+        await publish(WarmupPlan, body, plan_outcome(body.get("spec") or {}))
+
+
+plan_kicker: Kicker[str] = Kicker(reconcile_plan)

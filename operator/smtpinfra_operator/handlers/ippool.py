@@ -1,0 +1,175 @@
+"""IpPool: assign addresses to the replicas of the SmtpServers that use the pool, report each address."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
+from smtpinfra_api.v1alpha1 import IpPool, IpPoolSpec, SmtpServerSpec, WarmupPlanSpec
+
+from .. import kube
+from ..builders.assignment import Assignment, ReplicaKey, assign, expand_addresses, ptr_name
+from ..builders.mtaconfig import warmup_caps
+from ..conditions import FALSE, TRUE, Outcome
+from ..kicker import Kicker, Locks
+from ..statuswriter import publish
+from ..warmup import check as check_plan
+
+log = logging.getLogger(__name__)
+_locks: Locks[str] = Locks()
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """What a server needs to know about a pool after it was reconciled."""
+
+    name: str
+    spec: IpPoolSpec
+    assignment: Assignment
+    addresses: list[dict[str, Any]]
+    """The per-address status written (camelCase)."""
+    problem: Outcome | None
+    """Why the pool cannot be used, if it cannot (e.g. its WarmupPlan is missing)."""
+
+    def address(self, address: str) -> dict[str, Any]:
+        """The status entry of one address."""
+        return next(a for a in self.addresses if a["address"] == address)
+
+
+def _servers_using(pool: str, servers: list[dict[str, Any]]) -> list[ReplicaKey]:
+    """Every replica that wants an address of `pool`, oldest server first (stable order)."""
+    users = []
+    for server in servers:
+        meta = server["metadata"]
+        if meta.get("deletionTimestamp"):
+            continue
+        try:
+            spec = SmtpServerSpec.model_validate(server.get("spec") or {})
+        except ValidationError:
+            continue
+        if pool in spec.ip_pools:
+            users.append((meta.get("creationTimestamp", ""), meta["namespace"], meta["name"], spec.replicas))
+    users.sort()
+    return [ReplicaKey(ns, name, i) for _, ns, name, replicas in users for i in range(replicas)]
+
+
+def _warmup_day(started: str | None, now: datetime) -> int:
+    if not started:
+        return 1
+    begin = datetime.fromisoformat(started.replace("Z", "+00:00"))
+    return int((now - begin).total_seconds() // DAY) + 1
+
+
+def address_status(spec: IpPoolSpec, pool: str, assignment: Assignment, previous: dict[str, dict[str, Any]],
+                   plan: WarmupPlanSpec | None, now: datetime) -> list[dict[str, Any]]:
+    """Per-address status: PTR name, owner, warm-up day and today's cap (pure)."""
+    out = []
+    for index, address in enumerate(expand_addresses(spec.addresses)):
+        before = previous.get(address, {})
+        entry: dict[str, Any] = {"address": address, "ptrName": ptr_name(spec.ptr_template, address, index, pool),
+                                 "listings": before.get("listings", []),
+                                 "quarantined": before.get("quarantined", False)}
+        if before.get("ptrOk") is not None:
+            entry["ptrOk"] = before["ptrOk"]
+        owner = assignment.by_address.get(address)
+        if owner is not None:
+            entry["assignedTo"] = str(owner)
+        if plan is not None and owner is not None:
+            started = before.get("warmupStarted") or now.strftime("%Y-%m-%dT%H:%M:%SZ")
+            day = _warmup_day(started, now)
+            entry.update({"warmupStarted": started, "warmupDay": day, "dailyCap": warmup_caps(plan, day)[0]})
+        out.append(entry)
+    return out
+
+
+async def reconcile_pool(name: str) -> PoolState | None:
+    """Re-derive the pool's assignment and status; None when the pool does not exist."""
+    async with _locks(name):
+        body = await kube.get(API_VERSION, "IpPool", name)
+        if body is None:
+            return None
+        try:
+            spec = IpPoolSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            await publish(IpPool, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error), stalled=True))
+            return None
+        servers = await kube.list_objects(API_VERSION, "SmtpServer")
+        replicas = _servers_using(name, servers)
+        previous = {a["address"]: a for a in (body.get("status") or {}).get("addresses", [])}
+        addresses = expand_addresses(spec.addresses)
+        assignment = assign(addresses, replicas, {a: p.get("assignedTo", "") for a, p in previous.items()})
+
+        plan: WarmupPlanSpec | None = None
+        problem: Outcome | None = None
+        if spec.warmup_plan:
+            plan_body = await kube.get(API_VERSION, "WarmupPlan", spec.warmup_plan)
+            if plan_body is None:
+                problem = Outcome(ready=FALSE, reason="WarmupPlanNotFound", stalled=True,
+                                  message=f"WarmupPlan {spec.warmup_plan} not found; addresses will not send "
+                                          "until it exists")
+            else:
+                try:
+                    plan = WarmupPlanSpec.model_validate(plan_body.get("spec") or {})
+                except ValidationError:
+                    plan = None
+                if plan is None or check_plan(plan):
+                    problem = Outcome(ready=FALSE, reason="WarmupPlanInvalid", stalled=True,
+                                      message=f"WarmupPlan {spec.warmup_plan} is not valid (see its status)")
+                    plan = None
+        statuses = address_status(spec, name, assignment, previous, plan, datetime.now(UTC))
+        fields = {"total": len(addresses), "assigned": len(assignment.by_address), "addresses": statuses}
+        if problem is not None:
+            outcome = Outcome(ready=problem.ready, reason=problem.reason, message=problem.message,
+                              stalled=True, fields=fields)
+        elif assignment.unassigned:
+            missing = ", ".join(str(r) for r in assignment.unassigned)
+            outcome = Outcome(ready=FALSE, reason="PoolExhausted", stalled=True, fields=fields,
+                              message=f"{len(assignment.unassigned)} replica(s) have no address: {missing}; add "
+                                      f"addresses to the pool or lower the replicas")
+        else:
+            outcome = Outcome(ready=TRUE, reason="AddressesAvailable", fields=fields,
+                              message=f"{len(assignment.by_address)} of {len(addresses)} addresses assigned")
+        await publish(IpPool, body, outcome)
+        return PoolState(name=name, spec=spec, assignment=assignment, addresses=statuses, problem=problem)
+
+
+async def _kick_servers(pool: str) -> None:
+    from .smtpserver import server_kicker
+
+    for server in await kube.list_objects(API_VERSION, "SmtpServer"):
+        if pool in (server.get("spec") or {}).get("ipPools", []):
+            server_kicker.kick((server["metadata"]["namespace"], server["metadata"]["name"]))
+
+
+async def _reconcile_and_kick(name: str) -> None:
+    await reconcile_pool(name)
+    await _kick_servers(name)
+
+
+pool_kicker: Kicker[str] = Kicker(_reconcile_and_kick)
+
+
+@kopf.on.resume(GROUP, VERSION, IpPool.plural)
+@kopf.on.create(GROUP, VERSION, IpPool.plural)
+@kopf.on.update(GROUP, VERSION, IpPool.plural, field="spec")
+@kopf.on.delete(GROUP, VERSION, IpPool.plural, optional=True)
+async def on_pool(name: str, **_: Any) -> None:
+    """A pool appeared or changed: re-assign and let its servers re-render."""
+    await _reconcile_and_kick(name)
+
+
+@kopf.on.event(GROUP, VERSION, "warmupplans")
+async def on_plan_event(name: str, type: str | None, **_: Any) -> None:
+    """A plan changed: pools that follow it recompute today's caps."""
+    if type is None:
+        return
+    for pool in await kube.list_objects(API_VERSION, "IpPool"):
+        if (pool.get("spec") or {}).get("warmupPlan") == name:
+            pool_kicker.kick(pool["metadata"]["name"])

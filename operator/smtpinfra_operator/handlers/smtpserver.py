@@ -1,0 +1,304 @@
+"""SmtpServer: gather references, build the desired objects, apply them, report the truth.
+
+The gatherer does the I/O (pools, tenants, Secrets, the StatefulSet's status); builders in
+`..builders` decide the objects; `decide()` turns what was observed into the Ready outcome.
+A missing reference stops the reconcile before anything is changed: the running pods keep
+their last good config and the status names what is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
+from smtpinfra_api.v1alpha1 import SmtpServer, SmtpServerSpec, TenantSpec
+from smtpinfra_mta.config import ConfigError
+
+from .. import kube
+from ..builders import tenant as tenant_build
+from ..builders import workload
+from ..builders.assignment import ReplicaKey
+from ..builders.keys import generate_dkim_key
+from ..builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress, config_map_data, content_hash
+from ..conditions import FALSE, TRUE, UNKNOWN, Outcome
+from ..kicker import Kicker, Locks
+from ..statuswriter import publish
+from .ippool import reconcile_pool
+
+log = logging.getLogger(__name__)
+_locks: Locks[tuple[str, str]] = Locks()
+Key = tuple[str, str]
+
+
+def mta_image(spec: SmtpServerSpec) -> str:
+    """spec.image, else the operator's configured default."""
+    return spec.image or os.environ.get("SMTP_INFRA_MTA_IMAGE", workload.DEFAULT_MTA_IMAGE)
+
+
+class MissingReference(Exception):
+    """A referenced object is absent or unusable; the message names it."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class Gathered:
+    """Everything read from the cluster for one reconcile."""
+
+    inputs: ServerInputs
+    credentials: dict[str, str]
+    tls_secret: str | None
+    replicas: int
+    """Replicas that have an address in every pool (may be below spec.replicas)."""
+    pool_shortfall: list[str] = field(default_factory=list)
+
+
+def _decode(secret: dict[str, Any], key: str) -> str | None:
+    value = (secret.get("data") or {}).get(key)
+    return base64.b64decode(value).decode() if value else None
+
+
+def _selected(spec: SmtpServerSpec, tenant: dict[str, Any]) -> bool:
+    wanted = spec.tenant_selector.match_labels
+    have = tenant["metadata"].get("labels") or {}
+    return all(have.get(k) == v for k, v in wanted.items())
+
+
+async def _gather_tenants(spec: SmtpServerSpec) -> tuple[list[ServedTenant], dict[str, str]]:
+    """Tenants this server serves and their `username:hash` lines (tenants still without credentials wait)."""
+    served: list[ServedTenant] = []
+    credentials: dict[str, str] = {}
+    for body in sorted(await kube.list_objects(API_VERSION, "Tenant"), key=lambda t: t["metadata"]["name"]):
+        name = body["metadata"]["name"]
+        if body["metadata"].get("deletionTimestamp") or not _selected(spec, body):
+            continue
+        try:
+            tspec = TenantSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            continue
+        if tspec.ip_pool and tspec.ip_pool not in spec.ip_pools:
+            continue  # a dedicated pool this server does not send from
+        secret = await kube.get("v1", "Secret", tenant_build.CREDENTIALS_SECRET,
+                                tenant_build.namespace_name(name, tspec))
+        if secret is None:
+            continue
+        username, password_hash = _decode(secret, "username"), _decode(secret, "passwordHash")
+        if not username or not password_hash:
+            continue
+        served.append(ServedTenant(name=name, spec=tspec, pool=tspec.ip_pool or spec.ip_pools[0]))
+        credentials[name] = f"{username}:{password_hash}\n"
+    return served, credentials
+
+
+async def _gather_tls(owner: workload.Owner, spec: SmtpServerSpec) -> str | None:
+    if spec.tls is None:
+        return None
+    if spec.tls.secret_name:
+        if await kube.get("v1", "Secret", spec.tls.secret_name, owner.namespace) is None:
+            raise MissingReference("TlsSecretNotFound",
+                                   f"Secret {owner.namespace}/{spec.tls.secret_name} (spec.tls.secretName) not found")
+        return spec.tls.secret_name
+    issuer = spec.tls.issuer_ref
+    assert issuer is not None
+    if not await kube.kind_exists("cert-manager.io/v1", "Certificate"):
+        raise MissingReference("CertManagerNotInstalled",
+                               f"spec.tls.issuerRef names {issuer.kind.value} {issuer.name}, but cert-manager's "
+                               "Certificate kind is not installed")
+    issuer_ns = owner.namespace if issuer.kind.value == "Issuer" else None
+    if await kube.get("cert-manager.io/v1", issuer.kind.value, issuer.name, issuer_ns) is None:
+        raise MissingReference("IssuerNotFound", f"{issuer.kind.value} {issuer.name} (spec.tls.issuerRef) not found")
+    secret_name = f"{owner.name}-tls"
+    await kube.apply(workload.certificate(owner, spec, secret_name))
+    if await kube.get("v1", "Secret", secret_name, owner.namespace) is None:
+        raise MissingReference("CertificatePending", f"waiting for cert-manager to issue Secret {secret_name}")
+    return secret_name
+
+
+async def _ensure_dkim(owner: workload.Owner, spec: SmtpServerSpec) -> None:
+    """Generate each missing DKIM key once; explicit Secrets must exist."""
+    for key in spec.dkim.keys:
+        name = workload.dkim_secret_name(owner.name, key)
+        if key.secret_name:
+            if await kube.get("v1", "Secret", name, owner.namespace) is None:
+                raise MissingReference("DkimSecretNotFound",
+                                       f"Secret {owner.namespace}/{name} for DKIM {key.selector}._domainkey."
+                                       f"{key.domain} not found")
+            continue
+        if await kube.get("v1", "Secret", name, owner.namespace) is None:
+            private, dns_value = generate_dkim_key(key.algorithm, key.rsa_key_size or 2048)
+            created, _ = await kube.create_if_absent(workload.dkim_secret(owner, key, private, dns_value))
+            if created:
+                log.info("generated DKIM key %s._domainkey.%s", key.selector, key.domain)
+
+
+async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
+    """Read and check every reference; raises MissingReference naming the first missing one."""
+    addresses: dict[int, list[SourceAddress]] = {i: [] for i in range(spec.replicas)}
+    shortfall: list[str] = []
+    for pool_name in spec.ip_pools:
+        state = await reconcile_pool(pool_name)
+        if state is None:
+            raise MissingReference("IpPoolNotFound", f"IpPool {pool_name} (spec.ipPools) not found")
+        if state.problem is not None:
+            raise MissingReference(state.problem.reason, f"IpPool {pool_name}: {state.problem.message}")
+        for ordinal in range(spec.replicas):
+            address = state.assignment.address_of(ReplicaKey(owner.namespace, owner.name, ordinal))
+            if address is None:
+                shortfall.append(f"IpPool {pool_name} has no free address for replica {ordinal}")
+                addresses.pop(ordinal, None)
+                continue
+            if ordinal in addresses:
+                entry = state.address(address)
+                addresses[ordinal].append(SourceAddress(
+                    pool=pool_name, address=address, ehlo_name=entry["ptrName"], daily_cap=entry.get("dailyCap")))
+    # Only a contiguous prefix of ordinals can run in a StatefulSet.
+    replicas = 0
+    while replicas in addresses:
+        replicas += 1
+    runnable = {i: addresses[i] for i in range(replicas)}
+    tls_secret = await _gather_tls(owner, spec)
+    await _ensure_dkim(owner, spec)
+    tenants, credentials = await _gather_tenants(spec)
+    inputs = ServerInputs(name=owner.name, namespace=owner.namespace, spec=spec, tenants=tenants,
+                          replica_addresses=runnable)
+    return Gathered(inputs=inputs, credentials=credentials, tls_secret=tls_secret, replicas=replicas,
+                    pool_shortfall=shortfall)
+
+
+def decide(spec: SmtpServerSpec, gathered: Gathered, sts: dict[str, Any] | None, config_hash: str,
+           generation: int | None) -> Outcome:
+    """The Ready outcome from what was applied and what the StatefulSet reports (pure)."""
+    status = (sts or {}).get("status") or {}
+    ready = status.get("readyReplicas") or 0
+    updated = status.get("updatedReplicas") or 0
+    current = status.get("observedGeneration", 0) >= ((sts or {}).get("metadata") or {}).get("generation", 1)
+    want = gathered.replicas
+    fields: dict[str, Any] = {
+        "replicas": status.get("replicas") or 0,
+        "readyReplicas": ready,
+        "configHash": config_hash,
+        "sendingAddresses": [
+            {"replica": i, "pool": a.pool, "address": a.address, "ehloName": a.ehlo_name}
+            for i, addrs in sorted(gathered.inputs.replica_addresses.items()) for a in addrs
+        ],
+        "endpoints": {
+            **({"submission": f"{workload.submission_service_name(gathered.inputs.name)}."
+                              f"{gathered.inputs.namespace}.svc:{spec.listeners.submission.port}"}
+               if spec.listeners.submission.enabled else {}),
+            **({"inbound": f"{workload.inbound_service_name(gathered.inputs.name)}."
+                           f"{gathered.inputs.namespace}.svc:{spec.listeners.inbound.port}"}
+               if spec.listeners.inbound.enabled else {}),
+        },
+    }
+    rolled_out = current and updated >= want and ready >= want
+    config_applied = ("ConfigApplied", TRUE if rolled_out else FALSE,
+                      "Applied" if rolled_out else "RollingOut",
+                      f"config {config_hash} on {min(updated, want)}/{want} pods")
+    if gathered.pool_shortfall:
+        return Outcome(ready=FALSE, reason="PoolTooSmall", stalled=True, fields=fields,
+                       extra_conditions=(config_applied,),
+                       message="; ".join(gathered.pool_shortfall) + f"; running {want} of {spec.replicas} replicas")
+    if want == 0:
+        return Outcome(ready=TRUE, reason="ScaledToZero", message="spec.replicas is 0", fields=fields,
+                       extra_conditions=(config_applied,))
+    if not rolled_out:
+        return Outcome(ready=FALSE, reason="PodsNotReady", reconciling=True, fields=fields,
+                       extra_conditions=(config_applied,),
+                       message=f"{ready}/{want} pods ready, {min(updated, want)}/{want} updated")
+    return Outcome(ready=TRUE, reason="Available", fields=fields, extra_conditions=(config_applied,),
+                   message=f"{ready}/{want} pods ready, serving {len(gathered.inputs.tenants)} tenant(s)")
+
+
+async def reconcile_server(key: Key) -> None:
+    """One full, idempotent reconcile of an SmtpServer."""
+    namespace, name = key
+    async with _locks(key):
+        body = await kube.get(API_VERSION, "SmtpServer", name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        generation = body["metadata"].get("generation")
+        try:
+            spec = SmtpServerSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            await publish(SmtpServer, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error),
+                                                    stalled=True))
+            return
+        owner = workload.Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
+        try:
+            gathered = await gather(owner, spec)
+            data = config_map_data(gathered.inputs)
+        except MissingReference as missing:
+            await publish(SmtpServer, body, Outcome(ready=FALSE, reason=missing.reason, message=missing.message,
+                                                    stalled=missing.reason != "CertificatePending",
+                                                    reconciling=missing.reason == "CertificatePending"))
+            return
+        except ConfigError as error:
+            await publish(SmtpServer, body, Outcome(ready=FALSE, reason="InvalidConfig", message=str(error),
+                                                    stalled=True))
+            return
+        config_hash = content_hash(data)
+        image = mta_image(spec)
+        objects: list[dict[str, Any]] = [
+            workload.credentials_secret(owner, gathered.credentials),
+            workload.config_map(owner, data),
+            *workload.services(owner, spec),
+            workload.statefulset(owner, spec, gathered.replicas, image, gathered.tls_secret),
+        ]
+        if spec.replicas > 1:
+            objects.append(workload.pod_disruption_budget(owner))
+        else:
+            await kube.delete("policy/v1", "PodDisruptionBudget", workload.pdb_name(name), namespace)
+        if await kube.kind_exists("monitoring.coreos.com/v1", "ServiceMonitor"):
+            objects.append(workload.service_monitor(owner))
+        previous_hash = (body.get("status") or {}).get("configHash")
+        sts: dict[str, Any] | None = None
+        for obj in objects:
+            applied = await kube.apply(obj)
+            if obj["kind"] == "StatefulSet":
+                sts = applied
+        if previous_hash != config_hash:
+            kopf.info(cast(kopf.Body, body), reason="ConfigApplied", message=f"MTA config {config_hash} written to "
+                      f"ConfigMap {workload.config_map_name(name)} ({gathered.replicas} replica(s))")
+        await publish(SmtpServer, body, decide(spec, gathered, sts, config_hash, generation))
+
+
+server_kicker: Kicker[Key] = Kicker(reconcile_server)
+
+
+@kopf.on.resume(GROUP, VERSION, SmtpServer.plural)
+@kopf.on.create(GROUP, VERSION, SmtpServer.plural)
+@kopf.on.update(GROUP, VERSION, SmtpServer.plural, field="spec")
+async def on_server(namespace: str | None, name: str, **_: Any) -> None:
+    """Spec changes (and operator start) reconcile at once."""
+    assert namespace is not None
+    await reconcile_server((namespace, name))
+
+
+@kopf.on.delete(GROUP, VERSION, SmtpServer.plural, optional=True)
+async def on_server_deleted(spec: kopf.Spec, **_: Any) -> None:
+    """Children go by garbage collection; the pools free the server's addresses."""
+    from .ippool import pool_kicker
+
+    for pool in spec.get("ipPools", []):
+        pool_kicker.kick(pool)
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels={"app.kubernetes.io/managed-by": workload.MANAGED_BY})
+async def on_statefulset(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Pod readiness moves through the StatefulSet's status: re-derive the owner's status."""
+    for ref in body.get("metadata", {}).get("ownerReferences", []):
+        if ref.get("kind") == "SmtpServer" and ref.get("apiVersion") == API_VERSION:
+            server_kicker.kick((body["metadata"]["namespace"], ref["name"]))
+
+
+__all__ = ["UNKNOWN", "decide", "reconcile_server", "server_kicker"]
