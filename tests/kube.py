@@ -30,11 +30,23 @@ def apply(cp: Any, manifest: dict[str, Any] | str, *args: str, check: bool = Tru
 
 
 def get(cp: Any, resource: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-    """The object as JSON."""
+    """The object as JSON; fails the test when it does not exist."""
+    found = find(cp, resource, name, namespace)
+    assert found is not None, f"{resource}/{name} not found"
+    return found
+
+
+def find(cp: Any, resource: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+    """The object as JSON, or None when it does not exist."""
     args = ["get", resource, name, "-o", "json"]
     if namespace:
         args += ["-n", namespace]
-    return json.loads(cp.kubectl(*args).stdout)
+    result = cp.kubectl(*args, check=False)
+    if result.returncode != 0:
+        if "NotFound" in result.stderr:
+            return None
+        raise AssertionError(result.stderr)
+    return json.loads(result.stdout)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> Any:

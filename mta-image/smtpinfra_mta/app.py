@@ -187,7 +187,7 @@ class MtaApp:
         """Asynchronous bounces and ARF reports: counted and logged, then released from the spool."""
         from smtpinfra_mta.reports import parse_report
 
-        content = await asyncio.to_thread(self.spool.read_content, msg.id)
+        content = self.spool.cached_content(msg.id) or await asyncio.to_thread(self.spool.read_content, msg.id)
         report = parse_report(content)
         if report.kind == "complaint":
             self.metrics.complained.labels(tenant="unknown").inc()

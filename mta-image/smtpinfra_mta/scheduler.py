@@ -86,7 +86,6 @@ class Scheduler:
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self._total_active = 0
-        self._record_lock = asyncio.Lock()
 
     def update_config(self, cfg: MtaConfig) -> None:
         """Hot reload: new limits apply to the next connection; queued work is untouched."""
@@ -380,7 +379,9 @@ class Scheduler:
     async def _send_item(self, conn: OutboundConnection, item: WorkItem, source: SourceIp, site: str,
                          provider: str | None, domain: str) -> bool:
         try:
-            content = await asyncio.to_thread(self.spool.read_content, item.msg.id)
+            content = self.spool.cached_content(item.msg.id)
+            if content is None:
+                content = await asyncio.to_thread(self.spool.read_content, item.msg.id)
         except OSError as exc:
             log.error("spooled message unreadable", extra={"id": item.msg.id, "error": str(exc)})
             await self._fail_temporary(item, Reply(451, "4.3.0 local spool read error"), None)
@@ -430,8 +431,7 @@ class Scheduler:
     # ------------------------------------------------------------------ outcomes
 
     async def _record(self, msg: SpooledMessage, results: list[tuple[str, str]]) -> None:
-        async with self._record_lock:
-            await self.spool.record_done(msg, results)
+        await self.spool.record_done(msg, results)  # the spool orders and batches these itself
 
     async def _fail_temporary(self, item: WorkItem, reply: Reply, remote: str | None, *, source: str = "",
                               provider: str | None = None) -> None:
@@ -481,7 +481,7 @@ class Scheduler:
 
     async def _send_dsn(self, msg: SpooledMessage, failures: list[RecipientFailure]) -> None:
         try:
-            original = await asyncio.to_thread(self.spool.read_content, msg.id)
+            original = self.spool.cached_content(msg.id) or await asyncio.to_thread(self.spool.read_content, msg.id)
         except OSError:
             original = b""
         postmaster_domain = self.cfg.bounces.return_path_domain or self.cfg.hostname

@@ -86,6 +86,14 @@ class _Pending:
     future: asyncio.Future[None]
 
 
+@dataclass
+class _Done:
+    msg_id: str
+    data: bytes
+    finished: bool
+    future: asyncio.Future[None]
+
+
 class SpoolError(Exception):
     """The spool could not persist a message; the SMTP layer answers 451 so the client retries."""
 
@@ -94,7 +102,7 @@ class Spool:
     """Owns one spool directory. Not safe to share a directory between processes."""
 
     def __init__(self, directory: Path, *, fsync: bool = True, group_commit_window: float = 0.002,
-                 idempotency_retention: float = 86400.0) -> None:
+                 idempotency_retention: float = 86400.0, content_cache_bytes: int = 64 * 1024 * 1024) -> None:
         self.directory = directory
         self.queue_dir = directory / "queue"
         self.tmp_dir = directory / "tmp"
@@ -111,6 +119,14 @@ class Spool:
         self._idem_file: Any = None
         self.commit_rounds = 0
         self.on_committed: Callable[[SpooledMessage], None] | None = None
+        # Content of queued messages kept in memory (bounded) so delivery does not re-read what was just written.
+        self._content: dict[str, bytes] = {}
+        self._content_bytes = 0
+        self._content_budget = content_cache_bytes
+        # Finished-recipient records, written and fsynced in batches like commits (one thread hop per batch).
+        self._done_pending: list[_Done] = []
+        self._done_wakeup: asyncio.Event | None = None
+        self._completer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,6 +135,8 @@ class Spool:
         recovered = await asyncio.to_thread(self._recover)
         self._wakeup = asyncio.Event()
         self._committer = asyncio.create_task(self._commit_loop(), name="spool-committer")
+        self._done_wakeup = asyncio.Event()
+        self._completer = asyncio.create_task(self._done_loop(), name="spool-completer")
         return recovered
 
     async def close(self) -> None:
@@ -130,6 +148,14 @@ class Spool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
             self._committer = None
+        if self._completer is not None:
+            if self._done_pending:
+                await asyncio.gather(*(asyncio.shield(d.future) for d in self._done_pending),
+                                     return_exceptions=True)
+            self._completer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._completer
+            self._completer = None
         if self._idem_file is not None:
             self._idem_file.close()
             self._idem_file = None
@@ -233,6 +259,9 @@ class Spool:
         ikey = (p.msg.tenant, p.msg.idempotency_key) if p.msg.idempotency_key else None
         inflight = self._idem_inflight.pop(ikey, None) if ikey is not None else None
         if error is None:
+            if self._content_bytes + len(p.content) <= self._content_budget:
+                self._content[p.msg.id] = p.content
+                self._content_bytes += len(p.content)
             if ikey is not None:
                 self._idem[ikey] = (p.msg.id, p.msg.received_at)
             if inflight is not None and not inflight.done():
@@ -321,8 +350,17 @@ class Spool:
             f.readline()
             return f.read()
 
+    def cached_content(self, msg_id: str) -> bytes | None:
+        """The content from memory when it is still cached (it is, unless the cache budget was full)."""
+        return self._content.get(msg_id)
+
     async def record_done(self, msg: SpooledMessage, results: Iterable[tuple[str, str]]) -> None:
-        """Durably note finished recipients; removes the message once none is pending."""
+        """Durably note finished recipients; removes the message once none is pending.
+
+        Records are queued in call order and written by one completer task in batches: per batch, the
+        ``.done`` appends are fdatasynced and the unlinks of finished messages share one directory fsync.
+        The order guarantees a ``.done`` append never lands after its message was removed.
+        """
         lines = []
         for rcpt, status in results:
             msg.done[rcpt] = status
@@ -330,13 +368,49 @@ class Spool:
         if not lines:
             return
         finished = not msg.pending
-        await asyncio.to_thread(self._append_done, msg.id, b"".join(lines), finished)
-
-    def _append_done(self, msg_id: str, data: bytes, finished: bool) -> None:
         if finished:
-            self._unlink_message(msg_id)
+            cached = self._content.pop(msg.id, None)
+            if cached is not None:
+                self._content_bytes -= len(cached)
+        assert self._done_wakeup is not None, "spool not opened"
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._done_pending.append(_Done(msg.id, b"".join(lines), finished, fut))
+        self._done_wakeup.set()
+        await asyncio.shield(fut)
+
+    async def _done_loop(self) -> None:
+        assert self._done_wakeup is not None
+        while True:
+            await self._done_wakeup.wait()
+            self._done_wakeup.clear()
+            batch, self._done_pending = self._done_pending, []
+            if not batch:
+                continue
+            try:
+                await asyncio.to_thread(self._write_done_batch, batch)
+            except Exception as exc:
+                log.error("spool done-record write failed", extra={"error": str(exc), "records": len(batch)})
+                for d in batch:
+                    if not d.future.done():
+                        d.future.set_exception(SpoolError(str(exc)))
+                        d.future.exception()
+                continue
+            for d in batch:
+                if not d.future.done():
+                    d.future.set_result(None)
+
+    def _write_done_batch(self, batch: list[_Done]) -> None:
+        unlinked = False
+        for d in batch:
+            if d.finished:
+                self._unlink_message(d.msg_id)
+                unlinked = True
+            else:
+                self._append_done(d.msg_id, d.data)
+        if unlinked:
             self._fsync_dir(self.queue_dir)
-            return
+
+    def _append_done(self, msg_id: str, data: bytes) -> None:
         with (self.queue_dir / f"{msg_id}.done").open("ab") as f:
             f.write(data)
             f.flush()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any, cast
+from datetime import UTC, datetime
+from typing import Any
 
-import kopf
 from kubernetes import client
 
 from smtpinfra_api.meta import GROUP, VERSION
@@ -64,7 +64,7 @@ async def publish(kind: type[Kind], body: Mapping[str, Any], outcome: Outcome) -
     after = get_condition(desired, READY)
     previous_status = before["status"] if before else None
     if after and after["status"] != previous_status:
-        _event(body, after)
+        await asyncio.to_thread(_event, body, after)
     log.info("%s %s/%s: Ready=%s (%s)", kind.kind, namespace or "", name, outcome.ready, outcome.reason)
     return True
 
@@ -72,8 +72,29 @@ async def publish(kind: type[Kind], body: Mapping[str, Any], outcome: Outcome) -
 def _event(body: Mapping[str, Any], ready: dict[str, Any]) -> None:
     """An Event when Ready flips, the transition a human wants to see in `kubectl describe`."""
     kind = "Normal" if ready["status"] != "False" else "Warning"
-    message = ready.get("message") or f"Ready is {ready['status']}"
+    post_event(body, kind, ready["reason"], ready.get("message") or f"Ready is {ready['status']}")
+
+
+def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Post a core/v1 Event about an object (best effort: never fail a reconcile on it).
+
+    Written directly rather than through kopf.event(), because reconciles also run outside
+    Kopf's handler context (resync loop, kicks from related objects).
+    """
+    meta = body["metadata"]
+    namespace = meta.get("namespace") or "default"
+    now = datetime.now(UTC)
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=namespace),
+        involved_object=client.V1ObjectReference(
+            api_version=body.get("apiVersion"), kind=body.get("kind"), name=meta["name"],
+            namespace=meta.get("namespace"), uid=meta.get("uid"), resource_version=meta.get("resourceVersion"),
+        ),
+        reason=reason, message=message[:1024], type=type_, first_timestamp=now, last_timestamp=now, count=1,
+        source=client.V1EventSource(component="smtp-infra-operator"),
+        reporting_component="smtp-infra-operator", reporting_instance="smtp-infra-operator",
+    )
     try:
-        kopf.event(cast(kopf.Body, body), type=kind, reason=ready["reason"], message=message[:1024])
-    except Exception:  # events are best-effort; never fail a reconcile on them
-        log.exception("could not post event")
+        client.CoreV1Api(api_client()).create_namespaced_event(namespace, event)
+    except Exception:
+        log.exception("could not post event %s for %s", reason, meta["name"])

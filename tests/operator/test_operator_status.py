@@ -49,9 +49,9 @@ def test_invalid_plan_is_not_ready_with_the_reason(operator):
     assert ready(obj)["reason"] == "CapsNotIncreasing"
     assert "spec.stages[1].dailyCap (200)" in ready(obj)["message"]
     assert condition(obj, "Stalled")["status"] == "True"
-    events = cp.kubectl("get", "events", "-n", "default", "--field-selector",
-                        "involvedObject.name=shrinking", "-o", "yaml").stdout
-    assert "CapsNotIncreasing" in events
+    wait_for(lambda: "CapsNotIncreasing" in cp.kubectl(
+        "get", "events", "-n", "default", "--field-selector", "involvedObject.name=shrinking", "-o", "yaml").stdout,
+        what="a Warning event naming the reason", timeout=30)
 
 
 def test_editing_a_plan_updates_status_and_generation(operator):
@@ -98,20 +98,38 @@ def test_status_written_by_hand_is_corrected_by_the_timer(operator):
              what="timer restores finalDailyCap", timeout=30)
 
 
-@pytest.mark.parametrize(("kind", "resource"), [("SmtpServer", "smtpserver"), ("IpPool", "ippool"),
-                                                ("Tenant", "tenant"), ("Campaign", "campaign")])
-def test_other_kinds_are_pending_with_observed_generation(operator, kind, resource):
-    cp = operator.cp
+def apply_examples(cp: Any) -> None:
     for path in sorted(EXAMPLES.glob("*.yaml")):
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-        if any(d["kind"] == kind for d in docs):
-            for doc in docs:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
                 apply(cp, copy.deepcopy(doc))
-            target = next(d for d in docs if d["kind"] == kind)
-    name, namespace = target["metadata"]["name"], target["metadata"].get("namespace")
-    obj = wait_for(lambda: (o := get(cp, resource, name, namespace)) and ready(o) and o,
-                   what=f"{kind} status", timeout=60)
+
+
+def test_campaign_is_pending_with_observed_generation(operator):
+    """Campaigns are not reconciled yet: Ready=Unknown (Pending), honestly."""
+    cp = operator.cp
+    apply_examples(cp)
+    obj = wait_for(lambda: (o := get(cp, "campaign", "november-newsletter", "tenant-acme")) and ready(o) and o,
+                   what="Campaign status", timeout=60)
     assert ready(obj)["status"] == "Unknown"
     assert ready(obj)["reason"] == "Pending"
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     assert condition(obj, "Reconciling")["status"] == "True"
+
+
+def test_missing_tls_secret_is_named_and_recovers(operator, tls_files):
+    cp = operator.cp
+    apply_examples(cp)
+    cp.kubectl("delete", "secret", "smtp-mail-example-com-tls", "--ignore-not-found")
+    obj = wait_for(lambda: (o := get(cp, "smtpserver", "outbound", "default")) and ready(o) and
+                   ready(o)["reason"] == "TlsSecretNotFound" and o, what="TlsSecretNotFound", timeout=60)
+    assert "Secret default/smtp-mail-example-com-tls (spec.tls.secretName) not found" in ready(obj)["message"]
+    assert ready(obj)["status"] == "False"
+    assert condition(obj, "Stalled")["status"] == "True"
+    cert, key = tls_files
+    cp.kubectl("create", "secret", "tls", "smtp-mail-example-com-tls", f"--cert={cert}", f"--key={key}")
+    # The reference resolves by itself (resync); without the pod runner kwok leaves the pods
+    # Pending, so the server moves on to waiting for its pods.
+    wait_for(lambda: ready(get(cp, "smtpserver", "outbound", "default"))["reason"] in ("PodsNotReady", "Available"),
+             what="recovered from the missing Secret", timeout=60)
+    assert get(cp, "statefulset", "outbound", "default")["spec"]["replicas"] == 2

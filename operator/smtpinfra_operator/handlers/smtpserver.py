@@ -8,11 +8,12 @@ their last good config and the status names what is missing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
@@ -29,7 +30,7 @@ from ..builders.keys import generate_dkim_key
 from ..builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress, config_map_data, content_hash
 from ..conditions import FALSE, TRUE, UNKNOWN, Outcome
 from ..kicker import Kicker, Locks
-from ..statuswriter import publish
+from ..statuswriter import post_event, publish
 from .ippool import reconcile_pool
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,9 @@ async def reconcile_server(key: Key) -> None:
             if obj["kind"] == "StatefulSet":
                 sts = applied
         if previous_hash != config_hash:
-            kopf.info(cast(kopf.Body, body), reason="ConfigApplied", message=f"MTA config {config_hash} written to "
-                      f"ConfigMap {workload.config_map_name(name)} ({gathered.replicas} replica(s))")
+            await asyncio.to_thread(post_event, body, "Normal", "ConfigApplied",
+                                    f"MTA config {config_hash} written to ConfigMap "
+                                    f"{workload.config_map_name(name)} ({gathered.replicas} replica(s))")
         await publish(SmtpServer, body, decide(spec, gathered, sts, config_hash, generation))
 
 
