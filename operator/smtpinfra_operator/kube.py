@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from typing import Any
 
 from kubernetes import client, config
@@ -18,7 +19,10 @@ from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 FIELD_MANAGER = "smtp-infra-operator"
 
-__all__ = ["ApiException", "apply", "create_if_absent", "delete", "get", "kind_exists", "list_objects"]
+__all__ = [
+    "ApiException", "apply", "create_if_absent", "delete", "get", "invalidate", "kind_exists", "list_cached",
+    "list_objects",
+]
 
 
 @functools.cache
@@ -70,8 +74,37 @@ async def list_objects(api_version: str, kind: str, namespace: str | None = None
     return await asyncio.to_thread(call)
 
 
+_list_cache: dict[tuple[str, str, str | None, str | None], tuple[float, list[dict[str, Any]]]] = {}
+LIST_CACHE_SECONDS = 1.0
+
+
+async def list_cached(api_version: str, kind: str, namespace: str | None = None,
+                      label_selector: str | None = None) -> list[dict[str, Any]]:
+    """`list_objects`, shared for a second by every reconcile in a burst.
+
+    After a Tenant change every SmtpServer re-renders; without this, N servers would list M
+    tenants N times within the same moment. Our own writes invalidate it, and the periodic
+    resync corrects anything a stale read missed.
+    """
+    key = (api_version, kind, namespace, label_selector)
+    now = time.monotonic()
+    hit = _list_cache.get(key)
+    if hit is not None and now - hit[0] < LIST_CACHE_SECONDS:
+        return hit[1]
+    items = await list_objects(api_version, kind, namespace, label_selector)
+    _list_cache[key] = (now, items)
+    return items
+
+
+def invalidate() -> None:
+    """Forget cached lists (after a write that changes what they would return)."""
+    _list_cache.clear()
+
+
 async def apply(obj: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply `obj` as the operator's field manager (forcing our own fields back)."""
+
+    invalidate()
 
     def call() -> dict[str, Any]:
         resource = _resource(obj["apiVersion"], obj["kind"])
@@ -87,6 +120,7 @@ async def create_if_absent(obj: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     existing = await get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
     if existing is not None:
         return False, existing
+    invalidate()
 
     def call() -> dict[str, Any]:
         return _plain(_resource(obj["apiVersion"], obj["kind"]).create(body=obj, namespace=meta.get("namespace")))

@@ -56,7 +56,11 @@ def test_delivery_binds_pool_source_ip_and_ehlo(env: dict[str, Any], mta_factory
     got = {m.rcpts[0]: m for m in sink.wait_messages(2)}
     assert got["first@example.test"].client_addr == SRC_A1
     assert got["first@example.test"].helo == "out1.alpha-pool.test"
-    assert got["first@example.test"].mail_from == "news@alpha.test"
+    # VERP: the return path names tenant and recipient, so a later asynchronous bounce can be matched
+    assert mta.app.verp is not None
+    assert got["first@example.test"].mail_from.startswith("bounces+")
+    assert mta.app.verp.decode(got["first@example.test"].mail_from) == ("alpha", "first@example.test")
+    assert mta.app.verp.decode(got["second@other.test"].mail_from) == ("beta", "second@other.test")
     assert got["second@other.test"].client_addr == SRC_B
     assert got["second@other.test"].helo == "out1.beta-pool.test"
     assert b"Hello from the test suite." in got["first@example.test"].content

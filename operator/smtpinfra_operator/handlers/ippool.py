@@ -100,7 +100,7 @@ async def reconcile_pool(name: str) -> PoolState | None:
         except ValidationError as error:
             await publish(IpPool, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error), stalled=True))
             return None
-        servers = await kube.list_objects(API_VERSION, "SmtpServer")
+        servers = await kube.list_objects(API_VERSION, "SmtpServer")  # fresh: replicas may just have changed
         replicas = _servers_using(name, servers)
         previous = {a["address"]: a for a in (body.get("status") or {}).get("addresses", [])}
         addresses = expand_addresses(spec.addresses)

@@ -79,7 +79,11 @@ async def _gather_tenants(spec: SmtpServerSpec) -> tuple[list[ServedTenant], dic
     """Tenants this server serves and their `username:hash` lines (tenants still without credentials wait)."""
     served: list[ServedTenant] = []
     credentials: dict[str, str] = {}
-    for body in sorted(await kube.list_objects(API_VERSION, "Tenant"), key=lambda t: t["metadata"]["name"]):
+    secrets = {
+        (s["metadata"]["namespace"], s["metadata"]["name"]): s
+        for s in await kube.list_cached("v1", "Secret", label_selector=tenant_build.TENANT_LABEL)
+    }
+    for body in sorted(await kube.list_cached(API_VERSION, "Tenant"), key=lambda t: t["metadata"]["name"]):
         name = body["metadata"]["name"]
         if body["metadata"].get("deletionTimestamp") or not _selected(spec, body):
             continue
@@ -89,8 +93,7 @@ async def _gather_tenants(spec: SmtpServerSpec) -> tuple[list[ServedTenant], dic
             continue
         if tspec.ip_pool and tspec.ip_pool not in spec.ip_pools:
             continue  # a dedicated pool this server does not send from
-        secret = await kube.get("v1", "Secret", tenant_build.CREDENTIALS_SECRET,
-                                tenant_build.namespace_name(name, tspec))
+        secret = secrets.get((tenant_build.namespace_name(name, tspec), tenant_build.CREDENTIALS_SECRET))
         if secret is None:
             continue
         username, password_hash = _decode(secret, "username"), _decode(secret, "passwordHash")

@@ -94,6 +94,7 @@ async def _kick_servers() -> None:
 async def on_tenant(name: str, **_: Any) -> None:
     """A tenant appeared or changed (labels decide which servers serve it): servers re-render."""
     await reconcile_tenant(name)
+    kube.invalidate()  # the servers must see this change, not a list cached a moment ago
     await _kick_servers()
 
 
