@@ -10,7 +10,8 @@ mkdir -p "$state"
 
 case "${1:-up}" in
 up)
-  kubeconfig=$($cli testenv up --state-dir "$state")
+  # --run-pods: pods of our own images (the MTA) really run, bound to their pod IPs.
+  kubeconfig=$($cli testenv up --state-dir "$state" --run-pods)
   export KUBECONFIG=$kubeconfig
   kubectl="$SMTP_INFRA_CACHE/controlplane-v1.36.3/bin/kubectl"
   "$kubectl" apply --server-side --force-conflicts -f crds/ >/dev/null
@@ -22,15 +23,37 @@ up)
     echo $! >"$state/operator.pid"
     echo "operator started (pid $!, log $state/operator.log)" >&2
   fi
+  # The example SmtpServer terminates TLS with this Secret; a self-signed certificate will do here.
+  if ! "$kubectl" get secret smtp-mail-example-com-tls >/dev/null 2>&1; then
+    .venv/bin/python - "$state" <<'PY'
+import datetime, sys
+from pathlib import Path
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtp.mail.example.com")])
+now = datetime.datetime.now(datetime.UTC)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("smtp.mail.example.com")]), critical=False)
+        .sign(key, hashes.SHA256()))
+d = Path(sys.argv[1])
+(d / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+(d / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+PY
+    "$kubectl" create secret tls smtp-mail-example-com-tls --cert="$state/tls.crt" --key="$state/tls.key" >/dev/null
+  fi
   "$kubectl" apply -f examples/ >/dev/null
   "$kubectl" wait --for=condition=Ready --timeout=60s warmupplan --all >/dev/null
-  # The other kinds are reconciled to Ready=Unknown (Pending) for now; wait until they say so.
-  for _ in $(seq 1 100); do
-    n=$("$kubectl" get smtpinfra -A -o jsonpath='{range .items[*]}{.status.observedGeneration}{"\n"}{end}' | grep -c . || true)
-    total=$("$kubectl" get smtpinfra -A --no-headers | wc -l)
-    [ "$n" -eq "$total" ] && break
-    sleep 0.2
-  done
+  "$kubectl" wait --for=condition=Ready --timeout=60s tenant --all >/dev/null
+  "$kubectl" wait --for=condition=Ready --timeout=60s ippool --all >/dev/null
+  "$kubectl" wait --for=condition=Ready --timeout=120s smtpserver/outbound >/dev/null
+  echo
+  "$kubectl" get pods -o wide -l app.kubernetes.io/instance=outbound
   echo
   "$kubectl" get smtpinfra -A
   echo
