@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,14 +85,16 @@ def crds(control_plane: Any) -> Any:
 class OperatorProcess:
     """`smtp-infra operator run` as a child process with its log in a file."""
 
-    def __init__(self, cp: Any, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, cp: Any, log_path: Path, env: dict[str, str] | None = None,
+                 kubeconfig: Path | None = None) -> None:
         self.cp = cp
         self.log_path = log_path
+        self.kubeconfig = kubeconfig or Path(cp.kubeconfig)
         self.env = {**os.environ, "SMTP_INFRA_RESYNC_SECONDS": "2", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.start_with_kubeconfig(Path(self.cp.kubeconfig))
+        self.start_with_kubeconfig(self.kubeconfig)
 
     def start_with_kubeconfig(self, kubeconfig: Path) -> None:
         """Start with given credentials (e.g. a ServiceAccount token instead of cluster-admin)."""
@@ -114,10 +117,51 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
 
+CHART = ROOT / "charts" / "smtp-infra"
+OPERATOR_NAMESPACE = "smtp-infra-system"
+OPERATOR_ACCOUNT = "smtp-infra"
+
+
+def helm(cp: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The cached helm binary with its state kept out of the repository and $HOME."""
+    home = Path(tempfile.gettempdir()) / "smtp-infra-helm"
+    env = {**cp.env(), "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+           "HELM_DATA_HOME": str(home / "data")}
+    result = subprocess.run([str(cp.bin_dir / "helm"), *args], capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+def operator_kubeconfig(cp: Any, path: Path) -> Path:
+    """Credentials of the chart's ServiceAccount, bound to exactly the chart's ClusterRole.
+
+    The operator in tests runs with these, not as cluster-admin, so a permission the chart
+    lacks fails the tests.
+    """
+    rendered = helm(cp, "template", OPERATOR_ACCOUNT, str(CHART), "--namespace", OPERATOR_NAMESPACE,
+                    "--kube-version", "1.36.3", "--show-only", "templates/serviceaccount.yaml",
+                    "--show-only", "templates/rbac.yaml").stdout
+    cp.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    cp.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", "-", input=rendered)
+    token = cp.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=6h").stdout.strip()
+    admin = yaml.safe_load(Path(cp.kubeconfig).read_text())
+    cluster = admin["clusters"][0]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}],
+        "current-context": "operator",
+    }))
+    return path
+
+
 @pytest.fixture(scope="module")
 def operator(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """A running operator for the tests of one module."""
-    proc = OperatorProcess(crds, tmp_path_factory.mktemp("operator") / "operator.log")
+    """A running operator for the tests of one module, with the chart's RBAC (not cluster-admin)."""
+    directory = tmp_path_factory.mktemp("operator")
+    proc = OperatorProcess(crds, directory / "operator.log",
+                           kubeconfig=operator_kubeconfig(crds, directory / "kubeconfig"))
     proc.start()
     try:
         yield proc

@@ -1,1 +1,1 @@
-from tests.kube import crds  # noqa: F401
+from tests.kube import crds

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smtpinfra_mta.config import ConfigError, parse_config
 from smtpinfra_mta.policy import check_inbound_rcpt
 
-from .conftest import MTA_ADDR, Dns, RunningMta, Sink, base_config, swaks
+from .conftest import MTA_ADDR, Dns, RunningMta, Sink, base_config, swaks, wait_for
 
 pytestmark = pytest.mark.mta
 
@@ -98,3 +99,60 @@ def test_inbound_policy_never_accepts_foreign_or_tricky(local: str, domain: str)
         accepted_local, _, accepted_domain = address.rpartition("@")
         assert accepted_domain.lower() == BOUNCE
         assert not any(c in accepted_local for c in '%!@"\\')
+
+
+# ----------------------------------------------------------------------------- relay domains + static routes
+
+
+def test_relay_domain_is_forwarded_over_its_static_route(tmp_path: Path, tls_files: Any,
+                                                         password_hashes: dict[str, str], mta_factory: Any,
+                                                         sink_factory: Any) -> None:
+    """Port 25 accepts a relay domain without AUTH and forwards it to the route's host and port (no DNS at
+    all: the resolver in this config is unreachable), from the relay domain's pool; everything else is
+    still refused, so listing a relay domain opens nothing else."""
+    sink = sink_factory()
+    cfg = base_config(tmp_path, tls_files, password_hashes)
+    cfg["listeners"]["inbound"]["relay_domains"] = [{"domain": "internal.test", "pool": "beta"}]
+    cfg["delivery"]["routes"] = [{"domain": "internal.test", "host": "127.0.0.42", "port": sink.port}]
+    mta = mta_factory(cfg)
+    r = swaks("--server", f"{MTA_ADDR}:{mta.inbound_port}", "--ehlo", "partner.test", "--from", "x@partner.test",
+              "--to", "user@INTERNAL.test", "--body", "relayed body")
+    assert r.has("250 2.0.0 OK queued"), r.transcript
+    [m] = sink.wait_messages(1)
+    assert m.rcpts == ["user@INTERNAL.test"]
+    assert m.mail_from == "x@partner.test"  # relayed mail keeps its sender (no VERP: no tenant sent it)
+    assert m.client_addr == "127.0.0.31"  # pool "beta"
+    assert b"relayed body" in m.content
+    assert b"by mta.test (smtp-infra)" in m.content
+    for rcpt, expected in MATRIX:
+        assert _rcpt_reply(mta.inbound_port, rcpt).startswith(expected), rcpt
+    assert _rcpt_reply(mta.inbound_port, "user@sub.internal.test").startswith("550 5.7.1")
+    # one transaction carries one kind: a report address after a relay recipient is deferred to another one
+    r = swaks("--server", f"{MTA_ADDR}:{mta.inbound_port}", "--from", "x@partner.test",
+              "--to", f"a@internal.test,dsn@{BOUNCE}", "--quit-after", "RCPT")
+    assert any(x.startswith("452 4.5.3") for x in r.replies()), r.replies()
+    wait_for(lambda: mta.app.spool.queued_ids() == [])
+
+
+def test_relay_and_route_config_is_validated() -> None:
+    base: dict[str, Any] = {
+        "hostname": "mta.test", "listeners": {"submission": {"enabled": False},
+                                              "inbound": {"domains": ["b.test"], "relay_domains": []}},
+        "pools": [{"name": "p", "source_ips": [{"address": "127.0.0.21", "ehlo_name": "o.test"}]}],
+    }
+    ok = parse_config({**base, "listeners": {**base["listeners"], "inbound": {
+        "domains": ["b.test"], "relay_domains": [{"domain": "In.Test.", "pool": "p"}]}},
+        "delivery": {"routes": [{"domain": "in.test", "host": "Mail.In.Test", "port": 2525}]}})
+    assert ok.relay_domain("in.test") is not None and ok.relay_domain("b.test") is None
+    route = ok.route("in.test")
+    assert route is not None and (route.host, route.port) == ("mail.in.test", 2525)
+    bad = [
+        ({"domains": ["b.test"], "relay_domains": [{"domain": "x.test", "pool": "nope"}]}, {}, "not in 'pools'"),
+        ({"domains": ["b.test"], "relay_domains": [{"domain": "b.test", "pool": "p"}]}, {}, "pick one"),
+        ({"domains": ["b.test"], "relay_domains": [{"domain": "x.test", "pool": "p"}] * 2}, {}, "listed once"),
+        ({"domains": ["b.test"]}, {"routes": [{"domain": "x.test", "host": "h.test"}] * 2}, "one route"),
+        ({"domains": ["b.test"]}, {"routes": [{"domain": "x.test", "host": "not a host"}]}, "invalid domain"),
+    ]
+    for inbound, delivery, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            parse_config({**base, "listeners": {**base["listeners"], "inbound": inbound}, "delivery": delivery})

@@ -1,2 +1,2 @@
-from tests.kube import crds, operator  # noqa: F401
-from tests.mta.conftest import tls_files  # noqa: F401
+from tests.kube import crds, operator
+from tests.mta.conftest import tls_files

@@ -1,0 +1,332 @@
+"""End to end: the operator publishes an SmtpServer's DNS records into a real Knot server (RFC 2136 + TSIG).
+
+The operator, the local pod runner (real MTA pods, so Ready means pods and DNS) and a Knot
+server with a forward zone (example.test) and the reverse zone of the pool addresses
+(10.0.127.in-addr.arpa). What the operator wrote is read back with TSIG-signed AXFR and
+checked with third-party tools: pyspf, checkdmarc and dkimpy resolve from Knot. The tests of
+this module run in order and share the servers they create.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import checkdmarc.dmarc
+import checkdmarc.spf
+import dkim
+import dns.resolver
+import pytest
+import spf
+import yaml
+
+from smtpinfra_operator.dns import Record, Rfc2136Provider
+from smtpinfra_operator.dns.ownership import owners
+from smtpinfra_operator.dns.verify import resolver_for
+from tests.dns.knot import FORWARD_ZONE, KEY_NAME, KEY_SECRET, REVERSE_ZONE, KnotServer
+from tests.kube import OperatorProcess, apply, condition, find, get, wait_for
+
+pytestmark = [pytest.mark.dns, pytest.mark.e2e, pytest.mark.operator]
+
+NS = "dns-e2e"
+POOL = ["127.0.10.61", "127.0.10.62", "127.0.10.63"]
+DOMAIN = f"dnsacme.{FORWARD_ZONE}"
+NEWS = f"news.{DOMAIN}"
+CLASH_DOMAIN = f"conflict.{FORWARD_ZONE}"  # knot.py puts a foreign _dmarc TXT there
+TSIG_NAME = "smtp-infra.tsig.test."  # the API wants a multi-label key name
+ENDPOINT_CRD = Path(__file__).parents[1] / "dns" / "dnsendpoints.externaldns.k8s.io.yaml"
+
+
+class TsigKnot(KnotServer):
+    """knot.py's server with a second, multi-label TSIG key the SmtpServer uses."""
+
+    def write_config(self) -> None:
+        super().write_config()
+        conf = self.directory / "knot.conf"
+        text = conf.read_text()
+        key = f"  - id: {TSIG_NAME}\n    algorithm: hmac-sha256\n    secret: {KEY_SECRET}\n"
+        text = text.replace("acl:\n", key + "acl:\n")
+        text = text.replace(f"    key: {KEY_NAME}\n", f"    key: [{KEY_NAME}, {TSIG_NAME}]\n")
+        conf.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def knot() -> Iterator[TsigKnot]:
+    with tempfile.TemporaryDirectory() as d:
+        server = TsigKnot(Path(d))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def dns_operator(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The operator, retrying a blocked deletion every 2 s instead of 30 s."""
+    proc = OperatorProcess(crds, tmp_path_factory.mktemp("operator") / "operator.log",
+                           env={"SMTP_INFRA_DNS_DELETE_RETRY_SECONDS": "2"})
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def cp(dns_operator: OperatorProcess, pod_runner: Any, knot: TsigKnot, tls_files: tuple[Path, Path]) -> Any:
+    """Namespace, TLS and TSIG Secrets, the pool and two tenants."""
+    cp = dns_operator.cp
+    cp.kubectl("create", "namespace", NS, check=False)
+    cert, key = tls_files
+    cp.kubectl("-n", NS, "create", "secret", "tls", "mta-tls", f"--cert={cert}", f"--key={key}", check=False)
+    cp.kubectl("-n", NS, "create", "secret", "generic", "tsig", f"--from-literal=secret={KEY_SECRET}", check=False)
+    apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "IpPool", "metadata": {"name": "dns-pool"},
+               "spec": {"addresses": POOL, "ptrTemplate": "out-{index}.dnsacme.example.test"}})
+    apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "Tenant",
+               "metadata": {"name": "dns-acme", "labels": {"tier": "dns"}},
+               "spec": {"displayName": "ACME DNS", "senderDomains": [DOMAIN, NEWS]}})
+    apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "Tenant",
+               "metadata": {"name": "dns-clash", "labels": {"tier": "dns-clash"}},
+               "spec": {"displayName": "Clash", "senderDomains": [CLASH_DOMAIN]}})
+    cp.kubectl("wait", "--for=condition=Ready", "tenant/dns-acme", "tenant/dns-clash", "--timeout=60s")
+    return cp
+
+
+def manifest(name: str, knot: KnotServer, *, replicas: int = 0, tier: str = "dns", provider: str = "rfc2136",
+             selectors: tuple[str, ...] = ("rsa1",)) -> dict[str, Any]:
+    dns_spec: dict[str, Any] = {"provider": provider, "ttl": 60,
+                                "dmarc": {"policy": "quarantine", "aggregateReportTo": [f"dmarc@{DOMAIN}"]}}
+    if provider == "rfc2136":
+        dns_spec["rfc2136"] = {"server": knot.address, "port": knot.port, "zone": FORWARD_ZONE,
+                               "reverseZones": [REVERSE_ZONE], "tsigSecretRef": {"name": "tsig", "key": "secret"},
+                               "tsigKeyName": TSIG_NAME.rstrip(".")}
+    return {
+        "apiVersion": "smtpinfra.com/v1alpha1", "kind": "SmtpServer", "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "hostname": f"smtp.{DOMAIN}", "replicas": replicas, "ipPools": ["dns-pool"],
+            "returnPathDomain": f"bounces.{DOMAIN}", "tls": {"secretName": "mta-tls"},
+            "dkim": {"keys": [{"domain": DOMAIN, "selector": s} for s in selectors]},
+            "tenantSelector": {"matchLabels": {"tier": tier}}, "dns": dns_spec,
+        },
+    }
+
+
+def zone(knot: KnotServer) -> list[Record]:
+    """Everything in both zones, by TSIG-signed AXFR."""
+    return Rfc2136Provider(knot.address, [FORWARD_ZONE, REVERSE_ZONE], key_name=KEY_NAME, secret=KEY_SECRET,
+                           port=knot.port).read()
+
+
+def at(knot: KnotServer, name: str, rtype: str) -> Record | None:
+    return next((r for r in zone(knot) if r.key == (name, rtype)), None)
+
+
+def owned_by(knot: KnotServer, owner: str) -> set[tuple[str, str]]:
+    return {k for k, o in owners(zone(knot)).items() if o == owner}
+
+
+def dns_ready(cp: Any, name: str) -> dict[str, Any] | None:
+    obj = find(cp, "smtpserver", name, NS)
+    return condition(obj, "DnsReady") if obj else None
+
+
+def wait_dns(cp: Any, name: str, status: str, reason: str, timeout: float = 90) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        c = dns_ready(cp, name)
+        return get(cp, "smtpserver", name, NS) if c and c["status"] == status and c["reason"] == reason else None
+    return wait_for(check, timeout=timeout, what=f"{name} DnsReady={status} {reason}: {dns_ready(cp, name)}")
+
+
+def records_status(obj: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["name"], r["type"]): r for r in obj["status"]["dns"]["records"]}
+
+
+@pytest.fixture
+def knot_resolver(knot: KnotServer) -> Iterator[dns.resolver.Resolver]:
+    """dnspython's default resolver (what pyspf uses) pointed at Knot."""
+    saved = dns.resolver.default_resolver
+    dns.resolver.default_resolver = resolver = resolver_for(knot.nameserver)
+    try:
+        yield resolver
+    finally:
+        dns.resolver.default_resolver = saved
+
+
+def test_provider_none_reports_the_records_to_publish(cp: Any, knot: KnotServer) -> None:
+    apply(cp, manifest("plain", knot, provider="none"))
+    obj = wait_dns(cp, "plain", "True", "NotManaged")
+    records = records_status(obj)
+    assert {r["state"] for r in records.values()} == {"Required"}
+    assert records[(DOMAIN, "TXT")]["values"] == ['"v=spf1 -all"']  # no replicas: nothing may send
+    assert records[(f"_dmarc.{DOMAIN}", "TXT")]["values"][0].startswith('"v=DMARC1; p=quarantine')
+    assert records[(f"bounces.{DOMAIN}", "MX")]["values"] == [f"10 smtp.{DOMAIN}."]
+    assert (f"rsa1._domainkey.{DOMAIN}", "TXT") in records
+    assert condition(obj, "Ready")["status"] == "True"
+    assert not obj["metadata"].get("finalizers"), "only rfc2136 servers get a finalizer"
+    assert owned_by(knot, f"{NS}/plain") == set(), "provider none writes nothing"
+
+
+def test_rfc2136_publishes_and_verifies(cp: Any, knot: KnotServer, knot_resolver: dns.resolver.Resolver) -> None:
+    apply(cp, manifest("mx", knot, replicas=2))
+    result = cp.kubectl("-n", NS, "wait", "--for=condition=Ready", "smtpserver/mx", "--timeout=120s", check=False)
+    obj = get(cp, "smtpserver", "mx", NS)
+    assert result.returncode == 0, obj.get("status")
+    assert condition(obj, "DnsReady")["status"] == "True" and condition(obj, "DnsReady")["reason"] == "Verified"
+    assert obj["metadata"]["finalizers"] == ["smtpinfra.com/finalizer"]
+    sending = {a["address"]: a["ehloName"] for a in obj["status"]["sendingAddresses"]}
+    assert set(sending) == set(POOL[:2])
+    records = records_status(obj)
+    assert {r["state"] for r in records.values()} == {"Verified"}
+    assert {t for _, t in records} == {"A", "PTR", "TXT", "MX"}
+    for address, ehlo in sending.items():
+        ptr = at(knot, f"{address.split('.')[-1]}.{REVERSE_ZONE}", "PTR")
+        assert ptr is not None and ptr.values == (f"{ehlo}.",)
+        assert at(knot, ehlo, "A").values == (address,)  # type: ignore[union-attr]
+        assert records[(ptr.name, "PTR")]["state"] == "Verified"
+    assert at(knot, f"bounces.{DOMAIN}", "MX").values == (f"10 smtp.{DOMAIN}.",)  # type: ignore[union-attr]
+    assert owned_by(knot, f"{NS}/mx") == set(records)
+    # third-party checkers resolve from Knot
+    for domain in (DOMAIN, NEWS, f"bounces.{DOMAIN}"):
+        for address, ehlo in sending.items():
+            assert spf.check2(i=address, s=f"bounce@{domain}", h=ehlo)[0] == "pass", (domain, address)
+        assert spf.check2(i="127.0.10.250", s=f"bounce@{domain}", h="elsewhere.test")[0] == "fail"
+        assert checkdmarc.spf.check_spf(domain, resolver=knot_resolver)["valid"]
+    for domain in (DOMAIN, NEWS):
+        dmarc = checkdmarc.dmarc.check_dmarc(domain, resolver=knot_resolver)
+        assert dmarc["valid"] and dmarc["tags"]["p"]["value"] == "quarantine"
+    # dkimpy verifies a signature made with the key in the operator's Secret, key taken from Knot
+    secret = next(s for s in json.loads(cp.kubectl("-n", NS, "get", "secrets", "-o", "json").stdout)["items"]
+                  if s["metadata"]["name"].startswith("mx-dkim-rsa1-"))
+    private = base64.b64decode(secret["data"]["private.pem"])
+    message = f"From: a@{DOMAIN}\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nHello.\r\n".encode()
+    signed = dkim.sign(message, b"rsa1", DOMAIN.encode(), private, include_headers=[b"from", b"subject"]) + message
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        try:
+            return b"".join(next(iter(knot_resolver.resolve(name.decode(), "TXT"))).strings)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+    assert dkim.verify(signed, dnsfunc=dnsfunc)
+    # FCrDNS per pool address lands in the IpPool's status
+    wait_for(lambda: {a["address"]: a.get("ptrOk") for a in get(cp, "ippool", "dns-pool")["status"]["addresses"]}
+             == {POOL[0]: True, POOL[1]: True, POOL[2]: None}, timeout=30, what="ptrOk in the pool status")
+
+
+def test_foreign_record_is_left_untouched_and_reported(cp: Any, knot: KnotServer) -> None:
+    foreign = at(knot, f"_dmarc.{CLASH_DOMAIN}", "TXT")
+    assert foreign is not None
+    apply(cp, manifest("clash", knot, tier="dns-clash"))
+    obj = wait_dns(cp, "clash", "False", "DnsConflict")
+    dns_cond = condition(obj, "DnsReady")
+    assert f"_dmarc.{CLASH_DOMAIN}" in dns_cond["message"] and "not managed by smtp-infra" in dns_cond["message"]
+    ready = condition(obj, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "DnsConflict"
+    assert f"_dmarc.{CLASH_DOMAIN}" in ready["message"]
+    assert records_status(obj)[(f"_dmarc.{CLASH_DOMAIN}", "TXT")]["state"] == "Conflict"
+    assert at(knot, f"_dmarc.{CLASH_DOMAIN}", "TXT") == foreign, "the foreign record is untouched"
+    # everything else of the server is published
+    assert at(knot, CLASH_DOMAIN, "TXT").texts() == ["v=spf1 -all"]  # type: ignore[union-attr]
+    assert (f"_dmarc.{CLASH_DOMAIN}", "TXT") not in owned_by(knot, f"{NS}/clash")
+
+
+def test_dkim_rotation_after_operator_restart_publishes_both_selectors(cp: Any, knot: KnotServer,
+                                                                         dns_operator: OperatorProcess) -> None:
+    before = at(knot, f"rsa1._domainkey.{DOMAIN}", "TXT")
+    assert before is not None
+    dns_operator.stop()
+    apply(cp, manifest("mx", knot, replicas=2, selectors=("rsa1", "rsa2")))
+    dns_operator.start()
+    wait_for(lambda: at(knot, f"rsa2._domainkey.{DOMAIN}", "TXT"), timeout=90, what="second selector published")
+    obj = wait_dns(cp, "mx", "True", "Verified")
+    records = records_status(obj)
+    for selector in ("rsa1", "rsa2"):
+        assert records[(f"{selector}._domainkey.{DOMAIN}", "TXT")]["state"] == "Verified"
+    assert at(knot, f"rsa1._domainkey.{DOMAIN}", "TXT") == before, "the old selector stays during the rotation"
+    assert owned_by(knot, f"{NS}/mx") == set(records), "a restart neither loses nor duplicates ownership"
+
+
+def test_scale_down_removes_the_retired_address(cp: Any, knot: KnotServer,
+                                                knot_resolver: dns.resolver.Resolver) -> None:
+    apply(cp, manifest("mx", knot, replicas=1, selectors=("rsa1", "rsa2")))
+    retired = f"{POOL[1].split('.')[-1]}.{REVERSE_ZONE}"
+    wait_for(lambda: at(knot, retired, "PTR") is None, timeout=90, what="retired PTR removed")
+    assert at(knot, f"out-1.{DOMAIN}", "A") is None
+    assert at(knot, f"out-0.{DOMAIN}", "A").values == (POOL[0],)  # type: ignore[union-attr]
+    wait_for(lambda: at(knot, DOMAIN, "TXT").texts() == [f"v=spf1 ip4:{POOL[0]} -all"],  # type: ignore[union-attr]
+             timeout=30, what="SPF without the retired address")
+    assert spf.check2(i=POOL[1], s=f"x@{DOMAIN}", h=f"out-1.{DOMAIN}")[0] == "fail"
+    assert spf.check2(i=POOL[0], s=f"x@{DOMAIN}", h=f"out-0.{DOMAIN}")[0] == "pass"
+    obj = wait_dns(cp, "mx", "True", "Verified")
+    assert (retired, "PTR") not in records_status(obj)
+    wait_for(lambda: {a["address"]: a.get("ptrOk") for a in get(cp, "ippool", "dns-pool")["status"]["addresses"]}
+             [POOL[1]] is False, timeout=30, what="retired address ptrOk false")
+
+
+def test_deleting_the_server_removes_its_records_only(cp: Any, knot: KnotServer) -> None:
+    assert owned_by(knot, f"{NS}/mx")
+    clash_before = owned_by(knot, f"{NS}/clash")
+    cp.kubectl("-n", NS, "delete", "smtpserver", "mx", "--timeout=60s")
+    assert find(cp, "smtpserver", "mx", NS) is None
+    assert owned_by(knot, f"{NS}/mx") == set()
+    assert at(knot, f"rsa1._domainkey.{DOMAIN}", "TXT") is None and at(knot, DOMAIN, "TXT") is None
+    assert at(knot, f"www.{FORWARD_ZONE}", "A") is not None and at(knot, f"200.{REVERSE_ZONE}", "PTR") is not None
+    assert at(knot, f"_dmarc.{CLASH_DOMAIN}", "TXT") is not None
+    assert owned_by(knot, f"{NS}/clash") == clash_before, "another server's records stay"
+
+
+def test_deletion_waits_while_the_dns_server_is_down(cp: Any, knot: KnotServer) -> None:
+    assert owned_by(knot, f"{NS}/clash")
+    knot.stop()
+    try:
+        cp.kubectl("-n", NS, "delete", "smtpserver", "clash", "--wait=false")
+        obj = wait_dns(cp, "clash", "False", "DnsCleanupDelayed", timeout=60)
+        message = condition(obj, "DnsReady")["message"]
+        assert f"{knot.address}:{knot.port}" in message and "connection refused" in message, message
+        assert condition(obj, "Ready")["reason"] == "DnsCleanupDelayed"
+        events = cp.kubectl("-n", NS, "get", "events", "--field-selector", "involvedObject.name=clash",
+                            "-o", "json").stdout
+        assert "DnsCleanupDelayed" in events
+        time.sleep(5)
+        assert find(cp, "smtpserver", "clash", NS) is not None, "deletion must wait for the DNS server"
+    finally:
+        knot.start()
+    wait_for(lambda: find(cp, "smtpserver", "clash", NS) is None, timeout=60, what="deletion completes")
+    assert owned_by(knot, f"{NS}/clash") == set()
+    assert at(knot, f"_dmarc.{CLASH_DOMAIN}", "TXT") is not None, "the foreign record stays"
+
+
+def test_external_dns_gets_a_dns_endpoint(cp: Any, knot: KnotServer) -> None:
+    installed = find(cp, "crd", "dnsendpoints.externaldns.k8s.io") is not None
+    apply(cp, manifest("edns", knot, provider="external-dns"))
+    if not installed:
+        obj = wait_dns(cp, "edns", "False", "ExternalDnsNotInstalled")
+        assert condition(obj, "Ready")["reason"] == "ExternalDnsNotInstalled"
+        cp.kubectl("apply", "--server-side", "-f", str(ENDPOINT_CRD))
+        cp.kubectl("wait", "--for=condition=Established", "crd/dnsendpoints.externaldns.k8s.io", "--timeout=60s")
+    obj = wait_dns(cp, "edns", "False", "WaitingForExternalDns")
+    endpoint = get(cp, "dnsendpoints.externaldns.k8s.io", "edns-dns", NS)
+    assert endpoint["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "smtp-infra",
+                                              "smtpinfra.com/smtp-server": "edns"}
+    [ref] = endpoint["metadata"]["ownerReferences"]
+    assert (ref["kind"], ref["name"], ref["uid"]) == ("SmtpServer", "edns", obj["metadata"]["uid"])
+    eps = {(e["dnsName"], e["recordType"]): e for e in endpoint["spec"]["endpoints"]}
+    assert eps[(DOMAIN, "TXT")]["targets"] == ["v=spf1 -all"]
+    assert eps[(f"bounces.{DOMAIN}", "MX")]["targets"] == [f"10 smtp.{DOMAIN}"]
+    assert eps[(f"rsa1._domainkey.{DOMAIN}", "TXT")]["targets"][0].startswith("v=DKIM1; k=rsa; p=")
+    assert eps[(f"_dmarc.{NEWS}", "TXT")]["targets"][0].startswith("v=DMARC1; p=quarantine")
+    records = records_status(obj)
+    assert {k for k, r in records.items() if r["state"] == "Pending"} == set(eps)
+    assert not obj["metadata"].get("finalizers")
+    # external-dns marks what it processed by status.observedGeneration; act as it would
+    cp.kubectl("-n", NS, "patch", "dnsendpoints.externaldns.k8s.io", "edns-dns", "--subresource=status",
+               "--type=merge", "-p", yaml.safe_dump({"status": {"observedGeneration":
+                                                                endpoint["metadata"]["generation"]}}))
+    obj = wait_dns(cp, "edns", "True", "Published")
+    assert condition(obj, "Ready")["status"] == "True"
+    assert {r["state"] for r in records_status(obj).values()} == {"Published"}
