@@ -61,13 +61,17 @@ def operator_run(
         str | None, typer.Option(help="Kopf peering name for several replicas; standalone when unset.")
     ] = None,
     liveness: Annotated[str | None, typer.Option(help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
+    priority: Annotated[int | None, typer.Option(
+        help="Peering priority: the live replica with the highest one works, the others wait. Default: derived "
+             "from the pod name (POD_ID) or host and the pid, so replicas differ (a tie pauses them all).")] = None,
 ) -> None:
     """Run the operator against the cluster."""
     if kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(kubeconfig)
     from smtpinfra_operator import app as operator
 
-    operator.run(standalone=peering is None, peering_name=peering or operator.PEERING_NAME, liveness=liveness)
+    operator.run(standalone=peering is None, peering_name=peering or operator.PEERING_NAME, liveness=liveness,
+                 priority=priority)
 
 
 def main() -> None:

@@ -18,13 +18,16 @@ from smtpinfra_mta.config import MtaConfig, Tenant, load_config
 from smtpinfra_mta.counters import Counters
 from smtpinfra_mta.dkim_sign import DkimSigner
 from smtpinfra_mta.dnsmx import MxResolver
+from smtpinfra_mta.feedback import outcomes
 from smtpinfra_mta.metrics import HttpServer, Metrics
+from smtpinfra_mta.reports import parse_report
 from smtpinfra_mta.scheduler import Scheduler
 from smtpinfra_mta.server import ListenerKind, make_protocol_factory, server_tls_context
 from smtpinfra_mta.spool import Spool, SpooledMessage
 from smtpinfra_mta.suppression import SuppressionStore, open_store
 from smtpinfra_mta.tenants import TenantDirectory
 from smtpinfra_mta.throttle import WarmupGate
+from smtpinfra_mta.verp import Verp, load_or_create_key
 
 log = logging.getLogger(__name__)
 # aiosmtpd logs every command line at INFO and every DATA line at DEBUG: message bodies, addresses.
@@ -43,6 +46,7 @@ class MtaApp:
                            group_commit_window=cfg.spool.group_commit_window,
                            idempotency_retention=cfg.spool.idempotency_retention)
         self.counters: Counters | None = None
+        self.verp: Verp | None = None
         self.scheduler: Scheduler | None = None
         self.suppression: SuppressionStore | None = None
         self.draining = False
@@ -69,6 +73,8 @@ class MtaApp:
         self.scheduler = Scheduler(self.cfg, self.spool, MxResolver(self.cfg.delivery.resolver),
                                    WarmupGate(self.cfg.throttling, self.counters), self.metrics,
                                    suppression=self.suppression)
+        self.verp = self._make_verp(self.cfg)
+        self.scheduler.verp = self.verp
         for msg in recovered:
             if msg.kind == "inbound":
                 self._process_inbound(msg)
@@ -183,16 +189,39 @@ class MtaApp:
         self._inbound_tasks.add(task)
         task.add_done_callback(self._inbound_tasks.discard)
 
-    async def _handle_inbound(self, msg: SpooledMessage) -> None:
-        """Asynchronous bounces and ARF reports: counted and logged, then released from the spool."""
-        from smtpinfra_mta.reports import parse_report
+    def _make_verp(self, cfg: MtaConfig) -> Verp | None:
+        """VERP needs a return-path domain that our port 25 actually receives; otherwise plain senders."""
+        domain = cfg.bounces.return_path_domain
+        inbound = cfg.listeners.inbound
+        if not cfg.bounces.verp or domain is None or not inbound.enabled or domain not in inbound.domains:
+            return None
+        key_file = cfg.bounces.verp_key_file or cfg.spool.directory / "verp.key"
+        return Verp(load_or_create_key(key_file), domain)
 
-        content = self.spool.cached_content(msg.id) or await asyncio.to_thread(self.spool.read_content, msg.id)
+    async def _handle_inbound(self, msg: SpooledMessage) -> None:
+        """Asynchronous bounces and ARF reports: matched to tenant and recipient through the VERP return path,
+        hard bounces and complaints added to the tenant's suppression list, then released from the spool.
+
+        The spool entry is removed only after the suppression insert succeeded; on a database error it
+        stays queued and is processed again after a restart.
+        """
+        content = await self.spool.content(msg.id)
         report = parse_report(content)
-        if report.kind == "complaint":
+        results = outcomes(report, msg.rcpts, self.verp) if self.verp is not None else []
+        for o in results:
+            if o.event == "complaint":
+                self.metrics.complained.labels(tenant=o.tenant).inc()
+            if o.suppress and self.suppression is not None:
+                try:
+                    await self.suppression.add(o.tenant, o.address, f"{o.event.replace('_', ' ')}: {o.detail}")
+                except Exception as exc:
+                    log.error("suppression insert failed; report kept in the spool",
+                              extra={"id": msg.id, "error": str(exc)})
+                    return
+        if report.kind == "complaint" and not results:
             self.metrics.complained.labels(tenant="unknown").inc()
         log.info("inbound report", extra={"id": msg.id, "kind": report.kind, "client": msg.client,
-                                          "recipients": report.recipients})
+                                          "matched": [(o.tenant, o.event) for o in results]})
         await self.spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
 
     # ------------------------------------------------------------------ reload
@@ -204,6 +233,11 @@ class MtaApp:
         self.signer = DkimSigner(cfg.dkim)
         if self.scheduler is not None:
             self.scheduler.update_config(cfg)
+            try:
+                self.verp = self._make_verp(cfg)
+            except (OSError, ValueError) as exc:
+                log.error("VERP key unusable; keeping the previous one", extra={"error": str(exc)})
+            self.scheduler.verp = self.verp
             if self.counters is not None:
                 self.scheduler.warmup = WarmupGate(cfg.throttling, self.counters)
         log.info("config reloaded")

@@ -225,10 +225,17 @@ class Credential(_Model):
 
 
 class Quotas(_Model):
-    """Submission quotas; exceeding one answers 452/451 (temporary) so clients retry later."""
+    """Submission quotas; exceeding one answers 452 (temporary) so clients retry later.
 
-    per_hour: int | None = Field(None, ge=0, description="Messages (per recipient) per rolling hour; null = no limit.")
-    per_day: int | None = Field(None, ge=0, description="Messages (per recipient) per rolling day; null = no limit.")
+    Counted in fixed UTC windows, like the warm-up caps, not rolling ones: the counters are two integers
+    per tenant that survive restarts, and "N per day" then means what providers' and ESPs' daily limits
+    mean. The price is a possible burst of up to 2x a quota across a window boundary.
+    """
+
+    per_hour: int | None = Field(
+        None, ge=0, description="Messages (per recipient) per UTC clock hour (resets on the hour); null = no limit.")
+    per_day: int | None = Field(
+        None, ge=0, description="Messages (per recipient) per UTC day (resets at 00:00 UTC); null = no limit.")
 
 
 class Tenant(_Model):
@@ -490,7 +497,20 @@ class Http(_Model):
 
 class Bounces(_Model):
     return_path_domain: DomainName | None = Field(
-        None, description="Domain of the MTA's own address used as From of DSNs (MAILER-DAEMON@<domain>)."
+        None, description="Domain of the MTA's own address used as From of DSNs (MAILER-DAEMON@<domain>), and "
+        "of the VERP return paths. Must also be in listeners.inbound.domains to receive bounces/complaints.",
+    )
+    verp: bool = Field(
+        True,
+        description="Send tenant mail with a per-recipient return path 'bounces+<token>@<return_path_domain>' "
+        "(when return_path_domain is set and received on port 25), so asynchronous DSNs and ARF complaints are "
+        "matched to tenant and recipient; hard bounces and complaints then join the tenant's suppression list. "
+        "Each recipient is sent in its own transaction.",
+    )
+    verp_key_file: Path | None = Field(
+        None,
+        description="HMAC key authenticating VERP tokens (mount the same Secret in every replica). Null: a key is "
+        "generated once in the spool directory (fine for one replica).",
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
+from email.parser import HeaderParser
+from email.utils import parseaddr
 from typing import Literal
 
 
@@ -12,38 +14,68 @@ from typing import Literal
 class Report:
     kind: Literal["bounce", "complaint", "other"]
     recipients: list[str] = field(default_factory=list)
-    statuses: list[str] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)  # per recipient, e.g. "5.1.1" (DSNs)
+    actions: list[str] = field(default_factory=list)  # per recipient: failed, delayed, delivered... (DSNs)
+    diagnostics: list[str] = field(default_factory=list)  # per recipient: Diagnostic-Code text (DSNs)
+    return_paths: list[str] = field(default_factory=list)  # the original's envelope sender, where quoted
+    feedback_type: str = ""  # ARF: abuse, fraud, not-spam...
 
 
 def _status_blocks(part: Message) -> list[Message]:
     payload = part.get_payload()
     if isinstance(payload, list):
         return [p for p in payload if isinstance(p, Message)]
+    if isinstance(payload, str):
+        return [HeaderParser().parsestr(block) for block in payload.replace("\r\n", "\n").split("\n\n") if block]
     return []
 
 
+def _embedded_headers(part: Message) -> Message | None:
+    """The original message (or its headers) quoted in a report part."""
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner and isinstance(inner[0], Message):
+        return inner[0]
+    if isinstance(inner, str):
+        return HeaderParser().parsestr(inner.replace("\r\n", "\n"), headersonly=True)
+    return None
+
+
+def _addr(value: object) -> str:
+    return parseaddr(str(value))[1]
+
+
 def parse_report(content: bytes) -> Report:
-    """Recognise a DSN or an ARF report and pull out the affected recipients."""
+    """Recognise a DSN or an ARF report and pull out the affected recipients and the original return path."""
     msg = message_from_bytes(content)
     if msg.get_content_type() != "multipart/report":
         return Report("other")
     param = msg.get_param("report-type")
     report_type = param.lower() if isinstance(param, str) else ""
     parts = [p for p in msg.walk() if isinstance(p, Message)]
+    originals = [h for p in parts if p.get_content_type() in ("message/rfc822", "text/rfc822-headers")
+                 if (h := _embedded_headers(p)) is not None]
+    return_paths = [a for h in originals for v in h.get_all("Return-Path", []) if (a := _addr(v))]
     if report_type == "feedback-report" or any(p.get_content_type() == "message/feedback-report" for p in parts):
-        rcpts = []
+        rep = Report("complaint", return_paths=return_paths)
         for p in parts:
-            if p.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
-                inner = p.get_payload()
-                if isinstance(inner, list) and inner and isinstance(inner[0], Message) and inner[0]["To"]:
-                    rcpts.append(str(inner[0]["To"]))
-        return Report("complaint", rcpts)
-    rep = Report("bounce")
+            if p.get_content_type() == "message/feedback-report":
+                for block in _status_blocks(p):
+                    rep.feedback_type = rep.feedback_type or str(block.get("Feedback-Type", "")).strip().lower()
+                    if block.get("Original-Mail-From"):
+                        rep.return_paths.insert(0, _addr(block["Original-Mail-From"]))
+                    if block.get("Original-Rcpt-To"):
+                        rep.recipients.append(_addr(block["Original-Rcpt-To"]))
+        if not rep.recipients:
+            rep.recipients = [a for h in originals if h["To"] and (a := _addr(h["To"]))]
+        return rep
+    rep = Report("bounce", return_paths=return_paths)
     for p in parts:
         if p.get_content_type() == "message/delivery-status":
             for block in _status_blocks(p):
                 fr = block.get("Final-Recipient")
                 if fr:
-                    rep.recipients.append(str(fr).split(";", 1)[-1].strip())
+                    rep.recipients.append(str(fr).split(";", 1)[-1].strip().strip("<>"))
                     rep.statuses.append(str(block.get("Status", "")).strip())
+                    rep.actions.append(str(block.get("Action", "")).strip().lower())
+                    rep.diagnostics.append(" ".join(str(block.get("Diagnostic-Code", "")).split(";", 1)[-1].split()))
     return rep

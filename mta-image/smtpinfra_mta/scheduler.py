@@ -26,6 +26,7 @@ from smtpinfra_mta.dnsmx import DnsPermanentError, DnsTemporaryError, MxResolver
 from smtpinfra_mta.spool import Spool, SpooledMessage, new_message_id
 from smtpinfra_mta.tenants import domain_of
 from smtpinfra_mta.throttle import Automation, RateLimiter, Shaping, WarmupGate, effective_shaping, site_key
+from smtpinfra_mta.verp import Verp
 
 if TYPE_CHECKING:
     from smtpinfra_mta.metrics import Metrics
@@ -86,6 +87,7 @@ class Scheduler:
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
         self._total_active = 0
+        self.verp: Verp | None = None  # set by the app when VERP return paths are on
 
     def update_config(self, cfg: MtaConfig) -> None:
         """Hot reload: new limits apply to the next connection; queued work is untouched."""
@@ -102,7 +104,20 @@ class Scheduler:
         for r in msg.pending:
             by_domain[domain_of(r)].append(r)
         for domain, rcpts in by_domain.items():
-            self._make_ready(WorkItem(msg, domain, rcpts))
+            if self._uses_verp(msg):
+                for r in rcpts:  # each recipient gets its own return path, so its own transaction
+                    self._make_ready(WorkItem(msg, domain, [r]))
+            else:
+                self._make_ready(WorkItem(msg, domain, rcpts))
+
+    def _uses_verp(self, msg: SpooledMessage) -> bool:
+        return self.verp is not None and msg.kind == "submission" and bool(msg.mail_from)
+
+    def return_path(self, item: WorkItem) -> str:
+        """The envelope sender on the wire: a VERP address for tenant mail, else the one received."""
+        if self.verp is not None and self._uses_verp(item.msg) and len(item.rcpts) == 1:
+            return self.verp.address(item.msg.tenant, item.rcpts[0])
+        return item.msg.mail_from
 
     def _make_ready(self, item: WorkItem) -> None:
         q = self.queues.get((item.msg.pool, item.domain))
@@ -379,14 +394,12 @@ class Scheduler:
     async def _send_item(self, conn: OutboundConnection, item: WorkItem, source: SourceIp, site: str,
                          provider: str | None, domain: str) -> bool:
         try:
-            content = self.spool.cached_content(item.msg.id)
-            if content is None:
-                content = await asyncio.to_thread(self.spool.read_content, item.msg.id)
+            content = await self.spool.content(item.msg.id)
         except OSError as exc:
             log.error("spooled message unreadable", extra={"id": item.msg.id, "error": str(exc)})
             await self._fail_temporary(item, Reply(451, "4.3.0 local spool read error"), None)
             return True
-        result = await conn.send(item.msg.mail_from, item.rcpts, content)
+        result = await conn.send(self.return_path(item), item.rcpts, content)
         delivered = [r for r, rep in result.per_rcpt.items() if rep.ok]
         perm: dict[str, Reply] = {r: rep for r, rep in result.per_rcpt.items() if rep.permanent}
         temp: dict[str, Reply] = {r: rep for r, rep in result.per_rcpt.items() if not rep.ok and not rep.permanent}
@@ -481,7 +494,7 @@ class Scheduler:
 
     async def _send_dsn(self, msg: SpooledMessage, failures: list[RecipientFailure]) -> None:
         try:
-            original = self.spool.cached_content(msg.id) or await asyncio.to_thread(self.spool.read_content, msg.id)
+            original = await self.spool.content(msg.id)
         except OSError:
             original = b""
         postmaster_domain = self.cfg.bounces.return_path_domain or self.cfg.hostname

@@ -73,7 +73,7 @@ class _MemberCache:
         return sig
 
 
-_aiosmtpd_smtp.inspect = _MemberCache()  # type: ignore[assignment]
+_aiosmtpd_smtp.inspect = _MemberCache()  # type: ignore[attr-defined, assignment]
 
 
 class MtaSMTP(SMTP):

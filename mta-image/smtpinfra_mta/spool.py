@@ -354,6 +354,13 @@ class Spool:
         """The content from memory when it is still cached (it is, unless the cache budget was full)."""
         return self._content.get(msg_id)
 
+    async def content(self, msg_id: str) -> bytes:
+        """The content, from memory when cached, else read from disk in a worker thread."""
+        cached = self._content.get(msg_id)
+        if cached is not None:
+            return cached
+        return await asyncio.to_thread(self.read_content, msg_id)
+
     async def record_done(self, msg: SpooledMessage, results: Iterable[tuple[str, str]]) -> None:
         """Durably note finished recipients; removes the message once none is pending.
 

@@ -506,6 +506,49 @@ class Endpoints(StatusModel):
     """host:port of the inbound (port 25) Service."""
 
 
+class DnsRecordState(StrEnum):
+    """What the operator knows about one DNS record set."""
+
+    REQUIRED = "Required"
+    """Needed but not managed by the operator (provider none, or outside its zones): publish it by hand."""
+    PENDING = "Pending"
+    """Handed to external-dns, which has not processed it yet."""
+    PUBLISHED = "Published"
+    """Written (or accepted by external-dns); not every resolver answers it yet."""
+    VERIFIED = "Verified"
+    """The authoritative server answers exactly the desired values."""
+    CONFLICT = "Conflict"
+    """A record set we do not own exists there; it is left untouched."""
+    ERROR = "Error"
+    """Could not be published or checked; the message says why."""
+
+
+class DnsRecordStatus(StatusModel):
+    """One record set the server needs."""
+
+    name: Annotated[str, Field(max_length=253)]
+    """Owner name of the record set (FQDN without trailing dot)."""
+    type: Annotated[str, Field(max_length=10)]
+    """Record type: A, AAAA, PTR, TXT, MX."""
+    state: DnsRecordState
+    """Required, Pending, Published, Verified, Conflict or Error."""
+    message: Annotated[str, Field(max_length=1024)] | None = None
+    """Details: the conflicting record, the error, or how it was checked."""
+    values: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=16)] = []
+    """The values to publish (presentation format); set for Required records only."""
+
+
+class DnsStatus(StatusModel):
+    """The DNS records of this server and what the operator found in DNS."""
+
+    provider: DnsProvider
+    """The provider the records were computed for."""
+    records: Annotated[list[DnsRecordStatus], Field(max_length=256, json_schema_extra=_map_list("name", "type"))] = []
+    """Per record set, problems first; at most 256 (see omitted)."""
+    omitted: Annotated[int, Field(ge=0)] | None = None
+    """Record sets left out of `records` to keep the status small."""
+
+
 class SmtpServerStatus(CommonStatus):
     """Observed state of an MTA deployment."""
 
@@ -519,6 +562,8 @@ class SmtpServerStatus(CommonStatus):
     """The IP each replica sends from."""
     config_hash: Annotated[str, Field(max_length=128)] | None = None
     """Hash of the rendered MTA configuration the pods run."""
+    dns: DnsStatus | None = None
+    """DNS records (SPF, DKIM, DMARC, PTR, A/AAAA, MX, MTA-STS) and their state; see the DnsReady condition."""
 
 
 # ============================================================================================

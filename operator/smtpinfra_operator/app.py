@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -12,6 +13,8 @@ import kopf
 from smtpinfra_api.meta import GROUP
 
 PEERING_NAME = "smtp-infra"
+PEERING_LIFETIME = int(os.environ.get("SMTP_INFRA_PEERING_LIFETIME", "60"))
+"""Seconds a replica's keep-alive counts; a replica killed without notice is replaced after this."""
 
 
 @kopf.on.startup()
@@ -29,19 +32,61 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
+    settings.peering.lifetime = PEERING_LIFETIME
+    settings.peering.stealth = True  # keep-alives every ~minute are noise; pauses/resumes are still logged
 
 
-def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: str | None = None) -> None:
-    """Run the operator until interrupted; handlers register on import."""
-    from . import handlers  # noqa: F401  (registration side effect)
+@kopf.on.startup()
+async def ensure_peering_object(**_: Any) -> None:
+    """Create the ClusterKopfPeering object when peering is on and it is missing.
+
+    Kopf only patches that object; when it does not exist, the keep-alives fail silently and
+    every replica believes it is alone, so they would all reconcile. The CRD comes with the chart.
+    """
+    from . import kube, peering
+
+    me = peering.current()
+    if me is not None:
+        await kube.create_if_absent({"apiVersion": peering.PEERING_GROUP, "kind": "ClusterKopfPeering",
+                                     "metadata": {"name": me.name}})
+
+
+@kopf.on.startup()
+async def more_threads(**_: Any) -> None:
+    """Blocking API calls run in threads; a few more than cores keeps a burst of reconciles moving."""
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(16, thread_name_prefix="kube"))
+
+
+def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: str | None = None,
+        priority: int | None = None) -> None:
+    """Run the operator until interrupted; handlers register on import.
+
+    With peering, the replica with the highest priority works and the others wait; `priority`
+    defaults to one derived from the pod name and pid, so replicas never tie (a tie freezes all).
+    """
+    from . import (
+        handlers,  # noqa: F401  (registration side effect)
+        peering,
+    )
+
+    identity = peering.own_identity()
+    if standalone:
+        peering.configure(None)
+    else:
+        priority = peering.default_priority(identity) if priority is None else priority
+        peering.configure(peering.Peering(name=peering_name, identity=identity, priority=priority))
 
     kopf.configure(debug=os.environ.get("SMTP_INFRA_DEBUG") == "1", log_format=kopf.LogFormat.FULL, log_refkey="object")
+    if not standalone:
+        logging.getLogger(__name__).info("peering %s as %s with priority %s", peering_name, identity, priority)
     asyncio.run(
         kopf.operator(
             clusterwide=True,
             standalone=standalone,
             # Naming a peering makes Kopf insist on the peering CRD; only do that when asked.
             peering_name=None if standalone else peering_name,
+            priority=None if standalone else priority,
+            identity=identity,  # type: ignore[arg-type]  # Kopf's Identity is a NewType of str
             liveness_endpoint=liveness,
         )
     )

@@ -2,7 +2,9 @@
 
 A Tenant or IpPool change affects every SmtpServer that uses it; a burst of 1,000 Tenant
 events must not turn into 1,000 reconciles of each server. `Kicker.kick(key)` marks a key
-dirty; a worker reconciles each dirty key once per debounce window. Timers still re-derive
+dirty; a small pool of workers reconciles each dirty key once, `delay` after its first kick,
+however often it was kicked meanwhile. Keys are taken oldest first and a few at a time, so one
+slow reconcile (or a resync of everything) does not hold up the rest. Timers still re-derive
 everything, so a lost kick only delays, never loses, a change.
 """
 
@@ -22,28 +24,41 @@ K = TypeVar("K", bound=Hashable)
 class Kicker(Generic[K]):
     """Runs `reconcile(key)` soon, once per key per window, however often it is kicked."""
 
-    def __init__(self, reconcile: Callable[[K], Awaitable[object]], delay: float = 0.3) -> None:
+    def __init__(self, reconcile: Callable[[K], Awaitable[object]], delay: float = 0.3,
+                 concurrency: int = 4) -> None:
         self._reconcile = reconcile
         self._delay = delay
-        self._pending: dict[K, None] = {}
-        self._worker: asyncio.Task[None] | None = None
+        self._concurrency = concurrency
+        self._pending: dict[K, float] = {}
+        """Dirty keys → when they become due, in kick order (so the first is always due first)."""
+        self._workers: set[asyncio.Task[None]] = set()
 
     def kick(self, key: K) -> None:
         """Ask for `key` to be reconciled soon."""
-        self._pending[key] = None
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._pending.setdefault(key, loop.time() + self._delay)
+        if len(self._workers) < min(self._concurrency, len(self._pending)):
+            task = loop.create_task(self._work())
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
 
-    async def _run(self) -> None:
+    def pending(self) -> int:
+        """How many keys wait for a reconcile."""
+        return len(self._pending)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._pending:
-            await asyncio.sleep(self._delay)
-            keys = list(self._pending)
-            self._pending.clear()
-            for key in keys:
-                try:
-                    await self._reconcile(key)
-                except Exception:  # the timer will try again; one bad object must not stop the others
-                    log.exception("reconcile of %s failed", key)
+            key, due = next(iter(self._pending.items()))
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            del self._pending[key]
+            try:
+                await self._reconcile(key)
+            except Exception:  # the timer will try again; one bad object must not stop the others
+                log.exception("reconcile of %s failed", key)
 
 
 class Locks(Generic[K]):

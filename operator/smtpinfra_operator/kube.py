@@ -3,26 +3,59 @@
 Synchronous kubernetes-client calls run in threads so Kopf's event loop stays free. Server-side
 apply with one field manager makes every reconcile idempotent and restores objects that were
 edited or deleted by hand, without clobbering fields other managers own.
+
+Requests go straight to REST paths as JSON, not through the DynamicClient: its discovery cache
+is not thread-safe (concurrent reconciles raised KeyError inside it), re-discovering every API
+group to learn that an optional kind is absent cost a dozen requests per reconcile, and its
+ResourceInstance wrappers doubled the CPU and memory of every list. Kinds we know are mapped
+statically; anything else (cert-manager, Prometheus operator) is discovered once per group
+version under a lock, with absence remembered for a short while.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import re
+import threading
 import time
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 FIELD_MANAGER = "smtp-infra-operator"
 
 __all__ = [
-    "ApiException", "apply", "create_if_absent", "delete", "get", "invalidate", "kind_exists", "list_cached",
-    "list_objects",
+    "ApiException", "KindNotFound", "apply", "create_if_absent", "delete", "get", "invalidate", "kind_exists",
+    "list_cached",
+    "list_objects", "request",
 ]
+
+# (apiVersion, kind) → (plural, namespaced) for the kinds the operator reads and writes.
+_KNOWN: dict[tuple[str, str], tuple[str, bool]] = {
+    ("v1", "Secret"): ("secrets", True),
+    ("v1", "ConfigMap"): ("configmaps", True),
+    ("v1", "Service"): ("services", True),
+    ("v1", "Namespace"): ("namespaces", False),
+    ("v1", "Event"): ("events", True),
+    ("v1", "Pod"): ("pods", True),
+    ("apps/v1", "StatefulSet"): ("statefulsets", True),
+    ("policy/v1", "PodDisruptionBudget"): ("poddisruptionbudgets", True),
+    ("smtpinfra.com/v1alpha1", "SmtpServer"): ("smtpservers", True),
+    ("smtpinfra.com/v1alpha1", "IpPool"): ("ippools", False),
+    ("smtpinfra.com/v1alpha1", "WarmupPlan"): ("warmupplans", False),
+    ("smtpinfra.com/v1alpha1", "Tenant"): ("tenants", False),
+    ("smtpinfra.com/v1alpha1", "Campaign"): ("campaigns", True),
+}
+ABSENT_KIND_SECONDS = 30.0
+"""How long a kind found missing (e.g. ServiceMonitor before the Prometheus operator is installed) stays missing."""
+
+
+class KindNotFound(LookupError):
+    """The API server does not serve this kind (its CRD is not installed)."""
 
 
 @functools.cache
@@ -35,18 +68,62 @@ def api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
-@functools.cache
-def dynamic() -> DynamicClient:
-    """Discovery-backed client for any kind, ours and built-in."""
-    return DynamicClient(api_client())  # type: ignore[no-untyped-call]
+def request(method: str, path: str, *, query: list[tuple[str, str]] | None = None, body: Any = None,
+             content_type: str = "application/json") -> Any:
+    """One REST call; the decoded JSON body, or ApiException for any non-2xx status."""
+    api = api_client()
+    request = api.param_serialize(method, path, query_params=query or [],
+                                  header_params={"Accept": "application/json", "Content-Type": content_type},
+                                  body=body, auth_settings=["BearerToken"])
+    response = api.call_api(*request)
+    data = response.read()  # type: ignore[no-untyped-call]
+    if not 200 <= response.status <= 299:
+        raise ApiException(http_resp=response)
+    return json.loads(data) if data else None
 
 
-def _resource(api_version: str, kind: str) -> Any:
-    return dynamic().resources.get(api_version=api_version, kind=kind)
+_discovery_lock = threading.Lock()
+_discovered: dict[str, tuple[float, dict[str, tuple[str, bool]]]] = {}
 
 
-def _plain(obj: Any) -> dict[str, Any]:
-    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+def _group_path(api_version: str) -> str:
+    return "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+
+
+def _lookup(api_version: str, kind: str) -> tuple[str, bool]:
+    """(plural, namespaced) of a kind; KindNotFound when the server does not serve it."""
+    known = _KNOWN.get((api_version, kind))
+    if known is not None:
+        return known
+    with _discovery_lock:
+        now = time.monotonic()
+        hit = _discovered.get(api_version)
+        if hit is None or (kind not in hit[1] and now - hit[0] > ABSENT_KIND_SECONDS):
+            try:
+                listing = request("GET", _group_path(api_version))
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                listing = {"resources": []}
+            kinds = {r["kind"]: (r["name"], bool(r.get("namespaced"))) for r in listing.get("resources", [])
+                     if "/" not in r["name"]}
+            hit = (now, kinds)
+            _discovered[api_version] = hit
+    found = hit[1].get(kind)
+    if found is None:
+        raise KindNotFound(f"{kind}.{api_version} is not served")
+    return found
+
+
+def _path(api_version: str, kind: str, namespace: str | None = None, name: str | None = None) -> str:
+    plural, namespaced = _lookup(api_version, kind)
+    path = _group_path(api_version)
+    if namespaced and namespace:
+        path += f"/namespaces/{quote(namespace)}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{quote(name)}"
+    return path
 
 
 async def get(api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
@@ -54,9 +131,12 @@ async def get(api_version: str, kind: str, name: str, namespace: str | None = No
 
     def call() -> dict[str, Any] | None:
         try:
-            return _plain(_resource(api_version, kind).get(name=name, namespace=namespace))
-        except NotFoundError:
-            return None
+            result: dict[str, Any] = request("GET", _path(api_version, kind, namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return result
 
     return await asyncio.to_thread(call)
 
@@ -66,50 +146,85 @@ async def list_objects(api_version: str, kind: str, namespace: str | None = None
     """Every object of a kind (in one namespace or cluster-wide)."""
 
     def call() -> list[dict[str, Any]]:
-        kwargs: dict[str, Any] = {"namespace": namespace}
-        if label_selector:
-            kwargs["label_selector"] = label_selector
-        return [dict(i) for i in _plain(_resource(api_version, kind).get(**kwargs)).get("items", [])]
+        query = [("labelSelector", label_selector)] if label_selector else []
+        items: list[dict[str, Any]] = request("GET", _path(api_version, kind, namespace), query=query)["items"]
+        return items
 
     return await asyncio.to_thread(call)
 
 
 _list_cache: dict[tuple[str, str, str | None, str | None], tuple[float, list[dict[str, Any]]]] = {}
 LIST_CACHE_SECONDS = 1.0
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s*(?:(==?|!=)\s*([A-Za-z0-9._-]*))?\s*$")
+
+
+def _selects(selector: str | None, labels: dict[str, str]) -> bool:
+    """Whether a simple label selector (`k`, `!k`, `k=v`, `k!=v`, comma-separated) may select `labels`.
+
+    Anything it cannot parse counts as a match, so invalidation errs on the side of a fresh list.
+    """
+    if not selector:
+        return True
+    for requirement in selector.split(","):
+        negated = requirement.strip().startswith("!")
+        match = _REQUIREMENT.match(requirement.strip().lstrip("!"))
+        if match is None:
+            return True
+        key, op, value = match.groups()
+        if op is None:
+            if (key in labels) == negated:
+                return False
+        elif (labels.get(key) == value) != (op != "!="):
+            return False
+    return True
 
 
 async def list_cached(api_version: str, kind: str, namespace: str | None = None,
-                      label_selector: str | None = None) -> list[dict[str, Any]]:
+                      label_selector: str | None = None, max_age: float = LIST_CACHE_SECONDS) -> list[dict[str, Any]]:
     """`list_objects`, shared for a second by every reconcile in a burst.
 
     After a Tenant change every SmtpServer re-renders; without this, N servers would list M
-    tenants N times within the same moment. Our own writes invalidate it, and the periodic
-    resync corrects anything a stale read missed.
+    tenants N times within the same moment. Our own writes of a kind invalidate the lists they
+    could change (and only those), and the periodic resync corrects anything a stale read missed.
+    `max_age=0` forces a fresh list (which the next callers then share).
     """
     key = (api_version, kind, namespace, label_selector)
     now = time.monotonic()
     hit = _list_cache.get(key)
-    if hit is not None and now - hit[0] < LIST_CACHE_SECONDS:
+    if hit is not None and now - hit[0] < max_age:
         return hit[1]
     items = await list_objects(api_version, kind, namespace, label_selector)
     _list_cache[key] = (now, items)
     return items
 
 
-def invalidate() -> None:
-    """Forget cached lists (after a write that changes what they would return)."""
-    _list_cache.clear()
+def invalidate(obj: dict[str, Any] | None = None) -> None:
+    """Forget cached lists: all of them, or those a write of `obj` could change."""
+    if obj is None:
+        _list_cache.clear()
+        return
+    meta = obj.get("metadata") or {}
+    for key in list(_list_cache):
+        api_version, kind, namespace, selector = key
+        if (api_version, kind) != (obj.get("apiVersion"), obj.get("kind")):
+            continue
+        if namespace is not None and namespace != meta.get("namespace"):
+            continue
+        if _selects(selector, meta.get("labels") or {}):
+            _list_cache.pop(key, None)
 
 
 async def apply(obj: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply `obj` as the operator's field manager (forcing our own fields back)."""
-
-    invalidate()
+    invalidate(obj)
 
     def call() -> dict[str, Any]:
-        resource = _resource(obj["apiVersion"], obj["kind"])
-        return _plain(resource.server_side_apply(body=obj, field_manager=FIELD_MANAGER, force_conflicts=True,
-                                                 namespace=obj["metadata"].get("namespace")))
+        meta = obj["metadata"]
+        result: dict[str, Any] = request(
+            "PATCH", _path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")], body=obj,
+            content_type="application/apply-patch+yaml")
+        return result
 
     return await asyncio.to_thread(call)
 
@@ -120,10 +235,12 @@ async def create_if_absent(obj: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     existing = await get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
     if existing is not None:
         return False, existing
-    invalidate()
+    invalidate(obj)
 
     def call() -> dict[str, Any]:
-        return _plain(_resource(obj["apiVersion"], obj["kind"]).create(body=obj, namespace=meta.get("namespace")))
+        result: dict[str, Any] = request("POST", _path(obj["apiVersion"], obj["kind"], meta.get("namespace")),
+                                          body=obj)
+        return result
 
     try:
         return True, await asyncio.to_thread(call)
@@ -140,26 +257,28 @@ async def delete(api_version: str, kind: str, name: str, namespace: str | None =
 
     def call() -> bool:
         try:
-            _resource(api_version, kind).delete(name=name, namespace=namespace)
-        except NotFoundError:
-            return False
+            request("DELETE", _path(api_version, kind, namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
         return True
 
     return await asyncio.to_thread(call)
 
 
 async def kind_exists(api_version: str, kind: str) -> bool:
-    """Whether the API serves a kind (e.g. ServiceMonitor, Certificate are optional CRDs)."""
+    """Whether the API serves a kind (e.g. ServiceMonitor, Certificate are optional CRDs).
+
+    A missing kind is looked up again at most every ABSENT_KIND_SECONDS, so installing the CRD
+    later is noticed by the next resync, without a discovery round trip on every reconcile.
+    """
 
     def call() -> bool:
         try:
-            dynamic().resources.get(api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            try:
-                dynamic().resources.invalidate_cache()
-                dynamic().resources.get(api_version=api_version, kind=kind)
-            except ResourceNotFoundError:
-                return False
+            _lookup(api_version, kind)
+        except KindNotFound:
+            return False
         return True
 
     return await asyncio.to_thread(call)

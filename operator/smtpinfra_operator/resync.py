@@ -8,41 +8,63 @@ the same reconcile functions the event handlers use; the kickers coalesce with e
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 
 from smtpinfra_api.meta import API_VERSION
 
-from . import kube
+from . import kube, peering
 from .settings import RESYNC_SECONDS
 
 log = logging.getLogger(__name__)
 
 
-async def resync_once() -> None:
-    """Kick a reconcile of every object of every kind we own."""
+async def resync_once(spread: float = 0.0) -> None:
+    """Kick a reconcile of every object of every kind we own, spread over about `spread` seconds.
+
+    Kicking everything at once queued a whole cluster's worth of reconciles in front of the
+    next real change (a new server waited behind hundreds of no-op resyncs); paced kicks let
+    event-driven reconciles slip in between.
+    """
     from .handlers.ippool import pool_kicker
     from .handlers.smtpserver import server_kicker
     from .handlers.tenant import tenant_kicker
     from .handlers.warmupplan import plan_kicker
 
+    kicks: list[Callable[[], None]] = []
     for plan in await kube.list_objects(API_VERSION, "WarmupPlan"):
-        plan_kicker.kick(plan["metadata"]["name"])
+        kicks.append(functools.partial(plan_kicker.kick, plan["metadata"]["name"]))
     for tenant in await kube.list_objects(API_VERSION, "Tenant"):
-        tenant_kicker.kick(tenant["metadata"]["name"])
+        kicks.append(functools.partial(tenant_kicker.kick, tenant["metadata"]["name"]))
     for pool in await kube.list_objects(API_VERSION, "IpPool"):
-        pool_kicker.kick(pool["metadata"]["name"])
+        kicks.append(functools.partial(pool_kicker.kick, pool["metadata"]["name"]))
     for server in await kube.list_objects(API_VERSION, "SmtpServer"):
-        server_kicker.kick((server["metadata"]["namespace"], server["metadata"]["name"]))
+        kicks.append(functools.partial(server_kicker.kick,
+                                       (server["metadata"]["namespace"], server["metadata"]["name"])))
+    pause = spread / len(kicks) if kicks else 0.0
+    for kick in kicks:
+        kick()
+        if pause:
+            await asyncio.sleep(pause)
 
 
 async def _loop() -> None:
+    was_paused = False
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
         try:
-            await resync_once()
+            paused = await peering.paused()  # another replica is active; Kopf paused our handlers too
+            if paused != was_paused:
+                log.info("resync %s", "paused: another replica is active" if paused
+                         else "resumed: this replica is active")
+                was_paused = paused
+            if paused:
+                continue
+            await resync_once(spread=RESYNC_SECONDS / 2)
         except Exception:  # the API may be briefly unavailable; try again next period
             log.exception("resync failed")
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes import client
 
@@ -19,9 +20,10 @@ from smtpinfra_api.meta import GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Kind
 
 from .conditions import READY, Outcome, build_status, get_condition, now_rfc3339, pending, status_patch
-from .kube import api_client
+from .kube import api_client, request
 
 log = logging.getLogger(__name__)
+
 
 def custom_objects_api() -> client.CustomObjectsApi:
     """A client for our custom resources (shares the operator's configured ApiClient)."""
@@ -29,15 +31,13 @@ def custom_objects_api() -> client.CustomObjectsApi:
 
 
 async def _patch_status(kind: type[Kind], name: str, namespace: str | None, patch: dict[str, Any]) -> None:
-    api = custom_objects_api()
-    body = {"status": patch}
     if kind.scope == "Cluster":
-        await asyncio.to_thread(api.patch_cluster_custom_object_status, GROUP, VERSION, kind.plural, name, body)
+        path = f"/apis/{GROUP}/{VERSION}/{kind.plural}/{quote(name)}/status"
     else:
         assert namespace is not None
-        await asyncio.to_thread(
-            api.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, kind.plural, name, body
-        )
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{kind.plural}/{quote(name)}/status"
+    await asyncio.to_thread(request, "PATCH", path, body={"status": patch},
+                            content_type="application/merge-patch+json")
 
 
 async def publish(kind: type[Kind], body: Mapping[str, Any], outcome: Outcome) -> bool:
@@ -83,18 +83,19 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
     """
     meta = body["metadata"]
     namespace = meta.get("namespace") or "default"
-    now = datetime.now(UTC)
-    event = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=namespace),
-        involved_object=client.V1ObjectReference(
-            api_version=body.get("apiVersion"), kind=body.get("kind"), name=meta["name"],
-            namespace=meta.get("namespace"), uid=meta.get("uid"), resource_version=meta.get("resourceVersion"),
-        ),
-        reason=reason, message=message[:1024], type=type_, first_timestamp=now, last_timestamp=now, count=1,
-        source=client.V1EventSource(component="smtp-infra-operator"),
-        reporting_component="smtp-infra-operator", reporting_instance="smtp-infra-operator",
-    )
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    involved = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "name": meta["name"],
+                "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion")}
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
+        "involvedObject": {k: v for k, v in involved.items() if v is not None},
+        "reason": reason, "message": message[:1024], "type": type_, "firstTimestamp": now, "lastTimestamp": now,
+        "count": 1, "source": {"component": "smtp-infra-operator"},
+        "reportingComponent": "smtp-infra-operator", "reportingInstance": "smtp-infra-operator",
+    }
     try:
-        client.CoreV1Api(api_client()).create_namespaced_event(namespace, event)
+        request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body=event)
     except Exception:
         log.exception("could not post event %s for %s", reason, meta["name"])

@@ -89,8 +89,31 @@ def address_status(spec: IpPoolSpec, pool: str, assignment: Assignment, previous
     return out
 
 
-async def reconcile_pool(name: str) -> PoolState | None:
-    """Re-derive the pool's assignment and status; None when the pool does not exist."""
+async def _servers(requester: tuple[str, str, int] | None) -> list[dict[str, Any]]:
+    """The SmtpServers, fresh unless a list from the last second already shows the requester as it is now.
+
+    Every server reconcile re-derives its pools; a fresh list each time made a burst of N servers
+    cost N² objects read. Only the requester's own replicas decide its addresses, so a recent list
+    that already has it with the same replicas is good enough; other servers' changes reach the
+    pool through their own reconciles.
+    """
+    if requester is not None:
+        namespace, name, replicas = requester
+        cached = await kube.list_cached(API_VERSION, "SmtpServer")
+        for server in cached:
+            meta = server["metadata"]
+            if (meta["namespace"], meta["name"]) == (namespace, name):
+                if (server.get("spec") or {}).get("replicas", 1) == replicas and not meta.get("deletionTimestamp"):
+                    return cached
+                break
+    return await kube.list_cached(API_VERSION, "SmtpServer", max_age=0)
+
+
+async def reconcile_pool(name: str, requester: tuple[str, str, int] | None = None) -> PoolState | None:
+    """Re-derive the pool's assignment and status; None when the pool does not exist.
+
+    `requester` is (namespace, name, replicas) of the SmtpServer whose reconcile asks.
+    """
     async with _locks(name):
         body = await kube.get(API_VERSION, "IpPool", name)
         if body is None:
@@ -100,7 +123,7 @@ async def reconcile_pool(name: str) -> PoolState | None:
         except ValidationError as error:
             await publish(IpPool, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error), stalled=True))
             return None
-        servers = await kube.list_objects(API_VERSION, "SmtpServer")  # fresh: replicas may just have changed
+        servers = await _servers(requester)  # fresh when the requester's replicas may just have changed
         replicas = _servers_using(name, servers)
         previous = {a["address"]: a for a in (body.get("status") or {}).get("addresses", [])}
         addresses = expand_addresses(spec.addresses)
@@ -143,7 +166,7 @@ async def reconcile_pool(name: str) -> PoolState | None:
 async def _kick_servers(pool: str) -> None:
     from .smtpserver import server_kicker
 
-    for server in await kube.list_objects(API_VERSION, "SmtpServer"):
+    for server in await kube.list_cached(API_VERSION, "SmtpServer"):
         if pool in (server.get("spec") or {}).get("ipPools", []):
             server_kicker.kick((server["metadata"]["namespace"], server["metadata"]["name"]))
 

@@ -31,6 +31,7 @@ from ..builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress, conf
 from ..conditions import FALSE, TRUE, UNKNOWN, Outcome
 from ..kicker import Kicker, Locks
 from ..statuswriter import post_event, publish
+from . import dnsrecords
 from .ippool import reconcile_pool
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
     addresses: dict[int, list[SourceAddress]] = {i: [] for i in range(spec.replicas)}
     shortfall: list[str] = []
     for pool_name in spec.ip_pools:
-        state = await reconcile_pool(pool_name)
+        state = await reconcile_pool(pool_name, (owner.namespace, owner.name, spec.replicas))
         if state is None:
             raise MissingReference("IpPoolNotFound", f"IpPool {pool_name} (spec.ipPools) not found")
         if state.problem is not None:
@@ -274,7 +275,9 @@ async def reconcile_server(key: Key) -> None:
             await asyncio.to_thread(post_event, body, "Normal", "ConfigApplied",
                                     f"MTA config {config_hash} written to ConfigMap "
                                     f"{workload.config_map_name(name)} ({gathered.replicas} replica(s))")
-        await publish(SmtpServer, body, decide(spec, gathered, sts, config_hash, generation))
+        outcome = decide(spec, gathered, sts, config_hash, generation)
+        dns_report = await dnsrecords.reconcile_dns(body, owner, spec, gathered.inputs)
+        await publish(SmtpServer, body, dnsrecords.with_dns(outcome, dns_report))
 
 
 server_kicker: Kicker[Key] = Kicker(reconcile_server)
@@ -286,6 +289,7 @@ server_kicker: Kicker[Key] = Kicker(reconcile_server)
 async def on_server(namespace: str | None, name: str, **_: Any) -> None:
     """Spec changes (and operator start) reconcile at once."""
     assert namespace is not None
+    kube.invalidate({"apiVersion": API_VERSION, "kind": "SmtpServer", "metadata": {"namespace": namespace}})
     await reconcile_server((namespace, name))
 
 

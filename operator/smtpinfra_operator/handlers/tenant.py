@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -22,6 +24,9 @@ from ..statuswriter import publish
 
 log = logging.getLogger(__name__)
 _locks: Locks[str] = Locks()
+_hasher = ThreadPoolExecutor(1, thread_name_prefix="scrypt")
+"""scrypt is CPU- and memory-hard (16 MiB a hash): one at a time caps the operator's memory, and
+hashes run only once per tenant lifetime, so a burst of new tenants queues here, not in RAM."""
 
 
 async def _ensure_namespace(name: str, uid: str, spec: TenantSpec) -> None:
@@ -45,7 +50,7 @@ async def _ensure_credentials(name: str, uid: str, spec: TenantSpec) -> None:
     if await kube.get("v1", "Secret", build.CREDENTIALS_SECRET, namespace) is not None:
         return
     password = generate_password()
-    password_hash = await asyncio.to_thread(hash_password, password)
+    password_hash = await asyncio.get_running_loop().run_in_executor(_hasher, hash_password, password)
     await kube.create_if_absent(build.credentials_secret(name, uid, spec, password, password_hash))
 
 
@@ -80,28 +85,50 @@ async def reconcile_tenant(name: str) -> None:
         await publish(Tenant, body, Outcome(ready=TRUE, reason="CredentialsReady", message=message, fields=fields))
 
 
-async def _kick_servers() -> None:
+def _may_serve(server: Mapping[str, Any], labels: list[dict[str, str]]) -> bool:
+    """Whether a server's tenantSelector matches any of the tenant's label sets (old or new)."""
+    wanted = (((server.get("spec") or {}).get("tenantSelector") or {}).get("matchLabels") or {})
+    return any(all(have.get(k) == v for k, v in wanted.items()) for have in labels)
+
+
+async def _kick_servers(*labels: Mapping[str, str] | None) -> None:
+    """Kick the servers whose config can change with this tenant: those selecting its old or new labels.
+
+    Kicking every server for every tenant event made a burst of N tenants cost N x servers
+    reconciles; a server that selects neither label set renders the same config either way.
+    """
     from .smtpserver import server_kicker
 
-    for server in await kube.list_objects(API_VERSION, "SmtpServer"):
-        server_kicker.kick((server["metadata"]["namespace"], server["metadata"]["name"]))
+    label_sets = [dict(ls or {}) for ls in labels]
+    for server in await kube.list_cached(API_VERSION, "SmtpServer"):
+        if _may_serve(server, label_sets):
+            server_kicker.kick((server["metadata"]["namespace"], server["metadata"]["name"]))
+
+
+def _tenant_changed(name: str) -> None:
+    """Servers must see this change, not a Tenant list cached a moment ago."""
+    kube.invalidate({"apiVersion": API_VERSION, "kind": "Tenant", "metadata": {"name": name}})
 
 
 @kopf.on.resume(GROUP, VERSION, Tenant.plural)
 @kopf.on.create(GROUP, VERSION, Tenant.plural)
 @kopf.on.update(GROUP, VERSION, Tenant.plural, field="spec")
 @kopf.on.update(GROUP, VERSION, Tenant.plural, field="metadata.labels")
-async def on_tenant(name: str, **_: Any) -> None:
+async def on_tenant(name: str, body: kopf.Body, old: Any = None, **_: Any) -> None:
     """A tenant appeared or changed (labels decide which servers serve it): servers re-render."""
     await reconcile_tenant(name)
-    kube.invalidate()  # the servers must see this change, not a list cached a moment ago
-    await _kick_servers()
+    _tenant_changed(name)
+    old_labels = ((old or {}).get("metadata") or {}).get("labels") if isinstance(old, Mapping) else None
+    if isinstance(old, Mapping) and "metadata" not in old:  # a field handler's old is the field's value
+        old_labels = dict(old) if all(isinstance(v, str) for v in old.values()) else None
+    await _kick_servers(body.get("metadata", {}).get("labels"), old_labels)
 
 
 @kopf.on.delete(GROUP, VERSION, Tenant.plural, optional=True)
-async def on_tenant_deleted(**_: Any) -> None:
+async def on_tenant_deleted(name: str, body: kopf.Body, **_: Any) -> None:
     """The namespace goes with the Tenant (ownerReference); servers drop its entries."""
-    await _kick_servers()
+    _tenant_changed(name)
+    await _kick_servers(body.get("metadata", {}).get("labels"))
 
 
 tenant_kicker: Kicker[str] = Kicker(reconcile_tenant)

@@ -1,0 +1,367 @@
+"""Operator at scale: apply → ``Ready=True`` latency and peak RSS with 200 SmtpServers and 1,000 Tenants.
+
+A private control plane (fresh temp state dir, purged at the end) gets the CRDs; the operator runs
+as a subprocess (``smtp-infra operator run --kubeconfig …``) exactly as a user would start it. The
+bench then creates:
+
+* IpPools without a WarmupPlan, one /24 each (a pool holds at most a /24), enough for every replica;
+* ``--tenants`` Tenants, labelled into ``--groups`` groups;
+* ``--servers`` SmtpServers (replicas 1, an image kwok fakes — not ``smtp-infra/…`` — a TLS Secret,
+  an ed25519 DKIM key, a tenantSelector picking one group, so each config holds tenants/groups tenants).
+
+Objects are created by a small thread pool; watches record when each object first reports
+``Ready=True``. The anchor is kwok itself: for every MTA pod the bench records pod seen → pod Ready,
+so ``server_ready_beyond_kwok`` is the operator's share (apply → Ready minus the pod's own start).
+Peak RSS is the operator's VmHWM (sampled VmRSS as a cross-check). Spool claims are bound by
+pre-created PersistentVolumes (nothing provisions volumes here), so pods can schedule.
+
+The last line of output is JSON.
+
+    .venv/bin/python bench/operator_scale.py [--servers 200] [--tenants 1000] [--groups 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP, VERSION = "smtpinfra.com", "v1alpha1"
+NAMESPACE = "bench"
+IMAGE = "registry.example/mta:bench"
+TLS_SECRET = "bench-tls"
+SPOOL_SIZE = "1Gi"
+POOL_CAPACITY = 256
+
+
+class Timeline:
+    """First time each key reached a state, on one monotonic clock shared by all threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.times: dict[str, float] = {}
+
+    def mark(self, key: str, at: float | None = None) -> None:
+        with self._lock:
+            self.times.setdefault(key, time.monotonic() if at is None else at)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.times
+
+    def get(self, key: str) -> float | None:
+        return self.times.get(key)
+
+
+def is_ready(obj: dict[str, Any]) -> bool:
+    """Ready=True on a custom resource (metav1.Condition) or a pod."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def watch_forever(list_call: Callable[..., Any], on_event: Callable[[str, dict[str, Any]], None],
+                  stop: threading.Event, **kwargs: Any) -> None:
+    """Stream watch events until `stop`; re-list and re-watch after any error or timeout."""
+    while not stop.is_set():
+        try:
+            for event in watch.Watch().stream(list_call, timeout_seconds=30, **kwargs):
+                obj = event["object"]
+                if not isinstance(obj, dict):
+                    obj = client.ApiClient().sanitize_for_serialization(obj)
+                on_event(event["type"], obj)
+                if stop.is_set():
+                    return
+        except Exception as error:  # the watch may expire or the server may hiccup: watch again
+            if not stop.is_set():
+                logging.debug("watch restarted: %s", error)
+                time.sleep(0.2)
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's VmRSS; the kernel's VmHWM is read at the end for the true peak."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak_rss_kb = 0
+        self.hwm_kb = 0
+        self.stop = threading.Event()
+
+    def read(self) -> None:
+        try:
+            text = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("VmRSS:"):
+                self.peak_rss_kb = max(self.peak_rss_kb, int(line.split()[1]))
+            elif line.startswith("VmHWM:"):
+                self.hwm_kb = max(self.hwm_kb, int(line.split()[1]))
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.read()
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile (q in 0..1); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def summary(name: str, values: list[float]) -> str:
+    if not values:
+        return f"{name:<34} (none)"
+    return (f"{name:<34} n={len(values):<5} p50={quantile(values, .5):7.3f}s  p95={quantile(values, .95):7.3f}s  "
+            f"max={max(values):7.3f}s  mean={statistics.fmean(values):7.3f}s")
+
+
+def create_all(bodies: Iterable[tuple[str, Callable[[], Any]]], applied: Timeline, workers: int) -> None:
+    """Run each create call in a small pool, recording the moment just before each call."""
+
+    def one(item: tuple[str, Callable[[], Any]]) -> None:
+        key, call = item
+        applied.mark(key)
+        call()
+
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(one, bodies):
+            pass
+
+
+def wait_all(keys: list[str], ready: Timeline, timeout: float, what: str) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(k in ready for k in keys):
+            return True
+        time.sleep(0.2)
+    missing = [k for k in keys if k not in ready]
+    print(f"!! {len(missing)} {what} not Ready after {timeout:.0f}s, e.g. {missing[:5]}", flush=True)
+    return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--servers", type=int, default=200)
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--groups", type=int, default=20, help="tenant label groups; each server selects one")
+    parser.add_argument("--workers", type=int, default=8, help="client threads creating objects")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each phase")
+    parser.add_argument("--keep", action="store_true", help="keep the state dir (and print it) for inspection")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT / "testenv"))
+    from smtpinfra_testenv.controlplane import down, up
+
+    state_dir = Path(tempfile.mkdtemp(prefix="smtp-infra-bench-"))
+    operator: subprocess.Popen[bytes] | None = None
+    stop = threading.Event()
+    try:
+        t0 = time.monotonic()
+        cp = up(state_dir / "cp")
+        print(f"control plane up in {time.monotonic() - t0:.1f}s ({state_dir})", flush=True)
+        crd_dir = ROOT / "crds"
+        cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
+        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                   *[f"crd/{p.stem.split('_', 1)[1]}.smtpinfra.com" for p in sorted(crd_dir.glob("*.yaml"))])
+
+        config.load_kube_config(config_file=str(cp.kubeconfig))  # type: ignore[no-untyped-call]
+        api = client.ApiClient()
+        api.configuration.connection_pool_maxsize = max(args.workers, 4) + 4  # type: ignore[attr-defined]
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+
+        # Fixtures the servers refer to: namespace, TLS Secret, one pre-bound PV per spool claim.
+        core.create_namespace({"metadata": {"name": NAMESPACE}})
+        core.create_namespaced_secret(NAMESPACE, {
+            "metadata": {"name": TLS_SECRET}, "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": "bench", "tls.key": "bench"}})
+        servers = [f"mta-{i:04d}" for i in range(args.servers)]
+        sts_names = {s: f"{s}" for s in servers}
+        try:
+            sys.path.insert(0, str(ROOT / "operator"))
+            from smtpinfra_operator.builders.workload import statefulset_name
+            sts_names = {s: statefulset_name(s) for s in servers}
+        except ImportError:
+            pass
+        for server in servers:
+            core.create_persistent_volume({
+                "metadata": {"name": f"bench-{server}"},
+                "spec": {"capacity": {"storage": SPOOL_SIZE}, "accessModes": ["ReadWriteOnce"],
+                         "hostPath": {"path": f"/tmp/bench-pv/{server}"}, "storageClassName": "",
+                         "persistentVolumeReclaimPolicy": "Retain",
+                         "claimRef": {"namespace": NAMESPACE, "name": f"spool-{sts_names[server]}-0"}}})
+
+        # Watches first, so no transition is missed.
+        server_ready, tenant_ready, pool_ready = Timeline(), Timeline(), Timeline()
+        pod_seen, pod_ready = Timeline(), Timeline()
+
+        def on_custom(timeline: Timeline) -> Callable[[str, dict[str, Any]], None]:
+            def handle(kind: str, obj: dict[str, Any]) -> None:
+                if kind != "DELETED" and is_ready(obj):
+                    timeline.mark(obj["metadata"]["name"])
+            return handle
+
+        def on_pod(kind: str, obj: dict[str, Any]) -> None:
+            name = obj["metadata"]["name"]
+            pod_seen.mark(name)
+            if kind != "DELETED" and is_ready(obj):
+                pod_ready.mark(name)
+
+        threads = [
+            threading.Thread(target=watch_forever, daemon=True, args=(
+                custom.list_namespaced_custom_object, on_custom(server_ready), stop),
+                kwargs={"group": GROUP, "version": VERSION, "namespace": NAMESPACE, "plural": "smtpservers"}),
+            threading.Thread(target=watch_forever, daemon=True, args=(
+                custom.list_cluster_custom_object, on_custom(tenant_ready), stop),
+                kwargs={"group": GROUP, "version": VERSION, "plural": "tenants"}),
+            threading.Thread(target=watch_forever, daemon=True, args=(
+                custom.list_cluster_custom_object, on_custom(pool_ready), stop),
+                kwargs={"group": GROUP, "version": VERSION, "plural": "ippools"}),
+            threading.Thread(target=watch_forever, daemon=True, args=(
+                core.list_namespaced_pod, on_pod, stop), kwargs={"namespace": NAMESPACE}),
+        ]
+        for t in threads:
+            t.start()
+
+        log_path = state_dir / "operator.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "smtpinfra_cli", "operator", "run", "--kubeconfig", str(cp.kubeconfig)],
+            stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        sampler = RssSampler(operator.pid)
+        sampler.start()
+        time.sleep(1.0)
+
+        # Pools: enough /24s for every replica.
+        pools = [f"bench-pool-{i}" for i in range(max(1, math.ceil(args.servers / (POOL_CAPACITY - 6))))]
+        for i, pool in enumerate(pools):
+            custom.create_cluster_custom_object(GROUP, VERSION, "ippools", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "IpPool", "metadata": {"name": pool},
+                "spec": {"addresses": [f"127.{100 + i // 250}.{i % 250}.0/24"],
+                         "ptrTemplate": "mta-{index}.bench.example.test"}})
+        wait_all(pools, pool_ready, args.timeout, "IpPools")
+
+        # Tenants.
+        tenants = [f"tenant-{i:05d}" for i in range(args.tenants)]
+        tenant_applied = Timeline()
+
+        def tenant_call(i: int, name: str) -> tuple[str, Callable[[], Any]]:
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Tenant",
+                    "metadata": {"name": name, "labels": {"bench.smtpinfra.com/group": f"g{i % args.groups}"}},
+                    "spec": {"displayName": f"Tenant {i}", "senderDomains": [f"t{i}.bench.example.test"],
+                             "quotas": {"perHour": 1000, "perDay": 10000}}}
+            return name, lambda: custom.create_cluster_custom_object(GROUP, VERSION, "tenants", body)
+
+        t_tenants = time.monotonic()
+        create_all([tenant_call(i, n) for i, n in enumerate(tenants)], tenant_applied, args.workers)
+        created_in = time.monotonic() - t_tenants
+        wait_all(tenants, tenant_ready, args.timeout, "Tenants")
+        print(f"{args.tenants} tenants created in {created_in:.1f}s, all Ready after "
+              f"{time.monotonic() - t_tenants:.1f}s; operator RSS now {sampler.peak_rss_kb / 1024:.0f} MB",
+              flush=True)
+
+        # Servers.
+        server_applied = Timeline()
+
+        def server_call(i: int, name: str) -> tuple[str, Callable[[], Any]]:
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SmtpServer",
+                    "metadata": {"name": name, "namespace": NAMESPACE},
+                    "spec": {"hostname": f"{name}.bench.example.test", "replicas": 1,
+                             "ipPools": [pools[i % len(pools)]], "image": IMAGE,
+                             "returnPathDomain": "bounces.bench.example.test",
+                             "tls": {"secretName": TLS_SECRET},
+                             "dkim": {"keys": [{"domain": f"{name}.bench.example.test", "selector": "b1",
+                                                "algorithm": "ed25519-sha256"}]},
+                             "tenantSelector": {"matchLabels": {"bench.smtpinfra.com/group": f"g{i % args.groups}"}},
+                             "spool": {"size": SPOOL_SIZE}}}
+            return name, lambda: custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "smtpservers",
+                                                                        body)
+
+        t_servers = time.monotonic()
+        create_all([server_call(i, n) for i, n in enumerate(servers)], server_applied, args.workers)
+        created_in = time.monotonic() - t_servers
+        wait_all(servers, server_ready, args.timeout, "SmtpServers")
+        print(f"{args.servers} servers created in {created_in:.1f}s, all Ready after "
+              f"{time.monotonic() - t_servers:.1f}s", flush=True)
+        time.sleep(2.0)  # let the last status writes and events settle before reading the peak
+        sampler.read()
+        sampler.stop.set()
+
+        # Figures.
+        def latencies(applied: Timeline, ready: Timeline, keys: list[str]) -> list[float]:
+            return [ready.times[k] - applied.times[k] for k in keys if k in ready and k in applied]
+
+        server_lat = latencies(server_applied, server_ready, servers)
+        tenant_lat = latencies(tenant_applied, tenant_ready, tenants)
+        pods = {s: f"{sts_names[s]}-0" for s in servers}
+        kwok_lat = [pod_ready.times[p] - pod_seen.times[p] for p in pods.values() if p in pod_ready and p in pod_seen]
+        beyond, after_pod = [], []
+        for server, pod in pods.items():
+            if server in server_ready and server in server_applied and pod in pod_ready and pod in pod_seen:
+                total = server_ready.times[server] - server_applied.times[server]
+                beyond.append(total - (pod_ready.times[pod] - pod_seen.times[pod]))
+                after_pod.append(server_ready.times[server] - pod_ready.times[pod])
+        peak_mb = max(sampler.hwm_kb, sampler.peak_rss_kb) / 1024
+        log_text = log_path.read_text(errors="replace")
+        print()
+        print(summary("tenant apply -> Ready", tenant_lat))
+        print(summary("server apply -> Ready", server_lat))
+        print(summary("kwok pod seen -> Ready", kwok_lat))
+        print(summary("server Ready beyond kwok pod start", beyond))
+        print(summary("server Ready after its pod Ready", after_pod))
+        print(f"operator peak RSS (VmHWM) {sampler.hwm_kb / 1024:.1f} MB, sampled VmRSS max "
+              f"{sampler.peak_rss_kb / 1024:.1f} MB; log {len(log_text.splitlines())} lines, "
+              f"{log_text.count('Traceback')} tracebacks")
+        result = {
+            "servers": args.servers, "tenants": args.tenants,
+            "server_ready_p50_s": round(quantile(server_lat, .5), 3),
+            "server_ready_p95_s": round(quantile(server_lat, .95), 3),
+            "server_ready_max_s": round(max(server_lat, default=math.nan), 3),
+            "server_beyond_kwok_p50_s": round(quantile(beyond, .5), 3),
+            "server_beyond_kwok_p95_s": round(quantile(beyond, .95), 3),
+            "tenant_ready_p50_s": round(quantile(tenant_lat, .5), 3),
+            "tenant_ready_p95_s": round(quantile(tenant_lat, .95), 3),
+            "kwok_pod_ready_p50_s": round(quantile(kwok_lat, .5), 3),
+            "kwok_pod_ready_p95_s": round(quantile(kwok_lat, .95), 3),
+            "operator_peak_rss_mb": round(peak_mb, 1),
+            "servers_ready": len(server_lat), "tenants_ready": len(tenant_lat),
+        }
+        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}))
+        return 0 if len(server_lat) == args.servers and len(tenant_lat) == args.tenants else 1
+    finally:
+        stop.set()
+        if operator is not None and operator.poll() is None:
+            operator.terminate()
+            try:
+                operator.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+                operator.wait()
+        try:
+            down(state_dir / "cp", purge=True)
+        finally:
+            if args.keep:
+                print(f"kept {state_dir}", file=sys.stderr)
+            else:
+                shutil.rmtree(state_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
