@@ -75,6 +75,21 @@ class _MemberCache:
 
 _aiosmtpd_smtp.inspect = _MemberCache()  # type: ignore[attr-defined, assignment]
 
+_HOOK_NAMES: dict[type, list[str]] = {}
+
+
+def _hook_names(obj: Any) -> list[str]:
+    """Replaces ``dir()`` inside aiosmtpd, which lists the ``smtp_*`` commands and ``handle_*`` hooks of the
+    protocol and the handler on every connection. Those come from the classes, so they are listed once per
+    class; no other name is ever looked up this way there."""
+    names = _HOOK_NAMES.get(type(obj))
+    if names is None:
+        names = _HOOK_NAMES[type(obj)] = [n for n in dir(obj) if n.startswith(("smtp_", "handle_"))]
+    return names
+
+
+_aiosmtpd_smtp.dir = _hook_names  # type: ignore[attr-defined]
+
 
 class MtaSMTP(SMTP):
     """aiosmtpd's protocol with our address rules: null sender allowed, source routes refused."""

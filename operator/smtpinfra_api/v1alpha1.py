@@ -230,8 +230,9 @@ class Rfc2136Spec(ApiModel):
     """Reverse zones (in-addr.arpa / ip6.arpa) we may write PTR records to."""
     tsig_secret_ref: SecretKeyReference
     """Secret key holding the TSIG key (base64 secret)."""
-    tsig_key_name: Fqdn
-    """Name of the TSIG key as configured on the server."""
+    tsig_key_name: Annotated[str, Field(max_length=253, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?"
+                                                                r"(\.[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?)*\.?$")]
+    """Name of the TSIG key as configured on the server (e.g. tsig-key or update.example.com.)."""
     tsig_algorithm: Annotated[str, Field(pattern=r"^hmac-(sha256|sha384|sha512)$")] = "hmac-sha256"
     """TSIG algorithm."""
 

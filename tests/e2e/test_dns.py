@@ -138,8 +138,9 @@ def dns_ready(cp: Any, name: str) -> dict[str, Any] | None:
 
 def wait_dns(cp: Any, name: str, status: str, reason: str, timeout: float = 90) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
-        c = dns_ready(cp, name)
-        return get(cp, "smtpserver", name, NS) if c and c["status"] == status and c["reason"] == reason else None
+        obj = find(cp, "smtpserver", name, NS)
+        c = condition(obj, "DnsReady") if obj else None
+        return obj if c and c["status"] == status and c["reason"] == reason else None
     return wait_for(check, timeout=timeout, what=f"{name} DnsReady={status} {reason}: {dns_ready(cp, name)}")
 
 
@@ -308,7 +309,9 @@ def test_external_dns_gets_a_dns_endpoint(cp: Any, knot: KnotServer) -> None:
         obj = wait_dns(cp, "edns", "False", "ExternalDnsNotInstalled")
         assert condition(obj, "Ready")["reason"] == "ExternalDnsNotInstalled"
         cp.kubectl("apply", "--server-side", "-f", str(ENDPOINT_CRD))
-        cp.kubectl("wait", "--for=condition=Established", "crd/dnsendpoints.externaldns.k8s.io", "--timeout=60s")
+        # (kubectl wait fails on a CRD whose status has no conditions yet: poll instead)
+        wait_for(lambda: (c := condition(get(cp, "crd", "dnsendpoints.externaldns.k8s.io"), "Established"))
+                 and c["status"] == "True", timeout=60, what="DNSEndpoint CRD established")
     obj = wait_dns(cp, "edns", "False", "WaitingForExternalDns")
     endpoint = get(cp, "dnsendpoints.externaldns.k8s.io", "edns-dns", NS)
     assert endpoint["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "smtp-infra",

@@ -61,11 +61,13 @@ def pods(cp: Any, server: str) -> dict[str, str]:
     return {p["metadata"]["name"]: p["status"].get("podIP", "") for p in out["items"]}
 
 
-def dkim_dns(cp: Any) -> dict[bytes, bytes]:
-    """selector._domainkey.domain → TXT value, from the Secrets the operator generated."""
+def dkim_dns(cp: Any, server: str) -> dict[bytes, bytes]:
+    """selector._domainkey.domain → TXT value, from the Secrets the operator generated for `server`."""
     out = json.loads(cp.kubectl("-n", NS, "get", "secrets", "-o", "json").stdout)
     records = {}
     for s in out["items"]:
+        if not s["metadata"]["name"].startswith(f"{server}-dkim-"):
+            continue
         ann = s["metadata"].get("annotations") or {}
         if "smtpinfra.com/dkim-selector" in ann:
             name = f"{ann['smtpinfra.com/dkim-selector']}._domainkey.{ann['smtpinfra.com/dkim-domain']}."
@@ -93,7 +95,7 @@ def test_mail_flows_from_each_replica_via_its_pool_address_dkim_signed(platform,
     for m in messages:
         subject = next(line for line in m.content.split(b"\r\n") if line.lower().startswith(b"subject:"))
         by_subject[subject.split(b":", 1)[1].strip().decode()] = m
-    records = dkim_dns(cp)
+    records = dkim_dns(cp, "outbound")
     assert len(records) == 2
     for ordinal in (0, 1):
         message = by_subject[f"replica {ordinal}"]

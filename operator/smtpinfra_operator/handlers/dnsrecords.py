@@ -333,8 +333,9 @@ class _Memo:
 
 
 _memo: dict[str, _Memo] = {}
-_deleted: set[str] = set()
-"""uids whose deletion handler has started: a reconcile already running must not re-publish."""
+_deleting: dict[str, tuple[str, str]] = {}
+"""uid → (reason, message) of servers whose deletion handler runs: a reconcile still in flight
+reports that instead of publishing again (and overwriting the deletion's condition)."""
 _dns_locks: dict[str, asyncio.Lock] = {}
 
 
@@ -406,8 +407,8 @@ async def _reconcile_rfc2136(body: Mapping[str, Any], spec: SmtpServerSpec, inpu
     provider = rfc2136_provider(rfc, secret)
     where = f"{rfc.server}:{rfc.port}"
     async with _lock(uid):
-        if uid in _deleted:
-            raise DnsInputError("Deleting", "the SmtpServer is being deleted", stalled=False)
+        if uid in _deleting:
+            raise DnsInputError(*_deleting[uid], stalled=False)
         nameserver = await asyncio.to_thread(_nameserver, rfc)
         result, checks, ptr = await asyncio.to_thread(_check_rfc2136, provider, inputs.owner, records, nameserver,
                                                       sending, tuple(rfc.reverse_zones))
@@ -448,6 +449,9 @@ async def reconcile_dns(body: Mapping[str, Any], owner: workload.Owner, spec: Sm
                         server: ServerInputs) -> DnsReport:
     """Publish and check the server's records through its provider; never raises for DNS trouble."""
     provider = DnsProvider(spec.dns.provider)
+    if owner.uid in _deleting:
+        reason, message = _deleting[owner.uid]
+        return DnsReport(provider, FALSE, reason, message, reconciling=True)
     previous = ((body.get("status") or {}).get("dns") or {}).get("provider")
     try:
         if previous == DnsProvider.EXTERNAL_DNS.value and provider != DnsProvider.EXTERNAL_DNS \
@@ -509,7 +513,7 @@ async def on_server_deleted_remove_records(body: kopf.Body, namespace: str | Non
     assert namespace is not None
     uid = body["metadata"]["uid"]
     owner = f"{namespace}/{name}"
-    _deleted.add(uid)
+    _deleting.setdefault(uid, ("DnsCleanup", f"removing the DNS records of {owner} before deletion"))
     _memo.pop(uid, None)
     try:
         spec = SmtpServerSpec.model_validate(dict(body.get("spec") or {}))
@@ -526,11 +530,16 @@ async def on_server_deleted_remove_records(body: kopf.Body, namespace: str | Non
         reason = error.reason if isinstance(error, DnsInputError) else "DnsCleanupDelayed"
         message = (f"deletion waits until the records of {owner} are removed from {rfc.server}:{rfc.port}: "
                    f"{error}; retrying every {DELETE_RETRY_SECONDS:g}s")
+        _deleting[uid] = (reason, message)
         await _mark_blocked(body, reason, message)
         if retry == 0:
             await asyncio.to_thread(post_event, body, "Warning", reason, message)
         raise kopf.TemporaryError(message, delay=DELETE_RETRY_SECONDS) from None
-    _dns_locks.pop(uid, None)
+    # Keep the uid marked: a reconcile waiting for the lock must not publish again. uids are
+    # never reused, so only the size needs a bound.
+    _deleting[uid] = ("Deleted", f"the DNS records of {owner} were removed")
+    while len(_deleting) > 10000:
+        _deleting.pop(next(iter(_deleting)))
     log.info("DNS %s removed on deletion: %s", owner, result.plan.summary())
     await asyncio.to_thread(post_event, body, "Normal", "DnsRecordsRemoved",
                             f"{rfc.server}:{rfc.port}: {len(result.plan.to_delete)} record set(s) removed")

@@ -228,6 +228,7 @@ async def reconcile_server(key: Key) -> None:
     """One full, idempotent reconcile of an SmtpServer."""
     namespace, name = key
     async with _locks(key):
+        _applied.pop(key, None)
         body = await kube.get(API_VERSION, "SmtpServer", name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
@@ -278,9 +279,55 @@ async def reconcile_server(key: Key) -> None:
         outcome = decide(spec, gathered, sts, config_hash, generation)
         dns_report = await dnsrecords.reconcile_dns(body, owner, spec, gathered.inputs)
         await publish(SmtpServer, body, dnsrecords.with_dns(outcome, dns_report))
+        _applied[key] = Applied(generation, ((sts or {}).get("metadata") or {}).get("generation"), spec, gathered,
+                                config_hash, dns_report)
 
 
 server_kicker: Kicker[Key] = Kicker(reconcile_server)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the last full reconcile applied: enough to re-derive Ready from the StatefulSet alone."""
+
+    generation: int | None
+    sts_generation: int | None
+    spec: SmtpServerSpec
+    gathered: Gathered
+    config_hash: str
+    dns: Any
+
+
+_applied: dict[Key, Applied] = {}
+
+
+async def refresh_status(key: Key) -> None:
+    """Pods became ready (or not): re-derive Ready from the StatefulSet without re-applying everything.
+
+    A StatefulSet emits several status events per rollout; a full reconcile for each (some fifteen
+    API calls) made pod readiness reach the SmtpServer's status minutes late with 200 servers.
+    When neither the server's spec nor the StatefulSet's spec changed since the last full
+    reconcile, its result still holds and only the rollout figures are new. Anything else (an
+    edited StatefulSet, a new generation, no full reconcile yet) gets the full reconcile.
+    """
+    namespace, name = key
+    async with _locks(key):
+        last = _applied.get(key)
+        sts = await kube.get("apps/v1", "StatefulSet", workload.statefulset_name(name), namespace)
+        body = await kube.get(API_VERSION, "SmtpServer", name, namespace) if last and sts else None
+        current = (last is not None and sts is not None and body is not None
+                   and not body["metadata"].get("deletionTimestamp")
+                   and body["metadata"].get("generation") == last.generation
+                   and sts["metadata"].get("generation") == last.sts_generation)
+        if current:
+            assert last is not None and body is not None
+            outcome = decide(last.spec, last.gathered, sts, last.config_hash, last.generation)
+            await publish(SmtpServer, body, dnsrecords.with_dns(outcome, last.dns))
+            return
+    await reconcile_server(key)
+
+
+status_kicker: Kicker[Key] = Kicker(refresh_status)
 
 
 @kopf.on.resume(GROUP, VERSION, SmtpServer.plural)
@@ -289,7 +336,6 @@ server_kicker: Kicker[Key] = Kicker(reconcile_server)
 async def on_server(namespace: str | None, name: str, **_: Any) -> None:
     """Spec changes (and operator start) reconcile at once."""
     assert namespace is not None
-    kube.invalidate({"apiVersion": API_VERSION, "kind": "SmtpServer", "metadata": {"namespace": namespace}})
     await reconcile_server((namespace, name))
 
 
@@ -307,7 +353,7 @@ async def on_statefulset(body: kopf.Body, type: str | None, **_: Any) -> None:
     """Pod readiness moves through the StatefulSet's status: re-derive the owner's status."""
     for ref in body.get("metadata", {}).get("ownerReferences", []):
         if ref.get("kind") == "SmtpServer" and ref.get("apiVersion") == API_VERSION:
-            server_kicker.kick((body["metadata"]["namespace"], ref["name"]))
+            status_kicker.kick((body["metadata"]["namespace"], ref["name"]))
 
 
 __all__ = ["UNKNOWN", "decide", "reconcile_server", "server_kicker"]

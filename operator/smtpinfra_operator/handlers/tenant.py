@@ -105,11 +105,6 @@ async def _kick_servers(*labels: Mapping[str, str] | None) -> None:
             server_kicker.kick((server["metadata"]["namespace"], server["metadata"]["name"]))
 
 
-def _tenant_changed(name: str) -> None:
-    """Servers must see this change, not a Tenant list cached a moment ago."""
-    kube.invalidate({"apiVersion": API_VERSION, "kind": "Tenant", "metadata": {"name": name}})
-
-
 @kopf.on.resume(GROUP, VERSION, Tenant.plural)
 @kopf.on.create(GROUP, VERSION, Tenant.plural)
 @kopf.on.update(GROUP, VERSION, Tenant.plural, field="spec")
@@ -117,7 +112,6 @@ def _tenant_changed(name: str) -> None:
 async def on_tenant(name: str, body: kopf.Body, old: Any = None, **_: Any) -> None:
     """A tenant appeared or changed (labels decide which servers serve it): servers re-render."""
     await reconcile_tenant(name)
-    _tenant_changed(name)
     old_labels = ((old or {}).get("metadata") or {}).get("labels") if isinstance(old, Mapping) else None
     if isinstance(old, Mapping) and "metadata" not in old:  # a field handler's old is the field's value
         old_labels = dict(old) if all(isinstance(v, str) for v in old.values()) else None
@@ -127,7 +121,6 @@ async def on_tenant(name: str, body: kopf.Body, old: Any = None, **_: Any) -> No
 @kopf.on.delete(GROUP, VERSION, Tenant.plural, optional=True)
 async def on_tenant_deleted(name: str, body: kopf.Body, **_: Any) -> None:
     """The namespace goes with the Tenant (ownerReference); servers drop its entries."""
-    _tenant_changed(name)
     await _kick_servers(body.get("metadata", {}).get("labels"))
 
 
