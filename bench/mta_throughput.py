@@ -153,7 +153,7 @@ def run_load(procs: Processes, host: str, port: int, messages: int, sessions: in
 # ----------------------------------------------------------------------------------------- our MTA
 
 
-def mta_config(work: Path, sink_port: int, listen_port: int) -> dict[str, Any]:
+def mta_config(work: Path, sink_port: int, listen_port: int, separate: bool) -> dict[str, Any]:
     return {
         "hostname": "mta.bench",
         "listeners": {
@@ -168,18 +168,19 @@ def mta_config(work: Path, sink_port: int, listen_port: int) -> dict[str, Any]:
         "throttling": {"rules": [{"scope": "default", "connection_limit": 20,
                                   "max_deliveries_per_connection": 1000}]},
         "delivery": {"routes": [{"domain": DOMAIN, "host": SINK_ADDR, "port": sink_port}],
+                     "separate_process": separate,
                      "resolver": {"address": "127.0.77.53", "port": 53, "timeout": "1s"}},
         "spool": {"directory": str(work / "spool"), "fsync": True},
         "suppression": {"url": f"sqlite:///{work / 'suppression.db'}"},
-        "http": {"bind": MTA_ADDR, "port": free_port(MTA_ADDR)},
+        "http": {"bind": MTA_ADDR, "port": free_port(MTA_ADDR), "delivery_port": free_port(MTA_ADDR)},
         "bounces": {"return_path_domain": "bounces.mta.bench"},
     }
 
 
 @contextlib.contextmanager
-def our_mta(procs: Processes, work: Path, sink_port: int, log_level: str) -> Iterator[int]:
+def our_mta(procs: Processes, work: Path, sink_port: int, log_level: str, separate: bool) -> Iterator[int]:
     port = free_port(MTA_ADDR)
-    cfg = mta_config(work, sink_port, port)
+    cfg = mta_config(work, sink_port, port, separate)
     cfg_path = work / "mta.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONPATH=str(REPO / "mta-image"))
@@ -287,7 +288,7 @@ def measure(procs: Processes, side: str, work: Path, args: argparse.Namespace) -
     sink = Sink(procs)
     timeout = max(120.0, args.messages / 20.0)
     try:
-        server = (our_mta(procs, work, sink.port, args.log_level) if side == "mta"
+        server = (our_mta(procs, work, sink.port, args.log_level, args.separate_process) if side == "mta"
                   else postfix(procs, work, sink.port))
         with server as port:
             t0 = time.monotonic()
@@ -309,6 +310,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="alternate ours/Postfix this many times; report medians")
     ap.add_argument("--log-level", default="WARNING", help="MTA log level (Postfix logs to an absent syslog)")
     ap.add_argument("--only", choices=["mta", "postfix"], help="run one side only (for profiling)")
+    ap.add_argument("--separate-process", action="store_true",
+                    help="MTA with delivery.separate_process (receiving and delivering in two processes)")
     args = ap.parse_args()
     for exe in (SMTP_SOURCE, SMTP_SINK, "/usr/sbin/postfix"):
         if not Path(exe).exists():
@@ -341,6 +344,7 @@ def main() -> int:
     out["ratio_per_round"] = [round(x, 2) for x in pairs]
     out.update({"mta_accept_msgs_per_s": med("mta", "accept_msgs_per_s"),
                 "postfix_accept_msgs_per_s": med("postfix", "accept_msgs_per_s"),
+                "mta_separate_process": args.separate_process,
                 "messages": args.messages, "sessions": args.sessions, "size": args.size, "rounds": args.rounds,
                 "mta_runs": [r["msgs_per_s"] for r in results["mta"]],
                 "postfix_runs": [r["msgs_per_s"] for r in results["postfix"]]})

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from smtpinfra_mta.config import MtaConfig, Tenant, load_config
 from smtpinfra_mta.counters import Counters
@@ -35,16 +36,29 @@ log = logging.getLogger(__name__)
 logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
+Role = Literal["all", "accept", "deliver"]
+ACCEPT_SHARD = "accept"  # spool subdirectory of the SMTP process when delivery runs separately
+
+
 class MtaApp:
-    def __init__(self, cfg: MtaConfig, config_path: Path | None = None) -> None:
+    """One MTA process. ``role`` is "all" normally; with ``delivery.separate_process`` the SMTP process runs
+    "accept" (listeners, its own spool shard, quotas, idempotency) and hands each committed message to
+    ``forward``; the delivery process runs "deliver" (scheduler, shaping, warm-up, DSNs, reports)."""
+
+    def __init__(self, cfg: MtaConfig, config_path: Path | None = None, role: Role = "all") -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.role = role
         self.metrics = Metrics()
         self.tenants = TenantDirectory(cfg)
         self.signer = DkimSigner(cfg.dkim)
-        self.spool = Spool(cfg.spool.directory, fsync=cfg.spool.fsync,
-                           group_commit_window=cfg.spool.group_commit_window,
-                           idempotency_retention=cfg.spool.idempotency_retention)
+        directory = cfg.spool.directory / ACCEPT_SHARD if role == "accept" else cfg.spool.directory
+        # the accepting process never delivers, so caching content there would only hold memory
+        self.spool = Spool(directory, fsync=cfg.spool.fsync, group_commit_window=cfg.spool.group_commit_window,
+                           idempotency_retention=cfg.spool.idempotency_retention,
+                           content_cache_bytes=0 if role == "accept" else 64 * 1024 * 1024)
+        self.forward: Callable[[SpooledMessage], None] | None = None  # role "accept": to the delivery process
+        self._recovered_ids: set[str] = set()  # role "deliver": found by the startup scan, maybe also forwarded
         self.counters: Counters | None = None
         self.verp: Verp | None = None
         self.scheduler: Scheduler | None = None
@@ -65,29 +79,39 @@ class MtaApp:
 
     async def start(self, *, http: bool = True, watch_config: bool = False) -> None:
         self.cfg.spool.directory.mkdir(parents=True, exist_ok=True)
+        # Quota counters are only touched by the accepting side and warm-up counters only by the delivering
+        # side, so the two processes of separate_process never share a key (no stale cache across them).
         self.counters = Counters(self.cfg.spool.directory / "counters.sqlite")
         recovered = await self.spool.open()
         self.spool.on_committed = self._committed
-        self.suppression = open_store(self.cfg.suppression.url)
-        await self.suppression.open()
-        self.scheduler = Scheduler(self.cfg, self.spool, MxResolver(self.cfg.delivery.resolver),
-                                   WarmupGate(self.cfg.throttling, self.counters), self.metrics,
-                                   suppression=self.suppression)
-        self.verp = self._make_verp(self.cfg)
-        self.scheduler.verp = self.verp
-        for msg in recovered:
-            if msg.kind == "inbound":
-                self._process_inbound(msg)
-            else:
-                self.scheduler.submit(msg)
-        if recovered:
-            log.info("spool recovered", extra={"messages": len(recovered)})
-        self.scheduler.start()
-        await self._open_listeners()
+        if self.role != "accept":
+            self.suppression = open_store(self.cfg.suppression.url)
+            await self.suppression.open()
+            self.scheduler = Scheduler(self.cfg, self.spool, MxResolver(self.cfg.delivery.resolver),
+                                       WarmupGate(self.cfg.throttling, self.counters), self.metrics,
+                                       suppression=self.suppression)
+            self.verp = self._make_verp(self.cfg)
+            self.scheduler.verp = self.verp
+            if self.role == "deliver":
+                shard = Spool(self.cfg.spool.directory / ACCEPT_SHARD, fsync=self.cfg.spool.fsync)
+                self.scheduler.shards[ACCEPT_SHARD] = shard
+                from_shard = await shard.open(view=True)
+                for msg in from_shard:
+                    msg.shard = ACCEPT_SHARD
+                    self._recovered_ids.add(msg.id)
+                recovered += from_shard
+            for msg in recovered:
+                self._dispatch(msg)
+            if recovered:
+                log.info("spool recovered", extra={"messages": len(recovered)})
+            self.scheduler.start()
+        if self.role != "deliver":
+            await self._open_listeners()
         if http:
             self._http = HttpServer(self.metrics, lambda: self.ready and not self.draining, self.stats,
                                     self._refresh_gauges)
-            self.http_port = await self._http.start(self.cfg.http.bind, self.cfg.http.port)
+            port = self.cfg.http.delivery_port if self.role == "deliver" else self.cfg.http.port
+            self.http_port = await self._http.start(self.cfg.http.bind, port)
         if watch_config and self.config_path is not None:
             self._watch_task = asyncio.create_task(self._watch_config(), name="config-watch")
         self.ready = True
@@ -130,6 +154,8 @@ class MtaApp:
         self._servers.clear()
         if self.scheduler is not None:
             await self.scheduler.stop(grace=5.0)
+            for shard in self.scheduler.shards.values():
+                await shard.close()
         await self.spool.close()
         if self.suppression is not None:
             await self.suppression.close()
@@ -172,17 +198,34 @@ class MtaApp:
 
     def _committed(self, msg: SpooledMessage) -> None:
         """Spool hook: a message is durably on disk (called by the committer, even if the client left)."""
+        if msg.kind == "dsn":
+            return  # DSNs are queued by the scheduler that made them
+        if msg.kind != "inbound":
+            if self.counters is not None and msg.kind == "submission":
+                self.counters.add(f"quota:{msg.tenant}", len(msg.rcpts))
+            self.metrics.accepted.labels(tenant=msg.tenant, pool=msg.pool,
+                                         listener=msg.listener or "unknown").inc(len(msg.rcpts))
+            log.info("accepted", extra={"id": msg.id, "tenant": msg.tenant, "rcpts": len(msg.rcpts),
+                                        "size": msg.size})
+        if self.role == "accept":
+            if self.forward is not None:
+                self.forward(msg)  # if the delivery process is down, its restart finds the file anyway
+            return
+        self._dispatch(msg)
+
+    def _dispatch(self, msg: SpooledMessage) -> None:
         if msg.kind == "inbound":
             self._process_inbound(msg)
+        elif self.scheduler is not None:
+            self.scheduler.submit(msg)
+
+    def ingest(self, msg: SpooledMessage) -> None:
+        """Role "deliver": a message the accepting process committed to its spool shard."""
+        msg.shard = ACCEPT_SHARD
+        if msg.id in self._recovered_ids:  # already queued by the startup scan
+            self._recovered_ids.discard(msg.id)
             return
-        if msg.kind == "dsn" or self.scheduler is None:
-            return  # DSNs are queued by the scheduler that made them
-        if self.counters is not None and msg.kind == "submission":
-            self.counters.add(f"quota:{msg.tenant}", len(msg.rcpts))
-        self.metrics.accepted.labels(tenant=msg.tenant, pool=msg.pool, listener=msg.listener or "unknown").inc(
-            len(msg.rcpts))
-        log.info("accepted", extra={"id": msg.id, "tenant": msg.tenant, "rcpts": len(msg.rcpts), "size": msg.size})
-        self.scheduler.submit(msg)
+        self._dispatch(msg)
 
     def _process_inbound(self, msg: SpooledMessage) -> None:
         task = asyncio.create_task(self._handle_inbound(msg))
@@ -205,7 +248,8 @@ class MtaApp:
         The spool entry is removed only after the suppression insert succeeded; on a database error it
         stays queued and is processed again after a restart.
         """
-        content = await self.spool.content(msg.id)
+        spool = self.scheduler.spool_of(msg) if self.scheduler is not None else self.spool
+        content = await spool.content(msg.id)
         report = parse_report(content)
         results = outcomes(report, msg.rcpts, self.verp) if self.verp is not None else []
         for o in results:
@@ -222,7 +266,7 @@ class MtaApp:
             self.metrics.complained.labels(tenant="unknown").inc()
         log.info("inbound report", extra={"id": msg.id, "kind": report.kind, "client": msg.client,
                                           "matched": [(o.tenant, o.event) for o in results]})
-        await self.spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
+        await spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
 
     # ------------------------------------------------------------------ reload
 

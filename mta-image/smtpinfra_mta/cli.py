@@ -47,17 +47,30 @@ def setup_logging(level: str = "INFO") -> None:
 
 async def _serve(config: Path) -> None:
     from smtpinfra_mta.app import MtaApp
+    from smtpinfra_mta.split import serve_accepting
 
     cfg = load_config(config)
-    mta = MtaApp(cfg, config)
-    await mta.start(watch_config=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if cfg.delivery.separate_process:
+        await serve_accepting(cfg, config, stop)
+        return
+    mta = MtaApp(cfg, config)
+    await mta.start(watch_config=True)
     await stop.wait()
     logging.getLogger(__name__).info("draining")
     await mta.drain(grace=30.0)
+
+
+def _run(coro: Any) -> None:
+    runner: Any = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+
+        runner = uvloop.run
+    runner(coro)
 
 
 @app.command()
@@ -72,12 +85,20 @@ def serve(
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    runner: Any = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
+    _run(_serve(config))
 
-        runner = uvloop.run
-    runner(_serve(config))
+
+@app.command(hidden=True)
+def deliver(
+    config: Annotated[Path, typer.Option("--config", "-c", help="MTA config YAML.")],
+    fd: Annotated[int, typer.Option(help="Socket to the SMTP process.")],
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """The delivery process of delivery.separate_process (started by 'serve', not by hand)."""
+    from smtpinfra_mta.split import serve_delivering
+
+    setup_logging(log_level)
+    _run(serve_delivering(config, fd))
 
 
 @app.command("check-config")

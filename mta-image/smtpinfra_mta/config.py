@@ -462,6 +462,12 @@ class Delivery(_Model):
     command_timeout: Duration = Field(300.0, gt=0, description="Timeout for each SMTP command reply.")
     idle_timeout: Duration = Field(5.0, ge=0, description="How long an idle outbound connection is kept for reuse.")
     max_concurrency: int = Field(500, ge=1, description="Outbound connections across all destinations.")
+    separate_process: bool = Field(
+        False,
+        description="Deliver from a second process, so receiving and delivering use two CPU cores. The SMTP "
+        "process keeps sessions, quotas, idempotency and DKIM; the delivery process owns queues, shaping, "
+        "warm-up caps, DSNs and inbound reports. Each piece of state still has exactly one owner.",
+    )
 
 
 class Spool(_Model):
@@ -493,6 +499,10 @@ class Suppression(_Model):
 class Http(_Model):
     bind: IPAddress = Field("0.0.0.0", description="Address of the metrics/health HTTP server.")
     port: int = Field(8080, ge=1, le=65535, description="Port of /metrics, /healthz, /readyz and /stats.")
+    delivery_port: int = Field(
+        8081, ge=1, le=65535,
+        description="Port of the delivery process's /metrics, /healthz and /stats (delivery.separate_process).",
+    )
 
 
 class Bounces(_Model):

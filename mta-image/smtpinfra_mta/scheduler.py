@@ -88,6 +88,7 @@ class Scheduler:
         self._closing = False
         self._total_active = 0
         self.verp: Verp | None = None  # set by the app when VERP return paths are on
+        self.shards: dict[str, Spool] = {}  # other spools this scheduler delivers from (separate_process)
 
     def update_config(self, cfg: MtaConfig) -> None:
         """Hot reload: new limits apply to the next connection; queued work is untouched."""
@@ -394,7 +395,7 @@ class Scheduler:
     async def _send_item(self, conn: OutboundConnection, item: WorkItem, source: SourceIp, site: str,
                          provider: str | None, domain: str) -> bool:
         try:
-            content = await self.spool.content(item.msg.id)
+            content = await self.spool_of(item.msg).content(item.msg.id)
         except OSError as exc:
             log.error("spooled message unreadable", extra={"id": item.msg.id, "error": str(exc)})
             await self._fail_temporary(item, Reply(451, "4.3.0 local spool read error"), None)
@@ -443,8 +444,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ outcomes
 
+    def spool_of(self, msg: SpooledMessage) -> Spool:
+        """The spool holding ``msg``: the accepting process's when delivery runs in its own process."""
+        return self.shards.get(msg.shard, self.spool)
+
     async def _record(self, msg: SpooledMessage, results: list[tuple[str, str]]) -> None:
-        await self.spool.record_done(msg, results)  # the spool orders and batches these itself
+        await self.spool_of(msg).record_done(msg, results)  # the spool orders and batches these itself
 
     async def _fail_temporary(self, item: WorkItem, reply: Reply, remote: str | None, *, source: str = "",
                               provider: str | None = None) -> None:
@@ -494,7 +499,7 @@ class Scheduler:
 
     async def _send_dsn(self, msg: SpooledMessage, failures: list[RecipientFailure]) -> None:
         try:
-            original = await self.spool.content(msg.id)
+            original = await self.spool_of(msg).content(msg.id)
         except OSError:
             original = b""
         postmaster_domain = self.cfg.bounces.return_path_domain or self.cfg.hostname

@@ -55,6 +55,7 @@ class SpooledMessage:
     size: int = 0
     client: str = ""
     listener: str = ""  # not persisted: only used for the acceptance metric
+    shard: str = ""  # not persisted: which spool directory holds it ("" = the delivering process's own)
     done: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -130,11 +131,17 @@ class Spool:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def open(self) -> list[SpooledMessage]:
-        """Create directories, recover committed messages, start the committer. Returns the queue."""
-        recovered = await asyncio.to_thread(self._recover)
+    async def open(self, *, view: bool = False) -> list[SpooledMessage]:
+        """Create directories, recover committed messages, start the committer. Returns the queue.
+
+        ``view=True`` opens another process's spool for delivery only (the accepting process of
+        ``delivery.separate_process``): it scans the queue and can read and finish messages, but never
+        touches ``tmp/`` or the idempotency log, which the owner is using, and cannot commit.
+        """
+        recovered = await asyncio.to_thread(self._scan_queue if view else self._recover)
         self._wakeup = asyncio.Event()
-        self._committer = asyncio.create_task(self._commit_loop(), name="spool-committer")
+        if not view:
+            self._committer = asyncio.create_task(self._commit_loop(), name="spool-committer")
         self._done_wakeup = asyncio.Event()
         self._completer = asyncio.create_task(self._done_loop(), name="spool-completer")
         return recovered
@@ -176,6 +183,11 @@ class Spool:
                 if now - float(ts) < self._retention:
                     self._idem[(tenant, key)] = (msg_id, float(ts))
         self._rewrite_idempotency_log()
+        return self._scan_queue()
+
+    def _scan_queue(self) -> list[SpooledMessage]:
+        for d in (self.queue_dir, self.tmp_dir, self.corrupt_dir):
+            d.mkdir(parents=True, exist_ok=True)
         out: list[SpooledMessage] = []
         for path in sorted(self.queue_dir.glob("*.msg")):
             try:

@@ -10,6 +10,9 @@ group to learn that an optional kind is absent cost a dozen requests per reconci
 ResourceInstance wrappers doubled the CPU and memory of every list. Kinds we know are mapped
 statically; anything else (cert-manager, Prometheus operator) is discovered once per group
 version under a lock, with absence remembered for a short while.
+
+Lists that every reconcile needs (Tenants, their credential Secrets, SmtpServers) come from
+watch-backed informers (`list_cached`), kept current by one watch each instead of re-listed.
 """
 
 from __future__ import annotations
@@ -161,7 +164,6 @@ def _slim(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-LIST_CACHE_SECONDS = 1.0
 _REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s*(?:(==?|!=)\s*([A-Za-z0-9._-]*))?\s*$")
 WATCH_SECONDS = 240
 """Server-side timeout of one watch request; the informer then re-watches from its resourceVersion."""
@@ -170,8 +172,8 @@ WATCH_SECONDS = 240
 def _selects(selector: str | None, labels: dict[str, str]) -> bool:
     """Whether a simple label selector (`k`, `!k`, `k=v`, `k!=v`, comma-separated) may select `labels`.
 
-    Anything it cannot parse counts as a match (a write-through then stores one object too many,
-    which the watch corrects).
+    Anything it cannot parse counts as no match: the write-through is skipped and the watch
+    event brings the object a moment later instead (storing a non-matching object would stick).
     """
     if not selector:
         return True
@@ -179,7 +181,7 @@ def _selects(selector: str | None, labels: dict[str, str]) -> bool:
         negated = requirement.strip().startswith("!")
         match = _REQUIREMENT.match(requirement.strip().lstrip("!"))
         if match is None:
-            return True
+            return False
         key, op, value = match.groups()
         if op is None:
             if (key in labels) == negated:
@@ -288,8 +290,8 @@ def _informer(key: tuple[str, str, str | None, str | None]) -> Informer:
 
 
 async def list_cached(api_version: str, kind: str, namespace: str | None = None,
-                      label_selector: str | None = None, max_age: float = LIST_CACHE_SECONDS) -> list[dict[str, Any]]:
-    """Every object of a kind as a watch-backed informer sees it; `max_age=0` lists fresh from the API.
+                      label_selector: str | None = None, fresh: bool = False) -> list[dict[str, Any]]:
+    """Every object of a kind as a watch-backed informer sees it; `fresh` lists from the API instead.
 
     After a Tenant change every SmtpServer re-renders; without this, N servers would list M
     tenants N times within the same moment. The first call for a kind starts its informer and
@@ -297,7 +299,7 @@ async def list_cached(api_version: str, kind: str, namespace: str | None = None,
     watch event; the periodic resync corrects anything a stale read missed.
     """
     key = (api_version, kind, namespace, label_selector)
-    if max_age <= 0:
+    if fresh:
         return await list_objects(api_version, kind, namespace, label_selector)
     informer = _informer(key)
     if not informer.synced.is_set() and not await asyncio.to_thread(informer.synced.wait, 30.0):

@@ -93,10 +93,28 @@ def _sink_count(sink: Sink) -> int:
     return len(list(sink.directory.glob("m.*")))
 
 
-def test_sigkill_loop_with_smtp_source_loses_nothing(tmp_path: Path, tls_files: Any,
-                                                     password_hashes: dict[str, str], sink_factory: Any) -> None:
+def _delivery_processes(config: Path) -> list[int]:
+    """PIDs of delivery processes (delivery.separate_process) started for this config file."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"deliver" in cmd and str(config).encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("separate_process", [False, True], ids=["one-process", "separate-delivery-process"])
+def test_sigkill_loop_with_smtp_source_loses_nothing(tmp_path: Path, tls_files: Any, password_hashes: dict[str, str],
+                                                     sink_factory: Any, separate_process: bool) -> None:
+    """With a separate delivery process, only the SMTP process is killed: the orphaned delivery process must
+    notice, exit, and let the next one (which waits for its lock) rescan the shard."""
     sink: Sink = sink_factory()
     cfg = base_config(tmp_path, tls_files, password_hashes)
+    cfg["delivery"]["separate_process"] = separate_process
+    cfg["http"]["delivery_port"] = free_port(MTA_ADDR)
     cfg["listeners"]["inbound"]["relay_domains"] = [{"domain": "internal.test", "pool": "alpha"}]
     cfg["delivery"]["routes"] = [{"domain": "internal.test", "host": SINK_ADDR, "port": sink.port}]
     cfg["listeners"]["implicit_tls"]["enabled"] = False
@@ -133,7 +151,8 @@ def test_sigkill_loop_with_smtp_source_loses_nothing(tmp_path: Path, tls_files: 
         wait_for(lambda: not list(queue.glob("*.msg")), timeout=30)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert proc.wait(40) == 0
+    wait_for(lambda: _delivery_processes(tmp_path / "mta.yaml") == [], timeout=15)
     delivered = _sink_count(sink)
     assert delivered >= acked
     # duplicates are possible (at-least-once) but only a handful per kill, never a resend of everything

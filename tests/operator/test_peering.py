@@ -93,7 +93,8 @@ def test_only_the_higher_priority_replica_works_and_the_other_takes_over(peering
 
         apply(cp, tenant("peer-first"))
         wait_for(lambda: is_ready(cp, "peer-first"), timeout=60, what="peer-first Ready")
-        assert "Tenant /peer-first: Ready=True" in high.log()
+        # The log line follows the status write it reports.
+        wait_for(lambda: "Tenant /peer-first: Ready=True" in high.log(), timeout=10, what="high logged it")
         # Several resync periods (2 s in tests) later, the paused replica still has not touched it.
         time.sleep(6)
         assert "Handler 'on_tenant' succeeded" in high.log()
@@ -108,7 +109,7 @@ def test_only_the_higher_priority_replica_works_and_the_other_takes_over(peering
         wait_for(lambda: "Resuming operations" in low.log(), timeout=LIFETIME + 60,
                  what="the remaining replica resuming")
         wait_for(lambda: is_ready(cp, "peer-second"), timeout=60, what="peer-second Ready by the survivor")
-        assert "Tenant /peer-second: Ready=True" in low.log()
+        wait_for(lambda: "Tenant /peer-second: Ready=True" in low.log(), timeout=10, what="low logged it")
         assert "peer-second" not in high.log()
     finally:
         for proc in (high, low):

@@ -90,10 +90,10 @@ def address_status(spec: IpPoolSpec, pool: str, assignment: Assignment, previous
 
 
 async def _servers(requester: tuple[str, str, int] | None) -> list[dict[str, Any]]:
-    """The SmtpServers, fresh unless a list from the last second already shows the requester as it is now.
+    """The SmtpServers: the informer's view when it already shows the requester as it is now, else fresh.
 
     Every server reconcile re-derives its pools; a fresh list each time made a burst of N servers
-    cost N² objects read. Only the requester's own replicas decide its addresses, so a recent list
+    cost N² objects read. Only the requester's own replicas decide its addresses, so a view
     that already has it with the same replicas is good enough; other servers' changes reach the
     pool through their own reconciles.
     """
@@ -106,7 +106,7 @@ async def _servers(requester: tuple[str, str, int] | None) -> list[dict[str, Any
                 if (server.get("spec") or {}).get("replicas", 1) == replicas and not meta.get("deletionTimestamp"):
                     return cached
                 break
-    return await kube.list_cached(API_VERSION, "SmtpServer", max_age=0)
+    return await kube.list_cached(API_VERSION, "SmtpServer", fresh=True)
 
 
 async def reconcile_pool(name: str, requester: tuple[str, str, int] | None = None) -> PoolState | None:

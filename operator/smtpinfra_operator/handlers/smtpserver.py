@@ -284,6 +284,9 @@ async def reconcile_server(key: Key) -> None:
 
 
 server_kicker: Kicker[Key] = Kicker(reconcile_server)
+_handler_slots = asyncio.Semaphore(8)
+"""At most this many handler-driven reconciles at once: 200 in flight held 200 configs in memory
+and made each of them slower, not the batch faster."""
 
 
 @dataclass(frozen=True)
@@ -336,7 +339,8 @@ status_kicker: Kicker[Key] = Kicker(refresh_status)
 async def on_server(namespace: str | None, name: str, **_: Any) -> None:
     """Spec changes (and operator start) reconcile at once."""
     assert namespace is not None
-    await reconcile_server((namespace, name))
+    async with _handler_slots:  # Kopf calls this for every server at once on start or a bulk apply
+        await reconcile_server((namespace, name))
 
 
 @kopf.on.delete(GROUP, VERSION, SmtpServer.plural, optional=True)
