@@ -287,11 +287,16 @@ class MtaApp:
         log.info("config reloaded")
 
     async def _watch_config(self) -> None:
+        """Reload when the config file or a file it references (credentials, DKIM keys) changes.
+
+        Mounted Secrets are updated independently of the ConfigMap: a new tenant password, or
+        a credentials file that appears after the config naming it, must be picked up too.
+        """
         assert self.config_path is not None
-        last = _stamp(self.config_path)
+        last = _stamps(self.config_path, self.cfg)
         while True:
             await asyncio.sleep(2.0)
-            now = _stamp(self.config_path)
+            now = _stamps(self.config_path, self.cfg)
             if now == last:
                 continue
             last = now
@@ -321,6 +326,14 @@ class MtaApp:
             "automation": {k: {"rule": v.rule, "action": v.action, "until": v.until}
                            for k, v in (self.scheduler.automation.active.items() if self.scheduler else [])},
         }
+
+
+def _stamps(config_path: Path, cfg: MtaConfig) -> list[tuple[float, int] | None]:
+    """Stamps of the config file and of every file the running config reads on reload."""
+    files = [config_path]
+    files += [t.credentials_file for t in cfg.tenants if t.credentials_file is not None]
+    files += [k.key_file for k in cfg.dkim]
+    return [_stamp(f) for f in files]
 
 
 def _stamp(path: Path) -> tuple[float, int] | None:

@@ -165,6 +165,41 @@ def test_config_reload_without_dropping_sessions(tmp_path: Path, tls_files: Any,
         proc.wait(20)
 
 
+def test_changed_credentials_file_is_reloaded_without_a_config_change(
+        tmp_path: Path, tls_files: Any, password_hashes: dict[str, str]) -> None:
+    """A rotated password in the mounted credentials Secret takes effect; the config file is untouched."""
+    from smtpinfra_mta.passwords import hash_password
+
+    cfg = base_config(tmp_path, tls_files, password_hashes)
+    creds = tmp_path / "carol.credentials"
+    creds.write_text(f"carol2:{hash_password('old-password-1')}\n")
+    cfg["tenants"][2]["suspended"] = False
+    cfg["tenants"][2]["credentials_file"] = str(creds)
+    port = cfg["listeners"]["submission"]["port"]
+    path = tmp_path / "mta.yaml"
+    proc = _start(cfg, path)
+
+    def login(password: str) -> bool:
+        with smtplib.SMTP(MTA_ADDR, port, timeout=20) as s:
+            s.starttls(context=_tls())
+            try:
+                s.login("carol2", password)
+            except smtplib.SMTPAuthenticationError:
+                return False
+            return True
+
+    try:
+        assert login("old-password-1")
+        replacement = tmp_path / "carol.credentials.new"  # swapped in like a Secret volume update
+        replacement.write_text(f"carol2:{hash_password('new-password-2')}\n")
+        replacement.replace(creds)
+        wait_for(lambda: login("new-password-2"), timeout=15, interval=0.5)
+        assert not login("old-password-1")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
 def test_cli_check_config_and_hash_password(tmp_path: Path, tls_files: Any, password_hashes: dict[str, str]) -> None:
     path = tmp_path / "mta.yaml"
     _write(path, base_config(tmp_path, tls_files, password_hashes))
