@@ -39,6 +39,8 @@ def platform(operator, pod_runner, knot, tls_files):
                "metadata": {"name": "e2e-acme", "labels": {"tier": "e2e"}},
                "spec": {"displayName": "ACME e2e", "senderDomains": [SENDER_DOMAIN]}})
     cp.kubectl("wait", "--for=condition=Ready", "tenant/e2e-acme", "--timeout=60s")
-    return cp
+    yield cp
+    # Leave the session cluster tidy for later modules: stop this module's MTAs.
+    cp.kubectl("-n", NS, "delete", "smtpserver", "--all", "--wait=false", check=False)
 
 

@@ -130,6 +130,14 @@ def test_missing_tls_secret_is_named_and_recovers(operator, tls_files):
     cp.kubectl("create", "secret", "tls", "smtp-mail-example-com-tls", f"--cert={cert}", f"--key={key}")
     # The reference resolves by itself (resync); without the pod runner kwok leaves the pods
     # Pending, so the server moves on to waiting for its pods.
-    wait_for(lambda: ready(get(cp, "smtpserver", "outbound", "default"))["reason"] in ("PodsNotReady", "Available"),
-             what="recovered from the missing Secret", timeout=60)
+    seen: list[str] = []
+
+    def recovered() -> bool:
+        seen.append(ready(get(cp, "smtpserver", "outbound", "default"))["reason"])
+        return seen[-1] in ("PodsNotReady", "Available")
+
+    try:
+        wait_for(recovered, what="recovered from the missing Secret", timeout=90)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; reasons seen: {sorted(set(seen))}") from None
     assert get(cp, "statefulset", "outbound", "default")["spec"]["replicas"] == 2
