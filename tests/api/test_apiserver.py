@@ -219,5 +219,8 @@ def test_changing_an_immutable_field_is_refused(crds, case):
     for path, value in changes.items():
         _set(doc, path, value)
     result = apply(crds, doc, check=False)
+    resource = f"{kind.lower()}/{doc['metadata']['name']}"
+    namespace = ["-n", doc["metadata"]["namespace"]] if doc["metadata"].get("namespace") else []
+    crds.kubectl("delete", resource, *namespace, "--wait=false")  # leave no look-alike tenants behind
     assert result.returncode != 0, "immutable change accepted"
     assert expected in result.stderr, result.stderr

@@ -198,6 +198,29 @@ def test_suspending_the_tenant_reaches_the_running_mta(platform, knot, sink_fact
     assert after == before, "a tenant change must be reloaded, not restart the pods"
 
 
+def test_a_tenant_claiming_anothers_domain_is_not_served(platform, knot):
+    """The older tenant keeps its sender domain; the newcomer is reported, the server keeps working."""
+    cp = platform
+    cp.kubectl("-n", NS, "wait", "--for=condition=Ready", "smtpserver/outbound", "--timeout=120s")
+    apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "Tenant",
+               "metadata": {"name": "e2e-copycat", "labels": {"tier": "e2e"}},
+               "spec": {"displayName": "Copycat", "senderDomains": [SENDER_DOMAIN]}})
+    try:
+        obj = wait_for(lambda: (o := get(cp, "smtpserver", "outbound", NS)) and condition(o, "TenantsServed") and
+                       condition(o, "TenantsServed")["status"] == "False" and o, timeout=60,
+                       what="TenantsServed=False")
+        assert condition(obj, "TenantsServed")["reason"] == "SenderDomainConflict"
+        assert (f"Tenant e2e-copycat is not served: sender domain {SENDER_DOMAIN} belongs to Tenant e2e-acme"
+                in condition(obj, "TenantsServed")["message"])
+        assert condition(obj, "Ready")["status"] == "True"
+        config = get(cp, "configmap", "outbound-config", NS)["data"]["outbound-0.yaml"]
+        assert "e2e-copycat" not in config and "e2e-acme" in config
+    finally:
+        cp.kubectl("delete", "tenant", "e2e-copycat", "--wait=false")
+    wait_for(lambda: condition(get(cp, "smtpserver", "outbound", NS), "TenantsServed")["status"] == "True",
+             timeout=60, what="TenantsServed=True again")
+
+
 def test_operator_restart_resumes_without_duplicates(operator, platform, knot):
     cp = platform
     apply(cp, server_manifest("restart", knot, 2525, replicas=0))

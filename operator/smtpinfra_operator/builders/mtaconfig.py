@@ -14,7 +14,7 @@ from typing import Any
 
 from smtpinfra_api.meta import parse_duration
 from smtpinfra_api.v1alpha1 import DkimKey, MailboxProvider, ShapingRule, SmtpServerSpec, TenantSpec, WarmupPlanSpec
-from smtpinfra_mta.config import MtaConfig, dump_config
+from smtpinfra_mta.config import MtaConfig, dump_config, parse_config
 
 from ..warmup import daily_caps
 
@@ -186,7 +186,8 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
     }
     if spec.tls is not None:
         data["tls"] = {"cert_file": str(TLS_DIR / "tls.crt"), "key_file": str(TLS_DIR / "tls.key")}
-    return MtaConfig.model_validate(data)
+    # The MTA's own parser: a config it would refuse fails here with its message (ConfigError).
+    return parse_config(data, source=f"{inputs.name}-{ordinal}.yaml")
 
 
 def config_map_data(inputs: ServerInputs) -> dict[str, str]:

@@ -63,6 +63,8 @@ class Gathered:
     replicas: int
     """Replicas that have an address in every pool (may be below spec.replicas)."""
     pool_shortfall: list[str] = field(default_factory=list)
+    tenant_conflicts: list[str] = field(default_factory=list)
+    """Selected tenants left out because another tenant owns one of their sender domains."""
 
 
 def _decode(secret: dict[str, Any], key: str) -> str | None:
@@ -76,15 +78,24 @@ def _selected(spec: SmtpServerSpec, tenant: dict[str, Any]) -> bool:
     return all(have.get(k) == v for k, v in wanted.items())
 
 
-async def _gather_tenants(spec: SmtpServerSpec) -> tuple[list[ServedTenant], dict[str, str]]:
-    """Tenants this server serves and their `username:hash` lines (tenants still without credentials wait)."""
+async def _gather_tenants(spec: SmtpServerSpec) -> tuple[list[ServedTenant], dict[str, str], list[str]]:
+    """Tenants this server serves, their `username:hash` lines, and the tenants left out for a conflict.
+
+    Tenants still without credentials wait. A sender domain belongs to one tenant only (else
+    either could send as the other): the older tenant keeps it and the newer one is not served,
+    rather than the whole server failing to render.
+    """
     served: list[ServedTenant] = []
     credentials: dict[str, str] = {}
+    conflicts: list[str] = []
+    claimed: dict[str, str] = {}
     secrets = {
         (s["metadata"]["namespace"], s["metadata"]["name"]): s
         for s in await kube.list_cached("v1", "Secret", label_selector=tenant_build.TENANT_LABEL)
     }
-    for body in sorted(await kube.list_cached(API_VERSION, "Tenant"), key=lambda t: t["metadata"]["name"]):
+    tenants = sorted(await kube.list_cached(API_VERSION, "Tenant"),
+                     key=lambda t: (t["metadata"].get("creationTimestamp", ""), t["metadata"]["name"]))
+    for body in tenants:
         name = body["metadata"]["name"]
         if body["metadata"].get("deletionTimestamp") or not _selected(spec, body):
             continue
@@ -100,9 +111,15 @@ async def _gather_tenants(spec: SmtpServerSpec) -> tuple[list[ServedTenant], dic
         username, password_hash = _decode(secret, "username"), _decode(secret, "passwordHash")
         if not username or not password_hash:
             continue
+        taken = [(d, claimed[d]) for d in tspec.sender_domains if d in claimed]
+        if taken:
+            domain, owner = taken[0]
+            conflicts.append(f"Tenant {name} is not served: sender domain {domain} belongs to Tenant {owner}")
+            continue
+        claimed.update(dict.fromkeys(tspec.sender_domains, name))
         served.append(ServedTenant(name=name, spec=tspec, pool=tspec.ip_pool or spec.ip_pools[0]))
         credentials[name] = f"{username}:{password_hash}\n"
-    return served, credentials
+    return served, credentials, conflicts
 
 
 async def _gather_tls(owner: workload.Owner, spec: SmtpServerSpec) -> str | None:
@@ -173,11 +190,11 @@ async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
     runnable = {i: addresses[i] for i in range(replicas)}
     tls_secret = await _gather_tls(owner, spec)
     await _ensure_dkim(owner, spec)
-    tenants, credentials = await _gather_tenants(spec)
+    tenants, credentials, conflicts = await _gather_tenants(spec)
     inputs = ServerInputs(name=owner.name, namespace=owner.namespace, spec=spec, tenants=tenants,
                           replica_addresses=runnable)
     return Gathered(inputs=inputs, credentials=credentials, tls_secret=tls_secret, replicas=replicas,
-                    pool_shortfall=shortfall)
+                    pool_shortfall=shortfall, tenant_conflicts=conflicts)
 
 
 def decide(spec: SmtpServerSpec, gathered: Gathered, sts: dict[str, Any] | None, config_hash: str,
@@ -209,18 +226,23 @@ def decide(spec: SmtpServerSpec, gathered: Gathered, sts: dict[str, Any] | None,
     config_applied = ("ConfigApplied", TRUE if rolled_out else FALSE,
                       "Applied" if rolled_out else "RollingOut",
                       f"config {config_hash} on {min(updated, want)}/{want} pods")
+    tenants_served = (
+        ("TenantsServed", FALSE, "SenderDomainConflict", "; ".join(gathered.tenant_conflicts))
+        if gathered.tenant_conflicts else
+        ("TenantsServed", TRUE, "AllServed", f"{len(gathered.inputs.tenants)} tenant(s) served")
+    )
     if gathered.pool_shortfall:
         return Outcome(ready=FALSE, reason="PoolTooSmall", stalled=True, fields=fields,
-                       extra_conditions=(config_applied,),
+                       extra_conditions=(config_applied, tenants_served),
                        message="; ".join(gathered.pool_shortfall) + f"; running {want} of {spec.replicas} replicas")
     if want == 0:
         return Outcome(ready=TRUE, reason="ScaledToZero", message="spec.replicas is 0", fields=fields,
-                       extra_conditions=(config_applied,))
+                       extra_conditions=(config_applied, tenants_served))
     if not rolled_out:
         return Outcome(ready=FALSE, reason="PodsNotReady", reconciling=True, fields=fields,
-                       extra_conditions=(config_applied,),
+                       extra_conditions=(config_applied, tenants_served),
                        message=f"{ready}/{want} pods ready, {min(updated, want)}/{want} updated")
-    return Outcome(ready=TRUE, reason="Available", fields=fields, extra_conditions=(config_applied,),
+    return Outcome(ready=TRUE, reason="Available", fields=fields, extra_conditions=(config_applied, tenants_served),
                    message=f"{ready}/{want} pods ready, serving {len(gathered.inputs.tenants)} tenant(s)")
 
 
