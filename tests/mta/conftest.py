@@ -33,6 +33,7 @@ from smtpinfra_mta.app import MtaApp
 from smtpinfra_mta.config import MtaConfig, parse_config
 from smtpinfra_mta.dkim_sign import generate_key_file
 from smtpinfra_mta.passwords import hash_password
+from tests.dns.knot import free_port as free_udp_tcp_port  # a port free for TCP and UDP (DNS)
 
 MTA_ADDR = "127.0.0.10"
 SRC_A1, SRC_A2, SRC_B = "127.0.0.21", "127.0.0.22", "127.0.0.31"
@@ -48,16 +49,6 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def free_udp_tcp_port(host: str) -> int:
-    for _ in range(50):
-        port = free_port(host)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind((host, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:

@@ -132,15 +132,16 @@ def restart_hash(spec: SmtpServerSpec, image: str, tls_secret: str | None) -> st
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _ports(spec: SmtpServerSpec) -> list[dict[str, Any]]:
+def _smtp_ports(spec: SmtpServerSpec) -> list[tuple[str, int]]:
+    """(port name, port) of each enabled SMTP listener; containers and Services both use it."""
     listeners = spec.listeners
-    ports = []
-    if listeners.submission.enabled:
-        ports.append({"name": "submission", "containerPort": listeners.submission.port, "protocol": "TCP"})
-    if listeners.implicit_tls.enabled:
-        ports.append({"name": "smtps", "containerPort": listeners.implicit_tls.port, "protocol": "TCP"})
-    if listeners.inbound.enabled:
-        ports.append({"name": "smtp", "containerPort": listeners.inbound.port, "protocol": "TCP"})
+    candidates = [("submission", listeners.submission), ("smtps", listeners.implicit_tls),
+                  ("smtp", listeners.inbound)]
+    return [(name, listener.port) for name, listener in candidates if listener.enabled]
+
+
+def _ports(spec: SmtpServerSpec) -> list[dict[str, Any]]:
+    ports = [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in _smtp_ports(spec)]
     ports.append({"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"})
     return ports
 
@@ -237,19 +238,16 @@ def _service(name: str, owner: Owner, ports: list[dict[str, Any]], headless: boo
 
 def services(owner: Owner, spec: SmtpServerSpec) -> list[dict[str, Any]]:
     """Headless (pod DNS, metrics), submission (587/465) and inbound (25) Services."""
-    listeners = spec.listeners
-    submission = []
-    if listeners.submission.enabled:
-        submission.append({"name": "submission", "port": listeners.submission.port, "targetPort": "submission"})
-    if listeners.implicit_tls.enabled:
-        submission.append({"name": "smtps", "port": listeners.implicit_tls.port, "targetPort": "smtps"})
+    ports = dict(_smtp_ports(spec))
+    submission = [{"name": name, "port": ports[name], "targetPort": name}
+                  for name in ("submission", "smtps") if name in ports]
     out = [_service(headless_service_name(owner.name), owner,
                     [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}], headless=True)]
     if submission:
         out.append(_service(submission_service_name(owner.name), owner, submission))
-    if listeners.inbound.enabled:
+    if "smtp" in ports:
         out.append(_service(inbound_service_name(owner.name), owner,
-                            [{"name": "smtp", "port": listeners.inbound.port, "targetPort": "smtp"}]))
+                            [{"name": "smtp", "port": ports["smtp"], "targetPort": "smtp"}]))
     return out
 
 
