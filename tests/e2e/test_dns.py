@@ -140,7 +140,9 @@ def wait_dns(cp: Any, name: str, status: str, reason: str, timeout: float = 90) 
     def check() -> dict[str, Any] | None:
         obj = find(cp, "smtpserver", name, NS)
         c = condition(obj, "DnsReady") if obj else None
-        return obj if c and c["status"] == status and c["reason"] == reason else None
+        # The condition must describe the current spec, not the one before an edit.
+        current = obj is not None and c is not None and c.get("observedGeneration") == obj["metadata"]["generation"]
+        return obj if current and c and c["status"] == status and c["reason"] == reason else None
     return wait_for(check, timeout=timeout, what=f"{name} DnsReady={status} {reason}: {dns_ready(cp, name)}")
 
 
