@@ -68,6 +68,7 @@ class MtaApp:
         self.ready = False
         self.listen_ports: dict[str, list[tuple[str, int]]] = {}
         self.http_port: int | None = None
+        self.mta_sts_port: int | None = None  # the HTTPS listener of the MTA-STS policy (http.mta_sts_port)
         self._servers: list[asyncio.Server] = []
         self._http: HttpServer | None = None
         self._sessions_idle = asyncio.Event()
@@ -109,9 +110,14 @@ class MtaApp:
             await self._open_listeners()
         if http:
             self._http = HttpServer(self.metrics, lambda: self.ready and not self.draining, self.stats,
-                                    self._refresh_gauges)
+                                    self._refresh_gauges,
+                                    lambda: self.cfg.mta_sts.policy if self.cfg.mta_sts is not None else None)
             port = self.cfg.http.delivery_port if self.role == "deliver" else self.cfg.http.port
             self.http_port = await self._http.start(self.cfg.http.bind, port)
+            if self.role != "deliver" and self.cfg.http.mta_sts_port is not None and self.cfg.tls is not None:
+                tls = server_tls_context(str(self.cfg.tls.cert_file), str(self.cfg.tls.key_file))
+                self.mta_sts_port = await self._http.start(self.cfg.http.bind, self.cfg.http.mta_sts_port, tls=tls,
+                                                           mta_sts_only=True)
         if watch_config and self.config_path is not None:
             self._watch_task = asyncio.create_task(self._watch_config(), name="config-watch")
         self.ready = True

@@ -503,6 +503,11 @@ class Http(_Model):
         8081, ge=1, le=65535,
         description="Port of the delivery process's /metrics, /healthz and /stats (delivery.separate_process).",
     )
+    mta_sts_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="HTTPS port (certificate from 'tls') that serves only /.well-known/mta-sts.txt, for "
+        "https://mta-sts.<domain>/ (RFC 8461 section 3.3); null: no HTTPS listener. Needs 'mta_sts' and 'tls'.",
+    )
 
 
 class Bounces(_Model):
@@ -522,6 +527,54 @@ class Bounces(_Model):
         description="HMAC key authenticating VERP tokens (mount the same Secret in every replica). Null: a key is "
         "generated once in the spool directory (fine for one replica).",
     )
+
+
+_STS_MODES = ("enforce", "testing", "none")
+_STS_MAX_AGE = 31557600  # RFC 8461 section 3.2: at most one year
+_STS_MX_RE = re.compile(r"^(\*\.)?([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class MtaSts(_Model):
+    """The MTA-STS policy (RFC 8461) the operator computed; the HTTP endpoints serve it verbatim."""
+
+    policy: str = Field(
+        min_length=1, max_length=65536,
+        description="The policy file served at /.well-known/mta-sts.txt (RFC 8461 section 3.2): 'version: STSv1', "
+        "'mode', one 'mx' line per allowed MX host and 'max_age', one 'key: value' per line. Its id is "
+        "published in the _mta-sts TXT record, so it is served exactly as given.",
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _valid_policy(cls, v: str) -> str:
+        if len(v.encode()) > 65536:
+            raise ValueError("the MTA-STS policy must not exceed 64 KiB (RFC 8461 section 3.3)")
+        fields: dict[str, list[str]] = {}
+        for line in v.replace("\r\n", "\n").split("\n"):
+            if not line.strip():
+                continue
+            key, sep, value = line.partition(":")
+            if not sep or not key.strip():
+                raise ValueError(f"MTA-STS policy line {line!r} is not 'key: value'")
+            fields.setdefault(key.strip(), []).append(value.strip())
+        for key in ("version", "mode", "max_age"):
+            if len(fields.get(key, [])) != 1:
+                raise ValueError(f"the MTA-STS policy needs exactly one '{key}' line")
+        if fields["version"] != ["STSv1"]:
+            raise ValueError("MTA-STS policy version must be 'STSv1'")
+        mode = fields["mode"][0]
+        if mode not in _STS_MODES:
+            raise ValueError(f"MTA-STS mode must be one of {', '.join(_STS_MODES)}, not {mode!r}")
+        max_age = fields["max_age"][0]
+        if not (max_age.isascii() and max_age.isdigit() and len(max_age) <= 10 and int(max_age) <= _STS_MAX_AGE):
+            raise ValueError(f"MTA-STS max_age must be a number of seconds up to {_STS_MAX_AGE}, not {max_age!r}")
+        mx = fields.get("mx", [])
+        if not mx and mode != "none":
+            raise ValueError(f"an MTA-STS policy in mode {mode!r} needs at least one 'mx' line")
+        for pattern in mx:
+            if not _STS_MX_RE.match(pattern.lower()):
+                raise ValueError(f"MTA-STS mx {pattern!r} is not a host name or a '*.' wildcard pattern")
+        return v
 
 
 # --------------------------------------------------------------------------------------------- root
@@ -544,6 +597,8 @@ class MtaConfig(_Model):
     suppression: Suppression = Field(default_factory=Suppression, description="Suppression list database.")
     http: Http = Field(default_factory=Http, description="Metrics and health endpoints.")
     bounces: Bounces = Field(default_factory=Bounces, description="DSN settings.")
+    mta_sts: MtaSts | None = Field(
+        None, description="MTA-STS policy served at /.well-known/mta-sts.txt; null: that path answers 404.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> MtaConfig:
@@ -586,6 +641,10 @@ class MtaConfig(_Model):
                 raise ValueError(f"relay domain {r.domain!r} uses pool {r.pool!r}, which is not in 'pools' {pools}")
             if r.domain in inbound.domains:
                 raise ValueError(f"{r.domain!r} is both a bounce/FBL domain and a relay domain; pick one")
+        if self.http.mta_sts_port is not None and (self.mta_sts is None or self.tls is None):
+            raise ValueError("http.mta_sts_port (the HTTPS policy listener) needs 'mta_sts' and 'tls'")
+        if self.http.mta_sts_port is not None and self.http.mta_sts_port in (self.http.port, self.http.delivery_port):
+            raise ValueError("http.mta_sts_port must differ from http.port and http.delivery_port")
         routed = [r.domain for r in self.delivery.routes]
         if len(set(routed)) != len(routed):
             raise ValueError("delivery.routes: each domain may have one route")

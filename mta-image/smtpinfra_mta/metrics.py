@@ -1,4 +1,4 @@
-"""Prometheus metrics and the HTTP endpoints (/metrics, /healthz, /readyz, /stats).
+"""Prometheus metrics and the HTTP endpoints (/metrics, /healthz, /readyz, /stats, MTA-STS policy).
 
 A private registry per MTA instance keeps tests (several MTAs in one process) independent. The HTTP
 server is a tiny asyncio one so it shares the event loop and needs no extra dependency.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 log = logging.getLogger(__name__)
 
 _PATH_LABELS = ["tenant", "pool", "source_ip", "provider"]
+MTA_STS_PATH = "/.well-known/mta-sts.txt"
+"""Where senders fetch the MTA-STS policy (RFC 8461 section 3.3), on https://mta-sts.<domain>/."""
 
 
 class Metrics:
@@ -52,28 +56,41 @@ class Metrics:
 
 
 class HttpServer:
-    """Serves /metrics, /healthz (process alive), /readyz (accepting mail) and /stats (JSON)."""
+    """Serves /metrics, /healthz (process alive), /readyz (accepting mail), /stats (JSON) and the MTA-STS policy.
+
+    ``mta_sts_policy`` returns the current policy text (None: 404), read per request so a config reload
+    changes what is served. ``start(..., tls=ctx, mta_sts_only=True)`` adds a listener for the public HTTPS
+    endpoint of ``mta-sts.<domain>``, which answers the policy path only (no metrics or stats).
+    """
 
     def __init__(self, metrics: Metrics, ready: Callable[[], bool], stats: Callable[[], dict[str, Any]],
-                 before_scrape: Callable[[], None] | None = None) -> None:
+                 before_scrape: Callable[[], None] | None = None,
+                 mta_sts_policy: Callable[[], str | None] | None = None) -> None:
         self._metrics = metrics
         self._ready = ready
         self._stats = stats
         self._before = before_scrape
-        self._server: asyncio.Server | None = None
+        self._mta_sts_policy = mta_sts_policy
+        self._servers: list[asyncio.Server] = []
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port)
-        sock = self._server.sockets[0]
-        return int(sock.getsockname()[1])
+    async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None,
+                    mta_sts_only: bool = False) -> int:
+        """Open one listener; returns its port. Call again for further listeners (e.g. the HTTPS one)."""
+        handler = functools.partial(self._handle, mta_sts_only=mta_sts_only)
+        server = await asyncio.start_server(handler, host, port, ssl=tls,
+                                            ssl_handshake_timeout=10 if tls is not None else None)
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
             with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+                await server.wait_closed()
+        self._servers.clear()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                      mta_sts_only: bool = False) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), 10)
             while True:  # discard headers
@@ -82,18 +99,26 @@ class HttpServer:
                     break
             parts = request.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
-            status, ctype, body = self._route(path)
+            status, ctype, body = self._route(path, mta_sts_only=mta_sts_only)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n".encode() + body
             )
             await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError):
+        except (TimeoutError, OSError, UnicodeDecodeError):  # OSError: resets, TLS errors (ssl.SSLError)
             pass
         finally:
             writer.close()
 
-    def _route(self, path: str) -> tuple[str, str, bytes]:
+    def _route(self, path: str, *, mta_sts_only: bool = False) -> tuple[str, str, bytes]:
+        if path == MTA_STS_PATH:
+            policy = self._mta_sts_policy() if self._mta_sts_policy is not None else None
+            if policy is None:
+                return "404 Not Found", "text/plain", b"no MTA-STS policy\n"
+            # RFC 8461 section 3.3: 200, Content-Type text/plain, no redirects; served byte for byte.
+            return "200 OK", "text/plain", policy.encode()
+        if mta_sts_only:
+            return "404 Not Found", "text/plain", b"not found\n"
         if path == "/metrics":
             if self._before is not None:
                 self._before()

@@ -548,6 +548,8 @@ class DnsStatus(StatusModel):
     """Per record set, problems first; at most 256 (see omitted)."""
     omitted: Annotated[int, Field(ge=0)] | None = None
     """Record sets left out of `records` to keep the status small."""
+    rfc2136: Rfc2136Spec | None = None
+    """The RFC 2136 server and zones holding our records; kept after spec.dns changes until they are removed."""
 
 
 class SmtpServerStatus(CommonStatus):

@@ -110,11 +110,23 @@ def build_status(current: dict[str, Any] | None, outcome: Outcome, generation: i
 def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any]:
     """A JSON merge patch taking ``current`` to ``desired`` for the keys we own; {} when equal.
 
-    Keys we no longer set (a field that became unknown) are nulled so stale values do not linger;
-    the operator's ``kopf`` bookkeeping is never touched.
+    Keys we no longer set (a field that became unknown) are nulled so stale values do not linger,
+    also inside nested objects (a merge patch merges them rather than replacing them); the
+    operator's ``kopf`` bookkeeping is never touched.
     """
     current = {k: v for k, v in (current or {}).items() if k != "kopf"}
-    patch: dict[str, Any] = {k: v for k, v in desired.items() if current.get(k) != v}
+    return _merge_diff(current, desired)
+
+
+def _merge_diff(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        before = current.get(key)
+        if isinstance(before, dict) and isinstance(value, dict):
+            if nested := _merge_diff(before, value):
+                patch[key] = nested
+        elif before != value:
+            patch[key] = value
     patch.update({k: None for k in current if k not in desired})
     return patch
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from smtpinfra_api.v1alpha1 import DnsProvider, Rfc2136Spec
 from smtpinfra_operator.dns import Record, build_records, owner_record, owner_record_name, owner_text, plan_changes
 from smtpinfra_operator.dns.ownership import parse_owner
+from smtpinfra_operator.handlers.dnsrecords import DnsReport, recorded_target, stale_zones
 
 from .scenario import scenario
 
@@ -82,3 +84,31 @@ def test_owned_record_edited_by_someone_is_put_back() -> None:
     plan = plan_changes(OWNER, desired, published(drifted))
     assert [r.key for r in plan.to_add] == [r.key for r in plan.to_delete] == [("out11.o.example.test", "A")]
     assert plan.to_add[0].values == ("127.0.10.11",) and plan.to_delete[0].values == ("127.0.10.99",)
+
+
+def _rfc(server: str = "192.0.2.53", port: int = 53, zone: str = "example.test",
+         reverse: tuple[str, ...] = ("2.0.192.in-addr.arpa",)) -> Rfc2136Spec:
+    return Rfc2136Spec.model_validate({"server": server, "port": port, "zone": zone, "reverseZones": list(reverse),
+                                       "tsigSecretRef": {"name": "tsig", "key": "secret"}, "tsigKeyName": "k"})
+
+
+def test_stale_zones_after_a_spec_dns_change() -> None:
+    """Where our records must go when spec.dns stops pointing at the recorded server or zones."""
+    recorded = _rfc()
+    both = ["example.test", "2.0.192.in-addr.arpa"]
+    assert stale_zones(recorded, None) == both  # provider switched to external-dns or none
+    assert stale_zones(recorded, _rfc(server="192.0.2.54")) == both
+    assert stale_zones(recorded, _rfc(port=5353)) == both
+    assert stale_zones(recorded, _rfc(reverse=())) == ["2.0.192.in-addr.arpa"]  # a dropped reverse zone
+    assert stale_zones(recorded, _rfc(reverse=("2.0.192.in-addr.arpa", "3.0.192.in-addr.arpa"))) == []
+    assert stale_zones(recorded, recorded) == []
+
+
+def test_the_recorded_target_round_trips_through_status() -> None:
+    report = DnsReport(DnsProvider.NONE, "True", "NotManaged", "", rfc2136=_rfc())
+    field = report.status_field()
+    assert field["rfc2136"]["tsigSecretRef"] == {"name": "tsig", "key": "secret"}
+    assert recorded_target({"status": {"dns": field}}) == _rfc()
+    assert "rfc2136" not in DnsReport(DnsProvider.NONE, "True", "NotManaged", "").status_field()
+    assert recorded_target({"status": {"dns": {"provider": "none"}}}) is None
+    assert recorded_target({"status": {"dns": {"rfc2136": {"server": "x"}}}}) is None  # unreadable: nothing known

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from typing import Any
 
 import dns.rdata
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from smtpinfra_api.v1alpha1 import DkimAlgorithm, DmarcPolicy, DmarcSpec, SmtpServerSpec
+from smtpinfra_operator.builders import workload
+from smtpinfra_operator.builders.mtaconfig import MTA_STS_PORT, ServerInputs, SourceAddress, replica_config
 from smtpinfra_operator.dns import (
     DkimPublicKey,
     Record,
@@ -203,6 +206,56 @@ def test_inputs_from_a_real_spec() -> None:
     got = by_key(build_records(inputs))
     assert got[("_dmarc.example.test", "TXT")].texts()[0].startswith("v=DMARC1; p=quarantine; rua=mailto:d@")
     assert ("11.10.0.127.in-addr.arpa", "PTR") in got and ("_mta-sts.bounces.example.test", "TXT") in got
+
+
+def _server_spec(*, mta_sts: bool = True, tls: bool = True) -> SmtpServerSpec:
+    return SmtpServerSpec.model_validate({
+        "hostname": "mta.sts.example.test", "ipPools": ["p"], "returnPathDomain": "bounces.sts.example.test",
+        **({"tls": {"issuerRef": {"name": "ca"}}} if tls else {"listeners": {"submission": {"enabled": False}}}),
+        "dns": {"mtaSts": mta_sts},
+    })
+
+
+def _replica_config(spec: SmtpServerSpec) -> Any:
+    server = ServerInputs("sts", "mail", spec, [], {0: [SourceAddress("p", ip(11), "out11.sts.example.test")]})
+    return replica_config(server, 0)
+
+
+def test_the_mta_config_carries_the_policy_whose_id_is_published() -> None:
+    """The operator renders into the MTA config exactly the policy text the _mta-sts TXT id is computed from."""
+    spec = _server_spec()
+    cfg = _replica_config(spec)
+    assert cfg.mta_sts is not None and cfg.http.mta_sts_port == MTA_STS_PORT
+    policy = cfg.mta_sts.policy
+    assert policy == "version: STSv1\r\nmode: enforce\r\nmx: mta.sts.example.test\r\nmax_age: 604800\r\n"
+    inputs = inputs_from_spec("mail/sts", spec, sending=[(ip(11), "out11.sts.example.test")],
+                              service_addresses=[ip(10), ip(9)])
+    got = by_key(build_records(inputs))
+    assert got[("_mta-sts.bounces.sts.example.test", "TXT")].texts() == [f"v=STSv1; id={mta_sts_policy_id(policy)}"]
+    # the policy names the MX target of the return-path domain
+    assert got[("bounces.sts.example.test", "MX")].values == ("10 mta.sts.example.test.",)
+    # mta-sts.<domain> points where the MTA's host name points: the addresses of its Services
+    assert set(got[("mta-sts.bounces.sts.example.test", "A")].values) == {ip(9), ip(10)}
+    assert got[("mta-sts.bounces.sts.example.test", "A")].values == got[("mta.sts.example.test", "A")].values
+    # ... and those Services carry 443 to the MTA's HTTPS policy listener, whose certificate names mta-sts.<domain>
+    owner = workload.Owner("sts", "mail", "uid-1")
+    for service in workload.services(owner, spec)[1:]:
+        assert {"name": "mta-sts", "port": 443, "targetPort": "mta-sts"} in service["spec"]["ports"]
+    [container] = workload.statefulset(owner, spec, 1, "img", "sts-tls")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "mta-sts", "containerPort": MTA_STS_PORT, "protocol": "TCP"} in container["ports"]
+    assert workload.certificate(owner, spec, "sts-tls")["spec"]["dnsNames"] == [
+        "mta.sts.example.test", "mta-sts.bounces.sts.example.test"]
+
+
+def test_without_mta_sts_nothing_is_served_and_without_tls_no_https() -> None:
+    owner = workload.Owner("sts", "mail", "uid-1")
+    off = _server_spec(mta_sts=False)
+    cfg = _replica_config(off)
+    assert cfg.mta_sts is None and cfg.http.mta_sts_port is None
+    assert all(p["name"] != "mta-sts" for s in workload.services(owner, off) for p in s["spec"]["ports"])
+    assert workload.certificate(owner, off, "sts-tls")["spec"]["dnsNames"] == ["mta.sts.example.test"]
+    plain = _replica_config(_server_spec(tls=False))
+    assert plain.mta_sts is not None and "mode: testing" in plain.mta_sts.policy and plain.http.mta_sts_port is None
 
 
 def test_txt_split_never_breaks_escaping_or_multibyte_text() -> None:

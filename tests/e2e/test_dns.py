@@ -3,16 +3,23 @@
 The operator, the local pod runner (real MTA pods, so Ready means pods and DNS) and a Knot
 server with a forward zone (example.test) and the reverse zone of the pool addresses
 (10.0.127.in-addr.arpa). What the operator wrote is read back with TSIG-signed AXFR and
-checked with third-party tools: pyspf, checkdmarc and dkimpy resolve from Knot. The tests of
-this module run in order and share the servers they create.
+checked with third-party tools: pyspf, checkdmarc and dkimpy resolve from Knot. Mail submitted
+to the MTA pods reaches Postfix's smtp-sink (MX from Knot) and its DKIM signature is verified
+with the key Knot answers; the MTA-STS policy is fetched from the pods over HTTP and HTTPS. The
+tests of this module run in order and share the servers they create.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
+import socket
+import ssl
+import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +31,17 @@ import dns.resolver
 import pytest
 import spf
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from smtpinfra_operator.dns import Record, Rfc2136Provider
+from smtpinfra_operator.dns import Record, Rfc2136Provider, mta_sts_policy_id
 from smtpinfra_operator.dns.ownership import owners
 from smtpinfra_operator.dns.verify import resolver_for
 from tests.dns.knot import FORWARD_ZONE, KEY_NAME, KEY_SECRET, REVERSE_ZONE, KnotServer
 from tests.kube import OperatorProcess, apply, condition, find, get, wait_for
+from tests.mta.conftest import free_port
 
 pytestmark = [pytest.mark.dns, pytest.mark.e2e, pytest.mark.operator]
 
@@ -38,6 +50,10 @@ POOL = ["127.0.10.61", "127.0.10.62", "127.0.10.63"]
 DOMAIN = f"dnsacme.{FORWARD_ZONE}"
 NEWS = f"news.{DOMAIN}"
 CLASH_DOMAIN = f"conflict.{FORWARD_ZONE}"  # knot.py puts a foreign _dmarc TXT there
+SWITCH_DOMAIN = f"switch.{FORWARD_ZONE}"
+RCPT_DOMAIN = f"rcpt-dns.{FORWARD_ZONE}"  # its MX (set up as a foreign record) is the smtp-sink
+SINK_ADDR = "127.0.10.242"
+SERVICE_IP = "192.0.2.25"  # an external IP of the MTA's Services (the API server refuses loopback ones)
 TSIG_NAME = "smtp-infra.tsig.test."  # the API wants a multi-label key name
 ENDPOINT_CRD = Path(__file__).parents[1] / "dns" / "dnsendpoints.externaldns.k8s.io.yaml"
 
@@ -60,6 +76,8 @@ def knot() -> Iterator[TsigKnot]:
     with tempfile.TemporaryDirectory() as d:
         server = TsigKnot(Path(d))
         server.start()
+        server.foreign_update(FORWARD_ZONE, add=[(RCPT_DOMAIN, 60, "MX", f"10 sink.{RCPT_DOMAIN}."),
+                                                 (f"sink.{RCPT_DOMAIN}", 60, "A", SINK_ADDR)])
         try:
             yield server
         finally:
@@ -79,12 +97,40 @@ def dns_operator(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def cp(dns_operator: OperatorProcess, pod_runner: Any, knot: TsigKnot, tls_files: tuple[Path, Path]) -> Any:
+def mta_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for the MTA's host name and mta-sts.<return-path domain> (RFC 8461 3.3)."""
+    d = tmp_path_factory.mktemp("mta-cert")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"smtp.{DOMAIN}")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"smtp.{DOMAIN}"),
+                                                        x509.DNSName(f"mta-sts.bounces.{DOMAIN}")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (d / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return d / "tls.crt", d / "tls.key"
+
+
+@pytest.fixture(scope="module")
+def sink_port() -> int:
+    """The port of the smtp-sink the MTA delivers to (the sink itself starts in the test that mails)."""
+    return free_port(SINK_ADDR)
+
+
+@pytest.fixture(scope="module")
+def cp(dns_operator: OperatorProcess, pod_runner: Any, knot: TsigKnot, mta_cert: tuple[Path, Path]) -> Any:
     """Namespace, TLS and TSIG Secrets, the pool and two tenants."""
     cp = dns_operator.cp
     cp.kubectl("create", "namespace", NS, check=False)
-    cert, key = tls_files
-    cp.kubectl("-n", NS, "create", "secret", "tls", "mta-tls", f"--cert={cert}", f"--key={key}", check=False)
+    cert, key = mta_cert
+    apply(cp, {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+               "metadata": {"name": "mta-tls", "namespace": NS},
+               "data": {"tls.crt": base64.b64encode(cert.read_bytes()).decode(),
+                        "tls.key": base64.b64encode(key.read_bytes()).decode()}})
     cp.kubectl("-n", NS, "create", "secret", "generic", "tsig", f"--from-literal=secret={KEY_SECRET}", check=False)
     apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "IpPool", "metadata": {"name": "dns-pool"},
                "spec": {"addresses": POOL, "ptrTemplate": "out-{index}.dnsacme.example.test"}})
@@ -99,22 +145,25 @@ def cp(dns_operator: OperatorProcess, pod_runner: Any, knot: TsigKnot, tls_files
 
 
 def manifest(name: str, knot: KnotServer, *, replicas: int = 0, tier: str = "dns", provider: str = "rfc2136",
-             selectors: tuple[str, ...] = ("rsa1",)) -> dict[str, Any]:
-    dns_spec: dict[str, Any] = {"provider": provider, "ttl": 60,
-                                "dmarc": {"policy": "quarantine", "aggregateReportTo": [f"dmarc@{DOMAIN}"]}}
+             selectors: tuple[str, ...] = ("rsa1",), domain: str = DOMAIN, sink_port: int | None = None,
+             ) -> dict[str, Any]:
+    """An SmtpServer for `domain` (MTA-STS on); with `sink_port` it delivers via Knot's MX to the smtp-sink."""
+    dns_spec: dict[str, Any] = {"provider": provider, "ttl": 60, "mtaSts": True,
+                                "dmarc": {"policy": "quarantine", "aggregateReportTo": [f"dmarc@{domain}"]}}
     if provider == "rfc2136":
         dns_spec["rfc2136"] = {"server": knot.address, "port": knot.port, "zone": FORWARD_ZONE,
                                "reverseZones": [REVERSE_ZONE], "tsigSecretRef": {"name": "tsig", "key": "secret"},
                                "tsigKeyName": TSIG_NAME.rstrip(".")}
-    return {
-        "apiVersion": "smtpinfra.com/v1alpha1", "kind": "SmtpServer", "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "hostname": f"smtp.{DOMAIN}", "replicas": replicas, "ipPools": ["dns-pool"],
-            "returnPathDomain": f"bounces.{DOMAIN}", "tls": {"secretName": "mta-tls"},
-            "dkim": {"keys": [{"domain": DOMAIN, "selector": s} for s in selectors]},
-            "tenantSelector": {"matchLabels": {"tier": tier}}, "dns": dns_spec,
-        },
+    spec: dict[str, Any] = {
+        "hostname": f"smtp.{domain}", "replicas": replicas, "ipPools": ["dns-pool"],
+        "returnPathDomain": f"bounces.{domain}", "tls": {"secretName": "mta-tls"},
+        "dkim": {"keys": [{"domain": domain, "selector": s} for s in selectors]},
+        "tenantSelector": {"matchLabels": {"tier": tier}}, "dns": dns_spec,
     }
+    if sink_port is not None:
+        spec["delivery"] = {"resolver": {"address": knot.address, "port": knot.port}, "remotePort": sink_port}
+    return {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "SmtpServer", "metadata": {"name": name, "namespace": NS},
+            "spec": spec}
 
 
 def zone(knot: KnotServer) -> list[Record]:
@@ -175,8 +224,9 @@ def test_provider_none_reports_the_records_to_publish(cp: Any, knot: KnotServer)
     assert owned_by(knot, f"{NS}/plain") == set(), "provider none writes nothing"
 
 
-def test_rfc2136_publishes_and_verifies(cp: Any, knot: KnotServer, knot_resolver: dns.resolver.Resolver) -> None:
-    apply(cp, manifest("mx", knot, replicas=2))
+def test_rfc2136_publishes_and_verifies(cp: Any, knot: KnotServer, knot_resolver: dns.resolver.Resolver,
+                                        sink_port: int) -> None:
+    apply(cp, manifest("mx", knot, replicas=2, sink_port=sink_port))
     result = cp.kubectl("-n", NS, "wait", "--for=condition=Ready", "smtpserver/mx", "--timeout=120s", check=False)
     obj = get(cp, "smtpserver", "mx", NS)
     assert result.returncode == 0, obj.get("status")
@@ -221,6 +271,113 @@ def test_rfc2136_publishes_and_verifies(cp: Any, knot: KnotServer, knot_resolver
              == {POOL[0]: True, POOL[1]: True, POOL[2]: None}, timeout=30, what="ptrOk in the pool status")
 
 
+def pods(cp: Any, server: str) -> dict[str, str]:
+    """Pod name → pod IP (Services over pod-runner pods have no endpoints: connect to pods directly)."""
+    out = json.loads(cp.kubectl("-n", NS, "get", "pods", "-l", f"app.kubernetes.io/instance={server}",
+                                "-o", "json").stdout)
+    return {p["metadata"]["name"]: p["status"].get("podIP", "") for p in out["items"]}
+
+
+def txt_from(resolver: dns.resolver.Resolver) -> Any:
+    """dkimpy's dnsfunc: the TXT record as Knot answers it (not from the operator's Secret)."""
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        try:
+            return b"".join(next(iter(resolver.resolve(name.decode(), "TXT"))).strings)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+    return dnsfunc
+
+
+def http_get(url: str) -> tuple[int, str, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.headers["Content-Type"], r.read()
+
+
+def https_get(address: str, port: int, server_name: str, cafile: Path, path: str) -> tuple[int, str, bytes]:
+    """GET over TLS to `address`, verifying the certificate for `server_name` (the name a sender fetches)."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection((address, port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=server_name) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers["content-type"], body
+
+
+def test_mail_signed_by_the_mta_verifies_with_the_key_in_dns(cp: Any, knot: KnotServer,
+                                                              knot_resolver: dns.resolver.Resolver,
+                                                              sink_factory: Any, sink_port: int) -> None:
+    """swaks → MTA pod (operator's credentials) → Knot MX → smtp-sink; dkimpy resolves the key from Knot."""
+    cp.kubectl("-n", NS, "wait", "--for=condition=Ready", "smtpserver/mx", "--timeout=120s")
+    sink = sink_factory(addr=SINK_ADDR, port=sink_port)
+    credentials = get(cp, "secret", "smtp-credentials", "tenant-dns-acme")["data"]
+    user, password = (base64.b64decode(credentials[k]).decode() for k in ("username", "password"))
+    ip = pods(cp, "mx")["mx-0"]
+    sender = f"news@{DOMAIN}"
+    result = subprocess.run(
+        ["swaks", "--server", f"{ip}:587", "--tls", "--auth", "PLAIN", "--auth-user", user, "--auth-password",
+         password, "--from", sender, "--to", f"someone@{RCPT_DOMAIN}", "--h-From", sender,
+         "--h-Subject", "signed by the MTA", "--timeout", "20"], capture_output=True, text=True, timeout=60)
+    assert "250 2.0.0" in result.stdout, result.stdout + result.stderr
+    [message] = sink.wait_messages(1, timeout=90)
+    replica0 = next(a for a in get(cp, "smtpserver", "mx", NS)["status"]["sendingAddresses"] if a["replica"] == 0)
+    assert (message.client_addr, message.helo) == (replica0["address"], replica0["ehloName"])
+    assert message.content.count(b"DKIM-Signature:") == 1
+    signature = message.content.split(b"DKIM-Signature:", 1)[1].split(b"\r\n\r\n", 1)[0]
+    assert b"d=" + DOMAIN.encode() in signature and b"s=rsa1" in signature
+    # the key comes from Knot (published by the operator), not from the Secret
+    lookups: list[bytes] = []
+    resolve = txt_from(knot_resolver)
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        lookups.append(name)
+        return resolve(name, timeout)
+    assert dkim.verify(message.content, dnsfunc=dnsfunc)
+    assert lookups == [f"rsa1._domainkey.{DOMAIN}.".encode()]
+    assert not dkim.verify(message.content.replace(b"signed by the MTA", b"signed by someone"), dnsfunc=dnsfunc)
+
+
+def test_mta_serves_the_mta_sts_policy_whose_id_is_in_dns(cp: Any, knot: KnotServer,
+                                                           knot_resolver: dns.resolver.Resolver,
+                                                           mta_cert: tuple[Path, Path]) -> None:
+    """RFC 8461: _mta-sts TXT id = id of the policy every pod serves over HTTP and HTTPS (mta-sts.<domain>)."""
+    policy_domain = f"bounces.{DOMAIN}"
+    txt = b"".join(next(iter(knot_resolver.resolve(f"_mta-sts.{policy_domain}", "TXT"))).strings).decode()
+    assert txt.startswith("v=STSv1; id=")
+    published_id = txt.removeprefix("v=STSv1; id=")
+    mx = [r.exchange.to_text().rstrip(".") for r in knot_resolver.resolve(policy_domain, "MX")]
+    assert mx == [f"smtp.{DOMAIN}"]
+    ips = pods(cp, "mx")
+    assert len(ips) == 2
+    for pod, ip in ips.items():
+        status, ctype, body = http_get(f"http://{ip}:8080/.well-known/mta-sts.txt")
+        assert (status, ctype) == (200, "text/plain"), pod
+        assert mta_sts_policy_id(body.decode()) == published_id, pod
+        fields = [line.split(": ", 1) for line in body.decode().splitlines()]
+        assert fields == [["version", "STSv1"], ["mode", "enforce"], ["mx", mx[0]], ["max_age", "604800"]]
+        # HTTPS with the MTA's certificate, verified for mta-sts.<domain> as a sending MTA would
+        assert https_get(ip, 8443, f"mta-sts.{policy_domain}", mta_cert[0], "/.well-known/mta-sts.txt") \
+            == (200, "text/plain", body), pod
+        assert https_get(ip, 8443, f"mta-sts.{policy_domain}", mta_cert[0], "/metrics")[0] == 404
+    for service in ("mx-inbound", "mx-submission"):
+        ports = get(cp, "service", service, NS)["spec"]["ports"]
+        assert {"name": "mta-sts", "port": 443, "protocol": "TCP", "targetPort": "mta-sts"} in ports, service
+    # mta-sts.<domain> gets the A records of the MTA's host name: the Services' external addresses
+    assert at(knot, f"mta-sts.{policy_domain}", "A") is None  # none yet
+    cp.kubectl("-n", NS, "patch", "service", "mx-inbound", "--type=merge", "-p",
+               json.dumps({"spec": {"externalIPs": [SERVICE_IP]}}))
+    wait_for(lambda: (r := at(knot, f"mta-sts.{policy_domain}", "A")) and r.values == (SERVICE_IP,), timeout=60,
+             what="A record of mta-sts.<domain>")
+    assert at(knot, f"smtp.{DOMAIN}", "A").values == (SERVICE_IP,)
+    assert {r.to_text() for r in knot_resolver.resolve(f"mta-sts.{policy_domain}", "A")} == {SERVICE_IP}
+    obj = wait_dns(cp, "mx", "True", "Verified")
+    assert records_status(obj)[(f"mta-sts.{policy_domain}", "A")]["state"] == "Verified"
+
+
 def test_foreign_record_is_left_untouched_and_reported(cp: Any, knot: KnotServer) -> None:
     foreign = at(knot, f"_dmarc.{CLASH_DOMAIN}", "TXT")
     assert foreign is not None
@@ -258,8 +415,9 @@ def test_scale_down_removes_the_retired_address(cp: Any, knot: KnotServer,
                                                 knot_resolver: dns.resolver.Resolver) -> None:
     apply(cp, manifest("mx", knot, replicas=1, selectors=("rsa1", "rsa2")))
     retired = f"{POOL[1].split('.')[-1]}.{REVERSE_ZONE}"
-    wait_for(lambda: at(knot, retired, "PTR") is None, timeout=90, what="retired PTR removed")
-    assert at(knot, f"out-1.{DOMAIN}", "A") is None
+    # the reverse and the forward zone are two updates: wait for both
+    wait_for(lambda: at(knot, retired, "PTR") is None and at(knot, f"out-1.{DOMAIN}", "A") is None, timeout=90,
+             what="retired PTR and A removed")
     assert at(knot, f"out-0.{DOMAIN}", "A").values == (POOL[0],)
     wait_for(lambda: at(knot, DOMAIN, "TXT").texts() == [f"v=spf1 ip4:{POOL[0]} -all"],
              timeout=30, what="SPF without the retired address")
@@ -335,3 +493,55 @@ def test_external_dns_gets_a_dns_endpoint(cp: Any, knot: KnotServer) -> None:
     obj = wait_dns(cp, "edns", "True", "Published")
     assert condition(obj, "Ready")["status"] == "True"
     assert {r["state"] for r in records_status(obj).values()} == {"Published"}
+
+
+def test_switching_the_provider_away_from_rfc2136_removes_our_records(cp: Any, knot: KnotServer) -> None:
+    """status.dns.rfc2136 remembers where our records live; leaving rfc2136 removes them there (and only them).
+
+    While the DNS server is down the records (and the finalizer) are kept and DnsReady says why;
+    switching back publishes everything again.
+    """
+    apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "Tenant",
+               "metadata": {"name": "dns-switch", "labels": {"tier": "dns-switch"}},
+               "spec": {"displayName": "Switch", "senderDomains": [SWITCH_DOMAIN]}})
+    cp.kubectl("wait", "--for=condition=Ready", "tenant/dns-switch", "--timeout=60s")
+    owner = f"{NS}/switch"
+    apply(cp, manifest("switch", knot, tier="dns-switch", domain=SWITCH_DOMAIN))
+    obj = wait_dns(cp, "switch", "True", "Verified")
+    ours = owned_by(knot, owner)
+    assert (SWITCH_DOMAIN, "TXT") in ours and (f"_mta-sts.bounces.{SWITCH_DOMAIN}", "TXT") in ours
+    assert obj["status"]["dns"]["rfc2136"]["server"] == knot.address
+    assert obj["metadata"]["finalizers"] == ["smtpinfra.com/finalizer"]
+    others = {k: o for k, o in owners(zone(knot)).items() if o != owner}
+
+    # to provider none while Knot is down: nothing is lost track of
+    knot.stop()
+    try:
+        apply(cp, manifest("switch", knot, tier="dns-switch", domain=SWITCH_DOMAIN, provider="none"))
+        obj = wait_dns(cp, "switch", "False", "DnsCleanupDelayed", timeout=60)
+        message = condition(obj, "DnsReady")["message"]
+        assert f"cannot remove the records of {owner}" in message and f"{knot.address}:{knot.port}" in message
+        assert obj["status"]["dns"]["rfc2136"]["server"] == knot.address
+        assert obj["metadata"]["finalizers"] == ["smtpinfra.com/finalizer"], "records still exist: keep the finalizer"
+    finally:
+        knot.start()
+    obj = wait_dns(cp, "switch", "True", "NotManaged")
+    assert owned_by(knot, owner) == set()
+    assert at(knot, SWITCH_DOMAIN, "TXT") is None and at(knot, f"rsa1._domainkey.{SWITCH_DOMAIN}", "TXT") is None
+    assert {k: o for k, o in owners(zone(knot)).items() if o != owner} == others, "nobody else's records changed"
+    assert "rfc2136" not in obj["status"]["dns"]
+    assert {r["state"] for r in records_status(obj).values()} == {"Required"}
+    wait_for(lambda: not get(cp, "smtpserver", "switch", NS)["metadata"].get("finalizers"), timeout=30,
+             what="finalizer removed once nothing is left in DNS")
+    events = cp.kubectl("-n", NS, "get", "events", "--field-selector", "involvedObject.name=switch",
+                        "-o", "json").stdout
+    assert "DnsRecordsRemoved" in events
+
+    # and back: published again (no stale "Verified" from before the switch)
+    apply(cp, manifest("switch", knot, tier="dns-switch", domain=SWITCH_DOMAIN))
+    wait_dns(cp, "switch", "True", "Verified")
+    assert owned_by(knot, owner) == ours
+    wait_for(lambda: get(cp, "smtpserver", "switch", NS)["metadata"].get("finalizers") == ["smtpinfra.com/finalizer"],
+             timeout=30, what="finalizer back")
+    cp.kubectl("-n", NS, "delete", "smtpserver", "switch", "--timeout=60s")
+    assert owned_by(knot, owner) == set()

@@ -105,6 +105,45 @@ def test_two_tenants_cannot_claim_one_domain_or_username() -> None:
         parse_config(minimal(tenants=[{"name": "a", **t}, {"name": "b", **t, "sender_domains": ["o.example"]}]))
 
 
+POLICY = "version: STSv1\r\nmode: enforce\r\nmx: smtp.example.com\r\nmax_age: 604800\r\n"
+
+
+def test_mta_sts_policy_is_validated_and_kept_verbatim() -> None:
+    cfg = parse_config(minimal(mta_sts={"policy": POLICY}, http={"mta_sts_port": 8443}))
+    assert cfg.mta_sts is not None and cfg.mta_sts.policy == POLICY  # byte for byte: its id is in DNS
+    assert cfg.http.mta_sts_port == 8443
+    assert parse_config(yaml.safe_load(dump_config(cfg))) == cfg
+    assert parse_config(minimal()).mta_sts is None and parse_config(minimal()).http.mta_sts_port is None
+    # LF line endings, extension fields and a mode-none policy without mx lines are valid
+    parse_config(minimal(mta_sts={"policy": "version: STSv1\nmode: none\nmax_age: 86400\next: 1\n"}))
+    parse_config(minimal(mta_sts={"policy": POLICY.replace("smtp.example.com", "*.mx.example.com")}))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"mta_sts": {"policy": POLICY.replace("STSv1", "STSv2")}}, "version must be 'STSv1'"),
+        ({"mta_sts": {"policy": POLICY.replace("enforce", "strict")}}, "MTA-STS mode must be one of"),
+        ({"mta_sts": {"policy": POLICY.replace("604800", "31557601")}}, "max_age must be a number"),
+        ({"mta_sts": {"policy": POLICY.replace("max_age: 604800\r\n", "")}}, "exactly one 'max_age'"),
+        ({"mta_sts": {"policy": POLICY + "mode: testing\r\n"}}, "exactly one 'mode'"),
+        ({"mta_sts": {"policy": POLICY.replace("mx: smtp.example.com\r\n", "")}}, "needs at least one 'mx'"),
+        ({"mta_sts": {"policy": POLICY.replace("smtp.example.com", "smtp.*.com")}}, "is not a host name"),
+        ({"mta_sts": {"policy": POLICY + "garbage\r\n"}}, "is not 'key: value'"),
+        ({"mta_sts": {"policy": ""}}, "mta_sts.policy"),
+        ({"http": {"mta_sts_port": 8443}}, "http.mta_sts_port (the HTTPS policy listener) needs 'mta_sts'"),
+        ({"mta_sts": {"policy": POLICY}, "http": {"mta_sts_port": 8443}, "tls": None,
+          "listeners": {"submission": {"enabled": False}, "inbound": {"domains": ["b.example.com"]}}},
+         "needs 'mta_sts' and 'tls'"),
+        ({"mta_sts": {"policy": POLICY}, "http": {"mta_sts_port": 8080}}, "must differ from http.port"),
+    ],
+)
+def test_mta_sts_errors_are_clear(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(minimal(**config), "mta.yaml")
+    assert message in str(exc.value)
+
+
 def test_yaml_round_trip_and_load(tmp_path: Path) -> None:
     cfg = parse_config(minimal(throttling={"rules": [{"scope": "default", "max_message_rate": "100/m"}]}))
     path = tmp_path / "mta.yaml"

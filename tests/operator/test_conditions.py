@@ -63,6 +63,16 @@ def test_patch_nulls_fields_that_disappeared_and_leaves_kopf_alone():
     assert patch["observedGeneration"] == 2
 
 
+def test_patch_nulls_nested_fields_that_disappeared():
+    """A JSON merge patch merges objects: a key gone from a nested status object must be nulled explicitly."""
+    dns = {"provider": "rfc2136", "records": [], "rfc2136": {"server": "192.0.2.53", "zone": "example.test"}}
+    current = build_status(None, Outcome(ready=TRUE, reason="Ok", fields={"dns": dns}), 1, T0)
+    desired = build_status(current, Outcome(ready=TRUE, reason="Ok", fields={"dns": {"provider": "none",
+                                                                                     "records": []}}), 1, T0)
+    assert status_patch(current, desired) == {"dns": {"provider": "none", "rfc2136": None}}
+    assert status_patch(desired, desired) == {}
+
+
 def test_conditions_keep_their_order_and_extra_conditions_are_added():
     s1 = build_status(None, Outcome(ready=TRUE, reason="Ok"), 1, T0)
     s2 = build_status(s1, Outcome(ready=TRUE, reason="Ok", extra_conditions=(("ConfigApplied", TRUE, "Applied", ""),)),

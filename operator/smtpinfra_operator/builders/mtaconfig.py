@@ -16,6 +16,7 @@ from smtpinfra_api.meta import parse_duration
 from smtpinfra_api.v1alpha1 import DkimKey, MailboxProvider, ShapingRule, SmtpServerSpec, TenantSpec, WarmupPlanSpec
 from smtpinfra_mta.config import MtaConfig, dump_config, parse_config
 
+from ..dns.records import inputs_from_spec, mta_sts_policy_text
 from ..warmup import daily_caps
 
 CONFIG_DIR = PurePosixPath("/etc/smtp-infra/config")
@@ -24,6 +25,8 @@ TLS_DIR = PurePosixPath("/etc/smtp-infra/tls")
 DKIM_DIR = PurePosixPath("/etc/smtp-infra/dkim")
 SPOOL_DIR = PurePosixPath("/var/spool/smtp-infra")
 HTTP_PORT = 8080
+MTA_STS_PORT = 8443
+"""Container port of the MTA-STS HTTPS listener; the Services expose it as 443 (https://mta-sts.<domain>/)."""
 
 # MX host suffixes of the mailbox providers warm-up plans name (KumoMTA's rollup idea).
 PROVIDER_MX_SUFFIXES: dict[MailboxProvider, list[str]] = {
@@ -134,6 +137,16 @@ def throttling(spec: SmtpServerSpec, addresses: list[SourceAddress]) -> dict[str
     }
 
 
+def serves_mta_sts_https(spec: SmtpServerSpec) -> bool:
+    """Whether the MTA opens the HTTPS listener of the MTA-STS policy (it needs the TLS certificate)."""
+    return spec.dns.mta_sts and spec.tls is not None
+
+
+def mta_sts_policy_for(spec: SmtpServerSpec) -> str:
+    """The MTA-STS policy the MTA serves: the very text whose id the DNS builder publishes in _mta-sts."""
+    return mta_sts_policy_text(inputs_from_spec("", spec, sending=()))
+
+
 def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
     """The MTA config of one replica (validated by the MTA's own model)."""
     spec = inputs.spec
@@ -186,6 +199,10 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
     }
     if spec.tls is not None:
         data["tls"] = {"cert_file": str(TLS_DIR / "tls.crt"), "key_file": str(TLS_DIR / "tls.key")}
+    if spec.dns.mta_sts:
+        data["mta_sts"] = {"policy": mta_sts_policy_for(spec)}
+        if serves_mta_sts_https(spec):
+            data["http"]["mta_sts_port"] = MTA_STS_PORT
     # The MTA's own parser: a config it would refuse fails here with its message (ConfigError).
     return parse_config(data, source=f"{inputs.name}-{ordinal}.yaml")
 

@@ -16,7 +16,16 @@ from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import DkimKey, SmtpServerSpec
 from smtpinfra_mta.config import LISTEN_ADDRESS_ENV
 
-from .mtaconfig import CONFIG_DIR, CREDENTIALS_DIR, DKIM_DIR, HTTP_PORT, SPOOL_DIR, TLS_DIR
+from .mtaconfig import (
+    CONFIG_DIR,
+    CREDENTIALS_DIR,
+    DKIM_DIR,
+    HTTP_PORT,
+    MTA_STS_PORT,
+    SPOOL_DIR,
+    TLS_DIR,
+    serves_mta_sts_https,
+)
 
 MANAGED_BY = "smtp-infra-operator"
 COMPONENT_MTA = "mta"
@@ -143,6 +152,8 @@ def _smtp_ports(spec: SmtpServerSpec) -> list[tuple[str, int]]:
 def _ports(spec: SmtpServerSpec) -> list[dict[str, Any]]:
     ports = [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in _smtp_ports(spec)]
     ports.append({"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"})
+    if serves_mta_sts_https(spec):
+        ports.append({"name": "mta-sts", "containerPort": MTA_STS_PORT, "protocol": "TCP"})
     return ports
 
 
@@ -237,17 +248,22 @@ def _service(name: str, owner: Owner, ports: list[dict[str, Any]], headless: boo
 
 
 def services(owner: Owner, spec: SmtpServerSpec) -> list[dict[str, Any]]:
-    """Headless (pod DNS, metrics), submission (587/465) and inbound (25) Services."""
+    """Headless (pod DNS, metrics), submission (587/465) and inbound (25) Services.
+
+    With MTA-STS the submission and inbound Services also carry 443 → the MTA's policy listener:
+    mta-sts.<domain> has the same A records as the host name (the addresses of these Services).
+    """
     ports = dict(_smtp_ports(spec))
+    https = [{"name": "mta-sts", "port": 443, "targetPort": "mta-sts"}] if serves_mta_sts_https(spec) else []
     submission = [{"name": name, "port": ports[name], "targetPort": name}
                   for name in ("submission", "smtps") if name in ports]
     out = [_service(headless_service_name(owner.name), owner,
                     [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}], headless=True)]
     if submission:
-        out.append(_service(submission_service_name(owner.name), owner, submission))
+        out.append(_service(submission_service_name(owner.name), owner, submission + https))
     if "smtp" in ports:
         out.append(_service(inbound_service_name(owner.name), owner,
-                            [{"name": "smtp", "port": ports["smtp"], "targetPort": "smtp"}]))
+                            [{"name": "smtp", "port": ports["smtp"], "targetPort": "smtp"}, *https]))
     return out
 
 
@@ -265,9 +281,10 @@ def service_monitor(owner: Owner) -> dict[str, Any]:
 
 
 def certificate(owner: Owner, spec: SmtpServerSpec, secret_name: str) -> dict[str, Any]:
-    """A cert-manager Certificate for the MTA host name, when the TLS spec names an issuer."""
+    """A cert-manager Certificate for the MTA host name (and mta-sts.<return-path domain> with MTA-STS)."""
     assert spec.tls is not None and spec.tls.issuer_ref is not None
+    names = [spec.hostname] + ([f"mta-sts.{spec.return_path_domain}"] if spec.dns.mta_sts else [])
     return {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": _meta(owner.name, owner),
-            "spec": {"secretName": secret_name, "dnsNames": [spec.hostname],
+            "spec": {"secretName": secret_name, "dnsNames": names,
                      "issuerRef": {"name": spec.tls.issuer_ref.name, "kind": spec.tls.issuer_ref.kind.value,
                                    "group": "cert-manager.io"}}}

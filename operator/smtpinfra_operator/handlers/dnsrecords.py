@@ -9,6 +9,10 @@ Lifecycle: for provider rfc2136 a Kopf deletion handler (filtered with `when=`, 
 SmtpServers get a finalizer) removes our records before the object goes; a DNS server that is
 down keeps the object with a DnsReady=False condition and retries. After an operator restart
 the ownership TXT records tell `sync` what is ours, so nothing is duplicated or lost.
+
+Where the records live is recorded in status.dns.rfc2136. When spec.dns stops pointing there
+(provider switched to external-dns or none, another server, a zone dropped) the next reconcile
+removes what we own there first; until that succeeded the record stays, and with it the finalizer.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from ..dns import (
     unmanaged_records,
     verify,
 )
-from ..dns.records import reverse_name, zone_of
+from ..dns.records import normalize_name, reverse_name, zone_of
 from ..statuswriter import custom_objects_api, post_event
 
 log = logging.getLogger(__name__)
@@ -112,6 +116,8 @@ class DnsReport:
     """Needs the user (foreign record, wrong key, missing Secret)."""
     reconciling: bool = False
     """Retried by the operator (DNS server down, external-dns not done yet)."""
+    rfc2136: Rfc2136Spec | None = None
+    """Where records of ours may live (status.dns.rfc2136); the deletion finalizer stays while it is set."""
 
     @property
     def condition(self) -> tuple[str, str, str, str]:
@@ -131,6 +137,8 @@ class DnsReport:
         out: dict[str, Any] = {"provider": self.provider.value, "records": entries}
         if len(ordered) > MAX_RECORDS:
             out["omitted"] = len(ordered) - MAX_RECORDS
+        if self.rfc2136 is not None:
+            out["rfc2136"] = self.rfc2136.wire()
         return out
 
 
@@ -290,23 +298,49 @@ async def gather_inputs(owner: workload.Owner, spec: SmtpServerSpec, server: Ser
                             dkim_keys=await _dkim_keys(owner, spec))
 
 
-async def _tsig_secret(namespace: str, rfc: Rfc2136Spec) -> str:
+async def _tsig_secret(namespace: str, rfc: Rfc2136Spec, where: str = "spec.dns.rfc2136") -> str:
     ref = rfc.tsig_secret_ref
     secret = await kube.get("v1", "Secret", ref.name, namespace)
     if secret is None:
         raise DnsInputError("TsigSecretNotFound",
-                            f"Secret {namespace}/{ref.name} (spec.dns.rfc2136.tsigSecretRef) not found")
+                            f"Secret {namespace}/{ref.name} ({where}.tsigSecretRef) not found")
     value = _secret_value(secret, ref.key)
     if not value:
         raise DnsInputError("TsigSecretNotFound",
-                            f"Secret {namespace}/{ref.name} has no key {ref.key} (spec.dns.rfc2136.tsigSecretRef)")
+                            f"Secret {namespace}/{ref.name} has no key {ref.key} ({where}.tsigSecretRef)")
     return value.decode().strip()
 
 
-def rfc2136_provider(rfc: Rfc2136Spec, secret: str) -> Rfc2136Provider:
-    """The provider for spec.dns.rfc2136: the forward zone and the reverse zones."""
-    return Rfc2136Provider(rfc.server, [rfc.zone, *rfc.reverse_zones], key_name=rfc.tsig_key_name, secret=secret,
+def rfc2136_provider(rfc: Rfc2136Spec, secret: str, zones: list[str] | None = None) -> Rfc2136Provider:
+    """The provider for spec.dns.rfc2136: the forward zone and the reverse zones (or just `zones`)."""
+    zones = zones if zones is not None else [rfc.zone, *rfc.reverse_zones]
+    return Rfc2136Provider(rfc.server, zones, key_name=rfc.tsig_key_name, secret=secret,
                            algorithm=rfc.tsig_algorithm, port=rfc.port, timeout=DNS_TIMEOUT)
+
+
+def recorded_target(body: Mapping[str, Any]) -> Rfc2136Spec | None:
+    """status.dns.rfc2136: where our records were published, as the last reconcile recorded it (pure)."""
+    data = (((body.get("status") or {}).get("dns") or {}).get("rfc2136"))
+    if not data:
+        return None
+    try:
+        return Rfc2136Spec.model_validate(data)
+    except ValidationError:
+        return None
+
+
+def stale_zones(recorded: Rfc2136Spec, current: Rfc2136Spec | None) -> list[str]:
+    """Zones of `recorded` our records must leave because spec.dns no longer points there (pure).
+
+    `current` is spec.dns.rfc2136 (None for another provider). Another provider or another server
+    (address or port): every recorded zone; the same server: the zones it no longer lists.
+    """
+    old = [normalize_name(z) for z in (recorded.zone, *recorded.reverse_zones)]
+    if current is None or (normalize_name(current.server), current.port) != (normalize_name(recorded.server),
+                                                                             recorded.port):
+        return old
+    keep = {normalize_name(z) for z in (current.zone, *current.reverse_zones)}
+    return [z for z in old if z not in keep]
 
 
 def _nameserver(rfc: Rfc2136Spec) -> str:
@@ -445,48 +479,99 @@ async def _reconcile_external_dns(body: Mapping[str, Any], inputs: DnsInputs) ->
     return external_dns_report(name, records, required, observed)
 
 
+async def _remove_stale(body: Mapping[str, Any], owner: workload.Owner, recorded: Rfc2136Spec,
+                        zones: list[str]) -> None:
+    """Remove what `owner` owns in `zones` of the recorded server (spec.dns points elsewhere now).
+
+    Raises DnsInputError naming the recorded server when that cannot be done yet, so DnsReady
+    says why and status.dns.rfc2136 (and the finalizer) stay until a later reconcile succeeds.
+    """
+    key = f"{owner.namespace}/{owner.name}"
+    where = f"{recorded.server}:{recorded.port}"
+    what = f"the records of {key} in {', '.join(zones)} at {where} (spec.dns no longer points there)"
+    try:
+        secret = await _tsig_secret(owner.namespace, recorded, "status.dns.rfc2136")
+        provider = rfc2136_provider(recorded, secret, zones)
+        async with _lock(owner.uid):
+            result = await asyncio.to_thread(remove_owned, provider, key)
+    except DnsInputError as error:
+        raise DnsInputError(error.reason, f"cannot remove {what}: {error.message}") from None
+    except (DnsUnavailable, DnsConcurrentChange, DnsRejected) as error:
+        raise DnsInputError("DnsCleanupDelayed", f"cannot remove {what} yet: {error}; retrying",
+                            stalled=isinstance(error, DnsRejected)) from None
+    _memo.pop(owner.uid, None)
+    if result.applied:
+        log.info("DNS %s: removed from %s after spec.dns changed: %s", key, where, result.plan.summary())
+        await asyncio.to_thread(post_event, body, "Normal", "DnsRecordsRemoved",
+                                f"{where}: {len(result.plan.to_delete)} record set(s) removed from "
+                                f"{', '.join(zones)} (spec.dns no longer points there)")
+
+
+async def _publish(body: Mapping[str, Any], owner: workload.Owner, spec: SmtpServerSpec, server: ServerInputs,
+                   provider: DnsProvider) -> DnsReport:
+    previous = ((body.get("status") or {}).get("dns") or {}).get("provider")
+    if previous == DnsProvider.EXTERNAL_DNS.value and provider != DnsProvider.EXTERNAL_DNS \
+            and await kube.kind_exists(DNSENDPOINT_API, DNSENDPOINT_KIND):
+        await kube.delete(DNSENDPOINT_API, DNSENDPOINT_KIND, dns_endpoint_name(owner.name), owner.namespace)
+    inputs = await gather_inputs(owner, spec, server)
+    if provider == DnsProvider.NONE:
+        return required_report(provider, build_records(inputs) + unmanaged_records(inputs),
+                               "spec.dns.provider is none; publish the records in status.dns.records yourself")
+    if provider == DnsProvider.EXTERNAL_DNS:
+        return await _reconcile_external_dns(body, inputs)
+    return await _reconcile_rfc2136(body, spec, inputs, server)
+
+
 async def reconcile_dns(body: Mapping[str, Any], owner: workload.Owner, spec: SmtpServerSpec,
                         server: ServerInputs) -> DnsReport:
-    """Publish and check the server's records through its provider; never raises for DNS trouble."""
+    """Publish and check the server's records through its provider; never raises for DNS trouble.
+
+    Records left at a server or zone spec.dns no longer names (status.dns.rfc2136) are removed
+    first; the report records where ours live now, for the next reconcile and the finalizer.
+    """
     provider = DnsProvider(spec.dns.provider)
+    current = spec.dns.rfc2136 if provider == DnsProvider.RFC2136 else None
+    recorded = recorded_target(body)
+    target = recorded or current
     if owner.uid in _deleting:
         reason, message = _deleting[owner.uid]
-        return DnsReport(provider, FALSE, reason, message, reconciling=True)
-    previous = ((body.get("status") or {}).get("dns") or {}).get("provider")
+        return DnsReport(provider, FALSE, reason, message, reconciling=True, rfc2136=target)
+    if current is None:
+        _memo.pop(owner.uid, None)
     try:
-        if previous == DnsProvider.EXTERNAL_DNS.value and provider != DnsProvider.EXTERNAL_DNS \
-                and await kube.kind_exists(DNSENDPOINT_API, DNSENDPOINT_KIND):
-            await kube.delete(DNSENDPOINT_API, DNSENDPOINT_KIND, dns_endpoint_name(owner.name), owner.namespace)
-        inputs = await gather_inputs(owner, spec, server)
-        if provider == DnsProvider.NONE:
-            return required_report(provider, build_records(inputs) + unmanaged_records(inputs),
-                                   "spec.dns.provider is none; publish the records in status.dns.records yourself")
-        if provider == DnsProvider.EXTERNAL_DNS:
-            return await _reconcile_external_dns(body, inputs)
-        return await _reconcile_rfc2136(body, spec, inputs, server)
+        if recorded is not None and (stale := stale_zones(recorded, current)):
+            await _remove_stale(body, owner, recorded, stale)
+        target = current
+        report = await _publish(body, owner, spec, server, provider)
     except DnsInputError as error:
-        return DnsReport(provider, FALSE, error.reason, error.message, stalled=error.stalled,
-                         reconciling=not error.stalled)
+        report = DnsReport(provider, FALSE, error.reason, error.message, stalled=error.stalled,
+                           reconciling=not error.stalled)
     except RecordError as error:
-        return DnsReport(provider, FALSE, "InvalidDnsRecord", str(error), stalled=True)
+        report = DnsReport(provider, FALSE, "InvalidDnsRecord", str(error), stalled=True)
     except DnsUnavailable as error:
-        return DnsReport(provider, FALSE, "DnsUnavailable", str(error), reconciling=True)
+        report = DnsReport(provider, FALSE, "DnsUnavailable", str(error), reconciling=True)
     except DnsConcurrentChange as error:
-        return DnsReport(provider, FALSE, "DnsConcurrentChange", str(error), reconciling=True)
+        report = DnsReport(provider, FALSE, "DnsConcurrentChange", str(error), reconciling=True)
     except DnsRejected as error:
-        return DnsReport(provider, FALSE, "DnsRejected", str(error), stalled=True)
+        report = DnsReport(provider, FALSE, "DnsRejected", str(error), stalled=True)
     except kube.ApiException as error:
         # applying the DNSEndpoint or writing ptrOk to an IpPool; retried on the next resync
-        return DnsReport(provider, FALSE, "DnsApiError", f"Kubernetes API call failed: {error.status} {error.reason}: "
-                         f"{str(error.body or '')[:500]}", reconciling=True)
+        report = DnsReport(provider, FALSE, "DnsApiError", f"Kubernetes API call failed: {error.status} "
+                           f"{error.reason}: {str(error.body or '')[:500]}", reconciling=True)
+    return replace(report, rfc2136=target)
 
 
 # ------------------------------------------------------------------------------------ deletion
 
 
-def _uses_rfc2136(spec: kopf.Spec, **_: Any) -> bool:
-    """Only these SmtpServers get a finalizer: their records live outside Kubernetes."""
-    return bool((spec.get("dns") or {}).get("provider") == DnsProvider.RFC2136.value)
+def _uses_rfc2136(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """Only these SmtpServers get a finalizer: their records live outside Kubernetes.
+
+    Provider rfc2136, or records still recorded in status.dns.rfc2136 (spec.dns changed and the
+    old records are not removed yet).
+    """
+    recorded = (status.get("dns") if status else None) or {}
+    return bool((spec.get("dns") or {}).get("provider") == DnsProvider.RFC2136.value or recorded.get("rfc2136"))
 
 
 async def _mark_blocked(body: Mapping[str, Any], reason: str, message: str) -> None:
@@ -516,16 +601,26 @@ async def on_server_deleted_remove_records(body: kopf.Body, namespace: str | Non
     _deleting.setdefault(uid, ("DnsCleanup", f"removing the DNS records of {owner} before deletion"))
     _memo.pop(uid, None)
     try:
-        spec = SmtpServerSpec.model_validate(dict(body.get("spec") or {}))
+        spec: SmtpServerSpec | None = SmtpServerSpec.model_validate(dict(body.get("spec") or {}))
     except ValidationError:
-        return  # never valid, so never published anything
-    rfc = spec.dns.rfc2136
-    if rfc is None:
+        spec = None  # never valid, so never published anything there
+    targets: list[tuple[Rfc2136Spec, str]] = []  # the recorded place first: a spec edit may not be applied yet
+    if (recorded := recorded_target(body)) is not None:
+        targets.append((recorded, "status.dns.rfc2136"))
+    if spec is not None and spec.dns.provider == DnsProvider.RFC2136 and spec.dns.rfc2136 is not None \
+            and spec.dns.rfc2136 != recorded:
+        targets.append((spec.dns.rfc2136, "spec.dns.rfc2136"))
+    if not targets:
         return
+    removed = 0
+    rfc = targets[0][0]
     try:
-        async with _lock(uid):
-            provider = rfc2136_provider(rfc, await _tsig_secret(namespace, rfc))
-            result = await asyncio.to_thread(remove_owned, provider, owner)
+        for rfc, where in targets:
+            async with _lock(uid):
+                provider = rfc2136_provider(rfc, await _tsig_secret(namespace, rfc, where))
+                result = await asyncio.to_thread(remove_owned, provider, owner)
+            removed += len(result.plan.to_delete)
+            log.info("DNS %s removed on deletion from %s:%s: %s", owner, rfc.server, rfc.port, result.plan.summary())
     except (DnsInputError, DnsUnavailable, DnsConcurrentChange, DnsRejected) as error:
         reason = error.reason if isinstance(error, DnsInputError) else "DnsCleanupDelayed"
         message = (f"deletion waits until the records of {owner} are removed from {rfc.server}:{rfc.port}: "
@@ -540,9 +635,9 @@ async def on_server_deleted_remove_records(body: kopf.Body, namespace: str | Non
     _deleting[uid] = ("Deleted", f"the DNS records of {owner} were removed")
     while len(_deleting) > 10000:
         _deleting.pop(next(iter(_deleting)))
-    log.info("DNS %s removed on deletion: %s", owner, result.plan.summary())
+    where = ", ".join(f"{t.server}:{t.port}" for t, _ in targets)
     await asyncio.to_thread(post_event, body, "Normal", "DnsRecordsRemoved",
-                            f"{rfc.server}:{rfc.port}: {len(result.plan.to_delete)} record set(s) removed")
+                            f"{where}: {removed} record set(s) removed")
 
 
 __all__ = ["DNS_READY", "DnsReport", "reconcile_dns", "with_dns"]
