@@ -364,12 +364,24 @@ class SmtpHandler:
         auth = f" (tenant {tenant})" if tenant else ""
         return (
             f"Received: from {helo} ([{peer}]){auth}\r\n\tby {self.app.cfg.hostname} (smtp-infra) with {proto};\r\n"
-            f"\t{formatdate(usegmt=True)}\r\n"
+            f"\t{_rfc5322_now()}\r\n"
         ).encode("utf-8", "replace")
 
     async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, proxy_data: Any) -> bool:
         # The original client address replaces the load balancer's in logs and Received headers.
         return bool(proxy_data and getattr(proxy_data, "valid", True))
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _rfc5322_now() -> str:
+    """The current date for a Received header, formatted once per second rather than once per message."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
 
 
 def _tls_ok_session(session: Session) -> bool:
@@ -418,6 +430,8 @@ def make_protocol_factory(app: MtaApp, kind: ListenerKind, tls_ctx: ssl.SSLConte
                       auth_required=False, auth_require_tls=True, auth_exclude_mechanism=["PLAIN", "LOGIN"])
 
     def factory() -> MtaSMTP:
+        if kind != "implicit_tls":
+            return MtaSMTP(handler, app=app, **common)
         with warnings.catch_warnings():
             # "AUTH without TLS" warning: on 465 TLS is on the transport, which aiosmtpd cannot see.
             warnings.simplefilter("ignore", UserWarning)
