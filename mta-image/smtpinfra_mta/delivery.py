@@ -105,9 +105,21 @@ class OutboundConnection:
         """One transaction; every recipient ends with a reply (synthetic 451 if the connection dropped)."""
         result = SendResult()
         self.deliveries += 1
+        utf8 = not (mail_from.isascii() and all(r.isascii() for r in rcpts))
+        if utf8 and not self.smtp.supports_extension("smtputf8"):
+            # RFC 6531 3.2: never downgrade an address; what needs SMTPUTF8 bounces, the rest goes as usual.
+            reply = Reply(553, f"5.6.7 {self.mx_host} does not support SMTPUTF8, which this address needs")
+            for r in rcpts:
+                if not (mail_from.isascii() and r.isascii()):
+                    result.per_rcpt[r] = reply
+            rcpts = [r for r in rcpts if r not in result.per_rcpt]
+            if not rcpts:
+                return result
+            utf8 = False
+        options, encoding = (["SMTPUTF8"], "utf-8") if utf8 else ([], "ascii")
         try:
             try:
-                await self.smtp.mail(mail_from)
+                await self.smtp.mail(mail_from, options=options, encoding=encoding)
             except SMTPResponseException as exc:
                 reply = Reply(exc.code, exc.message)
                 for r in rcpts:
@@ -117,7 +129,7 @@ class OutboundConnection:
             accepted = []
             for r in rcpts:
                 try:
-                    await self.smtp.rcpt(r)
+                    await self.smtp.rcpt(r, encoding=encoding)
                     accepted.append(r)
                 except SMTPResponseException as exc:
                     result.per_rcpt[r] = Reply(exc.code, exc.message)
@@ -137,6 +149,10 @@ class OutboundConnection:
             result.connection_usable = False
             for r in rcpts:
                 result.per_rcpt.setdefault(r, Reply(451, f"4.4.2 connection to {self.mx_host} lost: {exc}"))
+        except ValueError as exc:  # a command aiosmtplib refuses to send: retried, then bounced at max queue age
+            result.connection_usable = False
+            for r in rcpts:
+                result.per_rcpt.setdefault(r, Reply(451, f"4.3.0 local error composing the transaction: {exc}"))
         return result
 
     async def _rset(self, result: SendResult) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email
+import smtplib
+import ssl
 import time
 from email.message import Message
 from pathlib import Path
@@ -14,6 +16,9 @@ import pytest
 
 from .conftest import (
     DSN_SINK_ADDR,
+    MTA_ADDR,
+    PASSWORDS,
+    SINK_ADDR,
     SRC_A1,
     SRC_B,
     Dns,
@@ -196,3 +201,65 @@ def test_starttls_required_defers_when_mx_lacks_it(env: dict[str, Any], mta_fact
     assert [m.rcpts for m in env["sink"].messages()] == [["plain@example.test"]]
     assert len(mta.app.spool.queued_ids()) == 1
     assert msgs
+
+
+def _submit_smtputf8(mta: RunningMta, rcpts: list[str]) -> tuple[int, bytes]:
+    """Submission with the SMTPUTF8 parameter (RFC 6531); swaks cannot send internationalized addresses."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP(MTA_ADDR, mta.submission_port, timeout=10) as s:
+        s.starttls(context=ctx)
+        s.login("alice", PASSWORDS["alice"])
+        body = "From: news@alpha.test\r\nSubject: utf8\r\n\r\nGrüße.\r\n".encode()
+        s.mail("news@alpha.test", ["SMTPUTF8", "BODY=8BITMIME"])
+        for r in rcpts:
+            s.rcpt(r)
+        return s.data(body)
+
+
+def test_internationalized_address_to_an_mx_without_smtputf8_bounces_5_6_7(env: dict[str, Any],
+                                                                          mta_factory: Any) -> None:
+    """RFC 6531 3.2: an address that needs SMTPUTF8 is never sent to a server that lacks it; it bounces, and
+    the ASCII recipients of the same message are delivered."""
+    mta: RunningMta = mta_factory(env["cfg"])
+    code, _ = _submit_smtputf8(mta, ["jörg@example.test", "ascii@example.test"])
+    assert code == 250
+    [delivered] = env["sink"].wait_messages(1)
+    assert delivered.rcpts == ["ascii@example.test"]
+    [dsn] = env["dsn_sink"].wait_messages(1, timeout=20)
+    _, status = _dsn_parts(dsn.content)
+    assert status[1]["Status"] == "5.6.7"
+    assert status[1]["Action"] == "failed"
+    assert "SMTPUTF8" in status[1]["Diagnostic-Code"]
+    wait_for(lambda: mta.app.spool.queued_ids() == [])
+
+
+def test_internationalized_address_goes_with_smtputf8_to_an_mx_that_has_it(env: dict[str, Any],
+                                                                            mta_factory: Any) -> None:
+    """The remote MX here is aiosmtpd (smtp-sink does not offer SMTPUTF8) on the sink's address and port."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import Envelope
+
+    received: list[tuple[list[str], list[str]]] = []
+
+    class Record:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
+            received.append((list(envelope.rcpt_tos), list(envelope.mail_options)))
+            return "250 2.0.0 OK"
+
+    sink: Sink = env["sink"]
+    sink.stop()
+    peer = Controller(Record(), hostname=SINK_ADDR, port=sink.port, enable_SMTPUTF8=True)
+    peer.start()
+    try:
+        mta: RunningMta = mta_factory(env["cfg"])
+        code, _ = _submit_smtputf8(mta, ["jörg@example.test"])
+        assert code == 250
+        wait_for(lambda: received)
+        assert received[0][0] == ["jörg@example.test"]
+        assert "SMTPUTF8" in received[0][1]
+        assert env["dsn_sink"].messages() == []
+        wait_for(lambda: mta.app.spool.queued_ids() == [])
+    finally:
+        peer.stop()
