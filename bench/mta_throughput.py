@@ -7,7 +7,9 @@ forward it over SMTP to an ``smtp-sink`` acting as the remote MX. A side's clock
 accepted (fsynced before 250), queued, delivered.
 
 * ours: ``python -m smtpinfra_mta serve`` with the port-25 listener relaying ``sink.bench`` (a relay domain)
-  to the sink through a static route, spool fsync on (the default);
+  to the sink through a static route, spool fsync on (the default), receiving and delivering in two
+  processes (``delivery.separate_process``, as the operator renders it for the pods; ``--single-process``
+  runs one);
 * Postfix: a private instance (own config_directory, queue_directory and master under a temp dir on the
   same disk) with ``relay_domains = sink.bench`` and a ``transport_maps`` route to the same sink, default
   fsync behaviour.
@@ -310,8 +312,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="alternate ours/Postfix this many times; report medians")
     ap.add_argument("--log-level", default="WARNING", help="MTA log level (Postfix logs to an absent syslog)")
     ap.add_argument("--only", choices=["mta", "postfix"], help="run one side only (for profiling)")
-    ap.add_argument("--separate-process", action="store_true",
-                    help="MTA with delivery.separate_process (receiving and delivering in two processes)")
+    ap.add_argument("--single-process", dest="separate_process", action="store_false",
+                    help="MTA without delivery.separate_process (the operator renders it on: receiving and "
+                    "delivering in two processes, as the pods run)")
     args = ap.parse_args()
     for exe in (SMTP_SOURCE, SMTP_SINK, "/usr/sbin/postfix"):
         if not Path(exe).exists():

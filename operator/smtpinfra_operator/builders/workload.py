@@ -19,6 +19,7 @@ from smtpinfra_mta.config import LISTEN_ADDRESS_ENV
 from .mtaconfig import (
     CONFIG_DIR,
     CREDENTIALS_DIR,
+    DELIVERY_HTTP_PORT,
     DKIM_DIR,
     HTTP_PORT,
     MTA_STS_PORT,
@@ -152,6 +153,7 @@ def _smtp_ports(spec: SmtpServerSpec) -> list[tuple[str, int]]:
 def _ports(spec: SmtpServerSpec) -> list[dict[str, Any]]:
     ports = [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in _smtp_ports(spec)]
     ports.append({"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"})
+    ports.append({"name": "http-delivery", "containerPort": DELIVERY_HTTP_PORT, "protocol": "TCP"})
     if serves_mta_sts_https(spec):
         ports.append({"name": "mta-sts", "containerPort": MTA_STS_PORT, "protocol": "TCP"})
     return ports
@@ -258,7 +260,9 @@ def services(owner: Owner, spec: SmtpServerSpec) -> list[dict[str, Any]]:
     submission = [{"name": name, "port": ports[name], "targetPort": name}
                   for name in ("submission", "smtps") if name in ports]
     out = [_service(headless_service_name(owner.name), owner,
-                    [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}], headless=True)]
+                    [{"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+                     {"name": "http-delivery", "port": DELIVERY_HTTP_PORT, "targetPort": "http-delivery"}],
+                    headless=True)]
     if submission:
         out.append(_service(submission_service_name(owner.name), owner, submission + https))
     if "smtp" in ports:
@@ -277,7 +281,8 @@ def service_monitor(owner: Owner) -> dict[str, Any]:
     """Prometheus Operator scrape config for the MTA's /metrics (only when that CRD exists)."""
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": _meta(owner.name, owner),
             "spec": {"selector": {"matchLabels": selector_labels(owner.name)},
-                     "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}]}}
+                     "endpoints": [{"port": port, "path": "/metrics", "interval": "30s"}
+                                   for port in ("http", "http-delivery")]}}
 
 
 def certificate(owner: Owner, spec: SmtpServerSpec, secret_name: str) -> dict[str, Any]:
