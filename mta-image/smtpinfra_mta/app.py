@@ -331,6 +331,26 @@ class MtaApp:
                       "oldest_age_seconds": self.scheduler.oldest_age() if self.scheduler else 0.0},
             "automation": {k: {"rule": v.rule, "action": v.action, "until": v.until}
                            for k, v in (self.scheduler.automation.active.items() if self.scheduler else [])},
+            "tenants": self._tenant_usage(),
+        }
+
+    def _tenant_usage(self) -> dict[str, Any]:
+        """Recipients accepted per configured tenant in the current UTC hour and day (the quota counters).
+
+        The window ids say which hour and day the figures belong to, so a reader summing several
+        pods can tell a pod that has not rolled over yet. The delivering process of
+        `delivery.separate_process` never counts quotas: it reports none.
+        """
+        from smtpinfra_mta.counters import window_id
+
+        if self.counters is None or self.role == "deliver":
+            return {}
+        now = time.time()
+        return {
+            "hour": window_id("hour", now), "day": window_id("day", now),
+            "accepted": {t.name: {"hour": self.counters.get(f"quota:{t.name}", "hour", now),
+                                  "day": self.counters.get(f"quota:{t.name}", "day", now)}
+                         for t in self.cfg.tenants},
         }
 
 

@@ -876,13 +876,26 @@ class TenantSpec(ApiModel):
     """Refuse all submissions from the tenant (5xx)."""
 
 
+QUOTA_USED_PATTERN = r"^[0-9]{1,12}(\.[0-9])?$"
+
+
 class TenantUsage(StatusModel):
-    """Sending counters."""
+    """Sending counters, summed over the MTA pods of the servers that serve the tenant."""
 
     sent_this_hour: Annotated[int, Field(ge=0)] = 0
-    """Messages accepted in the current hour."""
+    """Messages accepted in the current UTC hour (counted per recipient, as the quotas count them)."""
     sent_today: Annotated[int, Field(ge=0)] = 0
-    """Messages accepted today."""
+    """Messages accepted in the current UTC day (counted per recipient, as the quotas count them)."""
+    hourly_quota_used: Annotated[str, Field(pattern=QUOTA_USED_PATTERN, max_length=16)] | None = None
+    """Percent of spec.quotas.perHour used this hour; unset without an hourly quota."""
+    daily_quota_used: Annotated[str, Field(pattern=QUOTA_USED_PATTERN, max_length=16)] | None = None
+    """Percent of spec.quotas.perDay used today; unset without a daily quota."""
+    observed_at: datetime | None = None
+    """When the MTA pods were read for these figures (not moved while the figures stay the same)."""
+    partial: bool | None = None
+    """Some running MTA pods that serve the tenant did not answer: the figures are a lower bound."""
+    unreachable_pods: Annotated[list[Annotated[str, Field(max_length=317)]], Field(max_length=10)] | None = None
+    """Pods (namespace/name) that did not answer when `partial` is true; at most 10 are named."""
     bounce_rate: Annotated[str, Field(max_length=16)] | None = None
     """Hard-bounce rate in percent over the suspension window."""
     complaint_rate: Annotated[str, Field(max_length=16)] | None = None
@@ -1242,6 +1255,8 @@ class Tenant(Kind):
         PrinterColumn(name="State", type="string", json_path=".status.state", description="Active or Suspended"),
         PrinterColumn(name="Sent-Today", type="integer", json_path=".status.usage.sentToday", priority=1,
                       description="Messages accepted today"),
+        PrinterColumn(name="Quota-Today", type="string", json_path=".status.usage.dailyQuotaUsed", priority=1,
+                      description="Percent of the daily quota used"),
         *_ready_columns(),
         _AGE,
     ]

@@ -17,7 +17,7 @@ import kopf
 
 from smtpinfra_api.meta import API_VERSION
 
-from . import kube, peering
+from . import kube, peering, usage
 from .settings import RESYNC_SECONDS
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,13 @@ async def resync_once(spread: float = 0.0) -> None:
     kicks: list[Callable[[], None]] = []
     for plan in await kube.list_objects(API_VERSION, "WarmupPlan"):
         kicks.append(functools.partial(plan_kicker.kick, plan["metadata"]["name"]))
-    for tenant in await kube.list_objects(API_VERSION, "Tenant"):
+    # Tenants and servers come from the informers (names are all we need): listing 1,000 full
+    # Tenants every period only to read their names was a large transient allocation.
+    for tenant in await kube.list_cached(API_VERSION, "Tenant"):
         kicks.append(functools.partial(tenant_kicker.kick, tenant["metadata"]["name"]))
     for pool in await kube.list_objects(API_VERSION, "IpPool"):
         kicks.append(functools.partial(pool_kicker.kick, pool["metadata"]["name"]))
-    for server in await kube.list_objects(API_VERSION, "SmtpServer"):
+    for server in await kube.list_cached(API_VERSION, "SmtpServer"):
         kicks.append(functools.partial(server_kicker.kick,
                                        (server["metadata"]["namespace"], server["metadata"]["name"])))
     pause = spread / len(kicks) if kicks else 0.0
@@ -64,9 +66,18 @@ async def _loop() -> None:
                 was_paused = paused
             if paused:
                 continue
+            await _collect_usage()
             await resync_once(spread=RESYNC_SECONDS / 2)
         except Exception:  # the API may be briefly unavailable; try again next period
             log.exception("resync failed")
+
+
+async def _collect_usage() -> None:
+    """Read the MTA pods' /stats before the tenants' reconciles, which write it into status.usage."""
+    try:
+        await usage.collect()
+    except Exception:  # e.g. the pods cannot be listed: the tenants keep their last usage
+        log.exception("could not collect tenant usage")
 
 
 _task: asyncio.Task[None] | None = None

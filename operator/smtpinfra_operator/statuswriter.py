@@ -19,8 +19,8 @@ from kubernetes import client
 from smtpinfra_api.meta import GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Kind
 
-from .conditions import READY, Outcome, build_status, get_condition, now_rfc3339, pending, status_patch
-from .kube import api_client, request
+from .conditions import READY, Outcome, build_status, get_condition, now_rfc3339, status_patch
+from .kube import api_client, remember, request
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +36,19 @@ async def _patch_status(kind: type[Kind], name: str, namespace: str | None, patc
     else:
         assert namespace is not None
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{kind.plural}/{quote(name)}/status"
-    await asyncio.to_thread(request, "PATCH", path, body={"status": patch},
-                            content_type="application/merge-patch+json")
+    written = await asyncio.to_thread(request, "PATCH", path, body={"status": patch},
+                                      content_type="application/merge-patch+json")
+    if isinstance(written, dict):
+        remember(written)  # the informers that keep status see our write at once
 
 
 async def publish(kind: type[Kind], body: Mapping[str, Any], outcome: Outcome) -> bool:
     """Bring the object's status in line with the outcome; returns whether anything was written.
 
-    On first sight (no Ready condition yet) the object is first marked Ready=Unknown, so a
-    watcher sees that the operator has taken it up before the answer is known.
+    The first status an object gets is its first outcome: Ready=Unknown (reason Pending) while
+    the operator cannot tell yet, else the answer with Reconciling/Stalled. (A Ready=Unknown
+    written just before the answer, in the same moment, told a watcher nothing and cost a
+    status write and a watch event per new object.)
     """
     meta = body["metadata"]
     name, namespace = meta["name"], meta.get("namespace")
@@ -52,10 +56,6 @@ async def publish(kind: type[Kind], body: Mapping[str, Any], outcome: Outcome) -
     current: dict[str, Any] = dict(body.get("status") or {})
     before = get_condition(current, READY)
     now = now_rfc3339()
-    if before is None and outcome.ready != "Unknown":
-        first = build_status(current, pending(), generation, now)
-        await _patch_status(kind, name, namespace, status_patch(current, first))
-        current = {**current, **first}
     desired = build_status(current, outcome, generation, now)
     patch = status_patch(current, desired)
     if not patch:
@@ -63,8 +63,11 @@ async def publish(kind: type[Kind], body: Mapping[str, Any], outcome: Outcome) -
     await _patch_status(kind, name, namespace, patch)
     after = get_condition(desired, READY)
     previous_status = before["status"] if before else None
-    if after and after["status"] != previous_status:
-        await asyncio.to_thread(_event, body, after)
+    # A new object still converging (pods starting) is not a transition worth an Event; the
+    # Event comes when it becomes Ready, or when it is stuck.
+    first_progress = before is None and outcome.reconciling and not outcome.stalled
+    if after and after["status"] != previous_status and not first_progress:
+        _event(body, after)
     log.info("%s %s/%s: Ready=%s (%s)", kind.kind, namespace or "", name, outcome.ready, outcome.reason)
     return True
 
@@ -72,7 +75,32 @@ async def publish(kind: type[Kind], body: Mapping[str, Any], outcome: Outcome) -
 def _event(body: Mapping[str, Any], ready: dict[str, Any]) -> None:
     """An Event when Ready flips, the transition a human wants to see in `kubectl describe`."""
     kind = "Normal" if ready["status"] != "False" else "Warning"
-    post_event(body, kind, ready["reason"], ready.get("message") or f"Ready is {ready['status']}")
+    post_event_soon(body, kind, ready["reason"], ready.get("message") or f"Ready is {ready['status']}")
+
+
+EVENT_CONCURRENCY = 4
+_event_slots: asyncio.Semaphore | None = None
+_event_tasks: set[asyncio.Task[None]] = set()
+
+
+def post_event_soon(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Post an Event in the background: a reconcile does not wait for it (best effort anyway).
+
+    Two or three Events per new SmtpServer, posted inline, sat on the path to its status write;
+    a few at a time in the background keep a burst of Events from crowding out reconciles.
+    """
+    global _event_slots
+    if _event_slots is None:
+        _event_slots = asyncio.Semaphore(EVENT_CONCURRENCY)
+    slots, event, name = _event_slots, _event_body(body, type_, reason, message), body["metadata"]["name"]
+
+    async def post() -> None:
+        async with slots:
+            await asyncio.to_thread(_post, event, name)
+
+    task = asyncio.get_running_loop().create_task(post())
+    _event_tasks.add(task)
+    task.add_done_callback(_event_tasks.discard)
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -81,6 +109,10 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
     Written directly rather than through kopf.event(), because reconciles also run outside
     Kopf's handler context (resync loop, kicks from related objects).
     """
+    _post(_event_body(body, type_, reason, message), body["metadata"]["name"])
+
+
+def _event_body(body: Mapping[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
     meta = body["metadata"]
     namespace = meta.get("namespace") or "default"
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -95,7 +127,11 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
         "count": 1, "source": {"component": "smtp-infra-operator"},
         "reportingComponent": "smtp-infra-operator", "reportingInstance": "smtp-infra-operator",
     }
+    return event
+
+
+def _post(event: dict[str, Any], name: str) -> None:
     try:
-        request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body=event)
+        request("POST", f"/api/v1/namespaces/{quote(event['metadata']['namespace'])}/events", body=event)
     except Exception:
-        log.exception("could not post event %s for %s", reason, meta["name"])
+        log.exception("could not post event %s for %s", event["reason"], name)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +26,8 @@ from ..warmup import check as check_plan
 log = logging.getLogger(__name__)
 _locks: Locks[str] = Locks()
 DAY = 86400.0
+Requester = tuple[str, str, int]
+"""(namespace, name, replicas) of an SmtpServer whose reconcile needs the pool."""
 
 
 @dataclass(frozen=True)
@@ -89,78 +93,121 @@ def address_status(spec: IpPoolSpec, pool: str, assignment: Assignment, previous
     return out
 
 
-async def _servers(requester: tuple[str, str, int] | None) -> list[dict[str, Any]]:
-    """The SmtpServers: the informer's view when it already shows the requester as it is now, else fresh.
+async def _servers(requesters: Iterable[Requester]) -> list[dict[str, Any]]:
+    """The SmtpServers: the informer's view when it already shows every requester as it is now, else fresh.
 
     Every server reconcile re-derives its pools; a fresh list each time made a burst of N servers
-    cost N² objects read. Only the requester's own replicas decide its addresses, so a view
-    that already has it with the same replicas is good enough; other servers' changes reach the
-    pool through their own reconciles.
+    cost N² objects read. Only the requesters' own replicas decide their addresses, so a view
+    that already has them with the same replicas is good enough; other servers' changes reach
+    the pool through their own reconciles.
     """
-    if requester is not None:
-        namespace, name, replicas = requester
-        cached = await kube.list_cached(API_VERSION, "SmtpServer")
-        for server in cached:
-            meta = server["metadata"]
-            if (meta["namespace"], meta["name"]) == (namespace, name):
-                if (server.get("spec") or {}).get("replicas", 1) == replicas and not meta.get("deletionTimestamp"):
-                    return cached
-                break
-    return await kube.list_cached(API_VERSION, "SmtpServer", fresh=True)
+    wanted = set(requesters)
+    cached = await kube.list_cached(API_VERSION, "SmtpServer")
+    if wanted:
+        seen = {(s["metadata"]["namespace"], s["metadata"]["name"], (s.get("spec") or {}).get("replicas", 1))
+                for s in cached if not s["metadata"].get("deletionTimestamp")}
+        if not wanted <= seen:
+            return await kube.list_cached(API_VERSION, "SmtpServer", fresh=True)
+    return cached
 
 
-async def reconcile_pool(name: str, requester: tuple[str, str, int] | None = None) -> PoolState | None:
+@dataclass
+class _Batch:
+    """Reconciles of one pool asked for while another one ran: they share the next run."""
+
+    future: asyncio.Future[PoolState | None]
+    requesters: set[Requester] = field(default_factory=set)
+
+
+_next: dict[str, _Batch] = {}
+
+
+async def reconcile_pool(name: str, requester: Requester | None = None) -> PoolState | None:
     """Re-derive the pool's assignment and status; None when the pool does not exist.
 
-    `requester` is (namespace, name, replicas) of the SmtpServer whose reconcile asks.
+    `requester` is (namespace, name, replicas) of the SmtpServer whose reconcile asks. A burst
+    of 200 new servers used to run 200 pool reconciles one after another under the pool's lock
+    (each a GET, a list and maybe a status write); now every request that arrives while one
+    runs joins the next, which assigns addresses to all of them at once.
     """
-    async with _locks(name):
-        body = await kube.get(API_VERSION, "IpPool", name)
-        if body is None:
-            return None
-        try:
-            spec = IpPoolSpec.model_validate(body.get("spec") or {})
-        except ValidationError as error:
-            await publish(IpPool, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error), stalled=True))
-            return None
-        servers = await _servers(requester)  # fresh when the requester's replicas may just have changed
-        replicas = _servers_using(name, servers)
-        previous = {a["address"]: a for a in (body.get("status") or {}).get("addresses", [])}
-        addresses = expand_addresses(spec.addresses)
-        assignment = assign(addresses, replicas, {a: p.get("assignedTo", "") for a, p in previous.items()})
+    batch = _next.get(name)
+    if batch is None:
+        batch = _next[name] = _Batch(asyncio.get_running_loop().create_future())
+        batch.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # waiters may all be gone
+        task = asyncio.get_running_loop().create_task(_run(name, batch))
+        _running.add(task)
+        task.add_done_callback(_running.discard)
+    if requester is not None:
+        batch.requesters.add(requester)
+    return await asyncio.shield(batch.future)
 
-        plan: WarmupPlanSpec | None = None
-        problem: Outcome | None = None
-        if spec.warmup_plan:
-            plan_body = await kube.get(API_VERSION, "WarmupPlan", spec.warmup_plan)
-            if plan_body is None:
-                problem = Outcome(ready=FALSE, reason="WarmupPlanNotFound", stalled=True,
-                                  message=f"WarmupPlan {spec.warmup_plan} not found; addresses will not send "
-                                          "until it exists")
-            else:
-                try:
-                    plan = WarmupPlanSpec.model_validate(plan_body.get("spec") or {})
-                except ValidationError:
-                    plan = None
-                if plan is None or check_plan(plan):
-                    problem = Outcome(ready=FALSE, reason="WarmupPlanInvalid", stalled=True,
-                                      message=f"WarmupPlan {spec.warmup_plan} is not valid (see its status)")
-                    plan = None
-        statuses = address_status(spec, name, assignment, previous, plan, datetime.now(UTC))
-        fields = {"total": len(addresses), "assigned": len(assignment.by_address), "addresses": statuses}
-        if problem is not None:
-            outcome = Outcome(ready=problem.ready, reason=problem.reason, message=problem.message,
-                              stalled=True, fields=fields)
-        elif assignment.unassigned:
-            missing = ", ".join(str(r) for r in assignment.unassigned)
-            outcome = Outcome(ready=FALSE, reason="PoolExhausted", stalled=True, fields=fields,
-                              message=f"{len(assignment.unassigned)} replica(s) have no address: {missing}; add "
-                                      f"addresses to the pool or lower the replicas")
+
+_running: set[asyncio.Task[None]] = set()
+
+
+async def _run(name: str, batch: _Batch) -> None:
+    async with _locks(name):
+        if _next.get(name) is batch:
+            del _next[name]  # requests from now on wait for the next run
+        try:
+            result = await _reconcile_pool(name, batch.requesters)
+        except Exception as error:  # every waiter sees the failure
+            batch.future.set_exception(error)
+        except BaseException:  # cancelled: the operator stops
+            batch.future.cancel()
+            raise
         else:
-            outcome = Outcome(ready=TRUE, reason="AddressesAvailable", fields=fields,
-                              message=f"{len(assignment.by_address)} of {len(addresses)} addresses assigned")
-        await publish(IpPool, body, outcome)
-        return PoolState(name=name, spec=spec, assignment=assignment, addresses=statuses, problem=problem)
+            batch.future.set_result(result)
+
+
+async def _reconcile_pool(name: str, requesters: set[Requester]) -> PoolState | None:
+    """One reconcile of the pool, under its lock."""
+    body = await kube.get(API_VERSION, "IpPool", name)
+    if body is None:
+        return None
+    try:
+        spec = IpPoolSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        await publish(IpPool, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error), stalled=True))
+        return None
+    servers = await _servers(requesters)  # fresh when a requester's replicas may just have changed
+    replicas = _servers_using(name, servers)
+    previous = {a["address"]: a for a in (body.get("status") or {}).get("addresses", [])}
+    addresses = expand_addresses(spec.addresses)
+    assignment = assign(addresses, replicas, {a: p.get("assignedTo", "") for a, p in previous.items()})
+
+    plan: WarmupPlanSpec | None = None
+    problem: Outcome | None = None
+    if spec.warmup_plan:
+        plan_body = await kube.get(API_VERSION, "WarmupPlan", spec.warmup_plan)
+        if plan_body is None:
+            problem = Outcome(ready=FALSE, reason="WarmupPlanNotFound", stalled=True,
+                              message=f"WarmupPlan {spec.warmup_plan} not found; addresses will not send "
+                                      "until it exists")
+        else:
+            try:
+                plan = WarmupPlanSpec.model_validate(plan_body.get("spec") or {})
+            except ValidationError:
+                plan = None
+            if plan is None or check_plan(plan):
+                problem = Outcome(ready=FALSE, reason="WarmupPlanInvalid", stalled=True,
+                                  message=f"WarmupPlan {spec.warmup_plan} is not valid (see its status)")
+                plan = None
+    statuses = address_status(spec, name, assignment, previous, plan, datetime.now(UTC))
+    fields = {"total": len(addresses), "assigned": len(assignment.by_address), "addresses": statuses}
+    if problem is not None:
+        outcome = Outcome(ready=problem.ready, reason=problem.reason, message=problem.message,
+                          stalled=True, fields=fields)
+    elif assignment.unassigned:
+        missing = ", ".join(str(r) for r in assignment.unassigned)
+        outcome = Outcome(ready=FALSE, reason="PoolExhausted", stalled=True, fields=fields,
+                          message=f"{len(assignment.unassigned)} replica(s) have no address: {missing}; add "
+                                  f"addresses to the pool or lower the replicas")
+    else:
+        outcome = Outcome(ready=TRUE, reason="AddressesAvailable", fields=fields,
+                          message=f"{len(assignment.by_address)} of {len(addresses)} addresses assigned")
+    await publish(IpPool, body, outcome)
+    return PoolState(name=name, spec=spec, assignment=assignment, addresses=statuses, problem=problem)
 
 
 async def _kick_servers(pool: str) -> None:

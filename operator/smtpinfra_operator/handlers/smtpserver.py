@@ -12,7 +12,8 @@ import asyncio
 import base64
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import kopf
@@ -30,7 +31,7 @@ from ..builders.keys import generate_dkim_key
 from ..builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress, config_map_data, content_hash
 from ..conditions import FALSE, TRUE, UNKNOWN, Outcome
 from ..kicker import Kicker, Locks
-from ..statuswriter import post_event, publish
+from ..statuswriter import post_event_soon, publish
 from . import dnsrecords
 from .ippool import reconcile_pool
 
@@ -65,6 +66,12 @@ class Gathered:
     pool_shortfall: list[str] = field(default_factory=list)
     tenant_conflicts: list[str] = field(default_factory=list)
     """Selected tenants left out because another tenant owns one of their sender domains."""
+    served: int = 0
+    """How many tenants the config serves."""
+
+    def settled(self) -> Gathered:
+        """What `decide` needs later, without the tenants and their credentials (kept per server)."""
+        return replace(self, inputs=replace(self.inputs, tenants=[]), credentials={})
 
 
 def _decode(secret: dict[str, Any], key: str) -> str | None:
@@ -158,8 +165,7 @@ async def _ensure_dkim(owner: workload.Owner, spec: SmtpServerSpec) -> None:
             continue
         if await kube.get("v1", "Secret", name, owner.namespace) is None:
             private, dns_value = generate_dkim_key(key.algorithm, key.rsa_key_size or 2048)
-            created, _ = await kube.create_if_absent(workload.dkim_secret(owner, key, private, dns_value))
-            if created:
+            if await kube.create(workload.dkim_secret(owner, key, private, dns_value)) is None:
                 log.info("generated DKIM key %s._domainkey.%s", key.selector, key.domain)
 
 
@@ -194,7 +200,7 @@ async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
     inputs = ServerInputs(name=owner.name, namespace=owner.namespace, spec=spec, tenants=tenants,
                           replica_addresses=runnable)
     return Gathered(inputs=inputs, credentials=credentials, tls_secret=tls_secret, replicas=replicas,
-                    pool_shortfall=shortfall, tenant_conflicts=conflicts)
+                    pool_shortfall=shortfall, tenant_conflicts=conflicts, served=len(tenants))
 
 
 def decide(spec: SmtpServerSpec, gathered: Gathered, sts: dict[str, Any] | None, config_hash: str,
@@ -229,7 +235,7 @@ def decide(spec: SmtpServerSpec, gathered: Gathered, sts: dict[str, Any] | None,
     tenants_served = (
         ("TenantsServed", FALSE, "SenderDomainConflict", "; ".join(gathered.tenant_conflicts))
         if gathered.tenant_conflicts else
-        ("TenantsServed", TRUE, "AllServed", f"{len(gathered.inputs.tenants)} tenant(s) served")
+        ("TenantsServed", TRUE, "AllServed", f"{gathered.served} tenant(s) served")
     )
     if gathered.pool_shortfall:
         return Outcome(ready=FALSE, reason="PoolTooSmall", stalled=True, fields=fields,
@@ -243,72 +249,146 @@ def decide(spec: SmtpServerSpec, gathered: Gathered, sts: dict[str, Any] | None,
                        extra_conditions=(config_applied, tenants_served),
                        message=f"{ready}/{want} pods ready, {min(updated, want)}/{want} updated")
     return Outcome(ready=TRUE, reason="Available", fields=fields, extra_conditions=(config_applied, tenants_served),
-                   message=f"{ready}/{want} pods ready, serving {len(gathered.inputs.tenants)} tenant(s)")
+                   message=f"{ready}/{want} pods ready, serving {gathered.served} tenant(s)")
 
 
 async def reconcile_server(key: Key) -> None:
-    """One full, idempotent reconcile of an SmtpServer."""
-    namespace, name = key
+    """One full, idempotent reconcile of an SmtpServer.
+
+    Two steps under the server's lock: rendering and applying what the pods need (config,
+    credentials, StatefulSet) takes one of RENDER_SLOTS; waiting for the Services (a new
+    ClusterIP is the slowest write of all under load), DNS and the status write do not, so a
+    burst of new servers gets its StatefulSets out at the rate the API server takes writes.
+    """
     async with _locks(key):
         _applied.pop(key, None)
-        body = await kube.get(API_VERSION, "SmtpServer", name, namespace)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        async with _render_slots:
+            rolled = await _roll_out(key)
+        if rolled is None:
             return
+        await rolled.services  # DNS below reads the Services' addresses
+        body, spec, gathered, sts = rolled.body, rolled.spec, rolled.gathered, rolled.sts
         generation = body["metadata"].get("generation")
-        try:
-            spec = SmtpServerSpec.model_validate(body.get("spec") or {})
-        except ValidationError as error:
-            await publish(SmtpServer, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error),
-                                                    stalled=True))
-            return
-        owner = workload.Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
-        try:
-            gathered = await gather(owner, spec)
-            data = config_map_data(gathered.inputs)
-        except MissingReference as missing:
-            await publish(SmtpServer, body, Outcome(ready=FALSE, reason=missing.reason, message=missing.message,
-                                                    stalled=missing.reason != "CertificatePending",
-                                                    reconciling=missing.reason == "CertificatePending"))
-            return
-        except ConfigError as error:
-            await publish(SmtpServer, body, Outcome(ready=FALSE, reason="InvalidConfig", message=str(error),
-                                                    stalled=True))
-            return
-        config_hash = content_hash(data)
-        image = mta_image(spec)
-        objects: list[dict[str, Any]] = [
-            workload.credentials_secret(owner, gathered.credentials),
-            workload.config_map(owner, data),
-            *workload.services(owner, spec),
-            workload.statefulset(owner, spec, gathered.replicas, image, gathered.tls_secret),
-        ]
-        if spec.replicas > 1:
-            objects.append(workload.pod_disruption_budget(owner))
-        else:
-            await kube.delete("policy/v1", "PodDisruptionBudget", workload.pdb_name(name), namespace)
-        if await kube.kind_exists("monitoring.coreos.com/v1", "ServiceMonitor"):
-            objects.append(workload.service_monitor(owner))
-        previous_hash = (body.get("status") or {}).get("configHash")
-        sts: dict[str, Any] | None = None
-        for obj in objects:
-            applied = await kube.apply(obj)
-            if obj["kind"] == "StatefulSet":
-                sts = applied
-        if previous_hash != config_hash:
-            await asyncio.to_thread(post_event, body, "Normal", "ConfigApplied",
-                                    f"MTA config {config_hash} written to ConfigMap "
-                                    f"{workload.config_map_name(name)} ({gathered.replicas} replica(s))")
-        outcome = decide(spec, gathered, sts, config_hash, generation)
-        dns_report = await dnsrecords.reconcile_dns(body, owner, spec, gathered.inputs)
+        outcome = decide(spec, gathered, sts, rolled.config_hash, generation)
+        dns_report = await dnsrecords.reconcile_dns(body, rolled.owner, spec, gathered.inputs)
         await publish(SmtpServer, body, dnsrecords.with_dns(outcome, dns_report))
-        _applied[key] = Applied(generation, ((sts or {}).get("metadata") or {}).get("generation"), spec, gathered,
-                                config_hash, dns_report)
+        _applied[key] = Applied(generation, ((sts or {}).get("metadata") or {}).get("generation"), spec,
+                                gathered.settled(), rolled.config_hash, _SettledDns.of(dns_report))
 
 
-server_kicker: Kicker[Key] = Kicker(reconcile_server)
-_handler_slots = asyncio.Semaphore(8)
-"""At most this many handler-driven reconciles at once: 200 in flight held 200 configs in memory
-and made each of them slower, not the batch faster."""
+@dataclass
+class _RolledOut:
+    """What the first step of a reconcile applied, for the second."""
+
+    body: dict[str, Any]
+    spec: SmtpServerSpec
+    owner: workload.Owner
+    gathered: Gathered
+    config_hash: str
+    sts: dict[str, Any] | None
+    services: asyncio.Future[list[dict[str, Any]]]
+
+
+async def _roll_out(key: Key) -> _RolledOut | None:
+    """Read, gather, render and apply; None when done already (gone, or a problem was published)."""
+    namespace, name = key
+    body = await kube.get(API_VERSION, "SmtpServer", name, namespace)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    try:
+        spec = SmtpServerSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        await publish(SmtpServer, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error), stalled=True))
+        return None
+    owner = workload.Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
+    try:
+        gathered = await gather(owner, spec)
+        data = config_map_data(gathered.inputs)
+    except MissingReference as missing:
+        await publish(SmtpServer, body, Outcome(ready=FALSE, reason=missing.reason, message=missing.message,
+                                                stalled=missing.reason != "CertificatePending",
+                                                reconciling=missing.reason == "CertificatePending"))
+        return None
+    except ConfigError as error:
+        await publish(SmtpServer, body, Outcome(ready=FALSE, reason="InvalidConfig", message=str(error),
+                                                stalled=True))
+        return None
+    config_hash = content_hash(data)
+    image = mta_image(spec)
+    # What the pods mount first, then the StatefulSet, so a new pod never starts on an old config.
+    # The Services go alongside and do not hold up the StatefulSet; objects within a step are
+    # applied concurrently.
+    mounted: list[dict[str, Any]] = [
+        workload.credentials_secret(owner, gathered.credentials),
+        workload.config_map(owner, data),
+    ]
+    if spec.replicas > 1:
+        mounted.append(workload.pod_disruption_budget(owner))
+        _no_pdb.discard(key)
+    elif key not in _no_pdb:  # deleted once (or never there) since the operator started
+        if (body.get("status") or {}).get("configHash"):  # else never reconciled: no PDB of ours
+            await kube.delete("policy/v1", "PodDisruptionBudget", workload.pdb_name(name), namespace)
+        _no_pdb.add(key)
+    if await kube.kind_exists("monitoring.coreos.com/v1", "ServiceMonitor"):
+        mounted.append(workload.service_monitor(owner))
+    previous_hash = (body.get("status") or {}).get("configHash")
+    services = asyncio.gather(*(_apply_service(obj) for obj in workload.services(owner, spec)))
+    try:
+        await asyncio.gather(*(kube.apply(obj) for obj in mounted))
+        sts: dict[str, Any] | None = await kube.apply(
+            workload.statefulset(owner, spec, gathered.replicas, image, gathered.tls_secret))
+    except BaseException:
+        await asyncio.gather(services, return_exceptions=True)
+        raise
+    _sts_seen.pop(key, None)  # older than what the apply returned
+    if previous_hash != config_hash:
+        post_event_soon(body, "Normal", "ConfigApplied",
+                        f"MTA config {config_hash} written to ConfigMap "
+                        f"{workload.config_map_name(name)} ({gathered.replicas} replica(s))")
+    return _RolledOut(body, spec, owner, gathered, config_hash, sts, services)
+
+
+SERVICE_SLOTS = 8
+"""Service writes in flight. A new Service waits seconds for its ClusterIP when the API server is
+busy (it took ~8 a second in the scale bench, against ~140 on an idle one); 50 such writes at once
+held most request threads and starved the rest of every reconcile, without creating more per second."""
+_service_slots = asyncio.Semaphore(SERVICE_SLOTS)
+
+
+async def _apply_service(obj: dict[str, Any]) -> dict[str, Any]:
+    async with _service_slots:
+        return await kube.apply(obj)
+
+
+RENDER_SLOTS = 16
+"""Reconciles rendering and applying at once: each holds its tenants' specs and rendered config, and
+200 at once made each slower, not the batch faster; 8 left the API server idle between requests."""
+_render_slots = asyncio.Semaphore(RENDER_SLOTS)
+server_kicker: Kicker[Key] = Kicker(reconcile_server, concurrency=128)
+"""Reconciles of servers, from events (at once) and from tenants, pools and the resync (coalesced)."""
+_no_pdb: set[Key] = set()
+"""Servers whose PodDisruptionBudget is known to be absent: a single-replica server deleted it once
+(a 404 or a delete) and need not ask again on every reconcile until it gets more replicas."""
+
+
+@dataclass(frozen=True)
+class _SettledDns(dnsrecords.DnsReport):
+    """A DNS report without its records (hundreds per server with many sender domains): what
+    `with_dns` needs to re-derive Ready after a rollout. status.dns is what the last reconcile
+    wrote; `rendering` hands it back from the object's current status instead of keeping a copy."""
+
+    rendered: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, report: dnsrecords.DnsReport) -> _SettledDns:
+        kept = {f.name: getattr(report, f.name) for f in fields(dnsrecords.DnsReport) if f.name != "records"}
+        return cls(**kept)
+
+    def rendering(self, written: dict[str, Any]) -> _SettledDns:
+        return replace(self, rendered=written)
+
+    def status_field(self) -> dict[str, Any]:
+        return self.rendered
 
 
 @dataclass(frozen=True)
@@ -320,7 +400,7 @@ class Applied:
     spec: SmtpServerSpec
     gathered: Gathered
     config_hash: str
-    dns: Any
+    dns: _SettledDns
 
 
 _applied: dict[Key, Applied] = {}
@@ -338,35 +418,59 @@ async def refresh_status(key: Key) -> None:
     namespace, name = key
     async with _locks(key):
         last = _applied.get(key)
-        sts = await kube.get("apps/v1", "StatefulSet", workload.statefulset_name(name), namespace)
+        sts = _sts_seen.pop(key, None)  # the newest watch event's object: as fresh as a GET would be
+        if sts is None:
+            sts = await kube.get("apps/v1", "StatefulSet", workload.statefulset_name(name), namespace)
         body = await kube.get(API_VERSION, "SmtpServer", name, namespace) if last and sts else None
         current = (last is not None and sts is not None and body is not None
                    and not body["metadata"].get("deletionTimestamp")
                    and body["metadata"].get("generation") == last.generation
                    and sts["metadata"].get("generation") == last.sts_generation)
-        if current:
+        written = ((body or {}).get("status") or {}).get("dns")
+        if current and isinstance(written, dict):
             assert last is not None and body is not None
             outcome = decide(last.spec, last.gathered, sts, last.config_hash, last.generation)
-            await publish(SmtpServer, body, dnsrecords.with_dns(outcome, last.dns))
+            await publish(SmtpServer, body, dnsrecords.with_dns(outcome, last.dns.rendering(written)))
             return
     await reconcile_server(key)
 
 
-status_kicker: Kicker[Key] = Kicker(refresh_status)
+status_kicker: Kicker[Key] = Kicker(refresh_status, concurrency=16)
+_sts_seen: dict[Key, dict[str, Any]] = {}
+"""The StatefulSet of each kicked server as its latest watch event showed it (consumed by refresh_status)."""
 
 
-@kopf.on.resume(GROUP, VERSION, SmtpServer.plural)
-@kopf.on.create(GROUP, VERSION, SmtpServer.plural)
-@kopf.on.update(GROUP, VERSION, SmtpServer.plural, field="spec")
-async def on_server(namespace: str | None, name: str, **_: Any) -> None:
-    """Spec changes (and operator start) reconcile at once."""
+_seen_generation: dict[Key, int | None] = {}
+"""Per SmtpServer, the generation last reconciled from an event."""
+
+
+@kopf.on.event(GROUP, VERSION, SmtpServer.plural, id="on_server")
+async def on_server_event(namespace: str | None, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A new spec (or the operator's start, which lists every server) reconciles at once.
+
+    Watched without Kopf's change handlers, which would keep a copy of every spec in
+    `status.kopf` (one more status write and watch event per server); a spec change is a new
+    `metadata.generation`, and our own status writes never change it.
+    """
     assert namespace is not None
-    async with _handler_slots:  # Kopf calls this for every server at once on start or a bulk apply
-        await reconcile_server((namespace, name))
+    key = (namespace, name)
+    meta = body.get("metadata") or {}
+    if type == "DELETED":
+        _seen_generation.pop(key, None)
+        _applied.pop(key, None)
+        _no_pdb.discard(key)
+        await _free_addresses(body.get("spec") or {})
+        return
+    generation = meta.get("generation")
+    if meta.get("deletionTimestamp") or _seen_generation.get(key, -1) == generation:
+        return
+    _seen_generation[key] = generation
+    # Queued rather than awaited here: Kopf runs at most 32 handlers per kind at once, and 200
+    # new servers would otherwise wait in Kopf's stream for each other's Services.
+    server_kicker.kick(key, delay=0.0)
 
 
-@kopf.on.delete(GROUP, VERSION, SmtpServer.plural, optional=True)
-async def on_server_deleted(spec: kopf.Spec, **_: Any) -> None:
+async def _free_addresses(spec: Mapping[str, Any]) -> None:
     """Children go by garbage collection; the pools free the server's addresses."""
     from .ippool import pool_kicker
 
@@ -379,7 +483,14 @@ async def on_statefulset(body: kopf.Body, type: str | None, **_: Any) -> None:
     """Pod readiness moves through the StatefulSet's status: re-derive the owner's status."""
     for ref in body.get("metadata", {}).get("ownerReferences", []):
         if ref.get("kind") == "SmtpServer" and ref.get("apiVersion") == API_VERSION:
-            status_kicker.kick((body["metadata"]["namespace"], ref["name"]))
+            key = (body["metadata"]["namespace"], ref["name"])
+            if type == "DELETED":
+                _sts_seen.pop(key, None)  # refresh_status reads it (absent) and reconciles in full
+            else:
+                meta = body.get("metadata") or {}
+                _sts_seen[key] = {"metadata": {"name": meta.get("name"), "generation": meta.get("generation")},
+                                  "status": dict(body.get("status") or {})}
+            status_kicker.kick(key)
 
 
 __all__ = ["UNKNOWN", "decide", "reconcile_server", "server_kicker"]

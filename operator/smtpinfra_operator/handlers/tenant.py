@@ -1,11 +1,9 @@
-"""Tenant: its namespace and SMTP credentials Secret; the servers that serve it re-render."""
+"""Tenant: its namespace and SMTP credentials Secret, its usage; the servers that serve it re-render."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -13,9 +11,9 @@ from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Tenant, TenantSpec
-from smtpinfra_mta.passwords import hash_password
+from smtpinfra_mta.passwords import Scheme, hash_password
 
-from .. import kube
+from .. import kube, usage
 from ..builders import tenant as build
 from ..builders.keys import generate_password
 from ..conditions import FALSE, TRUE, Outcome
@@ -24,19 +22,21 @@ from ..statuswriter import publish
 
 log = logging.getLogger(__name__)
 _locks: Locks[str] = Locks()
-_hasher = ThreadPoolExecutor(1, thread_name_prefix="scrypt")
-"""scrypt is CPU- and memory-hard (16 MiB a hash): one at a time caps the operator's memory, and
-hashes run only once per tenant lifetime, so a burst of new tenants queues here, not in RAM."""
+PASSWORD_SCHEME: Scheme = "hmac-sha256"
+"""Generated passwords carry 192 random bits, so a salted HMAC protects them as well as scrypt would
+(see smtpinfra_mta.passwords) at a microsecond a hash; scrypt's ~50 ms and 16 MiB each made a bulk
+apply of tenants queue behind one hashing thread. Secrets hashed with scrypt earlier stay as they are."""
 
 
 async def _ensure_namespace(name: str, uid: str, spec: TenantSpec) -> None:
     """Create the namespace owned by the Tenant; a namespace that already existed is only labelled.
 
     Owning a pre-existing namespace would make deleting the Tenant delete someone else's objects.
+    Created first and read only when it exists, so a new tenant costs one request here.
     """
     wanted = build.namespace(name, uid, spec)
-    created, existing = await kube.create_if_absent(wanted)
-    if created:
+    existing = await kube.create(wanted)
+    if existing is None:
         return
     if (existing["metadata"].get("labels") or {}).get(build.TENANT_LABEL) != name:
         await kube.apply({"apiVersion": "v1", "kind": "Namespace",
@@ -44,20 +44,34 @@ async def _ensure_namespace(name: str, uid: str, spec: TenantSpec) -> None:
                                        "labels": {build.TENANT_LABEL: name}}})
 
 
+async def _has_credentials(namespace: str) -> bool:
+    """Whether the credentials Secret exists, as the tenant-Secret informer sees it (no request)."""
+    found = await kube.find_cached("v1", "Secret", build.CREDENTIALS_SECRET, namespace,
+                                   label_selector=build.TENANT_LABEL)
+    return found is not None
+
+
 async def _ensure_credentials(name: str, uid: str, spec: TenantSpec) -> None:
-    """Generate the SMTP password once; an existing Secret is never rewritten (no silent rotation)."""
-    namespace = build.namespace_name(name, spec)
-    if await kube.get("v1", "Secret", build.CREDENTIALS_SECRET, namespace) is not None:
-        return
+    """Generate the SMTP password once; an existing Secret is never rewritten (no silent rotation).
+
+    The hash is computed only when the Secret is missing from the informer, and the create
+    refuses to replace a Secret the informer had not seen yet (409), so a tenant is hashed once.
+    """
     password = generate_password()
-    password_hash = await asyncio.get_running_loop().run_in_executor(_hasher, hash_password, password)
-    await kube.create_if_absent(build.credentials_secret(name, uid, spec, password, password_hash))
+    password_hash = hash_password(password, PASSWORD_SCHEME)
+    await kube.create(build.credentials_secret(name, uid, spec, password, password_hash))
 
 
-async def reconcile_tenant(name: str) -> None:
-    """Namespace, credentials and status of one tenant."""
+async def reconcile_tenant(name: str, seen: Mapping[str, Any] | None = None) -> None:
+    """Namespace, credentials, usage and status of one tenant.
+
+    The Tenant comes from the informer (a resync of an unchanged tenant costs no request);
+    `seen` is the object of the event that asked, and a cached copy older than it is re-read.
+    """
     async with _locks(name):
-        body = await kube.get(API_VERSION, "Tenant", name)
+        meta = (seen or {}).get("metadata") or {}
+        body = await kube.get_cached(API_VERSION, "Tenant", name, generation=meta.get("generation"),
+                                     labels=dict(meta.get("labels") or {}) if seen is not None else None)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         try:
@@ -68,18 +82,21 @@ async def reconcile_tenant(name: str) -> None:
         uid = body["metadata"]["uid"]
         namespace = build.namespace_name(name, spec)
         try:
-            await _ensure_namespace(name, uid, spec)
-            await _ensure_credentials(name, uid, spec)
+            if not await _has_credentials(namespace):  # a Secret in the namespace implies the namespace
+                await _ensure_namespace(name, uid, spec)
+                await _ensure_credentials(name, uid, spec)
         except kube.ApiException as error:
             await publish(Tenant, body, Outcome(ready=FALSE, reason="ApplyFailed", reconciling=True,
                                                 message=f"could not create namespace {namespace} or its "
                                                         f"credentials: {error.reason}"))
             return
-        previous = (body.get("status") or {}).get("usage")
+        status = body.get("status") or {}
         fields: dict[str, Any] = {"namespace": namespace, "credentialsSecret": build.CREDENTIALS_SECRET,
                                   "state": "Suspended" if spec.suspended else "Active"}
-        if previous:
-            fields["usage"] = previous
+        tenant_usage = usage.tenant_usage(name, body["metadata"].get("labels") or {}, spec, usage.latest(),
+                                          status.get("usage"))
+        if tenant_usage is not None:
+            fields["usage"] = tenant_usage
         message = (f"Namespace {namespace} and Secret {build.CREDENTIALS_SECRET} ready"
                    + ("; the tenant is suspended" if spec.suspended else ""))
         await publish(Tenant, body, Outcome(ready=TRUE, reason="CredentialsReady", message=message, fields=fields))
@@ -105,23 +122,37 @@ async def _kick_servers(*labels: Mapping[str, str] | None) -> None:
             server_kicker.kick((server["metadata"]["namespace"], server["metadata"]["name"]))
 
 
-@kopf.on.resume(GROUP, VERSION, Tenant.plural)
-@kopf.on.create(GROUP, VERSION, Tenant.plural)
-@kopf.on.update(GROUP, VERSION, Tenant.plural, field="spec")
-@kopf.on.update(GROUP, VERSION, Tenant.plural, field="metadata.labels")
-async def on_tenant(name: str, body: kopf.Body, old: Any = None, **_: Any) -> None:
-    """A tenant appeared or changed (labels decide which servers serve it): servers re-render."""
-    await reconcile_tenant(name)
-    old_labels = ((old or {}).get("metadata") or {}).get("labels") if isinstance(old, Mapping) else None
-    if isinstance(old, Mapping) and "metadata" not in old:  # a field handler's old is the field's value
-        old_labels = dict(old) if all(isinstance(v, str) for v in old.values()) else None
-    await _kick_servers(body.get("metadata", {}).get("labels"), old_labels)
+_seen: dict[str, tuple[int | None, tuple[tuple[str, str], ...]]] = {}
+"""Per Tenant, the generation and labels last acted on: what makes an event worth a reconcile."""
 
 
-@kopf.on.delete(GROUP, VERSION, Tenant.plural, optional=True)
-async def on_tenant_deleted(name: str, body: kopf.Body, **_: Any) -> None:
-    """The namespace goes with the Tenant (ownerReference); servers drop its entries."""
-    await _kick_servers(body.get("metadata", {}).get("labels"))
+@kopf.on.event(GROUP, VERSION, Tenant.plural, id="on_tenant")
+async def on_tenant_event(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A tenant appeared, changed its spec or labels (which servers serve it), or went away.
+
+    Watched without Kopf's change handlers: those keep a copy of every object's spec in its
+    status (`status.kopf`), one more status write and watch event per Tenant, and we can tell a
+    change from our own status writes by `metadata.generation` and the labels. Startup lists
+    every Tenant (type None), which reconciles each once.
+    """
+    meta = body.get("metadata") or {}
+    labels = dict(meta.get("labels") or {})
+    if type == "DELETED":
+        _seen.pop(name, None)
+        await _kick_servers(labels)  # the namespace goes with the Tenant (ownerReference)
+        return
+    state = (meta.get("generation"), tuple(sorted(labels.items())))
+    before = _seen.get(name)
+    if before == state:
+        return  # our status write, or metadata we do not read
+    try:
+        await reconcile_tenant(name, body)
+    except Exception:  # the resync retries; an event handler is not retried by Kopf
+        log.exception("reconcile of Tenant %s failed", name)
+        tenant_kicker.kick(name)
+        return
+    _seen[name] = state
+    await _kick_servers(labels, dict(before[1]) if before is not None else None)
 
 
 tenant_kicker: Kicker[str] = Kicker(reconcile_tenant)
