@@ -114,7 +114,8 @@ def check_config(config: Annotated[Path, typer.Option("--config", "-c", help="MT
 
 @app.command("hash-password")
 def hash_password_cmd(
-    scheme: Annotated[str, typer.Option(help="scrypt or pbkdf2-sha256")] = "scrypt",
+    scheme: Annotated[str, typer.Option(
+        help="scrypt, pbkdf2-sha256, or hmac-sha256 (only for random passwords of 20+ characters)")] = "scrypt",
 ) -> None:
     """Read a password from stdin and print its hash (for credentials files)."""
     password = sys.stdin.readline().rstrip("\n")

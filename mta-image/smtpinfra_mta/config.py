@@ -202,7 +202,8 @@ class Credential(_Model):
     username: str = Field(min_length=1, max_length=256, description="SMTP AUTH username.")
     password_hash: str = Field(
         description="Password hash from smtpinfra_mta.passwords.hash_password(): "
-        "'$scrypt$ln=..,r=..,p=..$salt$hash' or '$pbkdf2-sha256$rounds$salt$hash'.",
+        "'$scrypt$ln=..,r=..,p=..$salt$hash', '$pbkdf2-sha256$rounds$salt$hash' or, for generated passwords of "
+        "20+ random characters, '$hmac-sha256$salt$hash'.",
         repr=False,
     )
 
@@ -219,7 +220,8 @@ class Credential(_Model):
         if not is_password_hash(v):
             raise ValueError(
                 "password_hash is not a supported hash; produce it with smtpinfra_mta.passwords.hash_password() "
-                "(formats '$scrypt$ln=N,r=R,p=P$salt$hash' or '$pbkdf2-sha256$rounds$salt$hash')"
+                "(formats '$scrypt$ln=N,r=R,p=P$salt$hash', '$pbkdf2-sha256$rounds$salt$hash' or "
+                "'$hmac-sha256$salt$hash')"
             )
         return v
 
@@ -733,5 +735,10 @@ def with_listen_address(cfg: MtaConfig, address: str) -> MtaConfig:
 
 
 def dump_config(cfg: MtaConfig) -> str:
-    """Render a config as YAML (what the operator writes into the ConfigMap)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    """Render a config as YAML (what the operator writes into the ConfigMap).
+
+    libyaml's emitter where PyYAML has it: the pure-Python one was a seventh of the operator's CPU
+    when 200 servers were created at once.
+    """
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(cfg.model_dump(mode="json", exclude_none=True), Dumper=dumper, sort_keys=False)

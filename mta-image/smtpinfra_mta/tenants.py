@@ -7,13 +7,16 @@ questions and turns the answers into replies.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
+import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtpinfra_mta.config import MtaConfig, Tenant
-from smtpinfra_mta.passwords import is_password_hash, verify_password
+from smtpinfra_mta.passwords import Scheme, hash_password, is_password_hash, verify_password
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,10 @@ class TenantDirectory:
                     log.error("username claimed by two tenants; ignored", extra={"tenant": t.name})
                     continue
                 self._accounts[user] = Account(user, t.name, hashed)
+        # An unknown username is checked against a throwaway hash of the scheme most accounts use, so a
+        # refusal takes as long as a wrong password would (fast HMAC for generated credentials, scrypt else).
+        schemes = Counter(a.password_hash.split("$")[1] for a in self._accounts.values())
+        self._dummy_scheme = schemes.most_common(1)[0][0] if schemes else "scrypt"
         # Successful verifications, keyed by a digest of (username, password, hash), so repeated logins
         # by campaign jobs do not pay scrypt each time. Only a one-way digest is kept, never the password.
         self._verified: set[bytes] = set()
@@ -83,7 +90,7 @@ class TenantDirectory:
         account = self._accounts.get(username)
         if account is None:
             # Same cost as a real check so user enumeration by timing is not trivial.
-            await asyncio.to_thread(verify_password, password, _DUMMY_HASH)
+            await asyncio.to_thread(verify_password, password, _dummy_hash(self._dummy_scheme))
             return None
         key = hashlib.sha256(b"\0".join([username.encode(), password, account.password_hash.encode()])).digest()
         if key not in self._verified:
@@ -96,4 +103,8 @@ class TenantDirectory:
         return self._tenants.get(account.tenant)
 
 
-_DUMMY_HASH = "$scrypt$ln=14,r=8,p=1$c2FsdHNhbHRzYWx0c2FsdA$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE"
+@functools.cache
+def _dummy_hash(scheme: str) -> str:
+    """A hash of a random password nobody knows, made once per scheme with the default cost."""
+    known: dict[str, Scheme] = {"scrypt": "scrypt", "pbkdf2-sha256": "pbkdf2-sha256", "hmac-sha256": "hmac-sha256"}
+    return hash_password(secrets.token_urlsafe(32), known.get(scheme, "scrypt"))

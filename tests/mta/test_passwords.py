@@ -6,11 +6,12 @@ import base64
 import hashlib
 import hmac
 import secrets
+from pathlib import Path
 
 import pytest
 
 from smtpinfra_mta.config import Credential
-from smtpinfra_mta.passwords import MIN_GENERATED_LENGTH, hash_password, is_password_hash, verify_password
+from smtpinfra_mta.passwords import MIN_GENERATED_LENGTH, Scheme, hash_password, is_password_hash, verify_password
 
 pytestmark = pytest.mark.mta
 
@@ -73,3 +74,40 @@ def test_mta_config_accepts_hmac_credentials() -> None:
     assert verify_password(password, credential.password_hash)
     with pytest.raises(ValueError):
         Credential(username="acme", password_hash="$hmac-sha256$AAAA$BBBB")
+
+
+def test_unknown_user_is_checked_against_the_scheme_most_accounts_use(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal for an unknown username costs what a wrong password for a real account costs: with
+    generated (HMAC) credentials a fast check, with scrypt accounts a scrypt check."""
+    import asyncio
+
+    from smtpinfra_mta.config import parse_config
+    from smtpinfra_mta.tenants import TenantDirectory
+
+    calls: list[str] = []
+
+    def spy(password: str | bytes, hashed: str) -> bool:
+        calls.append(hashed.split("$")[1])
+        return verify_password(password, hashed)
+
+    monkeypatch.setattr("smtpinfra_mta.tenants.verify_password", spy)
+
+    def directory(scheme: Scheme) -> TenantDirectory:
+        h = hash_password("a-generated-password-of-enough-length", scheme)
+        cfg = parse_config({
+            "hostname": "mta.test",
+            "tenants": [{"name": "t", "sender_domains": ["t.test"], "pool": "p",
+                         "credentials": [{"username": "u", "password_hash": h}]}],
+            "pools": [{"name": "p", "source_ips": [{"address": "127.0.0.1", "ehlo_name": "o.t.test"}]}],
+            "listeners": {"submission": {"enabled": False}, "implicit_tls": {"enabled": False},
+                          "inbound": {"enabled": False}},
+            "spool": {"directory": str(tmp_path)},
+        })
+        return TenantDirectory(cfg)
+
+    schemes: list[Scheme] = ["hmac-sha256", "scrypt"]
+    for scheme in schemes:
+        calls.clear()
+        assert asyncio.run(directory(scheme).authenticate("nobody", b"x")) is None
+        assert calls == [scheme]
