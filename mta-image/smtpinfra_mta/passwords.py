@@ -12,7 +12,7 @@ and one format of our own for secrets that are generated, never chosen by a pers
 * ``$hmac-sha256$<salt>$<hash>``: HMAC-SHA256 keyed with a random 16-byte salt over the password.
 
 A slow KDF only protects passwords with little entropy, which an attacker holding the hash could
-otherwise guess. The operator's generated tenant passwords carry 192 random bits: nobody can
+otherwise guess. The operator's generated tenant passwords carry 190 random bits: nobody can
 enumerate them, however fast one guess is, so a salted HMAC is as safe for them as scrypt and
 costs microseconds instead of ~50 ms and 16 MiB per hash (which made a bulk apply of tenants
 wait in line). :func:`hash_password` refuses this scheme for passwords shorter than

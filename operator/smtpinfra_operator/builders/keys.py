@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import string
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -31,6 +32,10 @@ def generate_dkim_key(algorithm: DkimAlgorithm, rsa_bits: int = 2048) -> tuple[s
     return private, f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
 
 
+PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
 def generate_password() -> str:
-    """A 32-character URL-safe password (192 bits)."""
-    return secrets.token_urlsafe(24)
+    """32 random letters and digits (190 bits). No '-' or '_': a password starting with '-' is taken
+    for an option by command-line clients (swaks --auth-password -abc…)."""
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(32))

@@ -23,7 +23,7 @@ from ..statuswriter import publish
 log = logging.getLogger(__name__)
 _locks: Locks[str] = Locks()
 PASSWORD_SCHEME: Scheme = "hmac-sha256"
-"""Generated passwords carry 192 random bits, so a salted HMAC protects them as well as scrypt would
+"""Generated passwords carry 190 random bits, so a salted HMAC protects them as well as scrypt would
 (see smtpinfra_mta.passwords) at a microsecond a hash; scrypt's ~50 ms and 16 MiB each made a bulk
 apply of tenants queue behind one hashing thread. Secrets hashed with scrypt earlier stay as they are."""
 
