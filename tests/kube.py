@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -77,8 +78,16 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 def crds(control_plane: Any) -> Any:
     """The CRDs from crds/ installed and Established."""
     control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
+    plurals = [p.stem.split("_", 1)[1] for p in sorted(CRD_DIR.glob("*.yaml"))]
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          *[f"crd/{p.stem.split('_', 1)[1]}.smtpinfra.com" for p in sorted(CRD_DIR.glob("*.yaml"))])
+                          *[f"crd/{plural}.smtpinfra.com" for plural in plurals])
+    # Established is not yet served: discovery and the published OpenAPI (kubectl explain) follow a moment later.
+    def served(plural: str) -> bool:
+        return bool(control_plane.kubectl("explain", f"{plural}.spec", check=False).returncode == 0)
+
+    for plural in plurals:
+        wait_for(functools.partial(served, plural), timeout=60, interval=0.5,
+                 what=f"{plural} in discovery and OpenAPI")
     return control_plane
 
 
