@@ -14,8 +14,6 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import socket
-import ssl
 import subprocess
 import tempfile
 import time
@@ -41,7 +39,7 @@ from smtpinfra_operator.dns.ownership import owners
 from smtpinfra_operator.dns.verify import resolver_for
 from tests.dns.knot import FORWARD_ZONE, KEY_NAME, KEY_SECRET, REVERSE_ZONE, KnotServer
 from tests.kube import OperatorProcess, apply, condition, find, get, wait_for
-from tests.mta.conftest import free_port
+from tests.mta.conftest import free_port, https_get
 
 pytestmark = [pytest.mark.dns, pytest.mark.e2e, pytest.mark.operator]
 
@@ -293,21 +291,6 @@ def http_get(url: str) -> tuple[int, str, bytes]:
         return r.status, r.headers["Content-Type"], r.read()
 
 
-def https_get(address: str, port: int, server_name: str, cafile: Path, path: str) -> tuple[int, str, bytes]:
-    """GET over TLS to `address`, verifying the certificate for `server_name` (the name a sender fetches)."""
-    ctx = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection((address, port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname=server_name) as conn:
-        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
-    return int(lines[0].split()[1]), headers["content-type"], body
-
-
 def test_mail_signed_by_the_mta_verifies_with_the_key_in_dns(cp: Any, knot: KnotServer,
                                                               knot_resolver: dns.resolver.Resolver,
                                                               sink_factory: Any, sink_port: int) -> None:
@@ -360,9 +343,9 @@ def test_mta_serves_the_mta_sts_policy_whose_id_is_in_dns(cp: Any, knot: KnotSer
         fields = [line.split(": ", 1) for line in body.decode().splitlines()]
         assert fields == [["version", "STSv1"], ["mode", "enforce"], ["mx", mx[0]], ["max_age", "604800"]]
         # HTTPS with the MTA's certificate, verified for mta-sts.<domain> as a sending MTA would
-        assert https_get(ip, 8443, f"mta-sts.{policy_domain}", mta_cert[0], "/.well-known/mta-sts.txt") \
+        assert https_get(ip, 8443, "/.well-known/mta-sts.txt", mta_cert[0], f"mta-sts.{policy_domain}") \
             == (200, "text/plain", body), pod
-        assert https_get(ip, 8443, f"mta-sts.{policy_domain}", mta_cert[0], "/metrics")[0] == 404
+        assert https_get(ip, 8443, "/metrics", mta_cert[0], f"mta-sts.{policy_domain}")[0] == 404
     for service in ("mx-inbound", "mx-submission"):
         ports = get(cp, "service", service, NS)["spec"]["ports"]
         assert {"name": "mta-sts", "port": 443, "protocol": "TCP", "targetPort": "mta-sts"} in ports, service

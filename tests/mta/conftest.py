@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -277,6 +278,22 @@ def sink_factory(tmp_path: Path) -> Iterator[Callable[..., Sink]]:
             p.wait(5)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def https_get(address: str, port: int, path: str, cafile: Path, server_name: str) -> tuple[int, str, bytes]:
+    """(status, Content-Type, body) of a GET over TLS, verifying the certificate for `server_name`."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection((address, port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=server_name) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+    assert int(headers["content-length"]) == len(body)
+    return int(lines[0].split()[1]), headers["content-type"], body
 
 
 # ------------------------------------------------------------------------------------ the MTA

@@ -27,6 +27,7 @@ from .conftest import (
     RunningMta,
     base_config,
     free_port,
+    https_get,
     submit,
     wait_for,
     wait_port,
@@ -77,22 +78,6 @@ def _get_full(port: int, path: str) -> tuple[int, str, bytes]:
         return e.code, e.headers["Content-Type"], e.read()
 
 
-def _https_get(port: int, path: str, cafile: Path, server_name: str = "mta.test") -> tuple[int, str, bytes]:
-    """(status, Content-Type, body) over HTTPS, verifying the certificate for `server_name`."""
-    ctx = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection((MTA_ADDR, port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname=server_name) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    assert int(headers["Content-Length"]) == len(body)
-    return int(lines[0].split()[1]), headers["Content-Type"], body
-
-
 def test_mta_sts_policy_is_served_over_http_and_https(tmp_path: Path, tls_files: Any,
                                                       password_hashes: dict[str, str], mta_factory: Any) -> None:
     """RFC 8461 3.3: GET /.well-known/mta-sts.txt answers 200, text/plain, the policy byte for byte."""
@@ -104,20 +89,21 @@ def test_mta_sts_policy_is_served_over_http_and_https(tmp_path: Path, tls_files:
     assert port is not None and https is not None and https == cfg["http"]["mta_sts_port"]
     assert _get_full(port, "/.well-known/mta-sts.txt") == (200, "text/plain", STS_POLICY.encode())
     # the HTTPS listener presents the MTA's certificate (tls.cert_file) and verifies as such
-    assert _https_get(https, "/.well-known/mta-sts.txt", tls_files[0]) == (200, "text/plain", STS_POLICY.encode())
+    assert https_get(MTA_ADDR, https, "/.well-known/mta-sts.txt", tls_files[0], "mta.test") \
+        == (200, "text/plain", STS_POLICY.encode())
     # the public HTTPS listener serves the policy only: no metrics, stats or health there
     for path in ("/metrics", "/stats", "/healthz", "/"):
-        assert _https_get(https, path, tls_files[0])[0] == 404, path
+        assert https_get(MTA_ADDR, https, path, tls_files[0], "mta.test")[0] == 404, path
     assert _get(port, "/healthz") == (200, b"ok\n")
     # a reloaded config changes what is served, without a restart
     changed = STS_POLICY.replace("enforce", "testing")
     mta.call(lambda: mta.app.reload(parse_config({**cfg, "mta_sts": {"policy": changed}})))
     assert _get_full(port, "/.well-known/mta-sts.txt")[2] == changed.encode()
-    assert _https_get(https, "/.well-known/mta-sts.txt", tls_files[0])[2] == changed.encode()
+    assert https_get(MTA_ADDR, https, "/.well-known/mta-sts.txt", tls_files[0], "mta.test")[2] == changed.encode()
     # a TLS handshake that fails (wrong name) leaves the listener working
     with pytest.raises(ssl.SSLCertVerificationError):
-        _https_get(https, "/.well-known/mta-sts.txt", tls_files[0], server_name="mta-sts.other.test")
-    assert _https_get(https, "/.well-known/mta-sts.txt", tls_files[0])[0] == 200
+        https_get(MTA_ADDR, https, "/.well-known/mta-sts.txt", tls_files[0], "mta-sts.other.test")
+    assert https_get(MTA_ADDR, https, "/.well-known/mta-sts.txt", tls_files[0], "mta.test")[0] == 200
 
 
 def test_mta_sts_path_is_404_without_a_policy(tmp_path: Path, tls_files: Any, password_hashes: dict[str, str],
