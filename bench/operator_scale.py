@@ -133,16 +133,24 @@ def summary(name: str, values: list[float]) -> str:
             f"max={max(values):7.3f}s  mean={statistics.fmean(values):7.3f}s")
 
 
-def create_all(bodies: Iterable[tuple[str, Callable[[], Any]]], applied: Timeline, workers: int) -> None:
-    """Run each create call in a small pool, recording the moment just before each call."""
+def create_all(bodies: Iterable[tuple[str, Callable[[], Any]]], applied: Timeline, workers: int,
+               rate: float = 0.0) -> None:
+    """Run each create call in a small pool, recording the moment just before each call.
 
-    def one(item: tuple[str, Callable[[], Any]]) -> None:
-        key, call = item
+    With `rate`, the i-th call starts no earlier than i/rate seconds after the first (a steady
+    stream of applies, as a GitOps sync of many objects sends them); without, as fast as the pool goes.
+    """
+    start = time.monotonic()
+
+    def one(indexed: tuple[int, tuple[str, Callable[[], Any]]]) -> None:
+        index, (key, call) = indexed
+        if rate > 0:
+            time.sleep(max(0.0, start + index / rate - time.monotonic()))
         applied.mark(key)
         call()
 
     with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(one, bodies):
+        for _ in pool.map(one, enumerate(bodies)):
             pass
 
 
@@ -164,6 +172,8 @@ def main() -> int:
     parser.add_argument("--groups", type=int, default=20, help="tenant label groups; each server selects one")
     parser.add_argument("--workers", type=int, default=8, help="client threads creating objects")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each phase")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="SmtpServers applied per second (default: all at once, as fast as --workers go)")
     parser.add_argument("--keep", action="store_true", help="keep the state dir (and print it) for inspection")
     args = parser.parse_args()
 
@@ -210,7 +220,7 @@ def main() -> int:
 
         # Watches first, so no transition is missed.
         server_ready, tenant_ready, pool_ready = Timeline(), Timeline(), Timeline()
-        pod_seen, pod_ready = Timeline(), Timeline()
+        pod_seen, pod_ready, sts_seen = Timeline(), Timeline(), Timeline()
 
         def on_custom(timeline: Timeline) -> Callable[[str, dict[str, Any]], None]:
             def handle(kind: str, obj: dict[str, Any]) -> None:
@@ -224,7 +234,13 @@ def main() -> int:
             if kind != "DELETED" and is_ready(obj):
                 pod_ready.mark(name)
 
+        def on_statefulset(kind: str, obj: dict[str, Any]) -> None:
+            sts_seen.mark(obj["metadata"]["name"])
+
         threads = [
+            threading.Thread(target=watch_forever, daemon=True, args=(
+                client.AppsV1Api(api).list_namespaced_stateful_set, on_statefulset, stop),
+                kwargs={"namespace": NAMESPACE}),
             threading.Thread(target=watch_forever, daemon=True, args=(
                 custom.list_namespaced_custom_object, on_custom(server_ready), stop),
                 kwargs={"group": GROUP, "version": VERSION, "namespace": NAMESPACE, "plural": "smtpservers"}),
@@ -295,7 +311,7 @@ def main() -> int:
                                                                         body)
 
         t_servers = time.monotonic()
-        create_all([server_call(i, n) for i, n in enumerate(servers)], server_applied, args.workers)
+        create_all([server_call(i, n) for i, n in enumerate(servers)], server_applied, args.workers, args.rate)
         created_in = time.monotonic() - t_servers
         wait_all(servers, server_ready, args.timeout, "SmtpServers")
         print(f"{args.servers} servers created in {created_in:.1f}s, all Ready after "
@@ -312,25 +328,33 @@ def main() -> int:
         tenant_lat = latencies(tenant_applied, tenant_ready, tenants)
         pods = {s: f"{sts_names[s]}-0" for s in servers}
         kwok_lat = [pod_ready.times[p] - pod_seen.times[p] for p in pods.values() if p in pod_ready and p in pod_seen]
-        beyond, after_pod = [], []
+        beyond, after_pod, to_sts, sts_to_pod, operator_share = [], [], [], [], []
         for server, pod in pods.items():
             if server in server_ready and server in server_applied and pod in pod_ready and pod in pod_seen:
                 total = server_ready.times[server] - server_applied.times[server]
                 beyond.append(total - (pod_ready.times[pod] - pod_seen.times[pod]))
                 after_pod.append(server_ready.times[server] - pod_ready.times[pod])
+                sts = sts_names[server]
+                if sts in sts_seen:
+                    to_sts.append(sts_seen.times[sts] - server_applied.times[server])
+                    sts_to_pod.append(pod_seen.times[pod] - sts_seen.times[sts])
+                    operator_share.append(to_sts[-1] + max(0.0, after_pod[-1]))
         peak_mb = max(sampler.hwm_kb, sampler.peak_rss_kb) / 1024
         log_text = log_path.read_text(errors="replace")
         print()
         print(summary("tenant apply -> Ready", tenant_lat))
         print(summary("server apply -> Ready", server_lat))
-        print(summary("kwok pod seen -> Ready", kwok_lat))
+        print(summary("  apply -> StatefulSet (operator)", to_sts))
+        print(summary("  StatefulSet -> pod (controllers)", sts_to_pod))
+        print(summary("  pod seen -> Ready (kwok)", kwok_lat))
+        print(summary("  pod Ready -> server Ready", after_pod))
         print(summary("server Ready beyond kwok pod start", beyond))
-        print(summary("server Ready after its pod Ready", after_pod))
+        print(summary("operator's share", operator_share))
         print(f"operator peak RSS (VmHWM) {sampler.hwm_kb / 1024:.1f} MB, sampled VmRSS max "
               f"{sampler.peak_rss_kb / 1024:.1f} MB; log {len(log_text.splitlines())} lines, "
               f"{log_text.count('Traceback')} tracebacks")
         result = {
-            "servers": args.servers, "tenants": args.tenants,
+            "servers": args.servers, "tenants": args.tenants, "rate": args.rate or None,
             "server_ready_p50_s": round(quantile(server_lat, .5), 3),
             "server_ready_p95_s": round(quantile(server_lat, .95), 3),
             "server_ready_max_s": round(max(server_lat, default=math.nan), 3),
@@ -338,6 +362,8 @@ def main() -> int:
             "server_beyond_kwok_p95_s": round(quantile(beyond, .95), 3),
             "tenant_ready_p50_s": round(quantile(tenant_lat, .5), 3),
             "tenant_ready_p95_s": round(quantile(tenant_lat, .95), 3),
+            "operator_share_p50_s": round(quantile(operator_share, .5), 3),
+            "operator_share_p95_s": round(quantile(operator_share, .95), 3),
             "kwok_pod_ready_p50_s": round(quantile(kwok_lat, .5), 3),
             "kwok_pod_ready_p95_s": round(quantile(kwok_lat, .95), 3),
             "operator_peak_rss_mb": round(peak_mb, 1),

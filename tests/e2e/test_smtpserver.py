@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 from typing import Any
 
 import dkim
@@ -122,6 +123,44 @@ def test_hand_deleted_children_are_restored(platform, knot):
     wait_for(lambda: find(cp, "service", "restore-submission", NS), what="service restored", timeout=30)
     wait_for(lambda: get(cp, "statefulset", "restore", NS)["spec"]["replicas"] == 0, what="replicas restored",
              timeout=30)
+
+
+def server_applies(cp: Any) -> dict[str, float]:
+    """kube-apiserver's count of server-side applies per resource (its own metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(cp.kubectl("get", "--raw", "/metrics").stdout):
+        if family.name == "apiserver_request":
+            for sample in family.samples:
+                if sample.name == "apiserver_request_total" and sample.labels.get("verb") == "APPLY":
+                    resource = sample.labels.get("resource", "")
+                    counts[resource] = counts.get(resource, 0.0) + sample.value
+    return counts
+
+
+def test_a_resync_of_unchanged_servers_applies_nothing_and_hand_edits_are_restored(platform, knot):
+    """Every server is re-derived each resync, but its children are applied again only when
+    someone changed them: with nothing changed, three resyncs make no server-side apply."""
+    cp = platform
+    apply(cp, server_manifest("steady", knot, 2525, replicas=1))
+    wait_for(lambda: (o := get(cp, "smtpserver", "steady", NS)) and condition(o, "Ready")
+             and condition(o, "Ready")["status"] == "True", what="steady Ready", timeout=60)
+    kinds = ("configmaps", "secrets", "services", "statefulsets")
+    before = server_applies(cp)
+    assert all(before.get(k, 0) > 0 for k in kinds), before
+    time.sleep(6)  # three resync periods (SMTP_INFRA_RESYNC_SECONDS=2 in tests)
+    after = server_applies(cp)
+    assert {k: after.get(k, 0) - before.get(k, 0) for k in kinds} == dict.fromkeys(kinds, 0)
+
+    rendered = get(cp, "configmap", "steady-config", NS)["data"]
+    key = sorted(rendered)[0]
+    cp.kubectl("-n", NS, "patch", "configmap", "steady-config", "--type=merge",
+               "-p", json.dumps({"data": {key: "edited by hand"}}))
+    wait_for(lambda: get(cp, "configmap", "steady-config", NS)["data"] == rendered, what="config restored",
+             timeout=30)
+    cp.kubectl("-n", NS, "delete", "secret", "steady-credentials")
+    wait_for(lambda: find(cp, "secret", "steady-credentials", NS), what="credentials restored", timeout=30)
 
 
 def test_missing_pool_then_appearing(platform, knot):

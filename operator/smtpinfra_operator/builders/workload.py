@@ -142,6 +142,66 @@ def restart_hash(spec: SmtpServerSpec, image: str, tls_secret: str | None) -> st
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
+TEMPLATE_HASH_ANNOTATION = "smtpinfra.com/template-hash"
+"""On the pod template, so each pod says which template it was made from: a pod is up to date
+when it carries the hash of the template the operator last applied (`pod_rollout`)."""
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def template_hash(sts: dict[str, Any]) -> str:
+    """The template hash of a StatefulSet this module built."""
+    return str(sts["spec"]["template"]["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION])
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A server's pods as they are: how many exist, and of the wanted ordinals how many are ready and current."""
+
+    pods: int = 0
+    ready: int = 0
+    """Pods of ordinals below the wanted replicas that are Ready."""
+    updated: int = 0
+    """Pods of those ordinals made from the current template."""
+    available: int = 0
+    """Pods that are both: the rollout is done when this reaches the wanted replicas."""
+
+
+def pod_ordinal(server: str, pod_name: str) -> int | None:
+    """The StatefulSet ordinal of one of the server's pods (None: not one of its pods)."""
+    prefix = f"{statefulset_name(server)}-"
+    suffix = pod_name[len(prefix):] if pod_name.startswith(prefix) else ""
+    return int(suffix) if suffix.isdigit() else None
+
+
+def pod_rollout(server: str, pods: list[dict[str, Any]], want: int, current_template: str | None) -> Rollout:
+    """Readiness from the pods themselves (pure).
+
+    The StatefulSet's status says the same, but through kube-controller-manager, which under load
+    published it seconds after the pods were Ready; each pod carries its template hash and Ready.
+    A terminating pod counts as neither ready nor current.
+    """
+    ready = updated = available = existing = 0
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        ordinal = pod_ordinal(server, meta.get("name", ""))
+        if ordinal is None:
+            continue
+        existing += 1
+        if ordinal >= want or meta.get("deletionTimestamp"):
+            continue
+        is_ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                       for c in (pod.get("status") or {}).get("conditions") or [])
+        is_current = current_template is not None and \
+            (meta.get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION) == current_template
+        ready += is_ready
+        updated += is_current
+        available += is_ready and is_current
+    return Rollout(pods=existing, ready=ready, updated=updated, available=available)
+
+
 def _smtp_ports(spec: SmtpServerSpec) -> list[tuple[str, int]]:
     """(port name, port) of each enabled SMTP listener; containers and Services both use it."""
     listeners = spec.listeners
@@ -210,6 +270,22 @@ def statefulset(
     }
     if spec.spool.storage_class_name:
         claim["spec"]["storageClassName"] = spec.spool.storage_class_name
+    template: dict[str, Any] = {
+        "metadata": {
+            "labels": labels(owner.name),
+            "annotations": {"smtpinfra.com/restart-hash": restart_hash(spec, image, tls_secret)},
+        },
+        "spec": {
+            # The MTA drains on SIGTERM: new sessions get 421, sessions in flight finish.
+            "terminationGracePeriodSeconds": 60,
+            "enableServiceLinks": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": MTA_UID, "runAsGroup": MTA_UID,
+                                "fsGroup": MTA_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+    template["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = _digest(template)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -221,21 +297,7 @@ def statefulset(
             "updateStrategy": {"type": "RollingUpdate"},
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
             "selector": {"matchLabels": selector_labels(owner.name)},
-            "template": {
-                "metadata": {
-                    "labels": labels(owner.name),
-                    "annotations": {"smtpinfra.com/restart-hash": restart_hash(spec, image, tls_secret)},
-                },
-                "spec": {
-                    # The MTA drains on SIGTERM: new sessions get 421, sessions in flight finish.
-                    "terminationGracePeriodSeconds": 60,
-                    "enableServiceLinks": False,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": MTA_UID, "runAsGroup": MTA_UID,
-                                        "fsGroup": MTA_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [container],
-                    "volumes": volumes,
-                },
-            },
+            "template": template,
             "volumeClaimTemplates": [claim],
         },
     }

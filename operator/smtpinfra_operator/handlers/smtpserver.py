@@ -203,16 +203,12 @@ async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
                     pool_shortfall=shortfall, tenant_conflicts=conflicts, served=len(tenants))
 
 
-def decide(spec: SmtpServerSpec, gathered: Gathered, sts: dict[str, Any] | None, config_hash: str,
-           generation: int | None) -> Outcome:
-    """The Ready outcome from what was applied and what the StatefulSet reports (pure)."""
-    status = (sts or {}).get("status") or {}
-    ready = status.get("readyReplicas") or 0
-    updated = status.get("updatedReplicas") or 0
-    current = status.get("observedGeneration", 0) >= ((sts or {}).get("metadata") or {}).get("generation", 1)
+def decide(spec: SmtpServerSpec, gathered: Gathered, rollout: workload.Rollout, config_hash: str) -> Outcome:
+    """The Ready outcome from what was applied and what the pods report (pure)."""
+    ready, updated = rollout.ready, rollout.updated
     want = gathered.replicas
     fields: dict[str, Any] = {
-        "replicas": status.get("replicas") or 0,
+        "replicas": rollout.pods,
         "readyReplicas": ready,
         "configHash": config_hash,
         "sendingAddresses": [
@@ -228,7 +224,7 @@ def decide(spec: SmtpServerSpec, gathered: Gathered, sts: dict[str, Any] | None,
                if spec.listeners.inbound.enabled else {}),
         },
     }
-    rolled_out = current and updated >= want and ready >= want
+    rolled_out = rollout.available >= want
     config_applied = ("ConfigApplied", TRUE if rolled_out else FALSE,
                       "Applied" if rolled_out else "RollingOut",
                       f"config {config_hash} on {min(updated, want)}/{want} pods")
@@ -267,13 +263,13 @@ async def reconcile_server(key: Key) -> None:
         if rolled is None:
             return
         await rolled.services  # DNS below reads the Services' addresses
-        body, spec, gathered, sts = rolled.body, rolled.spec, rolled.gathered, rolled.sts
-        generation = body["metadata"].get("generation")
-        outcome = decide(spec, gathered, sts, rolled.config_hash, generation)
+        body, spec, gathered = rolled.body, rolled.spec, rolled.gathered
+        rollout = workload.pod_rollout(key[1], await _pods_of(key), gathered.replicas, rolled.template)
+        outcome = decide(spec, gathered, rollout, rolled.config_hash)
         dns_report = await dnsrecords.reconcile_dns(body, rolled.owner, spec, gathered.inputs)
         await publish(SmtpServer, body, dnsrecords.with_dns(outcome, dns_report))
-        _applied[key] = Applied(generation, ((sts or {}).get("metadata") or {}).get("generation"), spec,
-                                gathered.settled(), rolled.config_hash, _SettledDns.of(dns_report))
+        _applied[key] = Applied(body["metadata"].get("generation"), rolled.sts_generation, spec,
+                                gathered.settled(), rolled.config_hash, rolled.template, _SettledDns.of(dns_report))
 
 
 @dataclass
@@ -285,7 +281,9 @@ class _RolledOut:
     owner: workload.Owner
     gathered: Gathered
     config_hash: str
-    sts: dict[str, Any] | None
+    template: str
+    """The pod template hash of the StatefulSet as applied."""
+    sts_generation: int | None
     services: asyncio.Future[list[dict[str, Any]]]
 
 
@@ -333,19 +331,21 @@ async def _roll_out(key: Key) -> _RolledOut | None:
         mounted.append(workload.service_monitor(owner))
     previous_hash = (body.get("status") or {}).get("configHash")
     services = asyncio.gather(*(_apply_service(obj) for obj in workload.services(owner, spec)))
+    desired_sts = workload.statefulset(owner, spec, gathered.replicas, image, gathered.tls_secret)
     try:
         await asyncio.gather(*(kube.apply(obj) for obj in mounted))
-        sts: dict[str, Any] | None = await kube.apply(
-            workload.statefulset(owner, spec, gathered.replicas, image, gathered.tls_secret))
+        sts = await kube.apply(desired_sts)
     except BaseException:
         await asyncio.gather(services, return_exceptions=True)
         raise
-    _sts_seen.pop(key, None)  # older than what the apply returned
+    sts_generation = sts["metadata"].get("generation")
+    _sts_generation[key] = sts_generation
     if previous_hash != config_hash:
         post_event_soon(body, "Normal", "ConfigApplied",
                         f"MTA config {config_hash} written to ConfigMap "
                         f"{workload.config_map_name(name)} ({gathered.replicas} replica(s))")
-    return _RolledOut(body, spec, owner, gathered, config_hash, sts, services)
+    return _RolledOut(body, spec, owner, gathered, config_hash, workload.template_hash(desired_sts), sts_generation,
+                      services)
 
 
 SERVICE_SLOTS = 8
@@ -393,13 +393,14 @@ class _SettledDns(dnsrecords.DnsReport):
 
 @dataclass(frozen=True)
 class Applied:
-    """What the last full reconcile applied: enough to re-derive Ready from the StatefulSet alone."""
+    """What the last full reconcile applied: enough to re-derive Ready from the pods alone."""
 
     generation: int | None
     sts_generation: int | None
     spec: SmtpServerSpec
     gathered: Gathered
     config_hash: str
+    template: str
     dns: _SettledDns
 
 
@@ -407,37 +408,75 @@ _applied: dict[Key, Applied] = {}
 
 
 async def refresh_status(key: Key) -> None:
-    """Pods became ready (or not): re-derive Ready from the StatefulSet without re-applying everything.
+    """Pods became ready (or not): re-derive Ready from the pods without re-applying everything.
 
-    A StatefulSet emits several status events per rollout; a full reconcile for each (some fifteen
-    API calls) made pod readiness reach the SmtpServer's status minutes late with 200 servers.
-    When neither the server's spec nor the StatefulSet's spec changed since the last full
-    reconcile, its result still holds and only the rollout figures are new. Anything else (an
-    edited StatefulSet, a new generation, no full reconcile yet) gets the full reconcile.
+    Pods change state several times each while they start; a full reconcile for each (some
+    fifteen API calls) made readiness reach the SmtpServer's status minutes late with 200
+    servers. When neither the server's spec nor the StatefulSet's spec changed since the last
+    full reconcile, its result still holds and only the pods are new. Anything else (an edited
+    or deleted StatefulSet, a new generation, no full reconcile yet) gets the full reconcile.
     """
     namespace, name = key
     async with _locks(key):
         last = _applied.get(key)
-        sts = _sts_seen.pop(key, None)  # the newest watch event's object: as fresh as a GET would be
-        if sts is None:
-            sts = await kube.get("apps/v1", "StatefulSet", workload.statefulset_name(name), namespace)
-        body = await kube.get(API_VERSION, "SmtpServer", name, namespace) if last and sts else None
-        current = (last is not None and sts is not None and body is not None
-                   and not body["metadata"].get("deletionTimestamp")
-                   and body["metadata"].get("generation") == last.generation
-                   and sts["metadata"].get("generation") == last.sts_generation)
-        written = ((body or {}).get("status") or {}).get("dns")
-        if current and isinstance(written, dict):
-            assert last is not None and body is not None
-            outcome = decide(last.spec, last.gathered, sts, last.config_hash, last.generation)
-            await publish(SmtpServer, body, dnsrecords.with_dns(outcome, last.dns.rendering(written)))
-            return
+        if last is not None and _sts_generation.get(key) == last.sts_generation:
+            body = await kube.get(API_VERSION, "SmtpServer", name, namespace)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            written = (body.get("status") or {}).get("dns")
+            if body["metadata"].get("generation") == last.generation and isinstance(written, dict):
+                rollout = workload.pod_rollout(name, await _pods_of(key), last.gathered.replicas, last.template)
+                outcome = decide(last.spec, last.gathered, rollout, last.config_hash)
+                await publish(SmtpServer, body, dnsrecords.with_dns(outcome, last.dns.rendering(written)))
+                return
     await reconcile_server(key)
 
 
 status_kicker: Kicker[Key] = Kicker(refresh_status, concurrency=16)
-_sts_seen: dict[Key, dict[str, Any]] = {}
-"""The StatefulSet of each kicked server as its latest watch event showed it (consumed by refresh_status)."""
+_sts_generation: dict[Key, int | None] = {}
+"""Per server, the generation of its StatefulSet as last applied or seen (a change by anyone else
+means an edit by hand: the next refresh reconciles in full and restores it)."""
+MTA_SELECTOR = (f"app.kubernetes.io/managed-by={workload.MANAGED_BY},"
+                f"app.kubernetes.io/component={workload.COMPONENT_MTA}")
+
+
+async def _pods_of(key: Key) -> list[dict[str, Any]]:
+    """The server's pods, from the pod informer (waits for its first list)."""
+    namespace, name = key
+    return [p for p in await kube.list_cached("v1", "Pod", label_selector=MTA_SELECTOR)
+            if p["metadata"].get("namespace") == namespace
+            and (p["metadata"].get("labels") or {}).get("app.kubernetes.io/instance") == name]
+
+
+_pod_seen: dict[tuple[str, str], tuple[bool, str | None, bool]] = {}
+"""Per pod, what readiness reads of it (Ready, template hash, terminating): other changes are not kicked."""
+
+
+@kopf.on.startup()
+async def start_watches(**_: Any) -> None:
+    """Kick the owner's status refresh when one of its pods changes readiness, template or existence;
+    skip re-applying children that nobody changed since our last apply (`kube.track_applied`)."""
+    kube.track_applied(MTA_SELECTOR)
+    loop = asyncio.get_running_loop()
+
+    def on_pod(type_: str, pod: dict[str, Any]) -> None:  # runs in the informer's thread
+        meta = pod.get("metadata") or {}
+        server = (meta.get("labels") or {}).get("app.kubernetes.io/instance")
+        if not server or not meta.get("namespace"):
+            return
+        pod_key = (meta["namespace"], meta.get("name", ""))
+        if type_ == "DELETED":
+            _pod_seen.pop(pod_key, None)
+        else:
+            state = (any(c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or []),
+                     (meta.get("annotations") or {}).get(workload.TEMPLATE_HASH_ANNOTATION),
+                     bool(meta.get("deletionTimestamp")))
+            if _pod_seen.get(pod_key) == state:
+                return
+            _pod_seen[pod_key] = state
+        loop.call_soon_threadsafe(status_kicker.kick, (meta["namespace"], server))
+
+    kube.watch_cached("v1", "Pod", on_pod, label_selector=MTA_SELECTOR)
 
 
 _seen_generation: dict[Key, int | None] = {}
@@ -458,6 +497,7 @@ async def on_server_event(namespace: str | None, name: str, body: kopf.Body, typ
     if type == "DELETED":
         _seen_generation.pop(key, None)
         _applied.pop(key, None)
+        _sts_generation.pop(key, None)
         _no_pdb.discard(key)
         await _free_addresses(body.get("spec") or {})
         return
@@ -480,17 +520,20 @@ async def _free_addresses(spec: Mapping[str, Any]) -> None:
 
 @kopf.on.event("apps", "v1", "statefulsets", labels={"app.kubernetes.io/managed-by": workload.MANAGED_BY})
 async def on_statefulset(body: kopf.Body, type: str | None, **_: Any) -> None:
-    """Pod readiness moves through the StatefulSet's status: re-derive the owner's status."""
+    """A StatefulSet edited or deleted by someone else is restored by a full reconcile of its owner.
+
+    Its status (written on every pod change) is not read: readiness comes from the pods.
+    """
     for ref in body.get("metadata", {}).get("ownerReferences", []):
         if ref.get("kind") == "SmtpServer" and ref.get("apiVersion") == API_VERSION:
             key = (body["metadata"]["namespace"], ref["name"])
-            if type == "DELETED":
-                _sts_seen.pop(key, None)  # refresh_status reads it (absent) and reconciles in full
-            else:
-                meta = body.get("metadata") or {}
-                _sts_seen[key] = {"metadata": {"name": meta.get("name"), "generation": meta.get("generation")},
-                                  "status": dict(body.get("status") or {})}
-            status_kicker.kick(key)
+            generation = None if type == "DELETED" else (body.get("metadata") or {}).get("generation")
+            known = _sts_generation.get(key, -1)
+            if generation is not None and known is not None and generation < known:
+                continue  # an event from before our own apply, which already told us more
+            if known != generation:
+                _sts_generation[key] = generation
+                status_kicker.kick(key)
 
 
 __all__ = ["UNKNOWN", "decide", "reconcile_server", "server_kicker"]
