@@ -118,6 +118,27 @@ class RssSampler(threading.Thread):
             self.read()
 
 
+def cpu_seconds(marker: str, extra: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) so far of each process whose command line mentions `marker`
+    (the control plane's processes all name the state dir), plus the named `extra` pids."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = next((n for n, pid in extra.items() if pid == int(proc.name)), None)
+        if name is None and any(marker.encode() in a for a in argv):
+            name = Path(argv[0].decode(errors="replace")).name
+        if name is not None:
+            found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
 def quantile(values: list[float], q: float) -> float:
     """Nearest-rank quantile (q in 0..1); NaN for no values."""
     if not values:
@@ -311,11 +332,15 @@ def main() -> int:
                                                                         body)
 
         t_servers = time.monotonic()
+        cpu_before = cpu_seconds(str(state_dir), {"operator": operator.pid, "bench": os.getpid()})
         create_all([server_call(i, n) for i, n in enumerate(servers)], server_applied, args.workers, args.rate)
         created_in = time.monotonic() - t_servers
         wait_all(servers, server_ready, args.timeout, "SmtpServers")
         print(f"{args.servers} servers created in {created_in:.1f}s, all Ready after "
               f"{time.monotonic() - t_servers:.1f}s", flush=True)
+        cpu_used = {k: v - cpu_before.get(k, 0.0) for k, v in
+                    cpu_seconds(str(state_dir), {"operator": operator.pid, "bench": os.getpid()}).items()}
+        server_phase = time.monotonic() - t_servers
         time.sleep(2.0)  # let the last status writes and events settle before reading the peak
         sampler.read()
         sampler.stop.set()
@@ -350,6 +375,10 @@ def main() -> int:
         print(summary("  pod Ready -> server Ready", after_pod))
         print(summary("server Ready beyond kwok pod start", beyond))
         print(summary("operator's share", operator_share))
+        cores = os.cpu_count() or 1
+        print(f"CPU seconds in the {server_phase:.1f}s server phase ({cores} cores: "
+              f"{cores * server_phase:.0f}s available): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu_used.items(), key=lambda kv: -kv[1])))
         print(f"operator peak RSS (VmHWM) {sampler.hwm_kb / 1024:.1f} MB, sampled VmRSS max "
               f"{sampler.peak_rss_kb / 1024:.1f} MB; log {len(log_text.splitlines())} lines, "
               f"{log_text.count('Traceback')} tracebacks")
