@@ -31,6 +31,8 @@ class Kicker(Generic[K]):
 
     RETRIES = 3
     RETRY_DELAY = 5.0
+    BACKGROUND_CONCURRENCY = 2
+    """Background reconciles (the periodic resync) in flight at once, whatever the concurrency."""
 
     def __init__(self, reconcile: Callable[[K], Awaitable[object]], delay: float = 0.3,
                  concurrency: int = 4) -> None:
@@ -39,23 +41,40 @@ class Kicker(Generic[K]):
         self._concurrency = concurrency
         self._pending: dict[K, float] = {}
         """Dirty keys → when they become due, in kick order."""
+        self._background: dict[K, None] = {}
+        """Keys to re-derive when nothing more urgent waits (the resync), in kick order."""
+        self._background_running = 0
         self._failures: dict[K, int] = {}
         self._workers: set[asyncio.Task[None]] = set()
 
-    def kick(self, key: K, delay: float | None = None) -> None:
-        """Ask for `key` to be reconciled soon (after `delay`, default the kicker's window)."""
+    def kick(self, key: K, delay: float | None = None, background: bool = False) -> None:
+        """Ask for `key` to be reconciled soon (after `delay`, default the kicker's window).
+
+        A `background` kick (the periodic resync) waits until no other kick is due and runs at most
+        BACKGROUND_CONCURRENCY at a time: re-deriving 200 unchanged servers at once delayed a new
+        server's first reconcile by seconds. A key kicked both ways is reconciled once, urgently.
+        """
         loop = asyncio.get_running_loop()
-        due = loop.time() + (self._delay if delay is None else delay)
-        if due < self._pending.get(key, due + 1):
-            self._pending[key] = due
-        if len(self._workers) < min(self._concurrency, len(self._pending)):
+        if background:
+            if key not in self._pending:
+                self._background[key] = None
+        else:
+            self._background.pop(key, None)
+            due = loop.time() + (self._delay if delay is None else delay)
+            if due < self._pending.get(key, due + 1):
+                self._pending[key] = due
+        self._start_workers(loop)
+
+    def _start_workers(self, loop: asyncio.AbstractEventLoop) -> None:
+        wanted = len(self._pending) + min(len(self._background), self.BACKGROUND_CONCURRENCY)
+        while len(self._workers) < min(self._concurrency, wanted):
             task = loop.create_task(self._work())
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
 
     def pending(self) -> int:
         """How many keys wait for a reconcile."""
-        return len(self._pending)
+        return len(self._pending) + len(self._background)
 
     def _next(self, now: float) -> tuple[K, float]:
         key, due = next(iter(self._pending.items()))
@@ -63,28 +82,50 @@ class Kicker(Generic[K]):
             key, due = min(self._pending.items(), key=lambda item: item[1])
         return key, due
 
+    def _take_background(self) -> K | None:
+        if self._background and self._background_running < self.BACKGROUND_CONCURRENCY:
+            key = next(iter(self._background))
+            del self._background[key]
+            return key
+        return None
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._pending:
-            key, due = self._next(loop.time())
-            wait = due - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        while True:
+            wait: float | None = None
+            if self._pending:
+                key, due = self._next(loop.time())
+                wait = due - loop.time()
+                if wait <= 0:
+                    del self._pending[key]
+                    await self._run(key)
+                    continue
+            background = self._take_background()  # only while no kick is due
+            if background is not None:
+                self._background_running += 1
+                try:
+                    await self._run(background)
+                finally:
+                    self._background_running -= 1
                 continue
-            del self._pending[key]
-            try:
-                await self._reconcile(key)
-            except Exception:  # one bad object must not stop the others
-                failures = self._failures.get(key, 0) + 1
-                if failures <= self.RETRIES:
-                    self._failures[key] = failures
-                    log.exception("reconcile of %s failed; trying again in %.0fs", key, self.RETRY_DELAY * failures)
-                    self.kick(key, delay=self.RETRY_DELAY * failures)
-                else:
-                    self._failures.pop(key, None)
-                    log.exception("reconcile of %s failed; the next resync tries again", key)
+            if wait is None:
+                return
+            await asyncio.sleep(wait)
+
+    async def _run(self, key: K) -> None:
+        try:
+            await self._reconcile(key)
+        except Exception:  # one bad object must not stop the others
+            failures = self._failures.get(key, 0) + 1
+            if failures <= self.RETRIES:
+                self._failures[key] = failures
+                log.exception("reconcile of %s failed; trying again in %.0fs", key, self.RETRY_DELAY * failures)
+                self.kick(key, delay=self.RETRY_DELAY * failures)
             else:
                 self._failures.pop(key, None)
+                log.exception("reconcile of %s failed; the next resync tries again", key)
+        else:
+            self._failures.pop(key, None)
 
 
 class Locks(Generic[K]):

@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 
 
 async def resync_once(spread: float = 0.0) -> None:
-    """Kick a reconcile of every object of every kind we own, spread over about `spread` seconds.
+    """Kick a background reconcile of every object of every kind we own, spread over about `spread` seconds.
 
     Kicking everything at once queued a whole cluster's worth of reconciles in front of the
-    next real change (a new server waited behind hundreds of no-op resyncs); paced kicks let
-    event-driven reconciles slip in between.
+    next real change (a new server waited behind hundreds of no-op resyncs). Background kicks
+    run only while no event-driven reconcile is due, a couple at a time (`Kicker.kick`).
     """
     from .handlers.ippool import pool_kicker
     from .handlers.smtpserver import server_kicker
@@ -37,16 +37,17 @@ async def resync_once(spread: float = 0.0) -> None:
 
     kicks: list[Callable[[], None]] = []
     for plan in await kube.list_objects(API_VERSION, "WarmupPlan"):
-        kicks.append(functools.partial(plan_kicker.kick, plan["metadata"]["name"]))
+        kicks.append(functools.partial(plan_kicker.kick, plan["metadata"]["name"], background=True))
     # Tenants and servers come from the informers (names are all we need): listing 1,000 full
     # Tenants every period only to read their names was a large transient allocation.
     for tenant in await kube.list_cached(API_VERSION, "Tenant"):
-        kicks.append(functools.partial(tenant_kicker.kick, tenant["metadata"]["name"]))
+        kicks.append(functools.partial(tenant_kicker.kick, tenant["metadata"]["name"], background=True))
     for pool in await kube.list_objects(API_VERSION, "IpPool"):
-        kicks.append(functools.partial(pool_kicker.kick, pool["metadata"]["name"]))
+        kicks.append(functools.partial(pool_kicker.kick, pool["metadata"]["name"], background=True))
     for server in await kube.list_cached(API_VERSION, "SmtpServer"):
         kicks.append(functools.partial(server_kicker.kick,
-                                       (server["metadata"]["namespace"], server["metadata"]["name"])))
+                                       (server["metadata"]["namespace"], server["metadata"]["name"]),
+                                       background=True))
     pause = spread / len(kicks) if kicks else 0.0
     for kick in kicks:
         kick()

@@ -1,0 +1,94 @@
+"""The Kicker: coalesced reconciles, and background (resync) kicks that yield to event-driven ones."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from smtpinfra_operator.kicker import Kicker
+
+
+class Recorder:
+    """Reconciles that take a little while and record the order in which they finish."""
+
+    def __init__(self, seconds: float = 0.02) -> None:
+        self.seconds = seconds
+        self.order: list[str] = []
+        self.running = self.peak_background = 0
+        self.changed = asyncio.Condition()
+
+    async def reconcile(self, key: str) -> None:
+        self.running += 1
+        if key.startswith("bg"):
+            self.peak_background = max(self.peak_background, self.running)
+        await asyncio.sleep(self.seconds)
+        self.running -= 1
+        async with self.changed:
+            self.order.append(key)
+            self.changed.notify_all()
+
+    async def until(self, done: Callable[[list[str]], bool]) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: done(self.order))
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+
+
+def test_kicks_of_one_key_coalesce_into_one_reconcile() -> None:
+    async def scenario() -> None:
+        rec = Recorder()
+        kicker: Kicker[str] = Kicker(rec.reconcile, delay=0.05)
+        for _ in range(5):
+            kicker.kick("a")
+        kicker.kick("a", background=True)
+        kicker.kick("b")
+        await rec.until(lambda order: "b" in order and "a" in order)
+        await asyncio.sleep(0.2)  # nothing else may follow
+        assert sorted(rec.order) == ["a", "b"]
+
+    run(scenario)
+
+
+def test_background_kicks_yield_to_due_kicks_and_run_a_few_at_a_time() -> None:
+    async def scenario() -> None:
+        rec = Recorder()
+        kicker: Kicker[str] = Kicker(rec.reconcile, delay=0.0, concurrency=16)
+        for i in range(10):
+            kicker.kick(f"bg{i}", background=True)
+        kicker.kick("urgent")
+        await rec.until(lambda order: len(order) == 11)
+        assert rec.order.index("urgent") <= Kicker.BACKGROUND_CONCURRENCY, rec.order
+        assert rec.peak_background <= Kicker.BACKGROUND_CONCURRENCY + 1  # + the urgent one
+
+    run(scenario)
+
+
+def test_an_event_kick_during_a_long_resync_is_not_queued_behind_it() -> None:
+    async def scenario() -> None:
+        rec = Recorder(seconds=0.02)
+        kicker: Kicker[str] = Kicker(rec.reconcile, delay=0.0, concurrency=8)
+        for i in range(40):
+            kicker.kick(f"bg{i}", background=True)
+        await rec.until(lambda order: len(order) >= 4)
+        finished_before = len(rec.order)
+        kicker.kick("new-server")
+        await rec.until(lambda order: len(order) == 41)
+        assert rec.order.index("new-server") <= finished_before + Kicker.BACKGROUND_CONCURRENCY, rec.order
+
+    run(scenario)
+
+
+def test_an_urgent_kick_of_a_key_waiting_in_the_background_moves_it_forward() -> None:
+    async def scenario() -> None:
+        rec = Recorder()
+        kicker: Kicker[str] = Kicker(rec.reconcile, delay=0.0, concurrency=1)
+        for key in ("a", "b", "c"):
+            kicker.kick(key, background=True)
+        kicker.kick("c")
+        await rec.until(lambda order: len(order) == 3)
+        await asyncio.sleep(0.1)
+        assert rec.order[0] == "c" and sorted(rec.order) == ["a", "b", "c"], rec.order
+
+    run(scenario)
