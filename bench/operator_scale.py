@@ -9,15 +9,19 @@ bench then creates:
 * ``--servers`` SmtpServers (replicas 1, an image kwok fakes — not ``smtp-infra/…`` — a TLS Secret,
   an ed25519 DKIM key, a tenantSelector picking one group, so each config holds tenants/groups tenants).
 
-Objects are created by a small thread pool; watches record when each object first reports
-``Ready=True``. The anchor is kwok itself: for every MTA pod the bench records pod seen → pod Ready,
-so ``server_ready_beyond_kwok`` is the operator's share (apply → Ready minus the pod's own start).
+Objects are created by a small thread pool, all at once or ``--rate`` per second; watches record
+when each object first reports ``Ready=True``. The anchor is kwok itself: for every MTA pod the
+bench records pod seen → pod Ready, so ``server_beyond_kwok`` is apply → Ready minus the pod's own
+start. It also splits each server's latency: apply → StatefulSet (the operator), StatefulSet → pod
+(kube-controller-manager), pod seen → Ready (scheduler, volume binding, kwok), pod Ready → server
+Ready (the operator); ``operator_share`` is the first plus the last. The CPU seconds each process
+used during the server phase show who the machine was busy with.
 Peak RSS is the operator's VmHWM (sampled VmRSS as a cross-check). Spool claims are bound by
 pre-created PersistentVolumes (nothing provisions volumes here), so pods can schedule.
 
 The last line of output is JSON.
 
-    .venv/bin/python bench/operator_scale.py [--servers 200] [--tenants 1000] [--groups 20]
+    .venv/bin/python bench/operator_scale.py [--servers 200] [--tenants 1000] [--groups 20] [--rate 2]
 """
 
 from __future__ import annotations
