@@ -143,7 +143,9 @@ def test_a_resync_of_unchanged_servers_applies_nothing_and_hand_edits_are_restor
     """Every server is re-derived each resync, but its children are applied again only when
     someone changed them: with nothing changed, three resyncs make no server-side apply."""
     cp = platform
-    apply(cp, server_manifest("steady", knot, 2525, replicas=1))
+    apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "IpPool", "metadata": {"name": "steady-pool"},
+               "spec": {"addresses": ["127.0.24.1"]}})
+    apply(cp, server_manifest("steady", knot, 2525, replicas=1, pools=["steady-pool"]))
     wait_for(lambda: (o := get(cp, "smtpserver", "steady", NS)) and condition(o, "Ready")
              and condition(o, "Ready")["status"] == "True", what="steady Ready", timeout=60)
     kinds = ("configmaps", "secrets", "services", "statefulsets")
