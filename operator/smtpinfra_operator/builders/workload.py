@@ -134,21 +134,21 @@ def dkim_secret(owner: Owner, key: DkimKey, private_pem: str, dns_value: str) ->
             "stringData": {"private.pem": private_pem, "dns.txt": dns_value}}
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def restart_hash(spec: SmtpServerSpec, image: str, tls_secret: str | None) -> str:
     """Digest of what the MTA cannot reload (ports, TLS, image): a change rolls the pods."""
     material = {"listeners": spec.listeners.wire(), "image": image, "tls": tls_secret,
                 "resources": spec.resources.wire(),
                 "dkim": sorted((k.domain, k.selector) for k in spec.dkim.keys)}
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest(material)
 
 
 TEMPLATE_HASH_ANNOTATION = "smtpinfra.com/template-hash"
 """On the pod template, so each pod says which template it was made from: a pod is up to date
 when it carries the hash of the template the operator last applied (`pod_rollout`)."""
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def template_hash(sts: dict[str, Any]) -> str:
