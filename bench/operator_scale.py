@@ -143,6 +143,24 @@ def cpu_seconds(marker: str, extra: dict[str, int]) -> dict[str, float]:
     return found
 
 
+def api_requests(cp: Any) -> dict[tuple[str, str, str], float]:
+    """kube-apiserver's own request counts by (client, verb, resource), from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[tuple[str, str, str], float] = {}
+    text = cp.kubectl("get", "--raw", "/metrics").stdout
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            if sample.name == "apiserver_request_total":
+                key = (sample.labels.get("component", ""), sample.labels.get("verb", ""),
+                       sample.labels.get("resource", "") + (f"/{sub}" if (sub := sample.labels.get("subresource"))
+                                                            else ""))
+                counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
 def quantile(values: list[float], q: float) -> float:
     """Nearest-rank quantile (q in 0..1); NaN for no values."""
     if not values:
@@ -337,6 +355,7 @@ def main() -> int:
 
         t_servers = time.monotonic()
         cpu_before = cpu_seconds(str(state_dir), {"operator": operator.pid, "bench": os.getpid()})
+        requests_before = api_requests(cp)
         create_all([server_call(i, n) for i, n in enumerate(servers)], server_applied, args.workers, args.rate)
         created_in = time.monotonic() - t_servers
         wait_all(servers, server_ready, args.timeout, "SmtpServers")
@@ -345,6 +364,7 @@ def main() -> int:
         cpu_used = {k: v - cpu_before.get(k, 0.0) for k, v in
                     cpu_seconds(str(state_dir), {"operator": operator.pid, "bench": os.getpid()}).items()}
         server_phase = time.monotonic() - t_servers
+        requests_after = api_requests(cp)
         time.sleep(2.0)  # let the last status writes and events settle before reading the peak
         sampler.read()
         sampler.stop.set()
@@ -383,6 +403,11 @@ def main() -> int:
         print(f"CPU seconds in the {server_phase:.1f}s server phase ({cores} cores: "
               f"{cores * server_phase:.0f}s available): "
               + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu_used.items(), key=lambda kv: -kv[1])))
+        made = {k: v - requests_before.get(k, 0.0) for k, v in requests_after.items()}
+        made = {k: v for k, v in made.items() if v >= args.servers / 2 and k[1] not in ("WATCH", "CONNECT")}
+        print(f"API requests in the server phase ({sum(made.values()):.0f} of the kinds with at least "
+              f"{args.servers // 2}): " + ", ".join(f"{verb} {resource} {n:.0f}" for (_, verb, resource), n
+                                                   in sorted(made.items(), key=lambda kv: -kv[1])))
         print(f"operator peak RSS (VmHWM) {sampler.hwm_kb / 1024:.1f} MB, sampled VmRSS max "
               f"{sampler.peak_rss_kb / 1024:.1f} MB; log {len(log_text.splitlines())} lines, "
               f"{log_text.count('Traceback')} tracebacks")

@@ -264,8 +264,6 @@ class Informer:
                  metadata_only: bool = False) -> None:
         self.api_version, self.kind, self.namespace, self.selector = api_version, kind, namespace, label_selector
         self.metadata_only = metadata_only
-        self.listening = False
-        """Whether `apply` listens for deletions (set once, under the GIL, by the first apply)."""
         self._keep = _metadata if metadata_only else _cached
         self._store: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -469,6 +467,7 @@ def remember(obj: dict[str, Any]) -> None:
 
 
 _tracked_selector: str | None = None
+_on_changed: Callable[[dict[str, Any]], None] | None = None
 _TRACKED_KINDS = frozenset({("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Service"), ("apps/v1", "StatefulSet"),
                             ("policy/v1", "PodDisruptionBudget")})
 _GENERATION_KINDS = frozenset({("apps/v1", "StatefulSet"), ("policy/v1", "PodDisruptionBudget")})
@@ -477,17 +476,41 @@ _last_applied: dict[tuple[str, str, str, str], tuple[str, str, dict[str, Any]]] 
 """(apiVersion, kind, namespace, name) → (digest of what we applied, the version it made, its metadata)."""
 
 
-def track_applied(label_selector: str) -> None:
-    """Skip re-applying our own objects (those `label_selector` selects) when nothing changed them.
+def track_applied(label_selector: str, on_changed: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Watch our own objects (those `label_selector` selects): skip re-applying what nobody changed,
+    and call `on_changed(metadata)` (in an informer thread) when somebody else changes or deletes one.
 
     A periodic resync re-applied every child of every server (ten writes per server a minute,
     2,000 with 200 servers) only to find them as they were. A metadata-only informer per kind
     (no spec, data or status crosses the wire) tells whether anyone touched an object since our
-    last apply: its version is still the one our apply made. Edited or deleted objects are applied
-    again as before.
+    last apply: its version is still the one our apply made. The same watch tells the owner at
+    once when a child is edited or deleted by hand, instead of at the next resync.
     """
-    global _tracked_selector
-    _tracked_selector = label_selector
+    global _tracked_selector, _on_changed
+    _tracked_selector, _on_changed = label_selector, on_changed
+    for api_version, kind in sorted(_TRACKED_KINDS):
+        informer = _informer((api_version, kind, None, label_selector), metadata_only=True)
+        informer.listen(functools.partial(_tracked_event, api_version, kind))
+
+
+def _tracked_event(api_version: str, kind: str, type_: str, obj: dict[str, Any]) -> None:
+    """A watch event of one of our objects: was it somebody else's change?
+
+    A deletion always counts (whoever made the object, e.g. a generated DKIM key). A change
+    counts when the object's version is not the one our last apply made; our own write can reach
+    the watch before the apply's answer is recorded, which costs one reconcile that finds nothing
+    to do.
+    """
+    meta = obj["metadata"]
+    key = (api_version, kind, meta.get("namespace") or "", meta["name"])
+    if type_ == "DELETED":
+        _last_applied.pop(key, None)
+    else:
+        last = _last_applied.get(key)
+        if last is None or _version(api_version, kind, meta) == last[1]:
+            return
+    if _on_changed is not None:
+        _on_changed(meta)
 
 
 def _version(api_version: str, kind: str, meta: dict[str, Any]) -> str:
@@ -501,18 +524,7 @@ def _tracker(obj: dict[str, Any]) -> Informer | None:
         return None
     if not _selects(_tracked_selector, obj["metadata"].get("labels") or {}):
         return None
-    informer = _informer((obj["apiVersion"], obj["kind"], None, _tracked_selector), metadata_only=True)
-    if not informer.listening:
-        informer.listening = True
-        api_version, kind = obj["apiVersion"], obj["kind"]
-
-        def forget(type_: str, gone: dict[str, Any]) -> None:
-            if type_ == "DELETED":  # e.g. garbage-collected with its server: nothing to remember
-                meta = gone["metadata"]
-                _last_applied.pop((api_version, kind, meta.get("namespace") or "", meta["name"]), None)
-
-        informer.listen(forget)
-    return informer
+    return _informer((obj["apiVersion"], obj["kind"], None, _tracked_selector), metadata_only=True)
 
 
 def _digest(obj: dict[str, Any]) -> str:

@@ -2,7 +2,8 @@
 
 Kopf's own timers put a finalizer on every object they run for, so deleting an object would
 block whenever the operator is down. This loop lists each kind every RESYNC_SECONDS and kicks
-the same reconcile functions the event handlers use; the kickers coalesce with events.
+the same reconcile functions the event handlers use; the kickers coalesce with events. A Ready
+SmtpServer is re-derived in full only every FULL_RESYNC_SECONDS (`smtpserver.wants_resync`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +33,7 @@ async def resync_once(spread: float = 0.0) -> None:
     run only while no event-driven reconcile is due, a couple at a time (`Kicker.kick`).
     """
     from .handlers.ippool import pool_kicker
-    from .handlers.smtpserver import server_kicker
+    from .handlers.smtpserver import server_kicker, wants_resync
     from .handlers.tenant import tenant_kicker
     from .handlers.warmupplan import plan_kicker
 
@@ -45,9 +47,9 @@ async def resync_once(spread: float = 0.0) -> None:
     for pool in await kube.list_objects(API_VERSION, "IpPool"):
         kicks.append(functools.partial(pool_kicker.kick, pool["metadata"]["name"], background=True))
     for server in await kube.list_cached(API_VERSION, "SmtpServer"):
-        kicks.append(functools.partial(server_kicker.kick,
-                                       (server["metadata"]["namespace"], server["metadata"]["name"]),
-                                       background=True))
+        key = (server["metadata"]["namespace"], server["metadata"]["name"])
+        if wants_resync(key, time.monotonic()):
+            kicks.append(functools.partial(server_kicker.kick, key, background=True))
     pause = spread / len(kicks) if kicks else 0.0
     for kick in kicks:
         kick()

@@ -140,8 +140,10 @@ def server_applies(cp: Any) -> dict[str, float]:
 
 
 def test_a_resync_of_unchanged_servers_applies_nothing_and_hand_edits_are_restored(platform, knot):
-    """Every server is re-derived each resync, but its children are applied again only when
-    someone changed them: with nothing changed, three resyncs make no server-side apply."""
+    """Children are applied again only when someone changed them: with nothing changed, three
+    resync periods make no server-side apply. A child edited or deleted by hand is restored at
+    once, from the watch on our children: the full resync of a Ready server comes only every
+    SMTP_INFRA_FULL_RESYNC_SECONDS (300 s), far beyond these waits."""
     cp = platform
     apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "IpPool", "metadata": {"name": "steady-pool"},
                "spec": {"addresses": ["127.0.24.1"]}})

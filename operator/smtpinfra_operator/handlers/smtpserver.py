@@ -12,6 +12,7 @@ import asyncio
 import base64
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -31,6 +32,7 @@ from ..builders.keys import generate_dkim_key
 from ..builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress, config_map_data, content_hash
 from ..conditions import FALSE, TRUE, UNKNOWN, Outcome
 from ..kicker import Kicker, Locks
+from ..settings import FULL_RESYNC_SECONDS
 from ..statuswriter import post_event_soon, publish
 from . import dnsrecords
 from .ippool import reconcile_pool
@@ -267,9 +269,11 @@ async def reconcile_server(key: Key) -> None:
         rollout = workload.pod_rollout(key[1], await _pods_of(key), gathered.replicas, rolled.template)
         outcome = decide(spec, gathered, rollout, rolled.config_hash)
         dns_report = await dnsrecords.reconcile_dns(body, rolled.owner, spec, gathered.inputs)
-        await publish(SmtpServer, body, dnsrecords.with_dns(outcome, dns_report))
+        published = dnsrecords.with_dns(outcome, dns_report)
+        await publish(SmtpServer, body, published)
         _applied[key] = Applied(body["metadata"].get("generation"), rolled.sts_generation, spec,
-                                gathered.settled(), rolled.config_hash, rolled.template, _SettledDns.of(dns_report))
+                                gathered.settled(), rolled.config_hash, rolled.template, _SettledDns.of(dns_report),
+                                at=time.monotonic(), ready=published.ready)
 
 
 @dataclass
@@ -402,9 +406,25 @@ class Applied:
     config_hash: str
     template: str
     dns: _SettledDns
+    at: float = 0.0
+    """When (monotonic) this full reconcile finished."""
+    ready: str = UNKNOWN
+    """Ready as last published, by this reconcile or a status refresh since."""
 
 
 _applied: dict[Key, Applied] = {}
+
+
+def wants_resync(key: Key, now: float) -> bool:
+    """Whether the periodic resync should re-derive this server in full now.
+
+    One that is Ready was reconciled less than FULL_RESYNC_SECONDS ago has nothing a resync
+    would find sooner: its children, StatefulSet, pods, tenants and pools are all watched. One
+    that is not Ready may be waiting for something that is not (a TLS Secret, a DKIM Secret, a
+    certificate, a DNS server), and is re-derived every resync.
+    """
+    last = _applied.get(key)
+    return last is None or last.ready != TRUE or now - last.at >= FULL_RESYNC_SECONDS
 
 
 async def refresh_status(key: Key) -> None:
@@ -426,8 +446,10 @@ async def refresh_status(key: Key) -> None:
             written = (body.get("status") or {}).get("dns")
             if body["metadata"].get("generation") == last.generation and isinstance(written, dict):
                 rollout = workload.pod_rollout(name, await _pods_of(key), last.gathered.replicas, last.template)
-                outcome = decide(last.spec, last.gathered, rollout, last.config_hash)
-                await publish(SmtpServer, body, dnsrecords.with_dns(outcome, last.dns.rendering(written)))
+                outcome = dnsrecords.with_dns(decide(last.spec, last.gathered, rollout, last.config_hash),
+                                              last.dns.rendering(written))
+                await publish(SmtpServer, body, outcome)
+                _applied[key] = replace(last, ready=outcome.ready)
                 return
     await reconcile_server(key)
 
@@ -455,9 +477,16 @@ _pod_seen: dict[tuple[str, str], tuple[bool, str | None, bool]] = {}
 @kopf.on.startup()
 async def start_watches(**_: Any) -> None:
     """Kick the owner's status refresh when one of its pods changes readiness, template or existence;
-    skip re-applying children that nobody changed since our last apply (`kube.track_applied`)."""
-    kube.track_applied(MTA_SELECTOR)
+    reconcile it when somebody else edits or deletes one of its children, and skip re-applying
+    children that nobody changed since our last apply (`kube.track_applied`)."""
     loop = asyncio.get_running_loop()
+
+    def child_changed(meta: dict[str, Any]) -> None:  # runs in an informer's thread
+        server = (meta.get("labels") or {}).get("app.kubernetes.io/instance")
+        if server and meta.get("namespace"):
+            loop.call_soon_threadsafe(server_kicker.kick, (meta["namespace"], server))
+
+    kube.track_applied(MTA_SELECTOR, on_changed=child_changed)
 
     def on_pod(type_: str, pod: dict[str, Any]) -> None:  # runs in the informer's thread
         meta = pod.get("metadata") or {}

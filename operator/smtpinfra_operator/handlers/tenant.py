@@ -85,6 +85,8 @@ async def reconcile_tenant(name: str, seen: Mapping[str, Any] | None = None) -> 
             if not await _has_credentials(namespace):  # a Secret in the namespace implies the namespace
                 await _ensure_namespace(name, uid, spec)
                 await _ensure_credentials(name, uid, spec)
+                if seen is None:  # e.g. deleted by hand and made again on a resync: servers render the new hash
+                    await _kick_servers(body["metadata"].get("labels"))
         except kube.ApiException as error:
             await publish(Tenant, body, Outcome(ready=FALSE, reason="ApplyFailed", reconciling=True,
                                                 message=f"could not create namespace {namespace} or its "
