@@ -161,6 +161,17 @@ def api_requests(cp: Any) -> dict[tuple[str, str, str], float]:
     return counts
 
 
+def event_sources(cp: Any) -> list[tuple[int, str]]:
+    """Events in the cluster by reporting component and reason, with their counts (repeats included)."""
+    listing = json.loads(cp.kubectl("get", "events", "-A", "-o", "json").stdout)
+    totals: dict[str, int] = {}
+    for event in listing["items"]:
+        source = event.get("reportingComponent") or (event.get("source") or {}).get("component") or "?"
+        key = f"{source}/{event.get('reason')}"
+        totals[key] = totals.get(key, 0) + int(event.get("count") or 1)
+    return sorted(((n, k) for k, n in totals.items()), reverse=True)
+
+
 def quantile(values: list[float], q: float) -> float:
     """Nearest-rank quantile (q in 0..1); NaN for no values."""
     if not values:
@@ -365,6 +376,7 @@ def main() -> int:
                     cpu_seconds(str(state_dir), {"operator": operator.pid, "bench": os.getpid()}).items()}
         server_phase = time.monotonic() - t_servers
         requests_after = api_requests(cp)
+        events = event_sources(cp)
         time.sleep(2.0)  # let the last status writes and events settle before reading the peak
         sampler.read()
         sampler.stop.set()
@@ -408,6 +420,7 @@ def main() -> int:
         print(f"API requests in the server phase ({sum(made.values()):.0f} of the kinds with at least "
               f"{args.servers // 2}): " + ", ".join(f"{verb} {resource} {n:.0f}" for (_, verb, resource), n
                                                    in sorted(made.items(), key=lambda kv: -kv[1])))
+        print("Events (all phases) by component/reason: " + ", ".join(f"{k} {n}" for n, k in events[:10]))
         print(f"operator peak RSS (VmHWM) {sampler.hwm_kb / 1024:.1f} MB, sampled VmRSS max "
               f"{sampler.peak_rss_kb / 1024:.1f} MB; log {len(log_text.splitlines())} lines, "
               f"{log_text.count('Traceback')} tracebacks")

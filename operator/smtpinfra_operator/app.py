@@ -50,7 +50,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = _DiffBaseWhereUsed(field="status.kopf.lastHandledConfiguration")
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    # Kopf would post a Kubernetes Event for each INFO log of a handler ("Handler 'on_statefulset'
+    # Kopf would post a Kubernetes Event for each INFO log of a handler ("Handler 'on_server'
     # succeeded", thousands in a bulk apply). Our own Events mark the transitions worth a human's
     # attention (statuswriter); Kopf's are posted only for warnings and errors (failing handlers).
     settings.posting.level = logging.WARNING

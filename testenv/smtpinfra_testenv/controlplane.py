@@ -13,9 +13,9 @@ and a second ``up`` resumes the same cluster with its data.
 Pod IPs are loopback addresses (``POD_CIDR``, 127.65.0.0/16), checked against v1.36.3: the API
 server accepts them in pod status (kwok writes them, pods go Running), but Endpoints and
 EndpointSlices refuse every 127.0.0.0/8 address ("may not be in the loopback range"), so a
-Service selecting such pods gets no endpoints and kube-controller-manager records
-FailedToUpdateEndpointSlices events. Clients connect to pod IPs directly. For the same reason the
-API server runs with ``--endpoint-reconciler-type=none`` (its own address is 127.0.0.1).
+Service selecting such pods gets no endpoints: kube-controller-manager runs without its endpoint
+controllers, which could only fail and retry. Clients connect to pod IPs directly. For the same
+reason the API server runs with ``--endpoint-reconciler-type=none`` (its own address is 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ KWOK_STAGES = _PKG_DIR / "kwok-stages.yaml"
 #: Pod IPs are handed out from a loopback range: every 127.x.y.z address is local on Linux, so a
 #: local pod runner can bind the real process of a pod to its pod IP. The API server accepts
 #: loopback pod IPs in pod status but refuses them in Endpoints/EndpointSlices, so Services get no
-#: endpoints (the endpoint controllers log FailedToUpdateEndpointSlices); connect to pod IPs
+#: endpoints (the endpoint controllers do not run: they could only fail); connect to pod IPs
 #: directly. ``$SMTP_INFRA_POD_CIDR`` overrides it for a new state dir.
 POD_CIDR = "127.65.0.0/16"
 #: Only an allocation range for ClusterIPs; no traffic is ever sent there.
@@ -656,8 +656,11 @@ def _command_lines(sd: Path, bin_dir: Path, st: _State, pki: pkimod.Pki) -> dict
             f"--cluster-signing-key-file={pki.ca_key}",
             f"--service-cluster-ip-range={st.service_cidr}",
             "--leader-elect=false",
-            # Pod IPs come from kwok's --cidr, not from per-node podCIDRs.
-            "--controllers=*,-node-ipam-controller",
+            # Pod IPs come from kwok's --cidr, not from per-node podCIDRs. Those are loopback
+            # addresses, which Endpoints and EndpointSlices refuse: the endpoint controllers could
+            # only fail and retry (with 200 Services, ~3,500 failed writes and ~4,900 Event writes
+            # a minute, most of the API server's load), so they do not run here.
+            "--controllers=*,-node-ipam-controller,-endpoints-controller,-endpointslice-controller",
             "--allocate-node-cidrs=false",
             # The default client rate limit (20 qps) alone adds seconds to startup, when every
             # controller fetches its service-account token; nothing else competes for this API.

@@ -271,9 +271,9 @@ async def reconcile_server(key: Key) -> None:
         dns_report = await dnsrecords.reconcile_dns(body, rolled.owner, spec, gathered.inputs)
         published = dnsrecords.with_dns(outcome, dns_report)
         await publish(SmtpServer, body, published)
-        _applied[key] = Applied(body["metadata"].get("generation"), rolled.sts_generation, spec,
-                                gathered.settled(), rolled.config_hash, rolled.template, _SettledDns.of(dns_report),
-                                at=time.monotonic(), ready=published.ready)
+        _applied[key] = Applied(body["metadata"].get("generation"), spec, gathered.settled(), rolled.config_hash,
+                                rolled.template, _SettledDns.of(dns_report), at=time.monotonic(),
+                                ready=published.ready)
 
 
 @dataclass
@@ -287,7 +287,6 @@ class _RolledOut:
     config_hash: str
     template: str
     """The pod template hash of the StatefulSet as applied."""
-    sts_generation: int | None
     services: asyncio.Future[list[dict[str, Any]]]
 
 
@@ -338,18 +337,15 @@ async def _roll_out(key: Key) -> _RolledOut | None:
     desired_sts = workload.statefulset(owner, spec, gathered.replicas, image, gathered.tls_secret)
     try:
         await asyncio.gather(*(kube.apply(obj) for obj in mounted))
-        sts = await kube.apply(desired_sts)
+        await kube.apply(desired_sts)
     except BaseException:
         await asyncio.gather(services, return_exceptions=True)
         raise
-    sts_generation = sts["metadata"].get("generation")
-    _sts_generation[key] = sts_generation
     if previous_hash != config_hash:
         post_event_soon(body, "Normal", "ConfigApplied",
                         f"MTA config {config_hash} written to ConfigMap "
                         f"{workload.config_map_name(name)} ({gathered.replicas} replica(s))")
-    return _RolledOut(body, spec, owner, gathered, config_hash, workload.template_hash(desired_sts), sts_generation,
-                      services)
+    return _RolledOut(body, spec, owner, gathered, config_hash, workload.template_hash(desired_sts), services)
 
 
 SERVICE_SLOTS = 8
@@ -400,7 +396,6 @@ class Applied:
     """What the last full reconcile applied: enough to re-derive Ready from the pods alone."""
 
     generation: int | None
-    sts_generation: int | None
     spec: SmtpServerSpec
     gathered: Gathered
     config_hash: str
@@ -433,13 +428,14 @@ async def refresh_status(key: Key) -> None:
     Pods change state several times each while they start; a full reconcile for each (some
     fifteen API calls) made readiness reach the SmtpServer's status minutes late with 200
     servers. When neither the server's spec nor the StatefulSet's spec changed since the last
-    full reconcile, its result still holds and only the pods are new. Anything else (an edited
-    or deleted StatefulSet, a new generation, no full reconcile yet) gets the full reconcile.
+    full reconcile, its result still holds and only the pods are new. Anything else (a new
+    generation, no full reconcile yet) gets the full reconcile; an edited or deleted StatefulSet
+    reconciles in full through the watch on our children (`start_watches`).
     """
     namespace, name = key
     async with _locks(key):
         last = _applied.get(key)
-        if last is not None and _sts_generation.get(key) == last.sts_generation:
+        if last is not None:
             body = await kube.get(API_VERSION, "SmtpServer", name, namespace)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
@@ -455,9 +451,6 @@ async def refresh_status(key: Key) -> None:
 
 
 status_kicker: Kicker[Key] = Kicker(refresh_status, concurrency=16)
-_sts_generation: dict[Key, int | None] = {}
-"""Per server, the generation of its StatefulSet as last applied or seen (a change by anyone else
-means an edit by hand: the next refresh reconciles in full and restores it)."""
 MTA_SELECTOR = (f"app.kubernetes.io/managed-by={workload.MANAGED_BY},"
                 f"app.kubernetes.io/component={workload.COMPONENT_MTA}")
 
@@ -526,7 +519,6 @@ async def on_server_event(namespace: str | None, name: str, body: kopf.Body, typ
     if type == "DELETED":
         _seen_generation.pop(key, None)
         _applied.pop(key, None)
-        _sts_generation.pop(key, None)
         _no_pdb.discard(key)
         await _free_addresses(body.get("spec") or {})
         return
@@ -545,24 +537,6 @@ async def _free_addresses(spec: Mapping[str, Any]) -> None:
 
     for pool in spec.get("ipPools", []):
         pool_kicker.kick(pool)
-
-
-@kopf.on.event("apps", "v1", "statefulsets", labels={"app.kubernetes.io/managed-by": workload.MANAGED_BY})
-async def on_statefulset(body: kopf.Body, type: str | None, **_: Any) -> None:
-    """A StatefulSet edited or deleted by someone else is restored by a full reconcile of its owner.
-
-    Its status (written on every pod change) is not read: readiness comes from the pods.
-    """
-    for ref in body.get("metadata", {}).get("ownerReferences", []):
-        if ref.get("kind") == "SmtpServer" and ref.get("apiVersion") == API_VERSION:
-            key = (body["metadata"]["namespace"], ref["name"])
-            generation = None if type == "DELETED" else (body.get("metadata") or {}).get("generation")
-            known = _sts_generation.get(key, -1)
-            if generation is not None and known is not None and generation < known:
-                continue  # an event from before our own apply, which already told us more
-            if known != generation:
-                _sts_generation[key] = generation
-                status_kicker.kick(key)
 
 
 __all__ = ["UNKNOWN", "decide", "reconcile_server", "server_kicker"]
