@@ -315,6 +315,7 @@ def main() -> int:
         operator = subprocess.Popen(
             [sys.executable, "-m", "smtpinfra_cli", "operator", "run", "--kubeconfig", str(cp.kubeconfig)],
             stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        operator_started = time.monotonic()
         sampler = RssSampler(operator.pid)
         sampler.start()
         time.sleep(1.0)
@@ -411,6 +412,10 @@ def main() -> int:
         print(summary("  pod Ready -> server Ready", after_pod))
         print(summary("server Ready beyond kwok pod start", beyond))
         print(summary("operator's share", operator_share))
+        slowest = sorted(((server_ready.times[s] - server_applied.times[s], s) for s in servers
+                          if s in server_ready and s in server_applied), reverse=True)[:5]
+        print("slowest servers (apply → Ready, applied at seconds after the operator started): " + ", ".join(
+            f"{s} {lat:.1f}s @{server_applied.times[s] - operator_started:.0f}s" for lat, s in slowest))
         cores = os.cpu_count() or 1
         print(f"CPU seconds in the {server_phase:.1f}s server phase ({cores} cores: "
               f"{cores * server_phase:.0f}s available): "

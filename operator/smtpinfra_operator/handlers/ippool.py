@@ -210,17 +210,53 @@ async def _reconcile_pool(name: str, requesters: set[Requester]) -> PoolState | 
     return PoolState(name=name, spec=spec, assignment=assignment, addresses=statuses, problem=problem)
 
 
-async def _kick_servers(pool: str) -> None:
+def server_view(state: PoolState, namespace: str, name: str, replicas: int) -> str:
+    """What one server reads of a pool (pure): its problem, or per replica the address, EHLO name and cap."""
+    if state.problem is not None:
+        return f"problem {state.problem.reason}: {state.problem.message}"
+    view = []
+    for ordinal in range(replicas):
+        address = state.assignment.address_of(ReplicaKey(namespace, name, ordinal))
+        entry = state.address(address) if address else {}
+        view.append((address, entry.get("ptrName"), entry.get("dailyCap")))
+    return repr(view)
+
+
+_views: dict[tuple[str, str, str], str] = {}
+"""(pool, server namespace, server name) → the `server_view` that server's last reconcile rendered."""
+
+
+def note_view(state: PoolState, namespace: str, name: str, replicas: int) -> None:
+    """Record what a server's reconcile read of the pool, so a pool reconcile kicks it only when that changes."""
+    _views[(state.name, namespace, name)] = server_view(state, namespace, name, replicas)
+
+
+def forget_views(namespace: str, name: str) -> None:
+    """A server is gone: drop what it read of every pool."""
+    for key in [k for k in _views if k[1:] == (namespace, name)]:
+        _views.pop(key, None)
+
+
+async def _kick_servers(pool: str, state: PoolState | None, everyone: bool) -> None:
+    """Kick the servers of the pool whose view of it changed (all of them when `everyone`).
+
+    A resync reconciles every pool; kicking every server of a 200-server pool each time
+    re-derived all of them in full at once, in front of new servers.
+    """
     from .smtpserver import server_kicker
 
     for server in await kube.list_cached(API_VERSION, "SmtpServer"):
-        if pool in (server.get("spec") or {}).get("ipPools", []):
-            server_kicker.kick((server["metadata"]["namespace"], server["metadata"]["name"]))
+        spec = server.get("spec") or {}
+        if pool not in spec.get("ipPools", []):
+            continue
+        namespace, name = server["metadata"]["namespace"], server["metadata"]["name"]
+        if everyone or state is None or _views.get((pool, namespace, name)) != server_view(
+                state, namespace, name, int(spec.get("replicas", 1))):
+            server_kicker.kick((namespace, name))
 
 
-async def _reconcile_and_kick(name: str) -> None:
-    await reconcile_pool(name)
-    await _kick_servers(name)
+async def _reconcile_and_kick(name: str, everyone: bool = False) -> None:
+    await _kick_servers(name, await reconcile_pool(name), everyone)
 
 
 pool_kicker: Kicker[str] = Kicker(_reconcile_and_kick)
@@ -232,7 +268,7 @@ pool_kicker: Kicker[str] = Kicker(_reconcile_and_kick)
 @kopf.on.delete(GROUP, VERSION, IpPool.plural, optional=True)
 async def on_pool(name: str, **_: Any) -> None:
     """A pool appeared or changed: re-assign and let its servers re-render."""
-    await _reconcile_and_kick(name)
+    await _reconcile_and_kick(name, everyone=True)
 
 
 @kopf.on.event(GROUP, VERSION, "warmupplans")

@@ -35,7 +35,7 @@ from ..kicker import Kicker, Locks
 from ..settings import FULL_RESYNC_SECONDS
 from ..statuswriter import post_event_soon, publish
 from . import dnsrecords
-from .ippool import reconcile_pool
+from .ippool import forget_views, note_view, reconcile_pool
 
 log = logging.getLogger(__name__)
 _locks: Locks[tuple[str, str]] = Locks()
@@ -179,6 +179,7 @@ async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
         state = await reconcile_pool(pool_name, (owner.namespace, owner.name, spec.replicas))
         if state is None:
             raise MissingReference("IpPoolNotFound", f"IpPool {pool_name} (spec.ipPools) not found")
+        note_view(state, owner.namespace, owner.name, spec.replicas)
         if state.problem is not None:
             raise MissingReference(state.problem.reason, f"IpPool {pool_name}: {state.problem.message}")
         for ordinal in range(spec.replicas):
@@ -520,6 +521,7 @@ async def on_server_event(namespace: str | None, name: str, body: kopf.Body, typ
         _seen_generation.pop(key, None)
         _applied.pop(key, None)
         _no_pdb.discard(key)
+        forget_views(namespace, name)
         await _free_addresses(body.get("spec") or {})
         return
     generation = meta.get("generation")
