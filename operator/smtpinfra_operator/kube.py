@@ -185,13 +185,13 @@ OWN_ANNOTATION_PREFIX = "smtpinfra.com/"
 
 
 def _cached_pod(obj: dict[str, Any], kept: dict[str, Any]) -> dict[str, Any]:
-    """A pod as the readiness of its server needs it: our annotations, phase, the Ready condition."""
+    """A pod as its server's readiness and usage need it: our annotations, phase, IP, the Ready condition."""
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     own = {k: v for k, v in annotations.items() if k.startswith(OWN_ANNOTATION_PREFIX)}
     if own:
         kept["metadata"]["annotations"] = own
     status = obj.get("status") or {}
-    kept["status"] = {"phase": status.get("phase"),
+    kept["status"] = {"phase": status.get("phase"), "podIP": status.get("podIP"),
                       "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]}
     return kept
 

@@ -39,8 +39,6 @@ STATS_TIMEOUT = 2.0
 STATS_CONCURRENCY = 32
 """Pods read at once."""
 MAX_UNREACHABLE_NAMED = 10
-POD_SELECTOR = (f"app.kubernetes.io/managed-by={workload.MANAGED_BY},"
-                f"app.kubernetes.io/component={workload.COMPONENT_MTA}")
 
 Fetch = Callable[[str, int], Awaitable[Mapping[str, Any]]]
 """(pod IP, port) → the decoded /stats JSON; raises when the pod cannot be read."""
@@ -195,7 +193,7 @@ async def collect(fetch: Fetch = fetch_stats) -> Snapshot:
                     if not s["metadata"].get("deletionTimestamp"))
     known = {(s.namespace, s.name) for s in servers}
     pods = []
-    for pod in await kube.list_objects("v1", "Pod", label_selector=POD_SELECTOR):
+    for pod in await kube.list_cached("v1", "Pod", label_selector=workload.MTA_SELECTOR):
         meta, status = pod["metadata"], pod.get("status") or {}
         server = (meta.get("labels") or {}).get("app.kubernetes.io/instance", "")
         if (meta["namespace"], server) in known and status.get("phase") == "Running" and status.get("podIP"):

@@ -99,6 +99,10 @@ def selector_labels(server: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "smtp-infra-mta", "app.kubernetes.io/instance": server}
 
 
+MTA_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component={COMPONENT_MTA}"
+"""Label selector of every object the operator makes for SmtpServers (pods included)."""
+
+
 def labels(server: str) -> dict[str, str]:
     """Labels on every object of a server."""
     return {**selector_labels(server), "app.kubernetes.io/component": COMPONENT_MTA,

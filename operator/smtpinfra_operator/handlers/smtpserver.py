@@ -452,14 +452,12 @@ async def refresh_status(key: Key) -> None:
 
 
 status_kicker: Kicker[Key] = Kicker(refresh_status, concurrency=16)
-MTA_SELECTOR = (f"app.kubernetes.io/managed-by={workload.MANAGED_BY},"
-                f"app.kubernetes.io/component={workload.COMPONENT_MTA}")
 
 
 async def _pods_of(key: Key) -> list[dict[str, Any]]:
     """The server's pods, from the pod informer (waits for its first list)."""
     namespace, name = key
-    return [p for p in await kube.list_cached("v1", "Pod", label_selector=MTA_SELECTOR)
+    return [p for p in await kube.list_cached("v1", "Pod", label_selector=workload.MTA_SELECTOR)
             if p["metadata"].get("namespace") == namespace
             and (p["metadata"].get("labels") or {}).get("app.kubernetes.io/instance") == name]
 
@@ -480,7 +478,7 @@ async def start_watches(**_: Any) -> None:
         if server and meta.get("namespace"):
             loop.call_soon_threadsafe(server_kicker.kick, (meta["namespace"], server))
 
-    kube.track_applied(MTA_SELECTOR, on_changed=child_changed)
+    kube.track_applied(workload.MTA_SELECTOR, on_changed=child_changed)
 
     def on_pod(type_: str, pod: dict[str, Any]) -> None:  # runs in the informer's thread
         meta = pod.get("metadata") or {}
@@ -499,7 +497,7 @@ async def start_watches(**_: Any) -> None:
             _pod_seen[pod_key] = state
         loop.call_soon_threadsafe(status_kicker.kick, (meta["namespace"], server))
 
-    kube.watch_cached("v1", "Pod", on_pod, label_selector=MTA_SELECTOR)
+    kube.watch_cached("v1", "Pod", on_pod, label_selector=workload.MTA_SELECTOR)
 
 
 _seen_generation: dict[Key, int | None] = {}
