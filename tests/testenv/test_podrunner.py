@@ -228,6 +228,17 @@ def test_ip_allocation_is_stable_per_name() -> None:
     assert alloc.allocate("ns/web-0", "uid-3") == ip  # recreated: same IP again
 
 
+def test_a_released_ip_is_kept_for_its_name_while_others_are_free() -> None:
+    alloc = podrunner.IpAllocator("127.66.0.0/29")  # seven usable addresses: names collide
+    ip = alloc.allocate("ns/db-0", "uid-1")
+    alloc.release("uid-1")  # db-0 is being recreated; other pods start meanwhile
+    others = {alloc.allocate(f"ns/other-{i}", f"o-{i}") for i in range(6)}
+    assert ip not in others
+    assert alloc.allocate("ns/db-0", "uid-2") == ip
+    alloc.release("uid-2")
+    assert alloc.allocate("ns/last", "l-1") == ip, "with nothing else free, a reserved address is still handed out"
+
+
 def test_kwok_stages_skip_our_images() -> None:
     stages = list(yaml.safe_load_all(KWOK_STAGES.read_text()))
     expr = podrunner.kwok_image_expression(podrunner.DEFAULT_IMAGE_PREFIXES)
