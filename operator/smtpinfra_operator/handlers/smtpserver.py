@@ -1,6 +1,6 @@
 """SmtpServer: gather references, build the desired objects, apply them, report the truth.
 
-The gatherer does the I/O (pools, tenants, Secrets, the StatefulSet's status); builders in
+The gatherer does the I/O (pools, tenants, Secrets; readiness from the pods' watch); builders in
 `..builders` decide the objects; `decide()` turns what was observed into the Ready outcome.
 A missing reference stops the reconcile before anything is changed: the running pods keep
 their last good config and the status names what is missing.
