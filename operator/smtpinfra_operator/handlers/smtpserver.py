@@ -414,10 +414,10 @@ _applied: dict[Key, Applied] = {}
 def wants_resync(key: Key, now: float) -> bool:
     """Whether the periodic resync should re-derive this server in full now.
 
-    One that is Ready was reconciled less than FULL_RESYNC_SECONDS ago has nothing a resync
-    would find sooner: its children, StatefulSet, pods, tenants and pools are all watched. One
-    that is not Ready may be waiting for something that is not (a TLS Secret, a DKIM Secret, a
-    certificate, a DNS server), and is re-derived every resync.
+    A Ready server reconciled less than FULL_RESYNC_SECONDS ago has nothing a resync would find
+    sooner: its children, StatefulSet, pods, tenants and pools are all watched. One that is not
+    Ready may be waiting for something that is not (a TLS Secret, a DKIM Secret, a certificate,
+    a DNS server), and is re-derived every resync.
     """
     last = _applied.get(key)
     return last is None or last.ready != TRUE or now - last.at >= FULL_RESYNC_SECONDS
