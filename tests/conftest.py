@@ -49,8 +49,11 @@ def pod_runner(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFac
     from smtpinfra_testenv.podrunner import PodRunner, RunnerConfig
 
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
+    # Two test sessions on one machine (e.g. two work trees) must not hand out the same pod IPs.
+    cidr = os.environ.get("SMTP_INFRA_RUNNER_POD_CIDR")
     config = RunnerConfig(
-        kubeconfig=control_plane.kubeconfig, state_dir=tmp_path_factory.mktemp("pod-runner"), path=path
+        kubeconfig=control_plane.kubeconfig, state_dir=tmp_path_factory.mktemp("pod-runner"), path=path,
+        **({"pod_cidr": cidr} if cidr else {}),
     )
     runner = PodRunner(config)
     runner.start()
