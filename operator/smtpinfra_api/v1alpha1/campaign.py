@@ -1,0 +1,222 @@
+"""Campaign: a bulk send by a tenant (sender, templates, recipients, rate, unsubscribe)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from ..meta import (
+    ApiModel,
+    CommonStatus,
+    Email,
+    NamespacedObjectReference,
+    ObjectName,
+    SecretKeyReference,
+    StatusModel,
+    cel,
+)
+from .common import SET_LIST
+from .kind import AGE_COLUMN, Kind, PrinterColumn, ready_columns
+
+
+class Sender(ApiModel):
+    """The From header of the campaign."""
+
+    address: Email
+    """Sender address; its domain must be one of the tenant's sender domains."""
+    name: Annotated[str, Field(max_length=256)] | None = None
+    """Display name."""
+
+
+class Templates(ApiModel):
+    """Message bodies as Jinja2 templates; recipient fields are available as variables."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("has(self.text) || has(self.html)", "spec.templates: set text, html or both"),
+            ]
+        }
+    }
+
+    text: Annotated[str, Field(min_length=1, max_length=1_000_000)] | None = None
+    """text/plain body template."""
+    html: Annotated[str, Field(min_length=1, max_length=1_000_000)] | None = None
+    """text/html body template."""
+
+
+class ConfigMapKeyReference(ApiModel):
+    """A key in a ConfigMap in the campaign's namespace."""
+
+    name: ObjectName
+    """Name of the ConfigMap."""
+    key: Annotated[str, Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)]
+    """Key holding the recipients as CSV with an `email` column."""
+
+
+class Recipients(ApiModel):
+    """Where the recipient list comes from."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.inline), has(self.configMapRef), has(self.secretRef)].filter(x, x).size() == 1",
+                    "spec.recipients: set exactly one of inline, configMapRef or secretRef",
+                ),
+            ]
+        }
+    }
+
+    inline: Annotated[list[Email], Field(min_length=1, max_length=1000, json_schema_extra=SET_LIST)] | None = None
+    """A short list of addresses, for tests and small sends."""
+    config_map_ref: ConfigMapKeyReference | None = None
+    """A CSV in a ConfigMap."""
+    secret_ref: SecretKeyReference | None = None
+    """A CSV in a Secret (for lists that are personal data)."""
+
+
+class Unsubscribe(ApiModel):
+    """List-Unsubscribe headers (RFC 2369) and one-click unsubscribe (RFC 8058)."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.enabled || has(self.url) || has(self.mailto)",
+                    "spec.unsubscribe: set url or mailto when unsubscribe is enabled",
+                ),
+                cel(
+                    "!self.enabled || !self.oneClick || has(self.url)",
+                    "spec.unsubscribe.url is required for oneClick (RFC 8058 needs an https URL)",
+                ),
+            ]
+        }
+    }
+
+    enabled: bool = True
+    """Add List-Unsubscribe headers; bulk senders to Gmail and Yahoo must."""
+    url: Annotated[str, Field(pattern=r"^https://[^\s]+$", max_length=2048)] | None = None
+    """https URL that unsubscribes the recipient (the MTA adds a per-recipient token)."""
+    mailto: Email | None = None
+    """Address that receives unsubscribe requests."""
+    one_click: bool = True
+    """Add List-Unsubscribe-Post: List-Unsubscribe=One-Click (RFC 8058)."""
+
+
+class RateSpec(ApiModel):
+    """Submission rate of the campaign."""
+
+    messages_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] = 600
+    """Messages submitted per minute."""
+
+
+class CampaignSpec(ApiModel):
+    """A bulk send."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("self.tenant == oldSelf.tenant", "spec.tenant is immutable", field_path=".tenant"),
+                cel(
+                    "self.serverRef == oldSelf.serverRef",
+                    "spec.serverRef is immutable; create a new Campaign to send through another server",
+                    field_path=".serverRef",
+                ),
+            ]
+        }
+    }
+
+    tenant: ObjectName
+    """The Tenant sending the campaign; must own the campaign's namespace. Immutable."""
+    server_ref: NamespacedObjectReference
+    """The SmtpServer that sends the campaign. Immutable."""
+    sender: Sender
+    """The From header."""
+    reply_to: Email | None = None
+    """Reply-To address."""
+    subject: Annotated[str, Field(min_length=1, max_length=998)]
+    """Subject template."""
+    templates: Templates
+    """Body templates."""
+    recipients: Recipients
+    """The recipient list."""
+    start_time: datetime | None = None
+    """When to start; immediately when unset."""
+    rate: RateSpec = RateSpec()
+    """Submission rate."""
+    unsubscribe: Unsubscribe
+    """Unsubscribe headers; bulk mail must offer an unsubscribe (set enabled: false only for tests)."""
+    postal_address: Annotated[str, Field(min_length=5, max_length=512)]
+    """The sender's physical postal address, required in bulk mail (CAN-SPAM)."""
+    suspend: bool = False
+    """Pause submission; resume by setting it back to false."""
+
+
+class CampaignPhase(StrEnum):
+    """Lifecycle phase of a campaign."""
+
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+class CampaignCounters(StatusModel):
+    """Message counters of the campaign."""
+
+    queued: Annotated[int, Field(ge=0)] = 0
+    """Submitted to the MTA."""
+    sent: Annotated[int, Field(ge=0)] = 0
+    """Handed to a remote MX."""
+    delivered: Annotated[int, Field(ge=0)] = 0
+    """Accepted by the remote MX."""
+    deferred: Annotated[int, Field(ge=0)] = 0
+    """Temporarily refused, being retried."""
+    bounced: Annotated[int, Field(ge=0)] = 0
+    """Permanently refused."""
+    complained: Annotated[int, Field(ge=0)] = 0
+    """Reported as spam by the recipient."""
+    unsubscribed: Annotated[int, Field(ge=0)] = 0
+    """Unsubscribed through the campaign's headers."""
+    suppressed: Annotated[int, Field(ge=0)] = 0
+    """Not sent because the recipient is on the suppression list."""
+
+
+class CampaignStatus(CommonStatus):
+    """Observed state of a campaign."""
+
+    phase: CampaignPhase | None = None
+    """Lifecycle phase."""
+    counters: CampaignCounters | None = None
+    """Message counters."""
+    job_name: Annotated[str, Field(max_length=253)] | None = None
+    """The Job that submits the messages."""
+    started_at: datetime | None = None
+    """When submission started."""
+    completed_at: datetime | None = None
+    """When the last message was submitted."""
+
+
+class Campaign(Kind):
+    kind = "Campaign"
+    plural = "campaigns"
+    short_names = ["cmp"]
+    scope = "Namespaced"
+    spec_model = CampaignSpec
+    status_model = CampaignStatus
+    description = "A bulk send by a tenant: templates, recipients, rate and unsubscribe settings."
+    columns = [
+        PrinterColumn(name="Tenant", type="string", json_path=".spec.tenant", description="Tenant"),
+        PrinterColumn(name="Phase", type="string", json_path=".status.phase", description="Lifecycle phase"),
+        PrinterColumn(name="Sent", type="integer", json_path=".status.counters.sent", description="Sent"),
+        PrinterColumn(name="Bounced", type="integer", json_path=".status.counters.bounced", priority=1,
+                      description="Bounced"),
+        *ready_columns(),
+        AGE_COLUMN,
+    ]
