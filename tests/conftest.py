@@ -46,14 +46,13 @@ def pod_runner(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFac
     """
     import sys
 
-    from smtpinfra_testenv.podrunner import PodRunner, RunnerConfig
+    from smtpinfra_testenv.podrunner import DEFAULT_POD_CIDR, PodRunner, RunnerConfig
 
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
     # Two test sessions on one machine (e.g. two work trees) must not hand out the same pod IPs.
-    cidr = os.environ.get("SMTP_INFRA_RUNNER_POD_CIDR")
     config = RunnerConfig(
         kubeconfig=control_plane.kubeconfig, state_dir=tmp_path_factory.mktemp("pod-runner"), path=path,
-        **({"pod_cidr": cidr} if cidr else {}),
+        pod_cidr=os.environ.get("SMTP_INFRA_RUNNER_POD_CIDR") or DEFAULT_POD_CIDR,
     )
     runner = PodRunner(config)
     runner.start()
