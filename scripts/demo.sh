@@ -13,7 +13,7 @@ up)
   # --run-pods: pods of our own images (the MTA) really run, bound to their pod IPs.
   kubeconfig=$($cli testenv up --state-dir "$state" --run-pods)
   export KUBECONFIG=$kubeconfig
-  kubectl="$SMTP_INFRA_CACHE/controlplane-v1.36.3/bin/kubectl"
+  kubectl="$(testenv/build-controlplane.sh)/kubectl"  # built already: prints where the binaries are
   "$kubectl" apply --server-side --force-conflicts -f crds/ >/dev/null
   "$kubectl" wait --for=condition=Established --timeout=60s crd -l app.kubernetes.io/part-of=smtp-infra >/dev/null
   if [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev/null; then

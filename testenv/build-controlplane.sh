@@ -5,7 +5,11 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-K8S_VERSION=v1.36.3
+# The Kubernetes version is defined in one place: the k8s.io/kubernetes requirement of the
+# wrapper module (testenv/go/kubernetes/go.mod, whose go.sum pins it). smtpinfra_testenv reads
+# it from there too, for the cache path and the version tests render charts for.
+K8S_VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$here/go/kubernetes/go.mod")
+[ -n "$K8S_VERSION" ] || { echo "no k8s.io/kubernetes requirement in $here/go/kubernetes/go.mod" >&2; exit 1; }
 cache=${1:-${SMTP_INFRA_CACHE:-$HOME/.cache/smtp-infra}}
 bin="$cache/controlplane-$K8S_VERSION/bin"
 mkdir -p "$bin"

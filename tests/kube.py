@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from smtpinfra_testenv.controlplane import k8s_version
+
 ROOT = Path(__file__).resolve().parents[1]
 CRD_DIR = ROOT / "crds"
 EXAMPLES = ROOT / "examples"
@@ -127,6 +129,8 @@ class OperatorProcess:
 
 
 CHART = ROOT / "charts" / "smtp-infra"
+#: The version charts are rendered for: the control plane's (defined once, in testenv/go/kubernetes/go.mod).
+KUBE_VERSION = k8s_version().removeprefix("v")
 OPERATOR_NAMESPACE = "smtp-infra-system"
 OPERATOR_ACCOUNT = "smtp-infra"
 
@@ -149,7 +153,7 @@ def operator_kubeconfig(cp: Any, path: Path) -> Path:
     lacks fails the tests.
     """
     rendered = helm(cp, "template", OPERATOR_ACCOUNT, str(CHART), "--namespace", OPERATOR_NAMESPACE,
-                    "--kube-version", "1.36.3", "--show-only", "templates/serviceaccount.yaml",
+                    "--kube-version", KUBE_VERSION, "--show-only", "templates/serviceaccount.yaml",
                     "--show-only", "templates/rbac.yaml").stdout
     cp.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     cp.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", "-", input=rendered)

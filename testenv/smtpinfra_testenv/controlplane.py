@@ -119,12 +119,16 @@ def cache_root() -> Path:
 
 
 def k8s_version() -> str:
-    """The Kubernetes version the build script pins, so the cache path is defined in one place."""
-    with contextlib.suppress(OSError):
-        match = re.search(r"^K8S_VERSION=(\S+)", BUILD_SCRIPT.read_text(), re.MULTILINE)
-        if match:
-            return match.group(1)
-    return "v1.36.3"
+    """The Kubernetes version: the k8s.io/kubernetes requirement of the Go wrapper module.
+
+    ``testenv/go/kubernetes/go.mod`` is the one place the version is defined; the build script
+    reads it from there too.
+    """
+    go_mod = BUILD_SCRIPT.parent / "go" / "kubernetes" / "go.mod"
+    match = re.search(r"^require k8s\.io/kubernetes (v\S+)$", go_mod.read_text(), re.MULTILINE)
+    if not match:
+        raise ControlPlaneError(f"no k8s.io/kubernetes requirement in {go_mod}")
+    return match.group(1)
 
 
 def default_bin_dir() -> Path:

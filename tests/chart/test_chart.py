@@ -7,12 +7,20 @@ import subprocess
 import pytest
 import yaml
 
-from tests.kube import CHART, EXAMPLES, ROOT, OperatorProcess, apply, get, helm, operator_kubeconfig, wait_for
+from tests.kube import (
+    CHART,
+    EXAMPLES,
+    KUBE_VERSION,
+    ROOT,
+    OperatorProcess,
+    apply,
+    get,
+    helm,
+    operator_kubeconfig,
+    wait_for,
+)
 
 pytestmark = pytest.mark.chart
-
-KUBE_VERSION = "1.36.3"
-
 
 def test_chart_lints_clean(control_plane):
     out = helm(control_plane, "lint", "--strict", str(CHART))

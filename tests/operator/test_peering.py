@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from smtpinfra_operator.peering import Peering, blocking_peers, default_priority
-from tests.kube import ROOT, OperatorProcess, apply, condition, find, wait_for
+from tests.kube import KUBE_VERSION, ROOT, OperatorProcess, apply, condition, find, wait_for
 
 pytestmark = pytest.mark.operator
 
@@ -64,7 +64,7 @@ def peering_crd(crds: Any) -> Any:
     env = {**cp.env(), "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
            "HELM_DATA_HOME": str(home / "data")}
     rendered = subprocess.run(
-        [str(cp.bin_dir / "helm"), "template", "x", str(ROOT / "charts" / "smtp-infra"), "--kube-version", "1.36.3",
+        [str(cp.bin_dir / "helm"), "template", "x", str(ROOT / "charts" / "smtp-infra"), "--kube-version", KUBE_VERSION,
          "--set", "replicaCount=2", "--set", f"peering.name={PEERING}", "--show-only", "templates/peering-crd.yaml"],
         capture_output=True, text=True, env=env, check=True).stdout
     apply(cp, rendered)
