@@ -14,7 +14,7 @@ help:
 	@echo "make demo       local control plane + CRDs + operator + examples, then kubectl get smtpinfra"
 	@echo "make demo-down  stop the demo"
 	@echo "make test       everything CI runs (installs what is missing first)"
-	@echo "make lint       ruff + mypy + CRD drift check"
+	@echo "make lint       ruff + mypy + import contracts and cycles + CRD drift check"
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,8 @@ crds: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_import_cycles.py
 	$(BIN)/smtp-infra crds generate --check
 
 # The control-plane build is the long pole on a fresh machine: start it first, in the

@@ -1,28 +1,46 @@
 """`smtp-infra`: generate CRDs, run the operator, the MTA and the local control plane.
 
-Subcommands import their heavy dependencies lazily so that, for example, the MTA image never
-loads Kopf.
+Each image installs one extra (``mta``, ``operator``), so subcommands import their packages
+only when they run: ``smtp-infra mta …`` loads the MTA alone (no Kopf, no Kubernetes client,
+no Pulumi), ``smtp-infra operator run`` loads the operator alone. ``mta`` and ``testenv`` are
+whole sub-applications, loaded by name on first use; one whose extra is missing is listed with
+the extra to install.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from smtpinfra_mta.cli import app as mta_app
-from smtpinfra_testenv.cli import app as testenv_app
+
+@dataclass(frozen=True)
+class LazyApp:
+    """A sub-application in another package: the module holding its Typer ``app``, and its extra."""
+
+    module: str
+    extra: str
+    help: str
+
+
+#: Sub-applications in other packages, added by :func:`main` only when asked for, so that
+#: importing this module imports none of them.
+LAZY_APPS: dict[str, LazyApp] = {
+    "mta": LazyApp("smtpinfra_mta.cli", "mta", "The smtp-infra MTA."),
+    "testenv": LazyApp("smtpinfra_testenv.cli", "testenv", "The local control plane."),
+}
 
 app = typer.Typer(help="Self-hosted SMTP infrastructure on Kubernetes.", no_args_is_help=True)
 crds_app = typer.Typer(help="CustomResourceDefinitions generated from the API models.", no_args_is_help=True)
 operator_app = typer.Typer(help="The Kopf operator.", no_args_is_help=True)
 app.add_typer(crds_app, name="crds")
 app.add_typer(operator_app, name="operator")
-app.add_typer(testenv_app, name="testenv")
-app.add_typer(mta_app, name="mta")
 
 console = Console(stderr=True)
 
@@ -74,6 +92,42 @@ def operator_run(
                  priority=priority)
 
 
+def _add_missing_extra(name: str, lazy: LazyApp, err: ImportError) -> None:
+    """A stand-in for a sub-application whose dependencies are not installed: it names the extra."""
+
+    def missing(args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None) -> None:
+        typer.echo(f"`smtp-infra {name}` needs the {lazy.extra!r} extra: pip install 'smtp-infra[{lazy.extra}]'"
+                   f" ({err})", err=True)
+        raise typer.Exit(2)
+
+    app.command(name, help=f"{lazy.help} (not installed: the {lazy.extra!r} extra)",
+                context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(missing)
+
+
+def add_lazy_apps(argv: list[str]) -> None:
+    """Add the sub-applications the command line needs: the one named, or all for help.
+
+    ``smtp-infra mta serve`` imports the MTA alone; ``smtp-infra operator run`` none of them;
+    ``smtp-infra --help`` all that are installed (the others are listed with their extra).
+    """
+    first = next(iter(argv), "")
+    if first in LAZY_APPS:
+        names = [first]
+    elif first and not first.startswith("-"):
+        names = []  # a command defined here (crds, operator) or a typo Typer reports
+    else:
+        names = list(LAZY_APPS)
+    for name in names:
+        lazy = LAZY_APPS[name]
+        try:
+            module = importlib.import_module(lazy.module)
+        except ImportError as err:
+            _add_missing_extra(name, lazy, err)
+        else:
+            app.add_typer(module.app, name=name)
+
+
 def main() -> None:
     """Console-script entry point."""
+    add_lazy_apps(sys.argv[1:])
     app()

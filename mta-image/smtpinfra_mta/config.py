@@ -26,11 +26,13 @@ from pydantic import (
     model_validator,
 )
 
-from smtpinfra_mta.passwords import hash_password, is_password_hash, verify_password
+# Scheme and hash_password are re-exported: the operator hashes tenants' credentials with them.
+from smtpinfra_mta.passwords import Scheme, hash_password, is_password_hash, verify_password
 
 __all__ = [
     "ConfigError",
     "MtaConfig",
+    "Scheme",
     "hash_password",
     "load_config",
     "parse_config",

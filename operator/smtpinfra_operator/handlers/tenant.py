@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Tenant, TenantSpec
-from smtpinfra_mta.passwords import Scheme, hash_password
+from smtpinfra_mta.config import Scheme, hash_password
 
 from .. import kube, usage
 from ..builders import tenant as build

@@ -1,0 +1,131 @@
+"""What each image installs and imports: the MTA without Kopf, Kubernetes or Pulumi; the operator
+without Pulumi or the test environment.
+
+Building a virtualenv per extra would take minutes, so the entry points are imported in a
+subprocess whose imports of the left-out packages fail, as they would in the image; and the
+declared extras are read from the installed metadata and followed through every dependency.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+pytestmark = pytest.mark.packaging
+
+#: Run in a fresh interpreter: makes imports of ``BLOCKED`` top-level packages fail, imports every
+#: module of ``PACKAGES`` and then runs ``smtp-infra ARGV``, as the image's entry point does.
+_PROBE = textwrap.dedent('''
+    import importlib, json, pkgutil, sys
+
+    blocked, packages, argv = json.loads(sys.argv[1])
+
+    class Blocker:
+        """Refuses the packages the image does not install."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in blocked:
+                raise ImportError(f"{name} is not installed in this image", name=name)
+            return None
+
+    for name in list(sys.modules):
+        if name.split(".")[0] in blocked:
+            del sys.modules[name]
+    sys.meta_path.insert(0, Blocker())
+    imported = []
+    for package in packages:
+        module = importlib.import_module(package)
+        imported.append(package)
+        for info in pkgutil.walk_packages(module.__path__, package + "."):
+            if info.name.endswith(".__main__"):
+                continue  # runs the command line on import
+            importlib.import_module(info.name)
+            imported.append(info.name)
+    print(json.dumps(imported), flush=True)
+    leaked = sorted(n for n in sys.modules if n.split(".")[0] in blocked)
+    assert not leaked, leaked
+    if argv:
+        from smtpinfra_cli.app import main
+        sys.argv = ["smtp-infra", *argv]
+        main()
+''')
+
+
+def probe(blocked: list[str], packages: list[str], argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run the probe; its first stdout line lists the modules imported."""
+    import json
+
+    return subprocess.run([sys.executable, "-c", _PROBE, json.dumps([blocked, packages, argv])],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+MTA_BLOCKED = ["kopf", "kubernetes", "pulumi", "pulumi_kubernetes", "smtpinfra_operator", "smtpinfra_api"]
+OPERATOR_BLOCKED = ["pulumi", "pulumi_kubernetes", "smtpinfra_testenv"]
+
+
+@pytest.mark.parametrize("argv", [["mta", "--help"], ["mta", "serve", "--help"], ["mta", "hash-password", "--help"]])
+def test_mta_entry_points_run_without_kopf_kubernetes_or_pulumi(argv):
+    result = probe(MTA_BLOCKED, ["smtpinfra_mta"], argv)
+    assert result.returncode == 0, result.stderr
+    assert "smtpinfra_mta.server" in result.stdout.splitlines()[0]
+    assert "Usage: smtp-infra mta" in result.stdout
+
+
+def test_operator_entry_point_runs_without_pulumi_or_the_test_environment():
+    result = probe(OPERATOR_BLOCKED, ["smtpinfra_operator"], ["operator", "run", "--help"])
+    assert result.returncode == 0, result.stderr
+    assert "smtpinfra_operator.app" in result.stdout.splitlines()[0]
+    assert "Usage: smtp-infra operator run" in result.stdout
+
+
+def test_the_blocker_refuses_what_it_blocks():
+    """The probe can fail: the test environment's CLI does need what is blocked here."""
+    result = probe(["smtpinfra_testenv"], ["smtpinfra_cli"], ["testenv", "status"])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "needs the 'testenv' extra" in result.stderr
+    assert "pip install 'smtp-infra[testenv]'" in result.stderr
+    listing = probe(["smtpinfra_testenv"], ["smtpinfra_cli"], ["--help"])
+    assert listing.returncode == 0, listing.stderr
+    assert "not installed: the 'testenv' extra" in listing.stdout
+
+
+def closure(extra: str | None) -> set[str]:
+    """Distributions ``smtp-infra[extra]`` installs, following the installed metadata."""
+    seen: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [("smtp-infra", frozenset({extra} if extra else ()))]
+    while todo:
+        dist, extras = todo.pop()
+        for line in importlib.metadata.requires(dist) or []:
+            req = Requirement(line)
+            if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras or {""}):
+                continue
+            name = canonicalize_name(req.name)
+            key = f"{name}[{','.join(sorted(req.extras))}]"
+            if key in seen:
+                continue
+            seen.add(key)
+            todo.append((name, frozenset(req.extras)))
+    return {k.split("[")[0] for k in seen}
+
+
+def test_mta_extra_installs_neither_kopf_nor_kubernetes_nor_pulumi():
+    installed = closure("mta")
+    assert {"aiosmtpd", "dkimpy", "dnspython", "pydantic"} <= installed
+    assert not {"kopf", "kubernetes", "pulumi", "pulumi-kubernetes"} & installed
+
+
+def test_operator_extra_installs_neither_pulumi_nor_test_tools():
+    installed = closure("operator")
+    assert {"kopf", "kubernetes", "pydantic"} <= installed
+    assert not {"pulumi", "pulumi-kubernetes", "pytest", "hypothesis", "import-linter"} & installed
+
+
+def test_base_is_minimal_and_dev_has_everything():
+    assert not {"kopf", "kubernetes", "pulumi", "aiosmtpd"} & closure(None)
+    assert {"kopf", "kubernetes", "pulumi", "aiosmtpd", "pytest", "import-linter"} <= closure("dev")
