@@ -7,11 +7,12 @@ alike: no look-around, no back-references.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "smtpinfra.com"
@@ -49,8 +50,6 @@ DURATION_UNITS_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as ``1h30m``; the schema already guarantees the syntax."""
-    import re
-
     total = 0.0
     for number, unit in re.findall(r"([0-9]+)(ms|s|m|h|d)", text):
         total += int(number) * DURATION_UNITS_SECONDS[unit]
@@ -70,6 +69,42 @@ def cel(rule: str, message: str, *, field_path: str | None = None, reason: str |
 def immutable(field: str) -> dict[str, Any]:
     """A transition rule that refuses any change of ``field`` once set."""
     return cel("self == oldSelf", f"{field} is immutable; delete and recreate the object to change it")
+
+
+# --- text written into mail headers ---------------------------------------------------------
+
+#: What text that becomes a mail header may not contain: C0 controls (CR and LF end the header
+#: line and would start a new header, TAB folds it, NUL truncates it), DEL, C1 controls, and the
+#: Unicode line and paragraph separators, which some mail libraries treat as line ends. RE2
+#: syntax, for the CEL rule the API server evaluates.
+HEADER_BREAKING_RE2 = r"[\x00-\x1f\x7f-\x9f\x{2028}\x{2029}]"
+_HEADER_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def single_line(field: str) -> dict[str, Any]:
+    """Schema extra for a field written into a mail header: ``kubectl apply`` refuses control characters.
+
+    A CEL rule rather than a ``pattern``, so the refusal says what to fix instead of quoting a
+    regular expression.
+    """
+    return {"x-kubernetes-validations": [cel(
+        f"!self.matches(r'{HEADER_BREAKING_RE2}')",
+        f"{field} must be a single line without control characters (CR, LF, TAB, NUL...): "
+        "it is written into a mail header",
+    )]}
+
+
+def refuse_header_breaking(value: str) -> str:
+    """The rule of :func:`single_line` for models validated outside the API server."""
+    found = _HEADER_BREAKING.search(value)
+    if found:
+        raise ValueError(f"control character {found.group()!r} at position {found.start()}: "
+                         "the text is written into a mail header and must be a single line")
+    return value
+
+
+#: Validator to put next to ``Field(json_schema_extra=single_line(...))``.
+HeaderSafe = AfterValidator(refuse_header_breaking)
 
 
 # --- base model -----------------------------------------------------------------------------

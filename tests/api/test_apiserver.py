@@ -173,6 +173,23 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("Campaign", {"spec.rate.messagesPerMinute": 0}, "spec.rate.messagesPerMinute"),
     ("Campaign", {"spec.startTime": "tomorrow"}, "spec.startTime"),
     ("Campaign", {"spec.postalAddress": DELETE}, "spec.postalAddress: Required value"),
+    # Hostile input: nothing that ends or folds a header line reaches a header (issue 11)
+    *[("Campaign", {"spec.subject": f"News{bad}Bcc: victim@example.net"}, "spec.subject must be a single line")
+      for bad in ("\r\n", "\n", "\r", "\t", "\x7f", "\x1b", "\u2028")],
+    ("Campaign", {"spec.sender.name": "ACME\r\nReply-To: thief@example.net"}, "spec.sender.name must be a single "
+                                                                            "line"),
+    ("Campaign", {"spec.sender.name": "ACME\x00"}, "spec.sender.name must be a single line"),
+    ("Campaign", {"spec.unsubscribe.url": "https://u.example.com/x>\r\nBcc: victim@example.net"},
+     "spec.unsubscribe.url"),
+    ("Campaign", {"spec.unsubscribe.url": "https://u.example.com/a b"}, "spec.unsubscribe.url"),
+    ("Campaign", {"spec.unsubscribe.url": "https://u.example.com/<x>"}, "spec.unsubscribe.url"),
+    ("Campaign", {"spec.replyTo": "a@example.com\r\nBcc: victim@example.net"}, "spec.replyTo"),
+    ("Campaign", {"spec.unsubscribe.mailto": "u@example.com\nBcc: victim@example.net"}, "spec.unsubscribe.mailto"),
+    ("Campaign", {"spec.sender.address": "news@acme.example.com\r\nBcc: victim@example.net"},
+     "spec.sender.address"),
+    # Hostile input: a Tenant cannot claim a system namespace (issue 11)
+    *[("Tenant", {"spec.namespace": ns}, "spec.namespace must not be default or a kube-* namespace")
+      for ns in ("default", "kube-system", "kube-public", "kube-node-lease")],
 ]
 
 
@@ -224,3 +241,23 @@ def test_changing_an_immutable_field_is_refused(crds, case):
     crds.kubectl("delete", resource, *namespace, "--wait=false")  # leave no look-alike tenants behind
     assert result.returncode != 0, "immutable change accepted"
     assert expected in result.stderr, result.stderr
+
+
+def test_header_fields_accept_ordinary_text(crds):
+    """The header rules refuse control characters only: accents, emoji, quotes and templates pass."""
+    doc = copy.deepcopy(example("Campaign"))
+    doc["metadata"]["name"] = "unicode-header-fields"
+    doc["spec"]["subject"] = "Ünïcödé news 📬 for {{ first_name }}, \"quoted\" & <bracketed>"
+    doc["spec"]["sender"]["name"] = "ACME, Inc. — Newsroom"
+    doc["spec"]["unsubscribe"]["url"] = "https://u.example.com/unsub?list=news&id=%C3%A9#top"
+    crds.kubectl("create", "namespace", doc["metadata"]["namespace"], check=False)
+    result = apply(crds, doc, "--dry-run=server", check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_tenant_namespace_may_start_with_kube_without_the_dash(crds):
+    doc = copy.deepcopy(example("Tenant"))
+    doc["metadata"]["name"] = "kubeflow-team"
+    doc["spec"]["namespace"] = "kubeflow-mail"
+    result = apply(crds, doc, "--dry-run=server", check=False)
+    assert result.returncode == 0, result.stderr

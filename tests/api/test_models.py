@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from smtpinfra_api import crdgen
-from smtpinfra_api.v1alpha1 import KINDS
+from smtpinfra_api.v1alpha1 import KINDS, CampaignSpec, Sender
 
 pytestmark = pytest.mark.api
 
@@ -114,3 +115,17 @@ def test_examples_validate_against_the_models():
                 kinds[doc["kind"]].spec_model.model_validate(doc["spec"])
                 seen.add(doc["kind"])
     assert seen == set(kinds), f"examples lack {set(kinds) - seen}"
+
+
+@pytest.mark.parametrize("bad", ["\r\n", "\n", "\t", "\x00", "\x7f", "\x85", "\u2028"])
+def test_header_fields_refuse_control_characters_in_the_models_too(bad):
+    """Objects built outside the API server (operator, tests) follow the same rule as its CEL."""
+    with pytest.raises(ValidationError, match="must be a single line"):
+        Sender(address="news@acme.example.com", name=f"ACME{bad}Bcc: x@example.net")
+    spec = next(doc["spec"] for doc in yaml.safe_load_all((ROOT / "examples" / "campaign.yaml").read_text())
+                if doc and doc.get("kind") == "Campaign")
+    spec["subject"] = f"News{bad}Bcc: x@example.net"
+    with pytest.raises(ValidationError, match="must be a single line"):
+        CampaignSpec.model_validate(spec)
+    spec["subject"] = "Ünïcödé news 📬"
+    assert CampaignSpec.model_validate(spec).subject == "Ünïcödé news 📬"

@@ -12,14 +12,20 @@ from ..meta import (
     ApiModel,
     CommonStatus,
     Email,
+    HeaderSafe,
     NamespacedObjectReference,
     ObjectName,
     SecretKeyReference,
     StatusModel,
     cel,
+    single_line,
 )
 from .common import SET_LIST
 from .kind import AGE_COLUMN, Kind, PrinterColumn, ready_columns
+
+#: An https URI of RFC 3986 characters only: no space, control character, quote or angle bracket
+#: that could end the List-Unsubscribe header's <...> or the header itself.
+HTTPS_URI_PATTERN = r"^https://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+$"
 
 
 class Sender(ApiModel):
@@ -27,8 +33,9 @@ class Sender(ApiModel):
 
     address: Email
     """Sender address; its domain must be one of the tenant's sender domains."""
-    name: Annotated[str, Field(max_length=256)] | None = None
-    """Display name."""
+    name: Annotated[str, Field(max_length=256, json_schema_extra=single_line("spec.sender.name")),
+                    HeaderSafe] | None = None
+    """Display name in the From header; one line, no control characters."""
 
 
 class Templates(ApiModel):
@@ -99,8 +106,8 @@ class Unsubscribe(ApiModel):
 
     enabled: bool = True
     """Add List-Unsubscribe headers; bulk senders to Gmail and Yahoo must."""
-    url: Annotated[str, Field(pattern=r"^https://[^\s]+$", max_length=2048)] | None = None
-    """https URL that unsubscribes the recipient (the MTA adds a per-recipient token)."""
+    url: Annotated[str, Field(pattern=HTTPS_URI_PATTERN, max_length=2048)] | None = None
+    """https URL that unsubscribes (the MTA adds a per-recipient token); URI characters only (RFC 3986)."""
     mailto: Email | None = None
     """Address that receives unsubscribe requests."""
     one_click: bool = True
@@ -138,8 +145,9 @@ class CampaignSpec(ApiModel):
     """The From header."""
     reply_to: Email | None = None
     """Reply-To address."""
-    subject: Annotated[str, Field(min_length=1, max_length=998)]
-    """Subject template."""
+    subject: Annotated[str, Field(min_length=1, max_length=998, json_schema_extra=single_line("spec.subject")),
+                       HeaderSafe]
+    """Subject template; one line, no control characters."""
     templates: Templates
     """Body templates."""
     recipients: Recipients

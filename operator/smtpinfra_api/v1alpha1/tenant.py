@@ -87,8 +87,13 @@ class TenantSpec(ApiModel):
     display_name: Annotated[str, Field(min_length=1, max_length=256)]
     """Human readable account name."""
     namespace: Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63, json_schema_extra={
-        "x-kubernetes-validations": [cel("self == oldSelf", "spec.namespace is immutable once set")]})] | None = None
-    """Namespace of the tenant's Campaigns and credentials; tenant-<name> when unset. Immutable."""
+        "x-kubernetes-validations": [
+            cel("self == oldSelf", "spec.namespace is immutable once set"),
+            cel("self != 'default' && !self.startsWith('kube-')",
+                "spec.namespace must not be default or a kube-* namespace: the tenant's credentials are "
+                "written there; choose a namespace of its own, e.g. tenant-<name>"),
+        ]})] | None = None
+    """Namespace of the tenant's Campaigns and credentials; tenant-<name> when unset; not default or kube-*."""
     sender_domains: Annotated[list[Fqdn], Field(min_length=1, max_length=100, json_schema_extra=SET_LIST)]
     """Domains the tenant may send as (MAIL FROM and header From)."""
     quotas: Quotas = Quotas()
