@@ -22,10 +22,7 @@ from .volumes import PodVolumes
 
 log = logging.getLogger(__name__)
 
-
 _LIBC = ctypes.CDLL(None, use_errno=True)
-
-
 _PR_SET_PDEATHSIG = 1
 
 
