@@ -19,12 +19,13 @@ from packaging.utils import canonicalize_name
 
 pytestmark = pytest.mark.packaging
 
-#: Run in a fresh interpreter: makes imports of ``BLOCKED`` top-level packages fail, imports every
-#: module of ``PACKAGES`` and then runs ``smtp-infra ARGV``, as the image's entry point does.
+#: Run in a fresh interpreter: makes imports of the blocked top-level modules fail and hides the
+#: blocked distributions' metadata, imports every module of the packages and then runs
+#: ``smtp-infra ARGV``, as the image's entry point does.
 _PROBE = textwrap.dedent('''
     import importlib, json, pkgutil, sys
 
-    blocked, packages, argv = json.loads(sys.argv[1])
+    blocked, blocked_dists, packages, argv = json.loads(sys.argv[1])
 
     class Blocker:
         """Refuses the packages the image does not install."""
@@ -34,6 +35,16 @@ _PROBE = textwrap.dedent('''
                 raise ImportError(f"{name} is not installed in this image", name=name)
             return None
 
+    # Libraries look for optional dependencies in the installed metadata too (dnspython does).
+    import importlib.metadata, re
+    from_name = importlib.metadata.Distribution.from_name.__func__
+
+    def hidden_from_name(cls, name):
+        if re.sub(r"[-_.]+", "-", name).lower() in blocked_dists:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return from_name(cls, name)
+
+    importlib.metadata.Distribution.from_name = classmethod(hidden_from_name)
     for name in list(sys.modules):
         if name.split(".")[0] in blocked:
             del sys.modules[name]
@@ -57,28 +68,41 @@ _PROBE = textwrap.dedent('''
 ''')
 
 
-def probe(blocked: list[str], packages: list[str], argv: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run the probe; its first stdout line lists the modules imported."""
+def probe(blocked: tuple[list[str], list[str]], packages: list[str],
+          argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run the probe with (modules, distributions) blocked; its first stdout line lists the modules imported."""
     import json
 
-    return subprocess.run([sys.executable, "-c", _PROBE, json.dumps([blocked, packages, argv])],
+    return subprocess.run([sys.executable, "-c", _PROBE, json.dumps([*blocked, packages, argv])],
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-MTA_BLOCKED = ["kopf", "kubernetes", "pulumi", "pulumi_kubernetes", "smtpinfra_operator", "smtpinfra_api"]
-OPERATOR_BLOCKED = ["pulumi", "pulumi_kubernetes", "smtpinfra_testenv"]
+def not_installed_by(extra: str, *project: str) -> tuple[list[str], list[str]]:
+    """Top-level modules and distributions of the dev environment that ``smtp-infra[extra]`` does not
+    install, plus the given project packages."""
+    keep, dev = closure(extra), closure("dev")
+    modules = []
+    for module, dists in importlib.metadata.packages_distributions().items():
+        names = {canonicalize_name(d) for d in dists}
+        if names & dev and not names & keep and module.isidentifier():
+            modules.append(module)
+    return sorted([*modules, *project]), sorted(dev - keep)
 
 
 @pytest.mark.parametrize("argv", [["mta", "--help"], ["mta", "serve", "--help"], ["mta", "hash-password", "--help"]])
-def test_mta_entry_points_run_without_kopf_kubernetes_or_pulumi(argv):
-    result = probe(MTA_BLOCKED, ["smtpinfra_mta"], argv)
+def test_mta_entry_points_run_with_only_the_mta_extra(argv):
+    blocked = not_installed_by("mta", "smtpinfra_operator", "smtpinfra_api", "smtpinfra_testenv")
+    assert {"kopf", "kubernetes", "pulumi", "jinja2"} <= set(blocked[0])
+    result = probe(blocked, ["smtpinfra_mta"], argv)
     assert result.returncode == 0, result.stderr
     assert "smtpinfra_mta.server" in result.stdout.splitlines()[0]
     assert "Usage: smtp-infra mta" in result.stdout
 
 
-def test_operator_entry_point_runs_without_pulumi_or_the_test_environment():
-    result = probe(OPERATOR_BLOCKED, ["smtpinfra_operator"], ["operator", "run", "--help"])
+def test_operator_entry_point_runs_with_only_the_operator_extra():
+    blocked = not_installed_by("operator", "smtpinfra_testenv")
+    assert {"pulumi", "aiosmtpd", "dkim", "uvloop", "psycopg", "pytest"} <= set(blocked[0])
+    result = probe(blocked, ["smtpinfra_operator"], ["operator", "run", "--help"])
     assert result.returncode == 0, result.stderr
     assert "smtpinfra_operator.app" in result.stdout.splitlines()[0]
     assert "Usage: smtp-infra operator run" in result.stdout
@@ -86,11 +110,11 @@ def test_operator_entry_point_runs_without_pulumi_or_the_test_environment():
 
 def test_the_blocker_refuses_what_it_blocks():
     """The probe can fail: the test environment's CLI does need what is blocked here."""
-    result = probe(["smtpinfra_testenv"], ["smtpinfra_cli"], ["testenv", "status"])
+    result = probe((["smtpinfra_testenv"], []), ["smtpinfra_cli"], ["testenv", "status"])
     assert result.returncode == 2, result.stdout + result.stderr
     assert "needs the 'testenv' extra" in result.stderr
     assert "pip install 'smtp-infra[testenv]'" in result.stderr
-    listing = probe(["smtpinfra_testenv"], ["smtpinfra_cli"], ["--help"])
+    listing = probe((["smtpinfra_testenv"], []), ["smtpinfra_cli"], ["--help"])
     assert listing.returncode == 0, listing.stderr
     assert "not installed: the 'testenv' extra" in listing.stdout
 
