@@ -26,13 +26,17 @@ from pydantic import (
     model_validator,
 )
 
-# Scheme and hash_password are re-exported: the operator hashes tenants' credentials with them.
-from smtpinfra_mta.passwords import Scheme, hash_password, is_password_hash, verify_password
+from smtpinfra_mta.contract import credential_problem, username_problem
+
+# Scheme and hash_password are re-exported: the operator hashes tenants' credentials with them, and
+# validates tenant-provided ones with credential_problem.
+from smtpinfra_mta.passwords import Scheme, hash_password, hash_problem, verify_password
 
 __all__ = [
     "ConfigError",
     "MtaConfig",
     "Scheme",
+    "credential_problem",
     "hash_password",
     "load_config",
     "parse_config",
@@ -211,19 +215,20 @@ class Credential(_Model):
 
     @field_validator("username")
     @classmethod
-    def _no_control_chars(cls, v: str) -> str:
-        if any(ord(c) < 33 or c == ":" for c in v):
-            raise ValueError("username must not contain spaces, control characters or ':'")
+    def _safe_charset(cls, v: str) -> str:
+        problem = username_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @field_validator("password_hash")
     @classmethod
     def _known_format(cls, v: str) -> str:
-        if not is_password_hash(v):
+        problem = hash_problem(v)
+        if problem is not None:
             raise ValueError(
-                "password_hash is not a supported hash; produce it with smtpinfra_mta.passwords.hash_password() "
-                "(formats '$scrypt$ln=N,r=R,p=P$salt$hash', '$pbkdf2-sha256$rounds$salt$hash' or "
-                "'$hmac-sha256$salt$hash')"
+                f"password_hash is not a supported hash ({problem}); produce it with "
+                "smtpinfra_mta.passwords.hash_password()"
             )
         return v
 

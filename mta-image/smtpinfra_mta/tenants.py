@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtpinfra_mta.config import MtaConfig, Tenant
-from smtpinfra_mta.passwords import Scheme, hash_password, is_password_hash, verify_password
+from smtpinfra_mta.contract import credential_problem
+from smtpinfra_mta.passwords import Scheme, hash_password, verify_password
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,25 @@ class Account:
 
 
 def read_credentials_file(path: Path) -> list[tuple[str, str]]:
-    """Parse ``username:hash`` lines (``#`` comments and blank lines ignored); bad lines are skipped."""
+    """Parse ``username:hash`` lines (``#`` comments and blank lines ignored).
+
+    A line failing :func:`credential_problem` (bad charset, unknown scheme, cost over the bounds, bytes
+    that are not UTF-8) is skipped with a warning, so it locks out only its own login.
+    """
     out: list[tuple[str, str]] = []
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            log.warning("credentials file line skipped", extra={"file": str(path), "line": lineno,
+                                                                "reason": "not UTF-8"})
+            continue
         if not line or line.startswith("#"):
             continue
         user, sep, hashed = line.partition(":")
-        if not sep or not user or not is_password_hash(hashed.strip()):
-            log.warning("credentials file line skipped", extra={"file": str(path), "line": lineno})
+        problem = credential_problem(user.strip(), hashed.strip()) if sep else "no ':' between username and hash"
+        if problem is not None:
+            log.warning("credentials file line skipped", extra={"file": str(path), "line": lineno, "reason": problem})
             continue
         out.append((user.strip(), hashed.strip()))
     return out
