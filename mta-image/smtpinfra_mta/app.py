@@ -15,11 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from smtpinfra_mta import quota
 from smtpinfra_mta.config import MtaConfig, Tenant, load_config
 from smtpinfra_mta.counters import Counters
 from smtpinfra_mta.dkim_sign import DkimSigner
 from smtpinfra_mta.dnsmx import MxResolver
 from smtpinfra_mta.feedback import outcomes
+from smtpinfra_mta.headers import HeaderLimits
 from smtpinfra_mta.metrics import HttpServer, Metrics
 from smtpinfra_mta.reports import parse_report
 from smtpinfra_mta.scheduler import Scheduler
@@ -185,17 +187,19 @@ class MtaApp:
             self._sessions_idle.set()
 
     def quota_refusal(self, tenant: Tenant, n: int) -> str | None:
-        """A reply when accepting ``n`` more recipients would exceed the tenant's quota."""
+        """A reply when ``n`` more recipients would not fit the tenant's quota now (RCPT; DATA reserves)."""
         assert self.counters is not None
-        q = tenant.quotas
-        key = f"quota:{tenant.name}"
-        if q.per_day == 0 or q.per_hour == 0:
-            return "550 5.7.1 This account may not send mail (quota is zero)"
-        if q.per_day is not None and self.counters.get(key, "day") + n > q.per_day:
-            return f"452 4.7.1 Daily sending quota of {q.per_day} reached; try again tomorrow"
-        if q.per_hour is not None and self.counters.get(key, "hour") + n > q.per_hour:
-            return f"452 4.7.1 Hourly sending quota of {q.per_hour} reached; try again later"
-        return None
+        return quota.early_refusal(self.counters, tenant, n)
+
+    def reserve_quota(self, tenant: Tenant, n: int) -> tuple[str | None, quota.Reservation | None]:
+        """Count ``n`` recipients against the quota before the commit; the caller keeps or releases it."""
+        assert self.counters is not None
+        return quota.reserve(self.counters, tenant, n)
+
+    @property
+    def header_limits(self) -> HeaderLimits:
+        lim = self.cfg.limits
+        return HeaderLimits(max_bytes=lim.max_header_bytes, max_fields=lim.max_header_fields)
 
     async def sign(self, content: bytes, from_domain: str) -> bytes:
         if not self.signer.keys_for(from_domain):
@@ -207,8 +211,6 @@ class MtaApp:
         if msg.kind == "dsn":
             return  # DSNs are queued by the scheduler that made them
         if msg.kind != "inbound":
-            if self.counters is not None and msg.kind == "submission":
-                self.counters.add(f"quota:{msg.tenant}", len(msg.rcpts))
             self.metrics.accepted.labels(tenant=msg.tenant, pool=msg.pool,
                                          listener=msg.listener or "unknown").inc(len(msg.rcpts))
             log.info("accepted", extra={"id": msg.id, "tenant": msg.tenant, "rcpts": len(msg.rcpts),

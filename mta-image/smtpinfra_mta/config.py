@@ -197,6 +197,11 @@ class SmtpLimits(_Model):
     command_timeout: Duration = Field(300.0, gt=0, description="Idle time before a session is closed (seconds).")
     max_sessions: int = Field(1000, ge=1, description="Concurrent inbound sessions across all listeners.")
     proxy_protocol_timeout: Duration = Field(5.0, gt=0, description="Time allowed for the PROXY header.")
+    max_header_bytes: int = Field(
+        256 * 1024, ge=4096, le=16 * 1024 * 1024,
+        description="Largest header section of a submitted message (bytes); larger ones are refused with 552.")
+    max_header_fields: int = Field(
+        1000, ge=16, le=100_000, description="Most header fields of a submitted message; more are refused with 552.")
 
 
 # --------------------------------------------------------------------------------------------- tenants
@@ -245,6 +250,20 @@ class Quotas(_Model):
         None, ge=0, description="Messages (per recipient) per UTC clock hour (resets on the hour); null = no limit.")
     per_day: int | None = Field(
         None, ge=0, description="Messages (per recipient) per UTC day (resets at 00:00 UTC); null = no limit.")
+    per_hour_share: int | None = Field(
+        None, ge=0, description="This replica's part of per_hour when the quota is split between the replicas "
+        "(the parts of all replicas sum to per_hour); null: per_hour applies to this replica whole.")
+    per_day_share: int | None = Field(
+        None, ge=0, description="This replica's part of per_day when the quota is split between the replicas; "
+        "null: per_day applies to this replica whole.")
+
+    @model_validator(mode="after")
+    def _share_within_quota(self) -> Quotas:
+        for share, quota, name in ((self.per_hour_share, self.per_hour, "per_hour"),
+                                   (self.per_day_share, self.per_day, "per_day")):
+            if share is not None and (quota is None or share > quota):
+                raise ValueError(f"{name}_share needs {name} and must not exceed it")
+        return self
 
 
 class Tenant(_Model):

@@ -70,5 +70,45 @@ class Counters:
         if len(self._cache) > 100_000:
             self._cache.clear()
 
+    def reserve(self, key: str, n: int, caps: dict[Window, int | None],
+                now: float | None = None) -> tuple[Window | None, dict[Window, str]]:
+        """Count ``n`` events only if every capped window stays within its cap; atomic across processes.
+
+        Returns (the first window that would overflow, or None) and, on success, the window ids counted
+        in, which :meth:`release` needs to take the reservation back after a failed commit. The read and
+        the write happen in one ``BEGIN IMMEDIATE`` transaction, so concurrent sessions (and several
+        processes sharing the file) can never both pass a check that only one of them fits.
+        """
+        wins: dict[Window, str] = {"hour": window_id("hour", now), "day": window_id("day", now)}
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for window, cap in caps.items():
+                if cap is None:
+                    continue
+                row = self._db.execute("SELECT n FROM counters WHERE key=? AND win=?", (key, wins[window])).fetchone()
+                if (int(row[0]) if row else 0) + n > cap:
+                    self._db.execute("ROLLBACK")
+                    return window, {}
+            for win in wins.values():
+                self._db.execute(
+                    "INSERT INTO counters(key, win, n) VALUES (?, ?, ?)"
+                    " ON CONFLICT(key, win) DO UPDATE SET n = n + excluded.n",
+                    (key, win, n),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        for win in wins.values():
+            self._cache.pop((key, win), None)
+        return None, wins
+
+    def release(self, key: str, n: int, wins: dict[Window, str]) -> None:
+        """Take back a reservation made by :meth:`reserve` (the message was not accepted after all)."""
+        for win in wins.values():
+            self._db.execute("UPDATE counters SET n = max(n - ?, 0) WHERE key=? AND win=?", (n, key, win))
+            self._cache.pop((key, win), None)
+
     def close(self) -> None:
         self._db.close()

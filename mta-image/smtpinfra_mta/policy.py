@@ -7,13 +7,10 @@ so the listener code only relays the decision and the rules stay unit-testable.
 from __future__ import annotations
 
 import re
-from email.headerregistry import Address
-from email.parser import BytesHeaderParser
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import getaddresses
 
 from smtpinfra_mta.config import Tenant
-from smtpinfra_mta.tenants import domain_allowed, domain_of
+from smtpinfra_mta.headers import Headers, display_shows_address, mailboxes
+from smtpinfra_mta.tenants import domain_allowed
 
 _DOMAIN_RE = re.compile(r"^([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -68,29 +65,42 @@ def check_mail_from(address: str, tenant: Tenant) -> str | None:
     return None
 
 
-def header_from_addresses(content: bytes) -> list[str] | None:
-    """Addresses in the From header(s), or None when the message has no usable From."""
-    headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(content)
-    values = headers.get_all("From") or []
-    if len(values) != 1:
-        return None
-    addrs = [a for _, a in getaddresses([str(values[0])]) if a]
-    return addrs or None
+_IDENTITY_FIELDS = (("From", True), ("Sender", True), ("Reply-To", False))
+"""Identity fields, and whether their address must be in the tenant's domains (a Reply-To may be anyone's)."""
 
 
-def check_header_from(content: bytes, tenant: Tenant) -> str | None:
-    """The visible From must also be in the tenant's domains (DMARC alignment, anti-spoofing)."""
-    addrs = header_from_addresses(content)
-    if addrs is None:
-        return "550 5.6.0 The message must have exactly one From header with an address"
-    for a in addrs:
+def check_identity(headers: Headers, tenant: Tenant) -> tuple[str | None, str]:
+    """(refusal or None, the header-From domain) for a submitted message, read from the raw fields.
+
+    Exactly one From with exactly one address in the tenant's domains; at most one Sender (one address,
+    the tenant's) and one Reply-To (well-formed). Any defect is refused with 5.7.x naming the field, since
+    receivers and DMARC evaluators may read a malformed identity differently from us.
+    """
+    from_domain = ""
+    for name, own in _IDENTITY_FIELDS:
+        values = headers.get_all(name)
+        if name == "From" and len(values) != 1:
+            return f"550 5.7.1 Header From: the message must have exactly one (it has {len(values)})", ""
+        if len(values) > 1:
+            return f"550 5.7.1 Header {name}: the message may have at most one (it has {len(values)})", ""
+        if not values:
+            continue
         try:
-            Address(addr_spec=a)
-        except (ValueError, IndexError):
-            return f"550 5.6.0 Malformed From header address <{a}>"
-        if not domain_allowed(domain_of(a), tenant.sender_domains):
-            return f"550 5.7.1 Header From <{a}> is not allowed for this account"
-    return None
+            boxes = mailboxes(values[0])
+        except ValueError as exc:
+            return f"550 5.7.1 Header {name} is malformed: {exc}", ""
+        if name != "Reply-To" and len(boxes) != 1:
+            return f"550 5.7.1 Header {name} must hold exactly one address (it has {len(boxes)})", ""
+        for box in boxes:
+            if own and not domain_allowed(box.domain, tenant.sender_domains):
+                return f"550 5.7.1 Header {name} <{box.address}> is not allowed for this account", ""
+            shown = display_shows_address(box)
+            if own and shown is not None and not domain_allowed(shown, tenant.sender_domains):
+                return (f"550 5.7.1 Header {name}: the display name shows an address in {shown}, "
+                        "which is not allowed for this account"), ""
+        if name == "From":
+            from_domain = boxes[0].domain
+    return None, from_domain
 
 
 def header_block(content: bytes) -> bytes:
@@ -109,8 +119,11 @@ def count_header(content: bytes, name: bytes) -> int:
     return block.count(b"\n" + name.lower() + b":")
 
 
+LOOP_REPLY = "554 5.4.6 Routing loop detected (too many Received headers)"
+
+
 def check_loop(content: bytes) -> str | None:
     """Refuse mail that has passed through too many MTAs (a forwarding loop)."""
     if count_header(content, b"Received") > MAX_RECEIVED_HEADERS:
-        return "554 5.4.6 Routing loop detected (too many Received headers)"
+        return LOOP_REPLY
     return None

@@ -16,8 +16,6 @@ import re
 import ssl
 import time
 import warnings
-from email.parser import BytesHeaderParser
-from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, AnyStr, Literal
 
@@ -25,6 +23,8 @@ import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from smtpinfra_mta import policy
+from smtpinfra_mta.headers import HeaderError, Headers, header_section_size, parse_headers
+from smtpinfra_mta.quota import Reservation
 from smtpinfra_mta.spool import Kind, SpooledMessage, SpoolError, new_message_id
 from smtpinfra_mta.tenants import domain_of
 
@@ -36,6 +36,8 @@ ListenerKind = Literal["submission", "implicit_tls", "inbound"]
 NULL_SENDER = "<>"  # aiosmtpd treats an empty MAIL FROM as "no MAIL yet", so we carry a marker
 MAX_AUTH_FAILURES = 3
 RELAY_TENANT = "_relay"  # accounting name of mail accepted for a relay domain (no tenant sent it)
+INLINE_HEADER_BYTES = 32 * 1024  # header sections up to this size are parsed on the event loop
+HEADER_PARSE_TIMEOUT = 10.0
 
 
 # ``<local@domain> PARAMS`` with a dot-atom local part and a plain domain: nearly every address sent. These
@@ -301,57 +303,79 @@ class SmtpHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content: bytes = envelope.original_content or b""
-        loop_refusal = policy.check_loop(content)
-        if loop_refusal is not None:
-            return self._reject("loop", loop_refusal)
         mail_from = "" if envelope.mail_from == NULL_SENDER else str(envelope.mail_from)
         rcpts = list(envelope.rcpt_tos)
         kind: Kind
+        headers: Headers | None = None
+        reservation: Reservation | None = None
+        from_domain = ""
         if self.authenticated_listener:
+            try:
+                headers = await self._parse_headers(content)
+            except HeaderError as exc:
+                return self._reject("header", exc.reply)
+            if headers.count("Received") > policy.MAX_RECEIVED_HEADERS:
+                return self._reject("loop", policy.LOOP_REPLY)
             tenant = self.app.tenants.tenant(str(session.auth_data))
             if tenant is None or tenant.suspended:
                 return self._reject("suspended", "550 5.7.1 Account is suspended")
-            refusal = policy.check_header_from(content, tenant)
+            refusal, from_domain = policy.check_identity(headers, tenant)
             if refusal is not None:
                 return self._reject("header_from", refusal)
-            refusal = self.app.quota_refusal(tenant, len(rcpts))
+            refusal, reservation = self.app.reserve_quota(tenant, len(rcpts))
             if refusal is not None:
                 return self._reject("quota", refusal)
             tenant_name, pool, kind = tenant.name, tenant.pool, "submission"
         else:
+            loop_refusal = policy.check_loop(content)
+            if loop_refusal is not None:
+                return self._reject("loop", loop_refusal)
             relay_pool = self._relay_pool(rcpts[0]) if rcpts else None
             if relay_pool is not None:
                 tenant_name, pool, kind = RELAY_TENANT, relay_pool, "relay"
             else:
                 tenant_name, pool, kind = "_inbound", "", "inbound"
-        content = self._received_header(session, envelope, tenant_name if self.authenticated_listener else None) \
-            + content
-        if self.authenticated_listener:
-            from_addrs = policy.header_from_addresses(content) or []
-            if from_addrs:
-                content = await self.app.sign(content, domain_of(from_addrs[0]))
-        ikey = self._idempotency_key(content, mail_from, rcpts) if self.authenticated_listener else None
-        msg = SpooledMessage(
-            id=new_message_id(), tenant=tenant_name, pool=pool, mail_from=mail_from, rcpts=rcpts,
-            received_at=time.time(), kind=kind,
-            idempotency_key=ikey, client=_peer(session), listener=self.kind,
-        )
         try:
-            msg_id, duplicate = await self.app.spool.commit(msg, content)
-        except SpoolError:
-            return "451 4.3.0 Temporary local problem (spool), please retry"
+            content = self._received_header(session, envelope, tenant_name if self.authenticated_listener else None) \
+                + content
+            if from_domain:
+                content = await self.app.sign(content, from_domain)
+            ikey = _idempotency_key(headers, mail_from, rcpts) if headers is not None else None
+            msg = SpooledMessage(
+                id=new_message_id(), tenant=tenant_name, pool=pool, mail_from=mail_from, rcpts=rcpts,
+                received_at=time.time(), kind=kind,
+                idempotency_key=ikey, client=_peer(session), listener=self.kind,
+            )
+            try:
+                msg_id, duplicate = await self.app.spool.commit(msg, content)
+            except SpoolError:
+                return "451 4.3.0 Temporary local problem (spool), please retry"
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
         if duplicate:
+            if reservation is not None:
+                reservation.release()  # counted when it was first accepted
             log.info("duplicate submission", extra={"tenant": tenant_name, "id": msg_id})
             return f"250 2.0.0 OK already queued as {msg_id}"
+        if reservation is not None:
+            reservation.keep()
         return f"250 2.0.0 OK queued as {msg_id}"
 
-    def _idempotency_key(self, content: bytes, mail_from: str, rcpts: list[str]) -> str | None:
-        headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(content)
-        key = headers.get("X-Idempotency-Key") or headers.get("Message-ID")
-        if not key:
-            return None
-        h = hashlib.sha256("\0".join([str(key).strip(), mail_from, *sorted(rcpts)]).encode("utf-8", "replace"))
-        return h.hexdigest()
+    async def _parse_headers(self, content: bytes) -> Headers:
+        """The header section, parsed once: inline when small, in a worker thread with a deadline when large.
+
+        The parse is linear and bounded, so even the largest allowed section costs milliseconds; the
+        thread only keeps such a message from holding every other session's event loop meanwhile.
+        """
+        limits = self.app.header_limits
+        if header_section_size(content, INLINE_HEADER_BYTES) <= INLINE_HEADER_BYTES:
+            return parse_headers(content, limits)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(parse_headers, content, limits), HEADER_PARSE_TIMEOUT)
+        except TimeoutError:
+            raise HeaderError("451 4.3.0 Header parsing took too long, please retry later") from None
 
     def _received_header(self, session: Session, envelope: Envelope, tenant: str | None) -> bytes:
         peer = _peer(session)
@@ -370,6 +394,16 @@ class SmtpHandler:
     async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, proxy_data: Any) -> bool:
         # The original client address replaces the load balancer's in logs and Received headers.
         return bool(proxy_data and getattr(proxy_data, "valid", True))
+
+
+def _idempotency_key(headers: Headers, mail_from: str, rcpts: list[str]) -> str | None:
+    """A digest of the client's X-Idempotency-Key (or Message-ID), sender and recipients; None without one."""
+    key = headers.first("X-Idempotency-Key") or headers.first("Message-ID")
+    if not key:
+        return None
+    h = hashlib.sha256(b"\0".join([key.strip(), mail_from.encode("utf-8", "replace"),
+                                    *sorted(r.encode("utf-8", "replace") for r in rcpts)]))
+    return h.hexdigest()
 
 
 _date_cache: tuple[int, str] = (0, "")
