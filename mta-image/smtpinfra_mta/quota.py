@@ -42,7 +42,13 @@ def over_quota_reply(tenant: Tenant, window: Window) -> str:
     """Temporary (RFC 3463 X.7.1 with a 4xx code): the client retries later or on another replica."""
     q = tenant.quotas
     if window == "day":
+        if q.per_day_share is not None:
+            return (f"452 4.7.1 This server's share of the daily quota of {q.per_day} is used up; "
+                    "try again later (another server may accept)")
         return f"452 4.7.1 Daily sending quota of {q.per_day} reached; try again tomorrow"
+    if q.per_hour_share is not None:
+        return (f"452 4.7.1 This server's share of the hourly quota of {q.per_hour} is used up; "
+                "try again later (another server may accept)")
     return f"452 4.7.1 Hourly sending quota of {q.per_hour} reached; try again later"
 
 

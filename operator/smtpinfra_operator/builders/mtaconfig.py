@@ -149,6 +149,29 @@ def mta_sts_policy_for(spec: SmtpServerSpec) -> str:
     return mta_sts_policy_text(inputs_from_spec("", spec, sending=()))
 
 
+def quota_share(quota: int | None, replicas: int, ordinal: int) -> int | None:
+    """Replica ``ordinal``'s part of a quota split between ``replicas``: the parts sum exactly to the quota.
+
+    Each replica counts alone, so a quota enforced whole by every replica allowed quota x replicas. With
+    shares the total can never exceed the quota (worst-case overshoot 0); a replica whose share is used up
+    answers 452 and the client retries, possibly on another replica. The price is that a tenant whose
+    connections all land on one replica gets only that replica's share until the window turns.
+    """
+    if quota is None or replicas <= 1:
+        return None
+    return quota // replicas + (1 if ordinal < quota % replicas else 0)
+
+
+def _quotas(t: ServedTenant, replicas: int, ordinal: int) -> dict[str, int | None]:
+    q = t.spec.quotas
+    out: dict[str, int | None] = {"per_hour": q.per_hour, "per_day": q.per_day}
+    for name, quota in (("per_hour_share", q.per_hour), ("per_day_share", q.per_day)):
+        share = quota_share(quota, replicas, ordinal)
+        if share is not None:
+            out[name] = share
+    return out
+
+
 def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
     """The MTA config of one replica (validated by the MTA's own model)."""
     spec = inputs.spec
@@ -174,7 +197,7 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
                 "name": t.name,
                 "credentials_file": str(credentials_path(t.name)),
                 "sender_domains": list(t.spec.sender_domains),
-                "quotas": {"per_hour": t.spec.quotas.per_hour, "per_day": t.spec.quotas.per_day},
+                "quotas": _quotas(t, spec.replicas, ordinal),
                 "suspended": t.spec.suspended,
                 "pool": t.pool,
             }
