@@ -22,6 +22,7 @@ from smtpinfra_mta.dkim_sign import DkimSigner
 from smtpinfra_mta.dnsmx import MxResolver
 from smtpinfra_mta.feedback import outcomes
 from smtpinfra_mta.headers import HeaderLimits
+from smtpinfra_mta.limits import ConnectionBudget, MemoryBudget
 from smtpinfra_mta.metrics import HttpServer, Metrics
 from smtpinfra_mta.reports import parse_report
 from smtpinfra_mta.scheduler import Scheduler
@@ -67,6 +68,8 @@ class MtaApp:
         self.suppression: SuppressionStore | None = None
         self.draining = False
         self.sessions = 0
+        self.connections = ConnectionBudget()
+        self.data_memory = MemoryBudget(cfg.limits.max_data_memory)
         self.ready = False
         self.listen_ports: dict[str, list[tuple[str, int]]] = {}
         self.http_port: int | None = None
@@ -283,6 +286,7 @@ class MtaApp:
         self.cfg = cfg
         self.tenants = TenantDirectory(cfg)
         self.signer = DkimSigner(cfg.dkim)
+        self.data_memory.ceiling = cfg.limits.max_data_memory
         if self.scheduler is not None:
             self.scheduler.update_config(cfg)
             try:

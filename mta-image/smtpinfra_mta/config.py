@@ -187,15 +187,43 @@ class Listeners(_Model):
     )
 
 
+class ListenerLimits(_Model):
+    """Connection budget of one listener kind, separate from the others' (port 25 cannot use up 587/465)."""
+
+    max_connections: int = Field(1000, ge=1, le=100_000, description="Concurrent connections to this listener.")
+    max_connections_per_ip: int = Field(
+        50, ge=1, le=100_000, description="Concurrent connections to this listener from one client address.")
+    idle_timeout: Duration | None = Field(
+        None, gt=0, description="Seconds a session may wait for the next command; null: limits.command_timeout.")
+    session_time_limit: Duration = Field(
+        3600.0, gt=0, le=86400,
+        description="Longest session, however active (NOOP, RSET and the like cannot extend it); a message "
+        "being received or committed is finished first, then the session is closed with 421.")
+
+
+def _inbound_limits() -> ListenerLimits:
+    return ListenerLimits(max_connections=500, max_connections_per_ip=10, session_time_limit=600.0)
+
+
 class SmtpLimits(_Model):
-    """Per-session limits shared by all listeners."""
+    """Per-session limits, and the connection budget of each listener kind."""
 
     max_message_size: int = Field(
         25 * 1024 * 1024, ge=1024, description="Largest message accepted in bytes (advertised as SIZE)."
     )
     max_recipients: int = Field(100, ge=1, le=100_000, description="Most RCPT TO accepted per transaction.")
-    command_timeout: Duration = Field(300.0, gt=0, description="Idle time before a session is closed (seconds).")
-    max_sessions: int = Field(1000, ge=1, description="Concurrent inbound sessions across all listeners.")
+    command_timeout: Duration = Field(
+        300.0, gt=0, description="Idle time before a session is closed (seconds), unless its listener sets one.")
+    max_sessions: int = Field(
+        100_000, ge=1, description="Process-wide ceiling of concurrent sessions, above the per-listener budgets "
+        "(which are what normally applies: submission, implicit_tls, inbound).")
+    submission: ListenerLimits = Field(default_factory=ListenerLimits, description="Port 587 connection budget.")
+    implicit_tls: ListenerLimits = Field(default_factory=ListenerLimits, description="Port 465 connection budget.")
+    inbound: ListenerLimits = Field(default_factory=_inbound_limits, description="Port 25 connection budget.")
+    max_data_memory: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024,
+        description="Bytes of message data all sessions together may hold in memory while receiving; a message "
+        "that would pass it is discarded as it arrives and refused with 452 4.3.1 (the client retries).")
     proxy_protocol_timeout: Duration = Field(5.0, gt=0, description="Time allowed for the PROXY header.")
     max_header_bytes: int = Field(
         256 * 1024, ge=4096, le=16 * 1024 * 1024,

@@ -23,6 +23,7 @@ import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from smtpinfra_mta import policy
+from smtpinfra_mta.config import ListenerLimits
 from smtpinfra_mta.headers import HeaderError, Headers, header_section_size, parse_headers
 from smtpinfra_mta.quota import Reservation
 from smtpinfra_mta.spool import Kind, SpooledMessage, SpoolError, new_message_id
@@ -93,13 +94,27 @@ def _hook_names(obj: Any) -> list[str]:
 _aiosmtpd_smtp.dir = _hook_names  # type: ignore[attr-defined]
 
 
-class MtaSMTP(SMTP):
-    """aiosmtpd's protocol with our address rules: null sender allowed, source routes refused."""
+COMMAND_CALL_LIMITS = {"NOOP": 100, "HELP": 10, "VRFY": 10, "EXPN": 10, "*": 1_000_000}
+"""Per-session budget of commands that do nothing for mail; the session deadline bounds everything else."""
 
-    def __init__(self, *args: Any, app: MtaApp, **kwargs: Any) -> None:
+
+class MtaSMTP(SMTP):
+    """aiosmtpd's protocol with our address rules (null sender allowed, source routes refused), the
+    listener's connection budget, a session deadline and the shared ceiling on DATA bytes in memory."""
+
+    def __init__(self, *args: Any, app: MtaApp, kind: ListenerKind = "submission", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._app = app
+        self._kind = kind
         self._held: list[bytes] = []
+        self.counted_ip: str | None = None
+        self._busy = False
+        self._expire_when_idle = False
+
+    @property
+    def listener_limits(self) -> ListenerLimits:
+        limits: ListenerLimits = getattr(self._app.cfg.limits, self._kind)
+        return limits
 
     async def push(self, status: AnyStr) -> None:
         """Send a multi-line reply in one write, as Postfix does.
@@ -134,20 +149,114 @@ class MtaSMTP(SMTP):
 
     async def _handle_client(self) -> None:
         if self._app.draining:
-            await self.push("421 4.3.2 Service shutting down, try another server")
-            if self.transport is not None:
-                self.transport.close()
+            await self._refuse("421 4.3.2 Service shutting down, try another server")
             return
+        proxied = self._proxy_timeout is not None  # the client's address is known after the PROXY header
+        peer = self.session.peer if self.session is not None else None
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer and not proxied else None
         if self._app.sessions >= self._app.cfg.limits.max_sessions:
-            await self.push("421 4.7.0 Too many connections, try later")
-            if self.transport is not None:
-                self.transport.close()
+            await self._refuse("421 4.3.2 Too many connections, try later")
             return
+        refusal = self._app.connections.open(self._kind, ip, self.listener_limits)
+        if refusal is not None:
+            self._app.metrics.rejected.labels(listener=self._kind, reason="connections").inc()
+            await self._refuse(refusal)
+            return
+        self.counted_ip = ip
+        deadline = self.loop.call_later(self.listener_limits.session_time_limit, self._session_expired)
         self._app.session_opened()
         try:
             await super()._handle_client()
         finally:
+            deadline.cancel()
+            self._app.connections.close(self._kind, self.counted_ip)
             self._app.session_closed()
+
+    async def _refuse(self, reply: str) -> None:
+        await self.push(reply)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _session_expired(self) -> None:
+        """The session deadline: close now, or right after the message being received is answered."""
+        if self._busy:
+            self._expire_when_idle = True
+            return
+        self._expire()
+
+    def _expire(self) -> None:
+        if self.transport is not None:
+            self.transport.write(b"421 4.4.2 Session time limit reached, closing connection\r\n")
+            self.transport.close()
+
+    @_aiosmtpd_smtp.syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, with every byte held counted against the process-wide memory ceiling.
+
+        Beyond the ceiling the message is discarded as it arrives and refused with 452 4.3.1 (the client
+        retries later), so many large concurrent messages cannot grow the process until it is killed.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        budget = self._app.data_memory
+        held = 0
+        self._busy = True
+        try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            data: list[bytes] = []
+            size, limit, state = 0, self.data_size_limit, ""
+            while self.transport is not None:
+                try:
+                    line: bytes = await self._reader.readuntil(b"\r\n")
+                except asyncio.LimitOverrunError as exc:
+                    state = state or "long"
+                    data.clear()
+                    await self._reader.read(exc.consumed)
+                    continue
+                if line == b".\r\n":
+                    break
+                size += len(line)
+                if state:
+                    continue
+                if limit and size > limit:
+                    state = "size"
+                elif len(line) > self.line_length_limit:
+                    state = "long"
+                elif not budget.take(len(line)):
+                    state = "memory"
+                else:
+                    held += len(line)
+                    data.append(line[1:] if line.startswith(b".") else line)
+                    continue
+                data.clear()
+                budget.give(held)
+                held = 0
+            if state:
+                self._set_post_data_state()
+                if state == "memory":
+                    self._app.metrics.rejected.labels(listener=self._kind, reason="memory").inc()
+                await self.push({"size": "552 5.3.4 Error: Too much mail data",
+                                 "long": "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)",
+                                 "memory": "452 4.3.1 Insufficient system resources, try again later"}[state])
+                return
+            content = b"".join(data)
+            data.clear()
+            self.envelope.content = self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()
+            await self.push("250 OK" if status is MISSING else status)
+        finally:
+            budget.give(held)
+            self._busy = False
+            if self._expire_when_idle:
+                self._expire()
 
 
 def _tls_ok(server: SMTP) -> bool:
@@ -392,8 +501,18 @@ class SmtpHandler:
         ).encode("utf-8", "replace")
 
     async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, proxy_data: Any) -> bool:
-        # The original client address replaces the load balancer's in logs and Received headers.
-        return bool(proxy_data and getattr(proxy_data, "valid", True))
+        # The original client address replaces the load balancer's in logs, Received headers and the
+        # per-address connection budget (which could not be checked before this header arrived).
+        if not (proxy_data and getattr(proxy_data, "valid", True)):
+            return False
+        src = getattr(proxy_data, "src_addr", None)
+        if src is not None and isinstance(server, MtaSMTP):
+            refusal = self.app.connections.add_ip(self.kind, str(src), server.listener_limits)
+            if refusal is not None:
+                self.app.metrics.rejected.labels(listener=self.kind, reason="connections").inc()
+                return False
+            server.counted_ip = str(src)
+        return True
 
 
 def _idempotency_key(headers: Headers, mail_from: str, rcpts: list[str]) -> str | None:
@@ -450,7 +569,8 @@ def make_protocol_factory(app: MtaApp, kind: ListenerKind, tls_ctx: ssl.SSLConte
         "data_size_limit": cfg.limits.max_message_size,
         "enable_SMTPUTF8": True,
         "decode_data": False,
-        "timeout": cfg.limits.command_timeout,
+        "timeout": getattr(cfg.limits, kind).idle_timeout or cfg.limits.command_timeout,
+        "command_call_limit": COMMAND_CALL_LIMITS,
         "proxy_protocol_timeout": cfg.limits.proxy_protocol_timeout if listener.proxy_protocol else None,
     }
     if kind == "submission":
@@ -465,10 +585,10 @@ def make_protocol_factory(app: MtaApp, kind: ListenerKind, tls_ctx: ssl.SSLConte
 
     def factory() -> MtaSMTP:
         if kind != "implicit_tls":
-            return MtaSMTP(handler, app=app, **common)
+            return MtaSMTP(handler, app=app, kind=kind, **common)
         with warnings.catch_warnings():
             # "AUTH without TLS" warning: on 465 TLS is on the transport, which aiosmtpd cannot see.
             warnings.simplefilter("ignore", UserWarning)
-            return MtaSMTP(handler, app=app, **common)
+            return MtaSMTP(handler, app=app, kind=kind, **common)
 
     return factory
