@@ -90,6 +90,32 @@ class Listeners(ApiModel):
     """Most RCPT TO commands accepted per message."""
 
 
+class ListenerLimits(ApiModel):
+    """Connection budget of one listener kind; each kind has its own, so port 25 cannot use up 587/465."""
+
+    max_connections: Annotated[int, Field(ge=1, le=100000)] | None = None
+    """Concurrent connections to the listener per pod (unset: 1000; inbound 500)."""
+    max_connections_per_ip: Annotated[int, Field(ge=1, le=100000)] | None = None
+    """Concurrent connections from one client address per pod (unset: 50, as Postfix)."""
+    idle_timeout: Duration | None = None
+    """How long a session may wait for its next command, e.g. 2m (unset: 5m)."""
+    session_time_limit: Duration | None = None
+    """Longest session however active: NOOP and the like cannot extend it, at most 1d (unset: 1h; inbound 10m)."""
+
+
+class SessionLimits(ApiModel):
+    """Connection and memory limits of the SMTP listeners (unset fields keep the MTA's defaults)."""
+
+    submission: ListenerLimits = ListenerLimits()
+    """Port 587."""
+    implicit_tls: ListenerLimits = ListenerLimits()
+    """Port 465."""
+    inbound: ListenerLimits = ListenerLimits()
+    """Port 25."""
+    max_data_memory: Annotated[int, Field(ge=1048576, le=68719476736)] | None = None
+    """Bytes of message data all sessions of a pod may hold while receiving (unset: 256 MiB); beyond it 452 4.3.1."""
+
+
 class IssuerKind(StrEnum):
     """cert-manager issuer kinds."""
 
@@ -265,6 +291,8 @@ class SmtpServerSpec(ApiModel):
     """Domain of the envelope sender (bounces and feedback reports come back here, port 25)."""
     listeners: Listeners = Listeners()
     """SMTP listeners."""
+    limits: SessionLimits = SessionLimits()
+    """Connection budgets per listener and client address, session time limits, DATA memory ceiling."""
     tls: TlsSpec | None = None
     """TLS certificate for STARTTLS and implicit TLS; required when submission is enabled."""
     dkim: DkimSpec = DkimSpec()

@@ -149,6 +149,22 @@ def mta_sts_policy_for(spec: SmtpServerSpec) -> str:
     return mta_sts_policy_text(inputs_from_spec("", spec, sending=()))
 
 
+def session_limits(spec: SmtpServerSpec) -> dict[str, Any]:
+    """spec.limits in the MTA's terms; unset fields are left out so the MTA's defaults apply."""
+    out: dict[str, Any] = {}
+    for kind in ("submission", "implicit_tls", "inbound"):
+        lim = getattr(spec.limits, kind)
+        values = {"max_connections": lim.max_connections, "max_connections_per_ip": lim.max_connections_per_ip,
+                  "idle_timeout": parse_duration(lim.idle_timeout) if lim.idle_timeout else None,
+                  "session_time_limit": parse_duration(lim.session_time_limit) if lim.session_time_limit else None}
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            out[kind] = values
+    if spec.limits.max_data_memory is not None:
+        out["max_data_memory"] = spec.limits.max_data_memory
+    return out
+
+
 def quota_share(quota: int | None, replicas: int, ordinal: int) -> int | None:
     """Replica ``ordinal``'s part of a quota split between ``replicas``: the parts sum exactly to the quota.
 
@@ -191,7 +207,8 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
             "inbound": {"enabled": listeners.inbound.enabled, "port": listeners.inbound.port,
                         "proxy_protocol": listeners.proxy_protocol, "domains": [spec.return_path_domain]},
         },
-        "limits": {"max_message_size": listeners.max_message_size, "max_recipients": listeners.max_recipients},
+        "limits": {"max_message_size": listeners.max_message_size, "max_recipients": listeners.max_recipients,
+                   **session_limits(spec)},
         "tenants": [
             {
                 "name": t.name,
