@@ -60,5 +60,5 @@ def test_spec_limits_reach_the_mta_config() -> None:
 
 
 def test_spec_limits_ranges_are_enforced_by_the_model() -> None:
-    with pytest.raises(ValueError, match="max_connections_per_ip|maxConnectionsPerIp"):
+    with pytest.raises(ValueError, match=r"max_connections_per_ip|maxConnectionsPerIp"):
         _spec(limits={"inbound": {"maxConnectionsPerIp": 0}})
