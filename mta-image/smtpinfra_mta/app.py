@@ -26,7 +26,8 @@ from smtpinfra_mta.limits import ConnectionBudget, MemoryBudget
 from smtpinfra_mta.metrics import HttpServer, Metrics
 from smtpinfra_mta.reports import parse_report
 from smtpinfra_mta.scheduler import Scheduler
-from smtpinfra_mta.server import ListenerKind, make_protocol_factory, server_tls_context
+from smtpinfra_mta.server import ListenerKind, make_protocol_factory
+from smtpinfra_mta.tlsreload import ReloadingTls
 from smtpinfra_mta.spool import Spool, SpooledMessage
 from smtpinfra_mta.suppression import SuppressionStore, open_store
 from smtpinfra_mta.tenants import TenantDirectory
@@ -40,6 +41,7 @@ logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 Role = Literal["all", "accept", "deliver"]
+TLS_CHECK_SECONDS = 2.0
 ACCEPT_SHARD = "accept"  # spool subdirectory of the SMTP process when delivery runs separately
 
 
@@ -79,6 +81,8 @@ class MtaApp:
         self._sessions_idle = asyncio.Event()
         self._sessions_idle.set()
         self._watch_task: asyncio.Task[None] | None = None
+        self.tls: ReloadingTls | None = None  # the listeners' certificate, reloaded when its files change
+        self._tls_task: asyncio.Task[None] | None = None
         self._inbound_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,6 +115,8 @@ class MtaApp:
             if recovered:
                 log.info("spool recovered", extra={"messages": len(recovered)})
             self.scheduler.start()
+        if self.role != "deliver" and self.cfg.tls is not None:
+            self.tls = ReloadingTls(self.cfg.tls.cert_file, self.cfg.tls.key_file)
         if self.role != "deliver":
             await self._open_listeners()
         if http:
@@ -119,19 +125,18 @@ class MtaApp:
                                     lambda: self.cfg.mta_sts.policy if self.cfg.mta_sts is not None else None)
             port = self.cfg.http.delivery_port if self.role == "deliver" else self.cfg.http.port
             self.http_port = await self._http.start(self.cfg.http.bind, port)
-            if self.role != "deliver" and self.cfg.http.mta_sts_port is not None and self.cfg.tls is not None:
-                tls = server_tls_context(str(self.cfg.tls.cert_file), str(self.cfg.tls.key_file))
-                self.mta_sts_port = await self._http.start(self.cfg.http.bind, self.cfg.http.mta_sts_port, tls=tls,
-                                                           mta_sts_only=True)
+            if self.role != "deliver" and self.cfg.http.mta_sts_port is not None and self.tls is not None:
+                self.mta_sts_port = await self._http.start(self.cfg.http.bind, self.cfg.http.mta_sts_port,
+                                                           tls=self.tls.front, mta_sts_only=True)
+        if self.tls is not None:
+            self._tls_task = asyncio.create_task(self._watch_tls(), name="tls-watch")
         if watch_config and self.config_path is not None:
             self._watch_task = asyncio.create_task(self._watch_config(), name="config-watch")
         self.ready = True
 
     async def _open_listeners(self) -> None:
         loop = asyncio.get_running_loop()
-        tls_ctx = None
-        if self.cfg.tls is not None:
-            tls_ctx = server_tls_context(str(self.cfg.tls.cert_file), str(self.cfg.tls.key_file))
+        tls_ctx = self.tls.front if self.tls is not None else None
         kinds: list[ListenerKind] = ["submission", "implicit_tls", "inbound"]
         for kind in kinds:
             listener = getattr(self.cfg.listeners, kind)
@@ -160,6 +165,8 @@ class MtaApp:
         self.ready = False
         if self._watch_task is not None:
             self._watch_task.cancel()
+        if self._tls_task is not None:
+            self._tls_task.cancel()
         for s in self._servers:
             s.close()
         self._servers.clear()
@@ -318,6 +325,13 @@ class MtaApp:
                 log.error("config reload failed; keeping the running config", extra={"error": str(exc)})
                 continue
             self.reload(cfg)
+
+    async def _watch_tls(self) -> None:
+        """Serve a renewed certificate once its mounted files change (no restart, sessions kept)."""
+        assert self.tls is not None
+        while True:
+            await asyncio.sleep(TLS_CHECK_SECONDS)
+            await asyncio.to_thread(self.tls.check)
 
     # ------------------------------------------------------------------ stats
 

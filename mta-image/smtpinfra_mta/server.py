@@ -551,13 +551,6 @@ def _peer(session: Session) -> str:
     return str(peer)
 
 
-def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
-    return ctx
-
-
 def make_protocol_factory(app: MtaApp, kind: ListenerKind, tls_ctx: ssl.SSLContext | None) -> Any:
     """A factory for ``loop.create_server`` building one aiosmtpd protocol per connection."""
     cfg = app.cfg
