@@ -27,11 +27,11 @@ from smtpinfra_mta.metrics import HttpServer, Metrics
 from smtpinfra_mta.reports import parse_report
 from smtpinfra_mta.scheduler import Scheduler
 from smtpinfra_mta.server import ListenerKind, make_protocol_factory
-from smtpinfra_mta.tlsreload import ReloadingTls
 from smtpinfra_mta.spool import Spool, SpooledMessage
 from smtpinfra_mta.suppression import SuppressionStore, open_store
 from smtpinfra_mta.tenants import TenantDirectory
 from smtpinfra_mta.throttle import WarmupGate
+from smtpinfra_mta.tlsreload import ReloadingTls
 from smtpinfra_mta.verp import Verp, load_or_create_key
 
 log = logging.getLogger(__name__)
