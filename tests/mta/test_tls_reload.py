@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 import smtplib
 import socket
 import ssl
@@ -39,7 +38,7 @@ def write_cert(directory: Path, common_name: str) -> None:
                         ("tls.crt", cert.public_bytes(serialization.Encoding.PEM))):
         tmp = directory / f".{fname}.new"
         tmp.write_bytes(data)
-        os.replace(tmp, directory / fname)
+        tmp.replace(directory / fname)
 
 
 def _cn(der: bytes | None) -> str:
