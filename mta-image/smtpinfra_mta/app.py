@@ -23,7 +23,7 @@ from smtpinfra_mta.dnsmx import MxResolver
 from smtpinfra_mta.feedback import outcomes
 from smtpinfra_mta.headers import HeaderLimits
 from smtpinfra_mta.limits import ConnectionBudget, MemoryBudget
-from smtpinfra_mta.metrics import HttpServer, Metrics
+from smtpinfra_mta.metrics import HttpLimits, HttpServer, Metrics
 from smtpinfra_mta.reports import parse_report
 from smtpinfra_mta.scheduler import Scheduler
 from smtpinfra_mta.server import ListenerKind, make_protocol_factory
@@ -122,7 +122,10 @@ class MtaApp:
         if http:
             self._http = HttpServer(self.metrics, lambda: self.ready and not self.draining, self.stats,
                                     self._refresh_gauges,
-                                    lambda: self.cfg.mta_sts.policy if self.cfg.mta_sts is not None else None)
+                                    lambda: self.cfg.mta_sts.policy if self.cfg.mta_sts is not None else None,
+                                    stats_token=self._stats_token,
+                                    limits=HttpLimits(max_connections=self.cfg.http.max_connections,
+                                                      request_timeout=self.cfg.http.request_timeout))
             port = self.cfg.http.delivery_port if self.role == "deliver" else self.cfg.http.port
             self.http_port = await self._http.start(self.cfg.http.bind, port)
             if self.role != "deliver" and self.cfg.http.mta_sts_port is not None and self.tls is not None:
@@ -339,6 +342,11 @@ class MtaApp:
         if self.scheduler is not None:
             self.metrics.queue_depth.set(len(self.spool.queued_ids()))
             self.metrics.oldest_age.set(self.scheduler.oldest_age())
+
+    def _stats_token(self) -> str | None:
+        """The token /stats requires (None: none configured); raises OSError when the file is unreadable."""
+        path = self.cfg.http.stats_token_file
+        return None if path is None else path.read_text(encoding="utf-8").strip()
 
     def stats(self) -> dict[str, Any]:
         queued = self.spool.queued_ids()

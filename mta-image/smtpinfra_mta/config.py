@@ -564,6 +564,15 @@ class Http(_Model):
         description="HTTPS port (certificate from 'tls') that serves only /.well-known/mta-sts.txt, for "
         "https://mta-sts.<domain>/ (RFC 8461 section 3.3); null: no HTTPS listener. Needs 'mta_sts' and 'tls'.",
     )
+    stats_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token /stats requires ('Authorization: Bearer <token>'), mounted "
+        "from a Secret only the operator reads; re-read per request. Null: /stats is open (local runs only).",
+    )
+    max_connections: int = Field(
+        128, ge=1, le=100_000, description="Concurrent connections per HTTP listener; more are closed at once.")
+    request_timeout: Duration = Field(
+        10.0, gt=0, le=300, description="Time a client has to send its whole request (and TLS handshake).")
 
 
 class Bounces(_Model):

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import json
 import logging
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -55,30 +57,52 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """Bounds of every HTTP listener: a client can hold at most one slot for at most ``request_timeout``."""
+
+    max_connections: int = 128
+    request_timeout: float = 10.0
+    max_request_bytes: int = 8192
+    """Request line plus header fields; no endpoint takes a body."""
+
+
 class HttpServer:
     """Serves /metrics, /healthz (process alive), /readyz (accepting mail), /stats (JSON) and the MTA-STS policy.
 
     ``mta_sts_policy`` returns the current policy text (None: 404), read per request so a config reload
     changes what is served. ``start(..., tls=ctx, mta_sts_only=True)`` adds a listener for the public HTTPS
     endpoint of ``mta-sts.<domain>``, which answers the policy path only (no metrics or stats).
+    ``stats_token`` returns the bearer token /stats requires (read per request, so a rotated Secret applies
+    at once); None means no token is configured and /stats is open (local runs), and an unreadable token
+    file makes /stats refuse everyone. Each listener has its own connection cap, and a request must arrive
+    whole, within a size bound, inside one deadline, so slow or idle clients cannot hold the listener.
     """
 
     def __init__(self, metrics: Metrics, ready: Callable[[], bool], stats: Callable[[], dict[str, Any]],
                  before_scrape: Callable[[], None] | None = None,
-                 mta_sts_policy: Callable[[], str | None] | None = None) -> None:
+                 mta_sts_policy: Callable[[], str | None] | None = None,
+                 stats_token: Callable[[], str | None] | None = None,
+                 limits: HttpLimits | None = None) -> None:
         self._metrics = metrics
         self._ready = ready
         self._stats = stats
         self._before = before_scrape
         self._mta_sts_policy = mta_sts_policy
+        self._stats_token = stats_token
+        self.limits = limits or HttpLimits()
         self._servers: list[asyncio.Server] = []
+        self.open_connections: dict[int, int] = {}
 
     async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None,
                     mta_sts_only: bool = False) -> int:
         """Open one listener; returns its port. Call again for further listeners (e.g. the HTTPS one)."""
-        handler = functools.partial(self._handle, mta_sts_only=mta_sts_only)
-        server = await asyncio.start_server(handler, host, port, ssl=tls,
-                                            ssl_handshake_timeout=10 if tls is not None else None)
+        index = len(self._servers)
+        self.open_connections[index] = 0
+        # TLS is started inside the handler, so a connection counts against the cap (and the request
+        # deadline) from its first byte, not only once a client has bothered to finish the handshake.
+        handler = functools.partial(self._handle, mta_sts_only=mta_sts_only, index=index, tls=tls)
+        server = await asyncio.start_server(handler, host, port, limit=self.limits.max_request_bytes)
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -90,25 +114,71 @@ class HttpServer:
         self._servers.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                      mta_sts_only: bool = False) -> None:
+                      mta_sts_only: bool = False, index: int = 0, tls: ssl.SSLContext | None = None) -> None:
+        if self.open_connections[index] >= self.limits.max_connections:
+            writer.close()  # over the cap: no request is read, the slot is not taken
+            return
+        self.open_connections[index] += 1
         try:
-            request = await asyncio.wait_for(reader.readline(), 10)
-            while True:  # discard headers
-                line = await asyncio.wait_for(reader.readline(), 10)
-                if line in (b"\r\n", b"\n", b""):
-                    break
-            parts = request.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
-            status, ctype, body = self._route(path, mta_sts_only=mta_sts_only)
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode() + body
-            )
-            await writer.drain()
+            async with asyncio.timeout(self.limits.request_timeout):
+                if tls is not None:
+                    await writer.start_tls(tls)
+                status, ctype, body = await self._respond(reader, mta_sts_only=mta_sts_only)
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n".encode() + body
+                )
+                await writer.drain()
         except (TimeoutError, OSError, UnicodeDecodeError):  # OSError: resets, TLS errors (ssl.SSLError)
             pass
         finally:
+            self.open_connections[index] -= 1
             writer.close()
+
+    async def _respond(self, reader: asyncio.StreamReader, *, mta_sts_only: bool) -> tuple[str, str, bytes]:
+        """Read one request within the size bound; the response tuple (status, content type, body)."""
+        total = 0
+        lines: list[bytes] = []
+        try:
+            while True:
+                line = await reader.readline()
+                total += len(line)
+                if total > self.limits.max_request_bytes:
+                    return "431 Request Header Fields Too Large", "text/plain", b"request too large\n"
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                lines.append(line)
+        except (ValueError, asyncio.LimitOverrunError):  # one line longer than the reader's limit
+            return "431 Request Header Fields Too Large", "text/plain", b"request too large\n"
+        if not lines:
+            return "400 Bad Request", "text/plain", b"bad request\n"
+        parts = lines[0].decode("latin-1").split()
+        path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
+        if path == "/stats" and not mta_sts_only:
+            refusal = self._stats_refusal(lines[1:])
+            if refusal is not None:
+                return refusal
+        return self._route(path, mta_sts_only=mta_sts_only)
+
+    def _stats_refusal(self, header_lines: list[bytes]) -> tuple[str, str, bytes] | None:
+        if self._stats_token is None:
+            return None
+        try:
+            token = self._stats_token()
+        except OSError:
+            return "503 Service Unavailable", "text/plain", b"stats token unavailable\n"
+        if token is None:
+            return None
+        presented = b""
+        for line in header_lines:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"authorization":
+                scheme, _, cred = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer":
+                    presented = cred.strip()
+        if not token or not hmac.compare_digest(presented, token.encode()):
+            return "401 Unauthorized", "text/plain", b"a bearer token is required\n"
+        return None
 
     def _route(self, path: str, *, mta_sts_only: bool = False) -> tuple[str, str, bytes]:
         if path == MTA_STS_PATH:

@@ -185,8 +185,9 @@ class MtaSMTP(SMTP):
         self._expire()
 
     def _expire(self) -> None:
-        if self.transport is not None:
+        if isinstance(self.transport, asyncio.WriteTransport):
             self.transport.write(b"421 4.4.2 Session time limit reached, closing connection\r\n")
+        if self.transport is not None:
             self.transport.close()
 
     @_aiosmtpd_smtp.syntax("DATA")
@@ -239,7 +240,7 @@ class MtaSMTP(SMTP):
                 budget.give(held)
                 held = 0
             if state:
-                self._set_post_data_state()
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
                 if state == "memory":
                     self._app.metrics.rejected.labels(listener=self._kind, reason="memory").inc()
                 await self.push({"size": "552 5.3.4 Error: Too much mail data",
@@ -250,7 +251,7 @@ class MtaSMTP(SMTP):
             data.clear()
             self.envelope.content = self.envelope.original_content = content
             status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push("250 OK" if status is MISSING else status)
         finally:
             budget.give(held)

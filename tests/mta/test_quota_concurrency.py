@@ -62,7 +62,7 @@ def concurrent_submissions(ports: list[int], rcpts: int, *, message_id: str | No
 
 def counted(mta: RunningMta) -> int:
     assert mta.app.counters is not None
-    return int(mta.call(lambda: mta.app.counters.get("quota:alpha", "hour")))  # type: ignore[union-attr]
+    return int(mta.call(lambda: mta.app.counters.get("quota:alpha", "hour")))
 
 
 def _cfg(tmp_path: Path, tls_files: Any, hashes: dict[str, str], quotas: dict[str, int]) -> dict[str, Any]:
