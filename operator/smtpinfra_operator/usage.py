@@ -18,6 +18,7 @@ The MTA serves `/stats` on its HTTP port, which the operator renders into its co
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -40,8 +41,8 @@ STATS_CONCURRENCY = 32
 """Pods read at once."""
 MAX_UNREACHABLE_NAMED = 10
 
-Fetch = Callable[[str, int], Awaitable[Mapping[str, Any]]]
-"""(pod IP, port) → the decoded /stats JSON; raises when the pod cannot be read."""
+Fetch = Callable[[str, int, str | None], Awaitable[Mapping[str, Any]]]
+"""(pod IP, port, bearer token) → the decoded /stats JSON; raises when the pod cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -157,13 +158,18 @@ def tenant_usage(name: str, labels: Mapping[str, str], spec: TenantSpec, snapsho
 # --- I/O -------------------------------------------------------------------------------------
 
 
-async def fetch_stats(ip: str, port: int) -> Mapping[str, Any]:
-    """GET http://ip:port/stats (HTTP/1.0, the MTA's own tiny server) within STATS_TIMEOUT."""
+async def fetch_stats(ip: str, port: int, token: str | None = None) -> Mapping[str, Any]:
+    """GET http://ip:port/stats (HTTP/1.0, the MTA's own tiny server) within STATS_TIMEOUT.
+
+    ``token`` is the server's `<server>-stats-token` Secret, which the MTA requires as a bearer token.
+    """
 
     async def call() -> Mapping[str, Any]:
         reader, writer = await asyncio.open_connection(ip, port)
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
         try:
-            writer.write(f"GET /stats HTTP/1.0\r\nHost: {ip}:{port}\r\nAccept: application/json\r\n\r\n".encode())
+            writer.write(f"GET /stats HTTP/1.0\r\nHost: {ip}:{port}\r\nAccept: application/json\r\n{auth}\r\n"
+                         .encode())
             await writer.drain()
             raw = await reader.read(4 << 20)
         finally:
@@ -176,6 +182,13 @@ async def fetch_stats(ip: str, port: int) -> Mapping[str, Any]:
         return result
 
     return await asyncio.wait_for(call(), STATS_TIMEOUT)
+
+
+async def _stats_token(namespace: str, server: str) -> str | None:
+    """The server's /stats bearer token from its operator-managed Secret (None while it does not exist)."""
+    secret = await kube.get("v1", "Secret", workload.stats_token_secret_name(server), namespace)
+    value = ((secret or {}).get("data") or {}).get("token")
+    return base64.b64decode(value).decode().strip() if value else None
 
 
 def _selection(server: Mapping[str, Any]) -> ServerSelection:
@@ -199,11 +212,12 @@ async def collect(fetch: Fetch = fetch_stats) -> Snapshot:
         if (meta["namespace"], server) in known and status.get("phase") == "Running" and status.get("podIP"):
             pods.append((meta["namespace"], meta["name"], server, status["podIP"]))
     slots = asyncio.Semaphore(STATS_CONCURRENCY)
+    tokens = {key: await _stats_token(*key) for key in {(p[0], p[2]) for p in pods}}
 
     async def read(namespace: str, name: str, server: str, ip: str) -> PodReport:
         async with slots:
             try:
-                stats = await fetch(ip, HTTP_PORT)
+                stats = await fetch(ip, HTTP_PORT, tokens.get((namespace, server)))
                 tenants = stats.get("tenants")
                 return PodReport(namespace, name, server, tenants if isinstance(tenants, Mapping) else {})
             except (OSError, TimeoutError, ValueError) as error:

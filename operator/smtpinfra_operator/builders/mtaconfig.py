@@ -24,6 +24,8 @@ CREDENTIALS_DIR = PurePosixPath("/etc/smtp-infra/credentials")
 TLS_DIR = PurePosixPath("/etc/smtp-infra/tls")
 DKIM_DIR = PurePosixPath("/etc/smtp-infra/dkim")
 SPOOL_DIR = PurePosixPath("/var/spool/smtp-infra")
+STATS_TOKEN_FILE = PurePosixPath("/etc/smtp-infra/stats/token")
+"""The bearer token /stats requires, mounted from the operator-managed `<server>-stats-token` Secret."""
 HTTP_PORT = 8080
 DELIVERY_HTTP_PORT = 8081
 """Metrics and health of the MTA's delivery process (the pods run receiving and delivery as two processes)."""
@@ -239,7 +241,7 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
         },
         "spool": {"directory": str(SPOOL_DIR)},
         "suppression": {"url": f"sqlite://{SPOOL_DIR}/suppression.db"},
-        "http": {"port": HTTP_PORT, "delivery_port": DELIVERY_HTTP_PORT},
+        "http": {"port": HTTP_PORT, "delivery_port": DELIVERY_HTTP_PORT, "stats_token_file": str(STATS_TOKEN_FILE)},
         "bounces": {"return_path_domain": spec.return_path_domain},
     }
     if spec.tls is not None:

@@ -24,6 +24,7 @@ from .mtaconfig import (
     HTTP_PORT,
     MTA_STS_PORT,
     SPOOL_DIR,
+    STATS_TOKEN_FILE,
     TLS_DIR,
     serves_mta_sts_https,
 )
@@ -121,6 +122,16 @@ def config_map(owner: Owner, data: dict[str, str]) -> dict[str, Any]:
     """The rendered MTA config, one key per replica."""
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(config_map_name(owner.name), owner),
             "data": data}
+
+
+def stats_token_secret_name(server: str) -> str:
+    return f"{server}-stats-token"
+
+
+def stats_token_secret(owner: Owner, token: str) -> dict[str, Any]:
+    """The bearer token the MTA requires on /stats (tenant names and usage); only the operator reads it."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(stats_token_secret_name(owner.name), owner), "stringData": {"token": token}}
 
 
 def credentials_secret(owner: Owner, lines: dict[str, str]) -> dict[str, Any]:
@@ -230,10 +241,12 @@ def statefulset(
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
         {"name": "credentials", "secret": {"secretName": credentials_secret_name(owner.name)}},
+        {"name": "stats-token", "secret": {"secretName": stats_token_secret_name(owner.name), "optional": True}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
         {"name": "credentials", "mountPath": str(CREDENTIALS_DIR), "readOnly": True},
+        {"name": "stats-token", "mountPath": str(STATS_TOKEN_FILE.parent), "readOnly": True},
         {"name": "spool", "mountPath": str(SPOOL_DIR)},
     ]
     if tls_secret:

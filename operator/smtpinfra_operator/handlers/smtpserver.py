@@ -12,6 +12,7 @@ import asyncio
 import base64
 import logging
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -171,6 +172,13 @@ async def _ensure_dkim(owner: workload.Owner, spec: SmtpServerSpec) -> None:
                 log.info("generated DKIM key %s._domainkey.%s", key.selector, key.domain)
 
 
+async def _ensure_stats_token(owner: workload.Owner) -> None:
+    """Create the /stats bearer token Secret once (never rewritten; delete it to rotate)."""
+    name = workload.stats_token_secret_name(owner.name)
+    if await kube.get("v1", "Secret", name, owner.namespace) is None:
+        await kube.create(workload.stats_token_secret(owner, secrets.token_urlsafe(32)))
+
+
 async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
     """Read and check every reference; raises MissingReference naming the first missing one."""
     addresses: dict[int, list[SourceAddress]] = {i: [] for i in range(spec.replicas)}
@@ -199,6 +207,7 @@ async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
     runnable = {i: addresses[i] for i in range(replicas)}
     tls_secret = await _gather_tls(owner, spec)
     await _ensure_dkim(owner, spec)
+    await _ensure_stats_token(owner)
     tenants, credentials, conflicts = await _gather_tenants(spec)
     inputs = ServerInputs(name=owner.name, namespace=owner.namespace, spec=spec, tenants=tenants,
                           replica_addresses=runnable)
