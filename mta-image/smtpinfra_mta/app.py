@@ -24,9 +24,10 @@ from smtpinfra_mta.feedback import outcomes
 from smtpinfra_mta.headers import HeaderLimits
 from smtpinfra_mta.limits import ConnectionBudget, MemoryBudget
 from smtpinfra_mta.metrics import HttpLimits, HttpServer, Metrics
+from smtpinfra_mta.protocol import ListenerKind
 from smtpinfra_mta.reports import parse_report
 from smtpinfra_mta.scheduler import Scheduler
-from smtpinfra_mta.server import ListenerKind, make_protocol_factory
+from smtpinfra_mta.server import make_protocol_factory
 from smtpinfra_mta.spool import Spool, SpooledMessage
 from smtpinfra_mta.suppression import SuppressionStore, open_store
 from smtpinfra_mta.tenants import TenantDirectory
