@@ -202,7 +202,7 @@ class ListenerLimits(_Model):
 
 
 def _inbound_limits() -> ListenerLimits:
-    return ListenerLimits(max_connections=500, max_connections_per_ip=10, session_time_limit=600.0)
+    return ListenerLimits(max_connections=500, max_connections_per_ip=50, session_time_limit=600.0)
 
 
 class SmtpLimits(_Model):

@@ -56,7 +56,7 @@ def test_spec_limits_reach_the_mta_config() -> None:
     assert lim.submission.max_connections_per_ip == 200 and lim.submission.max_connections == 1000
     assert lim.max_data_memory == 64 * 1024 * 1024
     defaults = replica_config(_inputs(_spec(), 1), 0).limits
-    assert (defaults.inbound.max_connections_per_ip, defaults.submission.max_connections_per_ip) == (10, 50)
+    assert (defaults.inbound.max_connections, defaults.submission.max_connections_per_ip) == (500, 50)
 
 
 def test_spec_limits_ranges_are_enforced_by_the_model() -> None:
