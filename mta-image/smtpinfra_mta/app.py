@@ -25,6 +25,7 @@ from smtpinfra_mta.headers import HeaderLimits
 from smtpinfra_mta.limits import ConnectionBudget, MemoryBudget
 from smtpinfra_mta.metrics import HttpLimits, HttpServer, Metrics
 from smtpinfra_mta.protocol import ListenerKind
+from smtpinfra_mta.quota_pg import PostgresQuotas, QuotaStoreError
 from smtpinfra_mta.reports import parse_report
 from smtpinfra_mta.scheduler import Scheduler
 from smtpinfra_mta.server import make_protocol_factory
@@ -66,6 +67,7 @@ class MtaApp:
         self.forward: Callable[[SpooledMessage], None] | None = None  # role "accept": to the delivery process
         self._recovered_ids: set[str] = set()  # role "deliver": found by the startup scan, maybe also forwarded
         self.counters: Counters | None = None
+        self.shared_quotas: PostgresQuotas | None = None  # quota_store.url: the replicas' shared counters
         self.verp: Verp | None = None
         self.scheduler: Scheduler | None = None
         self.suppression: SuppressionStore | None = None
@@ -93,6 +95,12 @@ class MtaApp:
         # Quota counters are only touched by the accepting side and warm-up counters only by the delivering
         # side, so the two processes of separate_process never share a key (no stale cache across them).
         self.counters = Counters(self.cfg.spool.directory / "counters.sqlite")
+        if self.role != "deliver" and self.cfg.quota_store.url is not None:
+            self.shared_quotas = PostgresQuotas(self.cfg.quota_store.url)
+            try:
+                await self.shared_quotas.open()
+            except QuotaStoreError as exc:  # submissions get 451 until it answers; nothing else waits
+                log.error("quota store unavailable at start", extra={"error": str(exc)})
         recovered = await self.spool.open()
         self.spool.on_committed = self._committed
         if self.role != "accept":
@@ -186,6 +194,9 @@ class MtaApp:
         if self.counters is not None:
             self.counters.close()
             self.counters = None
+        if self.shared_quotas is not None:
+            await self.shared_quotas.close()
+            self.shared_quotas = None
 
     # ------------------------------------------------------------------ sessions
 
@@ -203,12 +214,12 @@ class MtaApp:
     def quota_refusal(self, tenant: Tenant, n: int) -> str | None:
         """A reply when ``n`` more recipients would not fit the tenant's quota now (RCPT; DATA reserves)."""
         assert self.counters is not None
-        return quota.early_refusal(self.counters, tenant, n)
+        return quota.early_refusal(self.counters, tenant, n, shared=self.shared_quotas is not None)
 
-    def reserve_quota(self, tenant: Tenant, n: int) -> tuple[str | None, quota.Reservation | None]:
+    async def reserve_quota(self, tenant: Tenant, n: int) -> tuple[str | None, quota.Reservation | None]:
         """Count ``n`` recipients against the quota before the commit; the caller keeps or releases it."""
         assert self.counters is not None
-        return quota.reserve(self.counters, tenant, n)
+        return await quota.reserve(self.counters, tenant, n, self.shared_quotas)
 
     @property
     def header_limits(self) -> HeaderLimits:

@@ -552,6 +552,22 @@ class Suppression(_Model):
         return v
 
 
+class QuotaStore(_Model):
+    url: str | None = Field(
+        None,
+        description="PostgreSQL database the replicas share for exact quota counters ('postgresql://user@host/db'; "
+        "password from PGPASSWORD / a mounted file). Null: each replica counts in its spool and enforces its "
+        "share of each quota (Quotas.per_hour_share / per_day_share).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_only(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("quota_store url must start with 'postgresql://'")
+        return v
+
+
 class Http(_Model):
     bind: IPAddress = Field("0.0.0.0", description="Address of the metrics/health HTTP server.")
     port: int = Field(8080, ge=1, le=65535, description="Port of /metrics, /healthz, /readyz and /stats.")
@@ -660,6 +676,7 @@ class MtaConfig(_Model):
     delivery: Delivery = Field(default_factory=Delivery, description="Outbound delivery.")
     spool: Spool = Field(default_factory=Spool, description="Durable message spool.")
     suppression: Suppression = Field(default_factory=Suppression, description="Suppression list database.")
+    quota_store: QuotaStore = Field(default_factory=QuotaStore, description="Shared quota counters (optional).")
     http: Http = Field(default_factory=Http, description="Metrics and health endpoints.")
     bounces: Bounces = Field(default_factory=Bounces, description="DSN settings.")
     mta_sts: MtaSts | None = Field(

@@ -206,7 +206,7 @@ class SmtpHandler:
             refusal, from_domain = policy.check_identity(headers, tenant)
             if refusal is not None:
                 return self._reject("header_from", refusal)
-            refusal, reservation = self.app.reserve_quota(tenant, len(rcpts))
+            refusal, reservation = await self.app.reserve_quota(tenant, len(rcpts))
             if refusal is not None:
                 return self._reject("quota", refusal)
             tenant_name, pool, kind = tenant.name, tenant.pool, "submission"
@@ -236,11 +236,11 @@ class SmtpHandler:
                 return "451 4.3.0 Temporary local problem (spool), please retry"
         except BaseException:
             if reservation is not None:
-                reservation.release()
+                await asyncio.shield(reservation.release())
             raise
         if duplicate:
             if reservation is not None:
-                reservation.release()  # counted when it was first accepted
+                await reservation.release()  # counted when it was first accepted
             log.info("duplicate submission", extra={"tenant": tenant_name, "id": msg_id})
             return f"250 2.0.0 OK already queued as {msg_id}"
         if reservation is not None:

@@ -18,7 +18,7 @@ import pytest
 from smtpinfra_mta.counters import window_id
 from smtpinfra_operator.builders.mtaconfig import quota_share
 
-from .conftest import MTA_ADDR, PASSWORDS, RunningMta, base_config
+from .conftest import MTA_ADDR, PASSWORDS, RunningMta, base_config, free_port
 
 pytestmark = pytest.mark.mta
 
@@ -133,3 +133,36 @@ def test_share_of_zero_is_temporary_quota_zero_is_permanent(tmp_path: Path, tls_
         c.mail("news@alpha.test")
         code, text = c.rcpt("u@example.test")
     assert (code, text.decode()[:5]) == (550, "5.7.1")
+
+
+def test_two_replicas_sharing_postgresql_accept_exactly_the_quota(tmp_path: Path, tls_files: Any,
+                                                                  password_hashes: dict[str, str],
+                                                                  mta_factory: Any, postgres_url: str) -> None:
+    """With quota_store.url the replicas reserve in one database: exact, and no replica refuses while the
+    quota has room (all sessions may land on one replica)."""
+    quota = 9
+    mtas: list[RunningMta] = []
+    for ordinal in range(2):
+        d = tmp_path / f"replica-{ordinal}"
+        d.mkdir()
+        cfg = _cfg(d, tls_files, password_hashes, {"per_hour": quota})
+        cfg["quota_store"] = {"url": postgres_url}
+        mtas.append(mta_factory(cfg))
+    ports = [m.submission_port for m in mtas] * 6  # 12 concurrent 1-recipient messages against 9
+    results = concurrent_submissions(ports, 1)
+    assert sum(c == 250 for c, _ in results) == quota, results
+    assert all(c == 452 and t.startswith("4.7.1 Hourly sending quota of 9") for c, t in results if c != 250)
+    assert sum(counted(m) for m in mtas) == quota  # each replica's /stats figure: its own part
+    # One replica alone may use what is left of the whole quota (no per-replica share).
+    again = concurrent_submissions([mtas[0].submission_port], 1)
+    assert again[0][0] == 452
+
+
+def test_unreachable_quota_store_is_a_temporary_failure(tmp_path: Path, tls_files: Any,
+                                                        password_hashes: dict[str, str], mta_factory: Any) -> None:
+    cfg = _cfg(tmp_path, tls_files, password_hashes, {"per_hour": 5})
+    cfg["quota_store"] = {"url": f"postgresql://nobody@127.0.0.56:{free_port('127.0.0.56')}/none?connect_timeout=2"}
+    mta = mta_factory(cfg)
+    (result,) = concurrent_submissions([mta.submission_port], 1)
+    assert result[0] == 451 and result[1].startswith("4.3.0"), result
+    assert mta.app.spool.queued_ids() == []
