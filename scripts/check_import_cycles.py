@@ -24,7 +24,6 @@ PACKAGES = ("smtpinfra_api", "smtpinfra_operator", "smtpinfra_mta", "smtpinfra_c
 KNOWN_CYCLES: tuple[frozenset[str], ...] = (
     frozenset({"smtpinfra_operator.handlers.dnsrecords", "smtpinfra_operator.handlers.ippool",
                "smtpinfra_operator.handlers.smtpserver"}),
-    frozenset({"smtpinfra_mta.app", "smtpinfra_mta.server"}),
 )
 
 
