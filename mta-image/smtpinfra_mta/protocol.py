@@ -194,13 +194,19 @@ class MtaSMTP(SMTP):
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             data: list[bytes] = []
             size, limit, state = 0, self.data_size_limit, ""
+            partial = False  # inside an over-long line: its tail is never the end-of-data marker
             while self.transport is not None:
                 try:
                     line: bytes = await self._reader.readuntil(b"\r\n")
                 except asyncio.LimitOverrunError as exc:
-                    state = state or "long"
+                    state, partial = state or "long", True
                     data.clear()
+                    budget.give(held)
+                    held = 0
                     await self._reader.read(exc.consumed)
+                    continue
+                if partial:
+                    partial = False
                     continue
                 if line == b".\r\n":
                     break

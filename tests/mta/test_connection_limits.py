@@ -150,3 +150,17 @@ def test_concurrent_data_beyond_the_memory_ceiling_is_452_not_a_crash(limited: R
         a.close()
         b.close()
     assert len(limited.app.spool.queued_ids()) == 2
+
+
+def test_overlong_line_is_refused_and_the_session_stays_in_step(limited: RunningMta) -> None:
+    """An over-long DATA line (ending in '.') is discarded whole: DATA ends at the real marker, with 500."""
+    sock, f = _start_data(limited.submission_port)
+    try:
+        sock.sendall(b"x" * 200_000 + b".\r\n")  # longer than the stream's line limit; its tail is '.\r\n'
+        sock.sendall(b"MAIL FROM:<smuggled@alpha.test>\r\n.\r\n")
+        assert _reply(f).startswith("500 5.5.2 Line too long")
+        sock.sendall(b"NOOP\r\n")
+        assert _reply(f).startswith("250")
+    finally:
+        sock.close()
+    assert limited.app.spool.queued_ids() == []
