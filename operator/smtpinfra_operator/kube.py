@@ -174,7 +174,7 @@ def _slim(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 _CACHED_METADATA = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp",
-                    "resourceVersion", "generation")
+                    "resourceVersion", "generation", "ownerReferences")
 
 
 _STATUS_KEPT = {"Tenant"}

@@ -9,7 +9,6 @@ their last good config and the status names what is missing.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import secrets
@@ -25,7 +24,7 @@ from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
 from smtpinfra_api.v1alpha1 import SmtpServer, SmtpServerSpec, TenantSpec
 from smtpinfra_mta.config import ConfigError
 
-from .. import kube
+from .. import kube, tenancy
 from ..builders import tenant as tenant_build
 from ..builders import workload
 from ..builders.assignment import ReplicaKey
@@ -77,11 +76,6 @@ class Gathered:
         return replace(self, inputs=replace(self.inputs, tenants=[]), credentials={})
 
 
-def _decode(secret: dict[str, Any], key: str) -> str | None:
-    value = (secret.get("data") or {}).get(key)
-    return base64.b64decode(value).decode() if value else None
-
-
 def _selected(spec: SmtpServerSpec, tenant: dict[str, Any]) -> bool:
     wanted = spec.tenant_selector.match_labels
     have = tenant["metadata"].get("labels") or {}
@@ -91,23 +85,25 @@ def _selected(spec: SmtpServerSpec, tenant: dict[str, Any]) -> bool:
 async def _gather_tenants(spec: SmtpServerSpec) -> tuple[list[ServedTenant], dict[str, str], list[str]]:
     """Tenants this server serves, their `username:hash` lines, and the tenants left out for a conflict.
 
-    Tenants still without credentials wait. A sender domain belongs to one tenant only (else
-    either could send as the other): the older tenant keeps it and the newer one is not served,
-    rather than the whole server failing to render.
+    Only what `tenancy` allows is served, the same decisions each Tenant's Ready shows: a tenant
+    whose sender domain overlaps an older tenant's (else it could send as the other), whose
+    namespace it may not use, or whose credentials Secret fails the check is left out, rather
+    than the whole server failing to render. Tenants still without credentials wait.
     """
     served: list[ServedTenant] = []
     credentials: dict[str, str] = {}
     conflicts: list[str] = []
-    claimed: dict[str, str] = {}
     secrets = {
         (s["metadata"]["namespace"], s["metadata"]["name"]): s
         for s in await kube.list_cached("v1", "Secret", label_selector=tenant_build.TENANT_LABEL)
     }
-    tenants = sorted(await kube.list_cached(API_VERSION, "Tenant"),
-                     key=lambda t: (t["metadata"].get("creationTimestamp", ""), t["metadata"]["name"]))
-    for body in tenants:
-        name = body["metadata"]["name"]
-        if body["metadata"].get("deletionTimestamp") or not _selected(spec, body):
+    bodies = {t["metadata"]["name"]: t for t in await kube.list_cached(API_VERSION, "Tenant")}
+    everyone = tenancy.all_facts(bodies.values())
+    domains = tenancy.domain_conflicts(everyone)
+    operator_ns = tenancy.operator_namespace()
+    for facts in everyone:
+        name, body = facts.name, bodies[facts.name]
+        if not _selected(spec, body):
             continue
         try:
             tspec = TenantSpec.model_validate(body.get("spec") or {})
@@ -115,20 +111,20 @@ async def _gather_tenants(spec: SmtpServerSpec) -> tuple[list[ServedTenant], dic
             continue
         if tspec.ip_pool and tspec.ip_pool not in spec.ip_pools:
             continue  # a dedicated pool this server does not send from
-        secret = secrets.get((tenant_build.namespace_name(name, tspec), tenant_build.CREDENTIALS_SECRET))
-        if secret is None:
+        if name in domains and domains[name].with_older:
+            conflicts.append(f"Tenant {name} is not served: " + tenancy.describe_overlaps(domains[name].with_older))
             continue
-        username, password_hash = _decode(secret, "username"), _decode(secret, "passwordHash")
-        if not username or not password_hash:
+        namespace = await kube.find_cached("v1", "Namespace", facts.namespace)
+        if tenancy.namespace_claim(facts, namespace, everyone, operator_ns) not in ("owned", "adopted"):
             continue
-        taken = [(d, claimed[d]) for d in tspec.sender_domains if d in claimed]
-        if taken:
-            domain, owner = taken[0]
-            conflicts.append(f"Tenant {name} is not served: sender domain {domain} belongs to Tenant {owner}")
+        secret = secrets.get((facts.namespace, tenant_build.CREDENTIALS_SECRET))
+        if secret is None or not tenancy.secret_belongs(secret, name):
             continue
-        claimed.update(dict.fromkeys(tspec.sender_domains, name))
+        checked = tenancy.check_credentials(name, secret)
+        if checked.line is None:
+            continue
         served.append(ServedTenant(name=name, spec=tspec, pool=tspec.ip_pool or spec.ip_pools[0]))
-        credentials[name] = f"{username}:{password_hash}\n"
+        credentials[name] = checked.line
     return served, credentials, conflicts
 
 

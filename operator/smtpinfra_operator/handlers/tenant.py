@@ -13,10 +13,10 @@ from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Tenant, TenantSpec
 from smtpinfra_mta.config import Scheme, hash_password
 
-from .. import kube, usage
+from .. import kube, tenancy, usage
 from ..builders import tenant as build
 from ..builders.keys import generate_password
-from ..conditions import FALSE, TRUE, Outcome
+from ..conditions import FALSE, TRUE, Outcome, get_condition
 from ..kicker import Kicker, Locks
 from ..statuswriter import publish
 
@@ -28,20 +28,27 @@ PASSWORD_SCHEME: Scheme = "hmac-sha256"
 apply of tenants queue behind one hashing thread. Secrets hashed with scrypt earlier stay as they are."""
 
 
-async def _ensure_namespace(name: str, uid: str, spec: TenantSpec) -> None:
-    """Create the namespace owned by the Tenant; a namespace that already existed is only labelled.
+async def _claim_namespace(facts: tenancy.TenantFacts, everyone: list[tenancy.TenantFacts],
+                           spec: TenantSpec) -> tenancy.NamespaceUse | tenancy.Refusal:
+    """Decide on the namespace (`tenancy.namespace_claim`) and create it when it is absent.
 
-    Owning a pre-existing namespace would make deleting the Tenant delete someone else's objects.
-    Created first and read only when it exists, so a new tenant costs one request here.
+    Decided from the informer; when the create finds the namespace exists after all (made
+    meanwhile, or not seen yet), the decision is taken again on what exists, so nothing is ever
+    written into a namespace the tenant may not use. An owned namespace gets its label back.
     """
-    wanted = build.namespace(name, uid, spec)
-    existing = await kube.create(wanted)
-    if existing is None:
-        return
-    if (existing["metadata"].get("labels") or {}).get(build.TENANT_LABEL) != name:
+    operator_ns = tenancy.operator_namespace()
+    existing = await kube.find_cached("v1", "Namespace", facts.namespace)
+    claim = tenancy.namespace_claim(facts, existing, everyone, operator_ns)
+    if claim == "create":
+        existing = await kube.create(build.namespace(facts.name, facts.uid, spec))
+        if existing is None:
+            return "create"
+        claim = tenancy.namespace_claim(facts, existing, everyone, operator_ns)
+    if claim == "owned" and ((existing or {}).get("metadata", {}).get("labels") or {}).get(
+            build.TENANT_LABEL) != facts.name:
         await kube.apply({"apiVersion": "v1", "kind": "Namespace",
-                          "metadata": {"name": wanted["metadata"]["name"],
-                                       "labels": {build.TENANT_LABEL: name}}})
+                          "metadata": {"name": facts.namespace, "labels": {build.TENANT_LABEL: facts.name}}})
+    return claim
 
 
 async def _has_credentials(namespace: str) -> bool:
@@ -79,19 +86,31 @@ async def reconcile_tenant(name: str, seen: Mapping[str, Any] | None = None) -> 
         except ValidationError as error:
             await publish(Tenant, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error), stalled=True))
             return
-        uid = body["metadata"]["uid"]
         namespace = build.namespace_name(name, spec)
+        facts = tenancy.facts_of(body)
+        assert facts is not None  # live, and its spec validated above
+        everyone = tenancy.all_facts(await kube.list_cached(API_VERSION, "Tenant"))
         try:
-            if not await _has_credentials(namespace):  # a Secret in the namespace implies the namespace
-                await _ensure_namespace(name, uid, spec)
-                await _ensure_credentials(name, uid, spec)
+            claim = await _claim_namespace(facts, everyone, spec)
+            if isinstance(claim, tenancy.Refusal):
+                await _publish(body, Outcome(ready=FALSE, reason=claim.reason, stalled=True,
+                                             message=f"{claim.message}: nothing is written there"))
+                return
+            if not await _has_credentials(namespace):
+                await _ensure_credentials(name, facts.uid, spec)
                 if seen is None:  # e.g. deleted by hand and made again on a resync: servers render the new hash
                     await _kick_servers(body["metadata"].get("labels"))
         except kube.ApiException as error:
-            await publish(Tenant, body, Outcome(ready=FALSE, reason="ApplyFailed", reconciling=True,
-                                                message=f"could not create namespace {namespace} or its "
-                                                        f"credentials: {error.reason}"))
+            await _publish(body, Outcome(ready=FALSE, reason="ApplyFailed", reconciling=True,
+                                         message=f"could not create namespace {namespace} or its "
+                                                 f"credentials: {error.reason}"))
             return
+        secret = await kube.find_cached("v1", "Secret", build.CREDENTIALS_SECRET, namespace,
+                                        label_selector=build.TENANT_LABEL)
+        credentials = (tenancy.check_credentials(name, secret) if secret is not None
+                       and tenancy.secret_belongs(secret, name) else tenancy.Credentials(problem=tenancy.Refusal(
+                           "InvalidCredentials", f"Secret {build.CREDENTIALS_SECRET} in namespace {namespace} "
+                                                 f"is not labelled {build.TENANT_LABEL}={name}")))
         status = body.get("status") or {}
         fields: dict[str, Any] = {"namespace": namespace, "credentialsSecret": build.CREDENTIALS_SECRET,
                                   "state": "Suspended" if spec.suspended else "Active"}
@@ -99,9 +118,65 @@ async def reconcile_tenant(name: str, seen: Mapping[str, Any] | None = None) -> 
                                           status.get("usage"))
         if tenant_usage is not None:
             fields["usage"] = tenant_usage
-        message = (f"Namespace {namespace} and Secret {build.CREDENTIALS_SECRET} ready"
-                   + ("; the tenant is suspended" if spec.suspended else ""))
-        await publish(Tenant, body, Outcome(ready=TRUE, reason="CredentialsReady", message=message, fields=fields))
+        domains = tenancy.domain_conflicts(everyone).get(name, tenancy.DomainVerdict())
+        exclusive = _exclusive_condition(domains)
+        if credentials.problem is not None:
+            outcome = Outcome(ready=FALSE, reason=credentials.problem.reason, stalled=True, fields=fields,
+                              message=f"not served: {credentials.problem.message}", extra_conditions=(exclusive,))
+        elif domains.with_older:
+            outcome = Outcome(ready=FALSE, reason="SenderDomainConflict", stalled=True, fields=fields,
+                              message="not served: " + tenancy.describe_overlaps(domains.with_older),
+                              extra_conditions=(exclusive,))
+        else:
+            message = (f"Namespace {namespace} and Secret {build.CREDENTIALS_SECRET} ready"
+                       + ("; the tenant is suspended" if spec.suspended else "")
+                       + ("; newer tenants are refused: " + tenancy.describe_overlaps(domains.with_newer)
+                          if domains.with_newer else ""))
+            outcome = Outcome(ready=TRUE, reason="CredentialsReady", message=message, fields=fields,
+                              extra_conditions=(exclusive,))
+        await _publish(body, outcome)
+
+
+SENDER_DOMAINS_EXCLUSIVE = "SenderDomainsExclusive"
+"""Tenant condition: False when a sender domain overlaps another tenant's (on both tenants)."""
+
+
+def _exclusive_condition(domains: tenancy.DomainVerdict) -> tuple[str, str, str, str]:
+    if domains.with_older:
+        return (SENDER_DOMAINS_EXCLUSIVE, FALSE, "OverlapsOlderTenant",
+                tenancy.describe_overlaps(domains.with_older) + "; this tenant is not served")
+    if domains.with_newer:
+        return (SENDER_DOMAINS_EXCLUSIVE, FALSE, "OverlapsNewerTenant",
+                tenancy.describe_overlaps(domains.with_newer) + "; this tenant keeps them, the newer is not served")
+    return (SENDER_DOMAINS_EXCLUSIVE, TRUE, "NoOverlap", "no sender domain overlaps another tenant's")
+
+
+async def _publish(body: Mapping[str, Any], outcome: Outcome) -> None:
+    """Publish; a change of Ready's reason can change what servers serve, so they re-render."""
+    before = get_condition(body.get("status") or {}, "Ready")
+    await publish(Tenant, body, outcome)
+    if before is not None and (before.get("reason"), before.get("status")) != (outcome.reason, outcome.ready):
+        await _kick_servers(body["metadata"].get("labels"))
+
+
+def _refused_for_another(body: Mapping[str, Any]) -> bool:
+    """Whether a Tenant's status says another tenant decides its state (then it is re-decided when one changes)."""
+    status = body.get("status") or {}
+    exclusive = get_condition(status, SENDER_DOMAINS_EXCLUSIVE)
+    ready = get_condition(status, "Ready")
+    return (exclusive is not None and exclusive.get("status") == FALSE) or \
+        (ready is not None and ready.get("reason") == "NamespaceOwnedByAnotherTenant")
+
+
+async def _kick_related(name: str) -> None:
+    """Re-decide the tenants whose verdict this one's appearance, change or removal can change: those
+    whose domains overlap it now, and those refused or noted because of some other tenant."""
+    bodies = await kube.list_cached(API_VERSION, "Tenant")
+    verdict = tenancy.domain_conflicts(tenancy.all_facts(bodies)).get(name, tenancy.DomainVerdict())
+    related = {o.other for o in verdict.with_older + verdict.with_newer}
+    related.update(b["metadata"]["name"] for b in bodies if _refused_for_another(b))
+    for other in sorted(related - {name}):
+        tenant_kicker.kick(other)
 
 
 def _may_serve(server: Mapping[str, Any], labels: list[dict[str, str]]) -> bool:
@@ -142,6 +217,7 @@ async def on_tenant_event(name: str, body: kopf.Body, type: str | None, **_: Any
     if type == "DELETED":
         _seen.pop(name, None)
         await _kick_servers(labels)  # the namespace goes with the Tenant (ownerReference)
+        await _kick_related(name)
         return
     state = (meta.get("generation"), tuple(sorted(labels.items())))
     before = _seen.get(name)
@@ -155,6 +231,8 @@ async def on_tenant_event(name: str, body: kopf.Body, type: str | None, **_: Any
         return
     _seen[name] = state
     await _kick_servers(labels, dict(before[1]) if before is not None else None)
+    if before is None or before[0] != state[0]:
+        await _kick_related(name)
 
 
 tenant_kicker: Kicker[str] = Kicker(reconcile_tenant)
