@@ -54,7 +54,7 @@ def test_overlapping_domains_refuse_the_newer_tenant_and_note_the_older(older, n
     if overlap is None:
         assert verdicts == {}
         return
-    assert [o.describe() for o in verdicts["b"].with_older][0].startswith(overlap)
+    assert verdicts["b"].with_older[0].describe().startswith(overlap)
     assert verdicts["b"].with_newer == ()
     assert [o.other for o in verdicts["a"].with_newer] == ["b"]
     assert verdicts["a"].with_older == ()

@@ -89,12 +89,16 @@ async def reconcile_tenant(name: str, seen: Mapping[str, Any] | None = None) -> 
         namespace = build.namespace_name(name, spec)
         facts = tenancy.facts_of(body)
         assert facts is not None  # live, and its spec validated above
-        everyone = tenancy.all_facts(await kube.list_cached(API_VERSION, "Tenant"))
+        everyone = [f for f in tenancy.all_facts(await kube.list_cached(API_VERSION, "Tenant")) if f.name != name]
+        everyone = sorted([*everyone, facts], key=lambda f: f.order)  # this one as read, even if the list trails
+        domains = tenancy.domain_conflicts(everyone).get(name, tenancy.DomainVerdict())
+        exclusive = _exclusive_condition(domains)
         try:
             claim = await _claim_namespace(facts, everyone, spec)
             if isinstance(claim, tenancy.Refusal):
                 await _publish(body, Outcome(ready=FALSE, reason=claim.reason, stalled=True,
-                                             message=f"{claim.message}: nothing is written there"))
+                                             message=f"{claim.message}: nothing is written there",
+                                             extra_conditions=(exclusive,)))
                 return
             if not await _has_credentials(namespace):
                 await _ensure_credentials(name, facts.uid, spec)
@@ -118,8 +122,6 @@ async def reconcile_tenant(name: str, seen: Mapping[str, Any] | None = None) -> 
                                           status.get("usage"))
         if tenant_usage is not None:
             fields["usage"] = tenant_usage
-        domains = tenancy.domain_conflicts(everyone).get(name, tenancy.DomainVerdict())
-        exclusive = _exclusive_condition(domains)
         if credentials.problem is not None:
             outcome = Outcome(ready=FALSE, reason=credentials.problem.reason, stalled=True, fields=fields,
                               message=f"not served: {credentials.problem.message}", extra_conditions=(exclusive,))
