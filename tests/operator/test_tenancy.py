@@ -191,4 +191,4 @@ def test_credentials_secret_checks(username, password_hash, problem):
 
 def test_credential_problem_accepts_what_hash_password_makes_by_default():
     for scheme in ("scrypt", "pbkdf2-sha256", "hmac-sha256"):
-        assert credential_problem("acme", hash_password("q" * 24, scheme)) is None  # type: ignore[arg-type]
+        assert credential_problem("acme", hash_password("q" * 24, scheme)) is None
