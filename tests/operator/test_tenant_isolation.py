@@ -48,10 +48,12 @@ def tenant(name: str, domains: list[str], namespace: str | None = None, labels: 
             "metadata": {"name": name, "labels": labels or {}}, "spec": spec}
 
 
-def ready_is(cp: Any, name: str, status: str) -> dict[str, Any] | None:
+def ready_is(cp: Any, name: str, status: str) -> dict[str, Any]:
+    """The Tenant when its Ready has that status; else fails naming its Ready (which `wait_for` reports)."""
     obj = find(cp, "tenant", name)
     ready = condition(obj, "Ready") if obj else None
-    return obj if ready is not None and ready["status"] == status else None
+    assert obj is not None and ready is not None and ready["status"] == status, ready
+    return obj
 
 
 def wait_ready(cp: Any, name: str, status: str) -> dict[str, Any]:
