@@ -147,8 +147,15 @@ def domain_conflicts(tenants: Iterable[TenantFacts]) -> dict[str, DomainVerdict]
             for name in older.keys() | newer.keys()}
 
 
+MAX_DESCRIBED = 10
+"""Overlaps spelt out in a message; a condition message is capped (32 KiB) and read by people."""
+
+
 def describe_overlaps(overlaps: Iterable[Overlap]) -> str:
-    return "; ".join(o.describe() for o in overlaps)
+    """The first MAX_DESCRIBED overlaps, and how many more there are."""
+    listed = list(overlaps)
+    text = "; ".join(o.describe() for o in listed[:MAX_DESCRIBED])
+    return text + (f"; and {len(listed) - MAX_DESCRIBED} more" if len(listed) > MAX_DESCRIBED else "")
 
 
 # ------------------------------------------------------------------------------------ namespaces

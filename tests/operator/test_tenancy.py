@@ -14,6 +14,7 @@ from smtpinfra_operator.tenancy import (
     TenantFacts,
     all_facts,
     check_credentials,
+    describe_overlaps,
     domain_conflicts,
     domain_key,
     namespace_claim,
@@ -82,6 +83,15 @@ def test_a_parent_domain_is_refused_against_every_older_subdomain():
                                  facts("c", "co.uk", created="3")])
     assert "b" not in verdicts or not verdicts["b"].with_older
     assert {o.other for o in verdicts["c"].with_older} == {"a", "b"}
+
+
+def test_a_domain_overlapping_hundreds_is_described_in_a_bounded_message():
+    tenants = [facts(f"t{i:03d}", f"t{i:03d}.co.uk", created=f"{i:03d}") for i in range(300)]
+    verdicts = domain_conflicts([*tenants, facts("greedy", "co.uk", created="999")])
+    assert len(verdicts["greedy"].with_older) == 300
+    message = describe_overlaps(verdicts["greedy"].with_older)
+    assert message.endswith("; and 290 more") and len(message) < 2000
+    assert "Tenant t000" in message
 
 
 def test_facts_skip_deleted_and_malformed_tenants_and_sort_oldest_first():
