@@ -20,13 +20,12 @@ from smtpinfra_mta.config import MtaConfig, Tenant, load_config
 from smtpinfra_mta.counters import Counters
 from smtpinfra_mta.dkim_sign import DkimSigner
 from smtpinfra_mta.dnsmx import MxResolver
-from smtpinfra_mta.feedback import outcomes
 from smtpinfra_mta.headers import HeaderLimits
+from smtpinfra_mta.inbound import InboundReports
 from smtpinfra_mta.limits import ConnectionBudget, MemoryBudget
 from smtpinfra_mta.metrics import HttpLimits, HttpServer, Metrics
 from smtpinfra_mta.protocol import ListenerKind
 from smtpinfra_mta.quota_pg import PostgresQuotas, QuotaStoreError
-from smtpinfra_mta.reports import parse_report
 from smtpinfra_mta.scheduler import Scheduler
 from smtpinfra_mta.server import make_protocol_factory
 from smtpinfra_mta.spool import Spool, SpooledMessage
@@ -34,7 +33,7 @@ from smtpinfra_mta.suppression import SuppressionStore, open_store
 from smtpinfra_mta.tenants import TenantDirectory
 from smtpinfra_mta.throttle import WarmupGate
 from smtpinfra_mta.tlsreload import ReloadingTls
-from smtpinfra_mta.verp import Verp, load_or_create_key
+from smtpinfra_mta.verp import Verp, load_keys, load_or_create_key
 
 log = logging.getLogger(__name__)
 # aiosmtpd logs every command line at INFO and every DATA line at DEBUG: message bodies, addresses.
@@ -86,7 +85,7 @@ class MtaApp:
         self._watch_task: asyncio.Task[None] | None = None
         self.tls: ReloadingTls | None = None  # the listeners' certificate, reloaded when its files change
         self._tls_task: asyncio.Task[None] | None = None
-        self._inbound_tasks: set[asyncio.Task[None]] = set()
+        self.inbound: InboundReports | None = None  # reports received on port 25 (the delivering side)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,6 +110,10 @@ class MtaApp:
                                        suppression=self.suppression)
             self.verp = self._make_verp(self.cfg)
             self.scheduler.verp = self.verp
+            self.inbound = InboundReports(self.cfg.bounces, self.cfg.spool.directory, self.metrics,
+                                          self.suppression, fsync=self.cfg.spool.fsync)
+            self.inbound.verp = self.verp
+            await self.inbound.start()
             if self.role == "deliver":
                 shard = Spool(self.cfg.spool.directory / ACCEPT_SHARD, fsync=self.cfg.spool.fsync)
                 self.scheduler.shards[ACCEPT_SHARD] = shard
@@ -182,6 +185,8 @@ class MtaApp:
         for s in self._servers:
             s.close()
         self._servers.clear()
+        if self.inbound is not None:
+            await self.inbound.stop()
         if self.scheduler is not None:
             await self.scheduler.stop(grace=5.0)
             for shard in self.scheduler.shards.values():
@@ -261,45 +266,25 @@ class MtaApp:
         self._dispatch(msg)
 
     def _process_inbound(self, msg: SpooledMessage) -> None:
-        task = asyncio.create_task(self._handle_inbound(msg))
-        self._inbound_tasks.add(task)
-        task.add_done_callback(self._inbound_tasks.discard)
+        """A report received on port 25: handled off the delivery path, never left queued (``inbound``)."""
+        assert self.inbound is not None, "inbound reports are handled by the delivering process"
+        spool = self.scheduler.spool_of(msg) if self.scheduler is not None else self.spool
+        self.inbound.submit(msg, spool)
 
     def _make_verp(self, cfg: MtaConfig) -> Verp | None:
-        """VERP needs a return-path domain that our port 25 actually receives; otherwise plain senders."""
-        domain = cfg.bounces.return_path_domain
-        inbound = cfg.listeners.inbound
-        if not cfg.bounces.verp or domain is None or not inbound.enabled or domain not in inbound.domains:
-            return None
-        key_file = cfg.bounces.verp_key_file or cfg.spool.directory / "verp.key"
-        return Verp(load_or_create_key(key_file), domain)
+        """VERP needs a return-path domain that our port 25 actually receives; otherwise plain senders.
 
-    async def _handle_inbound(self, msg: SpooledMessage) -> None:
-        """Asynchronous bounces and ARF reports: matched to tenant and recipient through the VERP return path,
-        hard bounces and complaints added to the tenant's suppression list, then released from the spool.
-
-        The spool entry is removed only after the suppression insert succeeded; on a database error it
-        stays queued and is processed again after a restart.
+        The keys come from ``bounces.verp_key_files`` (the server's shared, rotatable Secret); without
+        them, from one key file, generated in the spool directory if need be (one replica only).
         """
-        spool = self.scheduler.spool_of(msg) if self.scheduler is not None else self.spool
-        content = await spool.content(msg.id)
-        report = parse_report(content)
-        results = outcomes(report, msg.rcpts, self.verp) if self.verp is not None else []
-        for o in results:
-            if o.event == "complaint":
-                self.metrics.complained.labels(tenant=o.tenant).inc()
-            if o.suppress and self.suppression is not None:
-                try:
-                    await self.suppression.add(o.tenant, o.address, f"{o.event.replace('_', ' ')}: {o.detail}")
-                except Exception as exc:
-                    log.error("suppression insert failed; report kept in the spool",
-                              extra={"id": msg.id, "error": str(exc)})
-                    return
-        if report.kind == "complaint" and not results:
-            self.metrics.complained.labels(tenant="unknown").inc()
-        log.info("inbound report", extra={"id": msg.id, "kind": report.kind, "client": msg.client,
-                                          "matched": [(o.tenant, o.event) for o in results]})
-        await spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
+        b = cfg.bounces
+        domain = b.return_path_domain
+        inbound = cfg.listeners.inbound
+        if not b.verp or domain is None or not inbound.enabled or domain not in inbound.domains:
+            return None
+        if b.verp_key_files:
+            return Verp(load_keys(b.verp_key_files), domain)
+        return Verp(load_or_create_key(b.verp_key_file or cfg.spool.directory / "verp.key"), domain)
 
     # ------------------------------------------------------------------ reload
 
@@ -316,6 +301,8 @@ class MtaApp:
             except (OSError, ValueError) as exc:
                 log.error("VERP key unusable; keeping the previous one", extra={"error": str(exc)})
             self.scheduler.verp = self.verp
+            if self.inbound is not None:
+                self.inbound.reload(cfg.bounces, self.verp)
             if self.counters is not None:
                 self.scheduler.warmup = WarmupGate(cfg.throttling, self.counters)
         log.info("config reloaded")
@@ -399,6 +386,7 @@ def _stamps(config_path: Path, cfg: MtaConfig) -> list[tuple[float, int] | None]
     files = [config_path]
     files += [t.credentials_file for t in cfg.tenants if t.credentials_file is not None]
     files += [k.key_file for k in cfg.dkim]
+    files += cfg.bounces.verp_key_files  # a rotated VERP Secret: the new key signs from the next reload
     return [_stamp(f) for f in files]
 
 

@@ -1,4 +1,12 @@
-"""Parsing of inbound reports on port 25: DSNs (RFC 3464) and ARF complaints (RFC 5965). Pure."""
+"""Parsing of inbound reports on port 25: DSNs (RFC 3464) and ARF complaints (RFC 5965). Pure.
+
+Anyone can mail port 25, so the input is hostile: only the first ``max_bytes`` are parsed (the report
+parts and the quoted headers come first), address values are bounded in length and comment nesting
+before the email package sees them (its address parser recurses once per nested comment), and every
+failure is a :class:`ReportError`. The email package's parsing can still be slow on crafted headers
+(quadratic parameter parsing), so the MTA runs this in a worker process with a time limit
+(``reportworker``), never on the delivery event loop.
+"""
 
 from __future__ import annotations
 
@@ -40,12 +48,48 @@ def _embedded_headers(part: Message) -> Message | None:
     return None
 
 
+MAX_ADDRESS_FIELD = 998  # RFC 5322 line length: no real Return-Path / Original-Mail-From is longer
+MAX_COMMENT_DEPTH = 8  # nesting of (comments) in one address field
+DEFAULT_MAX_BYTES = 128 * 1024
+
+
+class ReportError(Exception):
+    """The content could not be parsed as a report (too deeply nested, or the parser failed)."""
+
+
+def _comment_depth(text: str) -> int:
+    depth = deepest = 0
+    for ch in text:
+        if ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def _addr(value: object) -> str:
-    return parseaddr(str(value))[1]
+    """The address in a header value; '' for values no real report carries (too long, nested comments)."""
+    text = str(value)
+    if len(text) > MAX_ADDRESS_FIELD or _comment_depth(text) > MAX_COMMENT_DEPTH:
+        return ""
+    return parseaddr(text)[1]
 
 
-def parse_report(content: bytes) -> Report:
-    """Recognise a DSN or an ARF report and pull out the affected recipients and the original return path."""
+def parse_report(content: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Report:
+    """Recognise a DSN or an ARF report and pull out the affected recipients and the original return path.
+
+    Raises :class:`ReportError` when the content cannot be parsed; never anything else.
+    """
+    try:
+        return _parse(content[:max_bytes])
+    except RecursionError as exc:
+        raise ReportError("report nested too deeply") from exc
+    except Exception as exc:
+        raise ReportError(f"report unparseable: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+def _parse(content: bytes) -> Report:
     msg = message_from_bytes(content)
     if msg.get_content_type() != "multipart/report":
         return Report("other")
@@ -74,7 +118,7 @@ def parse_report(content: bytes) -> Report:
             for block in _status_blocks(p):
                 fr = block.get("Final-Recipient")
                 if fr:
-                    rep.recipients.append(str(fr).split(";", 1)[-1].strip().strip("<>"))
+                    rep.recipients.append(str(fr).split(";", 1)[-1].strip().strip("<>")[:MAX_ADDRESS_FIELD])
                     rep.statuses.append(str(block.get("Status", "")).strip())
                     rep.actions.append(str(block.get("Action", "")).strip().lower())
                     rep.diagnostics.append(" ".join(str(block.get("Diagnostic-Code", "")).split(";", 1)[-1].split()))
