@@ -124,7 +124,7 @@ def test_quarantine_is_bounded_in_size_and_age(tmp_path: Path) -> None:
         put(i, 2_000, now)
     usage = q.prune(now)
     assert usage.bytes <= 10_000
-    ids = [n["id"] for n in q.notes()]
+    ids = [str(n["id"]) for n in q.notes()]
     assert ids == sorted(ids) and "0005" in ids and "0000" not in ids  # the oldest went first
     put(99, 50_000, now)  # one huge report is cut to the bound, never over it
     assert q.prune(now).bytes <= 10_000
