@@ -23,6 +23,8 @@ CONFIG_DIR = PurePosixPath("/etc/smtp-infra/config")
 CREDENTIALS_DIR = PurePosixPath("/etc/smtp-infra/credentials")
 TLS_DIR = PurePosixPath("/etc/smtp-infra/tls")
 DKIM_DIR = PurePosixPath("/etc/smtp-infra/dkim")
+VERP_DIR = PurePosixPath("/etc/smtp-infra/verp")
+"""The server's VERP key Secret (``builders/verp.py``): ``current`` signs, ``previous`` still verifies."""
 SPOOL_DIR = PurePosixPath("/var/spool/smtp-infra")
 STATS_TOKEN_FILE = PurePosixPath("/etc/smtp-infra/stats/token")
 """The bearer token /stats requires, mounted from the operator-managed `<server>-stats-token` Secret."""
@@ -242,7 +244,9 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
         "spool": {"directory": str(SPOOL_DIR)},
         "suppression": {"url": f"sqlite://{SPOOL_DIR}/suppression.db"},
         "http": {"port": HTTP_PORT, "delivery_port": DELIVERY_HTTP_PORT, "stats_token_file": str(STATS_TOKEN_FILE)},
-        "bounces": {"return_path_domain": spec.return_path_domain},
+        "bounces": {"return_path_domain": spec.return_path_domain,
+                    # the signing key first; "previous" exists only after a rotation
+                    "verp_key_files": [str(VERP_DIR / "current"), str(VERP_DIR / "previous")]},
     }
     if spec.tls is not None:
         data["tls"] = {"cert_file": str(TLS_DIR / "tls.crt"), "key_file": str(TLS_DIR / "tls.key")}

@@ -16,6 +16,7 @@ from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import DkimKey, SmtpServerSpec
 from smtpinfra_mta.config import LISTEN_ADDRESS_ENV
 
+from . import verp
 from .mtaconfig import (
     CONFIG_DIR,
     CREDENTIALS_DIR,
@@ -249,6 +250,9 @@ def statefulset(
         {"name": "stats-token", "mountPath": str(STATS_TOKEN_FILE.parent), "readOnly": True},
         {"name": "spool", "mountPath": str(SPOOL_DIR)},
     ]
+    verp_volume, verp_mount = verp.volume(owner.name)
+    volumes.append(verp_volume)
+    mounts.append(verp_mount)
     if tls_secret:
         volumes.append({"name": "tls", "secret": {"secretName": tls_secret}})
         mounts.append({"name": "tls", "mountPath": str(TLS_DIR), "readOnly": True})

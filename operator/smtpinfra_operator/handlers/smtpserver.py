@@ -26,7 +26,7 @@ from smtpinfra_mta.config import ConfigError
 
 from .. import kube, tenancy
 from ..builders import tenant as tenant_build
-from ..builders import workload
+from ..builders import verp, workload
 from ..builders.assignment import ReplicaKey
 from ..builders.keys import generate_dkim_key
 from ..builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress, config_map_data, content_hash
@@ -175,6 +175,14 @@ async def _ensure_stats_token(owner: workload.Owner) -> None:
         await kube.create(workload.stats_token_secret(owner, secrets.token_urlsafe(32)))
 
 
+async def _ensure_verp(owner: workload.Owner) -> None:
+    """Create the server's VERP key Secret once; rotation (``smtp-infra verp rotate``) edits it, we never do."""
+    name = verp.secret_name(owner.name)
+    if await kube.get("v1", "Secret", name, owner.namespace) is None and \
+            await kube.create(verp.secret(owner, workload.labels(owner.name), verp.new_key())) is None:
+        log.info("generated VERP key Secret %s/%s", owner.namespace, name)
+
+
 async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
     """Read and check every reference; raises MissingReference naming the first missing one."""
     addresses: dict[int, list[SourceAddress]] = {i: [] for i in range(spec.replicas)}
@@ -204,6 +212,7 @@ async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
     tls_secret = await _gather_tls(owner, spec)
     await _ensure_dkim(owner, spec)
     await _ensure_stats_token(owner)
+    await _ensure_verp(owner)
     tenants, credentials, conflicts = await _gather_tenants(spec)
     inputs = ServerInputs(name=owner.name, namespace=owner.namespace, spec=spec, tenants=tenants,
                           replica_addresses=runnable)
