@@ -139,3 +139,24 @@ def test_report_bounds_and_key_sources_are_validated() -> None:
         parse_config({"hostname": "mta.test", "bounces": {"report_max_bytes": 10}})
     with pytest.raises(ConfigError, match="verp_key_file or verp_key_files"):
         parse_config({"hostname": "mta.test", "bounces": {"verp_key_file": "/k", "verp_key_files": ["/a"]}})
+
+
+def test_a_failing_suppression_database_is_retried_then_quarantined_not_retried_forever(
+        tmp_path: Path, tls_files: Any, password_hashes: dict[str, str], mta_factory: Any) -> None:
+    cfg = base_config(tmp_path, tls_files, password_hashes)
+    cfg["bounces"]["report_retry_limit"] = "3s"
+    mta: RunningMta = mta_factory(cfg)
+    assert mta.app.inbound is not None and mta.app.verp is not None
+    calls: list[str] = []
+
+    async def database_down(tenant: str, address: str, reason: str) -> None:  # stands in for an outage
+        calls.append(address)
+        raise ConnectionError("suppression database unreachable")
+
+    mta.app.inbound.suppression = type("Down", (), {"add": staticmethod(database_down)})()
+    rp = mta.app.verp.address("alpha", "gone@example.test")
+    assert send_report(mta, rp, dsn(rp, "gone@example.test", "5.1.1", "550 5.1.1 unknown").encode()).startswith("250")
+    wait_for(lambda: mta.app.spool.queued_ids() == [], timeout=60)
+    assert _quarantined(mta, "suppression") == 1
+    assert len(calls) >= 2, "retried before giving up"
+    assert [n["reason"] for n in mta.app.inbound.quarantine.notes()] == ["suppression"]
