@@ -20,7 +20,7 @@ from prometheus_client import Counter, Gauge
 from smtpinfra_mta.config import Bounces
 from smtpinfra_mta.feedback import Outcome, outcomes
 from smtpinfra_mta.metrics import Metrics
-from smtpinfra_mta.quarantine import Quarantine
+from smtpinfra_mta.quarantine import ENTRY_MAX_BYTES, Quarantine
 from smtpinfra_mta.reports import Report
 from smtpinfra_mta.reportworker import ParseFailed, ReportWorkers
 from smtpinfra_mta.spool import Spool, SpooledMessage
@@ -58,6 +58,8 @@ class InboundReports:
                                       "Bytes kept in the spool's quarantine area", registry=r)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pruner: asyncio.Task[None] | None = None
+        # Reports waiting for a worker hold no content: a flood of 25 MB reports must not fill memory.
+        self._slots = asyncio.Semaphore(2 * cfg.report_workers)
 
     async def start(self) -> None:
         await self.workers.start()
@@ -93,19 +95,21 @@ class InboundReports:
         """Parse, match, suppress, release. Every failure ends in the quarantine, never in an exception."""
         content = b""
         try:
-            content = await spool.content(msg.id)
-            try:
-                report = await self.workers.parse(content)
-            except ParseFailed as exc:
-                await self._quarantine(msg, spool, content, exc.reason, exc.detail)
-                return
+            async with self._slots:
+                # only what is parsed or kept for inspection stays in memory
+                content = (await spool.content(msg.id))[:max(self.cfg.report_max_bytes, ENTRY_MAX_BYTES)]
+                try:
+                    report = await self.workers.parse(content)
+                except ParseFailed as exc:
+                    await self._quarantine(msg, spool, content, exc.reason, exc.detail)
+                    return
             results = outcomes(report, msg.rcpts, self.verp) if self.verp is not None else []
             if not await self._suppress(msg, results):
                 await self._quarantine(msg, spool, content, "suppression", "suppression inserts kept failing")
                 return
             self._count(report, results)
-            await spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
             self.handled.labels(outcome="matched" if results else "unmatched").inc()
+            await spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
         except asyncio.CancelledError:
             raise  # shutting down: the message stays queued and is handled after the restart
         except Exception as exc:
@@ -148,12 +152,13 @@ class InboundReports:
                           detail: str) -> None:
         """Keep the report for inspection (bounded), then release it from the queue."""
         kept = await asyncio.to_thread(self.quarantine.put, msg, content, reason, detail)
-        await spool.record_done(msg, [(r, "quarantined") for r in msg.rcpts])
+        await self._prune()
+        # counted before the release, so whoever sees the queue empty sees the counts too
         self.quarantined.labels(reason=reason).inc()
         self.handled.labels(outcome="quarantined").inc()
+        await spool.record_done(msg, [(r, "quarantined") for r in msg.rcpts])
         log.warning("inbound report quarantined", extra={"id": msg.id, "client": msg.client, "reason": reason,
                                                          "detail": detail[:200], "kept": kept})
-        await self._prune()
 
     async def _prune(self) -> None:
         usage = await asyncio.to_thread(self.quarantine.prune)

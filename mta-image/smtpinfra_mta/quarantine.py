@@ -49,7 +49,7 @@ class Quarantine:
         note = {
             "id": msg.id, "client": msg.client, "mail_from": msg.mail_from, "rcpts": msg.rcpts,
             "received_at": msg.received_at, "quarantined_at": now, "reason": reason, "detail": detail[:500],
-            "size": len(content), "truncated": len(kept) < len(content),
+            "size": max(msg.size, len(content)), "truncated": len(kept) < max(msg.size, len(content)),
         }
         self._write(self.directory / f"{msg.id}.eml", kept)
         self._write(self.directory / f"{msg.id}.json", json.dumps(note, indent=1).encode() + b"\n")

@@ -69,14 +69,16 @@ def test_deeply_nested_return_path_is_released_not_stuck(tmp_path: Path, tls_fil
 
 def test_slow_to_parse_report_neither_stalls_delivery_nor_stays_queued(
         tmp_path: Path, tls_files: Any, password_hashes: dict[str, str], mta_factory: Any) -> None:
-    """128 KB of quadratic Content-Type takes about 9 s to parse unbounded: the loop must not notice, the
+    """190 KB of quadratic Content-Type takes about 20 s to parse unbounded: the loop must not notice, the
     worker is killed at the (default, 5 s) time limit and the report lands in the quarantine, counted."""
     mta: RunningMta = mta_factory(base_config(tmp_path, tls_files, password_hashes))  # default bounds
     probe = LoopProbe(mta).start()
-    content = quadratic_content_type(128 * 1024)
+    content = quadratic_content_type(190 * 1024)  # the test config's message size limit is 200,000
     assert send_report(mta, f"x@{RP}", content).startswith("250")
     wait_for(lambda: mta.app.spool.queued_ids() == [], timeout=60)
-    assert probe.max_lag < 1.0, f"delivery loop stalled {probe.max_lag:.2f}s"
+    # generous (a loaded machine; receiving 190 KB of short lines runs on the same loop in this one-process
+    # MTA), and far below the stall of parsing on the loop
+    assert probe.max_lag < 5.0, f"delivery loop stalled {probe.max_lag:.2f}s"
     assert _quarantined(mta, "timeout") == 1
     assert mta.app.inbound is not None
     notes = mta.app.inbound.quarantine.notes()
@@ -87,7 +89,7 @@ def test_slow_to_parse_report_neither_stalls_delivery_nor_stays_queued(
     _still_matches(mta, "gone@example.test")  # the replaced worker parses the next report
     probe.stop()
     assert probe.errors == []
-    assert probe.max_lag < 1.0, f"delivery loop stalled {probe.max_lag:.2f}s"
+    assert probe.max_lag < 5.0, f"delivery loop stalled {probe.max_lag:.2f}s"
 
 
 def test_reports_left_in_the_spool_by_an_older_run_are_handled_on_start(
