@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import base64
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .mtaconfig import VERP_DIR
 
-if TYPE_CHECKING:
-    from .workload import Owner
+
+class Owner(Protocol):
+    """The SmtpServer owning the Secret (``workload.Owner``; not imported: ``workload`` imports this module)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def namespace(self) -> str: ...
+
+    def reference(self) -> dict[str, Any]: ...
 
 CURRENT, PREVIOUS = "current", "previous"
 ROTATED_AT_ANNOTATION = "smtpinfra.com/verp-rotated-at"
