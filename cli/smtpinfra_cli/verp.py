@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from kubernetes.client.exceptions import ApiException
 
-from smtpinfra_operator import kube
 from smtpinfra_operator.builders import verp
 
 app = typer.Typer(help="VERP return-path keys of SmtpServers.", no_args_is_help=True)
@@ -39,6 +37,11 @@ def rotate(
     """
     if kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(kubeconfig)
+    # after KUBECONFIG is set: the Kubernetes client reads it when it is imported
+    from kubernetes.client.exceptions import ApiException
+
+    from smtpinfra_operator import kube
+
     name = verp.secret_name(server)
     path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
     for _ in range(_ATTEMPTS):
