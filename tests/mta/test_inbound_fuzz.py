@@ -130,6 +130,9 @@ def test_fuzzed_reports_never_escape_never_stay_queued_never_stall(
     handled = sum(registry.get_sample_value("smtpinfra_mta_inbound_reports_total", {"outcome": o}) or 0
                   for o in ("matched", "unmatched", "quarantined"))
     assert handled == len(sent)
+    # caught is not enough: no report may hit an unexpected exception in our code or kill a worker
+    for reason in ("error", "worker"):
+        assert not registry.get_sample_value("smtpinfra_mta_inbound_quarantined_total", {"reason": reason}), reason
     probe.stop()
     assert probe.errors == []
     assert probe.max_lag < 5.0, f"delivery loop stalled {probe.max_lag:.2f}s"  # liveness, not a benchmark
