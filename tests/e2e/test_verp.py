@@ -47,9 +47,12 @@ def _delivery_metric(ip: str, name: str, labels: dict[str, str] | None = None) -
                if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()))
 
 
-def _queued(ip: str) -> int:
-    """Messages queued on a pod's receiving side (its /stats), inbound reports included until handled."""
-    with urllib.request.urlopen(f"http://{ip}:8080/stats", timeout=10) as r:
+def _queued(cp: Any, ip: str) -> int:
+    """Messages queued on a pod's receiving side (its /stats, with the operator's token), inbound reports
+    included until handled."""
+    token = base64.b64decode(get(cp, "secret", f"{SERVER}-stats-token", NS)["data"]["token"]).decode()
+    req = urllib.request.Request(f"http://{ip}:8080/stats", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
         return int(json.load(r)["queue"]["messages"])
 
 
@@ -86,7 +89,7 @@ def test_a_bounce_on_another_replica_matches_before_and_after_a_rotation(platfor
     # the DSN for replica 0's mail reaches replica 1: once it is handled (its queue is empty again),
     # replica 1 holds the recipient suppressed and does not send to it
     _bounce(r1, sent[gone], gone)
-    wait_for(lambda: _queued(r1) == 0, timeout=60, what="replica 1 handles the bounce")
+    wait_for(lambda: _queued(cp, r1) == 0, timeout=60, what="replica 1 handles the bounce")
     _send(r1, password, gone)
     wait_for(lambda: _delivery_metric(r1, "smtpinfra_mta_suppressed_total") == 1 or len(sink.messages()) > 2,
              timeout=60, what="replica 1 is done with the message to the bounced recipient")
