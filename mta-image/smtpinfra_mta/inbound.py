@@ -74,7 +74,7 @@ class InboundReports:
         await self.workers.close()
 
     def reload(self, cfg: Bounces, verp: Verp | None) -> None:
-        """New bounds and keys; the worker pool keeps its size and time limit until restart."""
+        """New bounds, time limit and keys; the worker pool keeps its size until the process restarts."""
         self.cfg = cfg
         self.verp = verp
         self.quarantine.max_bytes = cfg.quarantine_max_bytes
@@ -107,7 +107,7 @@ class InboundReports:
             if not await self._suppress(msg, results):
                 await self._quarantine(msg, spool, content, "suppression", "suppression inserts kept failing")
                 return
-            self._count(report, results)
+            self._count(msg, report, results)
             self.handled.labels(outcome="matched" if results else "unmatched").inc()
             await spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
         except asyncio.CancelledError:
@@ -140,13 +140,14 @@ class InboundReports:
                     delay = min(delay * 2, _RETRY_MAX)
         return True
 
-    def _count(self, report: Report, results: list[Outcome]) -> None:
+    def _count(self, msg: SpooledMessage, report: Report, results: list[Outcome]) -> None:
         for o in results:
             if o.event == "complaint":
                 self.metrics.complained.labels(tenant=o.tenant).inc()
         if report.kind == "complaint" and not results:
             self.metrics.complained.labels(tenant="unknown").inc()
-        log.info("inbound report", extra={"kind": report.kind, "matched": [(o.tenant, o.event) for o in results]})
+        log.info("inbound report", extra={"id": msg.id, "kind": report.kind, "client": msg.client,
+                                          "matched": [(o.tenant, o.event) for o in results]})
 
     async def _quarantine(self, msg: SpooledMessage, spool: Spool, content: bytes, reason: str,
                           detail: str) -> None:
