@@ -49,5 +49,18 @@ if need helm; then
   (cd "$here/go/helm" && go build -trimpath -ldflags "-s -w" -o "$bin/helm.tmp" helm.sh/helm/v3/cmd/helm && mv "$bin/helm.tmp" "$bin/helm")
 fi
 
+# promtool checks and unit-tests the chart's Prometheus rules; its version is the
+# github.com/prometheus/prometheus requirement of its wrapper module, and it lives in its own
+# cache directory so a Prometheus bump rebuilds only promtool.
+PROM_VERSION=$(awk '$1 == "require" && $2 == "github.com/prometheus/prometheus" { print $3 }' "$here/go/promtool/go.mod")
+[ -n "$PROM_VERSION" ] || { echo "no prometheus requirement in $here/go/promtool/go.mod" >&2; exit 1; }
+promtool_bin="$cache/promtool-$PROM_VERSION/bin"
+if [ ! -x "$promtool_bin/promtool" ]; then
+  log "building promtool ($PROM_VERSION)"
+  mkdir -p "$promtool_bin"
+  (cd "$here/go/promtool" && go build -trimpath -ldflags "-s -w" -o "$promtool_bin/promtool.tmp" \
+      github.com/prometheus/prometheus/cmd/promtool && mv "$promtool_bin/promtool.tmp" "$promtool_bin/promtool")
+fi
+
 log "binaries in $bin"
 echo "$bin"
