@@ -1,2 +1,2 @@
 from tests.kube import crds, operator
-from tests.mta.conftest import tls_files
+from tests.mta.conftest import mta_factory, password_hashes, tls_files
