@@ -1,0 +1,60 @@
+"""`smtp-infra report` against the local control plane with the operator running (kwok keeps the
+MTA pods from running here, so /stats is unreachable and the report says so rather than failing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.kube import EXAMPLES, ROOT, apply, wait_for
+
+pytestmark = [pytest.mark.operator, pytest.mark.observability]
+
+
+def report(cp: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "smtpinfra_cli", "report", "--kubeconfig", str(cp.kubeconfig), *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env={"COLUMNS": "200",
+                                                                                     "PATH": "/usr/bin:/bin"},
+                          check=False)
+
+
+def test_report_summarises_the_cluster(operator: Any, tls_files: Any) -> None:
+    cp = operator.cp
+    cert, key = tls_files
+    cp.kubectl("create", "secret", "tls", "smtp-mail-example-com-tls", f"--cert={cert}", f"--key={key}", check=False)
+    for name in ("warmupplan-standard.yaml", "ippool.yaml", "tenant.yaml", "smtpserver.yaml", "campaign.yaml"):
+        apply(cp, (EXAMPLES / name).read_text())
+    cp.kubectl("wait", "--for=condition=Ready", "tenant/acme", "ippool/transactional", "--timeout=90s")
+
+    def pods_listed() -> dict[str, Any] | None:
+        result = report(cp, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        data: dict[str, Any] = json.loads(result.stdout)
+        servers = [s for s in data["servers"] if s["name"] == "outbound"]
+        return data if servers and len(servers[0]["pods"]) == 2 and servers[0]["condition"]["observed"] else None
+
+    data = wait_for(pods_listed, timeout=90, interval=1, what="the report lists the server's two pods")
+    server = next(s for s in data["servers"] if s["name"] == "outbound")
+    assert server["replicas"] == 2 and server["pools"] == ["transactional"]
+    assert server["condition"]["reason"] == "PodsNotReady"
+    assert {p["name"] for p in server["pods"]} == {"outbound-0", "outbound-1"}
+    assert all(p["queue"] is None and p["stats_error"] for p in server["pods"])
+    pool = next(p for p in data["pools"] if p["name"] == "transactional")
+    assert [(a["address"], a["assigned_to"]) for a in pool["addresses"]] == [
+        ("127.0.10.1", "default/outbound/0"), ("127.0.10.2", "default/outbound/1")]
+    assert all(a["daily_cap"] for a in pool["addresses"])
+    tenant = next(t for t in data["tenants"] if t["name"] == "acme")
+    assert (tenant["condition"]["status"], tenant["quota_per_hour"], tenant["quota_per_day"]) == ("True", 20000, 200000)
+    campaign = next(c for c in data["campaigns"] if c["name"] == "november-newsletter")
+    assert (campaign["namespace"], campaign["tenant"], campaign["recipients"]) == ("tenant-acme", "acme", 2)
+
+    table = report(cp)
+    assert table.returncode == 0, table.stderr
+    for needle in ("default/outbound", "PodsNotReady", "outbound-0", "127.0.10.1", "default/outbound/0",
+                   "CredentialsReady", "- / 20,000", "- / 200,000", "tenant-acme/november-newsletter",
+                   "note: no /stats from 2 pod(s)"):
+        assert needle in table.stdout, (needle, table.stdout)
