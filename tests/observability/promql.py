@@ -37,7 +37,7 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r"\[[^\]]*\]", " ", text)  # range and subquery selectors
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     text = re.sub(r"\$\w+", " ", text)  # Grafana variables ($__rate_interval, $tenant)
-    names = set()
+    names: set[str] = set()
     for match in _IDENT.finditer(text):
         name = match.group(0)
         before = text[:match.start()]
@@ -65,7 +65,7 @@ def families(exposition: str) -> set[str]:
     """
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
                 "summary": ("", "_sum", "_count", "_created"), "gauge": ("",), "untyped": ("",), "info": ("_info",)}
-    names = set()
+    names: set[str] = set()
     for line in exposition.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(maxsplit=3)

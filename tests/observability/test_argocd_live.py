@@ -41,7 +41,7 @@ def ready_is(status: str, reason: str | None = None) -> Any:
 
 
 def settle(cp: Any, resource: str, name: str, namespace: str | None, check: Any, what: str) -> dict[str, Any]:
-    return wait_for(lambda: (o := get(cp, resource, name, namespace)) and check(o) and o,  # type: ignore[no-any-return]
+    return wait_for(lambda: (o := get(cp, resource, name, namespace)) and check(o) and o,
                     timeout=90, interval=0.5, what=what)
 
 

@@ -90,6 +90,8 @@ class Gatherer:
 
     def _list(self, kind: str) -> list[dict[str, Any]]:
         result = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURALS[kind])
+        if not isinstance(result, dict):  # the custom objects API returns decoded JSON
+            raise TypeError(f"unexpected answer listing {PLURALS[kind]}: {type(result).__name__}")
         return list(result.get("items") or [])
 
     def _token(self, namespace: str, server: str) -> str | None:
@@ -134,9 +136,9 @@ class Gatherer:
 def api_client(kubeconfig: str | None) -> Any:
     """A client from the kubeconfig given (or $KUBECONFIG / ~/.kube/config), else in-cluster config."""
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
+        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     try:
-        return config.new_client_from_config()
+        return config.new_client_from_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
         return client.ApiClient()
