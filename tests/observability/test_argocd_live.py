@@ -28,8 +28,8 @@ def capture(kind: str, name: str, obj: dict[str, Any]) -> None:
         return
     obj = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k not in _VOLATILE_METADATA}}
     path = CUSTOMIZATIONS / kind / "testdata" / f"{name}.yaml"
-    path.write_text("# Written by the operator on the local control plane (tests/observability/test_argocd_live.py).\n"
-                    + yaml.safe_dump(obj, sort_keys=False))
+    header = "# Written by the operator on the local control plane (tests/observability/, SMTP_INFRA_ARGO_CAPTURE=1).\n"
+    path.write_text(header + yaml.safe_dump(obj, sort_keys=False))
 
 
 def ready_is(status: str, reason: str | None = None) -> Any:

@@ -27,8 +27,8 @@ def captured(kind: str, name: str) -> dict[str, Any]:
 
 
 def pod(name: str, server: str = "outbound", *, ready: bool = True, ip: str | None = "127.0.0.1",
-        port: int = 8080, phase: str = "Running") -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "default",
+        port: int = 8080, phase: str = "Running", namespace: str = "default") -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": namespace,
                          "labels": {"app.kubernetes.io/name": "smtp-infra-mta", "app.kubernetes.io/instance": server}},
             "spec": {"containers": [{"name": "mta", "ports": [{"name": "smtp", "containerPort": 25},
                                                               {"name": "http", "containerPort": port}]}]},
@@ -45,13 +45,14 @@ def report_of(**overrides: Any) -> Any:
     tenant["status"]["usage"] = {"sentThisHour": 1500, "sentToday": 12000, "bounceRate": "9.5",
                                  "complaintRate": "0.05"}
     campaign = captured("Campaign", "healthy")
-    objects = {"SmtpServer": [captured("SmtpServer", "healthy")], "IpPool": [captured("IpPool", "healthy")],
+    objects = {"SmtpServer": [captured("SmtpServer", "healthy"), captured("SmtpServer", "progressing")],
+               "IpPool": [captured("IpPool", "healthy")],
                "Tenant": [tenant], "Campaign": [campaign, captured("Campaign", "suspended")]}
     objects.update(overrides)
-    pods = [pod("outbound-0"), pod("outbound-1", ready=False)]
-    stats = {("default", "outbound-0"): StatsResult(stats=STATS),
-             ("default", "outbound-1"): StatsResult(error="unreachable (TimeoutError)")}
-    return build("2026-12-01T01:00:00Z", objects, pods, stats, ["no /stats from 1 pod(s): default/outbound-1"])
+    pods = [pod("live-0", "live", namespace="observe-live"), pod("outbound-0", ready=False)]
+    stats = {("observe-live", "live-0"): StatsResult(stats=STATS),
+             ("default", "outbound-0"): StatsResult(error="unreachable (TimeoutError)")}
+    return build("2026-12-01T01:00:00Z", objects, pods, stats, ["no /stats from 1 pod(s): default/outbound-0"])
 
 
 def text(report: Any) -> str:
@@ -62,14 +63,16 @@ def text(report: Any) -> str:
 
 def test_servers_show_their_pods_and_what_stats_said() -> None:
     report = report_of()
-    server = report.servers[0]
-    assert (server.namespace, server.name, server.replicas, server.ready_replicas) == ("default", "outbound", 2, 2)
-    assert [p.name for p in server.pods] == ["outbound-0", "outbound-1"]
-    assert (server.pods[0].queue, server.pods[0].sessions, server.pods[0].oldest_age_seconds) == (42, 3, 75.5)
-    assert server.pods[1].queue is None and server.pods[1].stats_error == "unreachable (TimeoutError)"
+    assert [(s.namespace, s.name) for s in report.servers] == [("default", "outbound"), ("observe-live", "live")]
+    waiting, live = report.servers
+    assert (live.replicas, live.ready_replicas, [p.name for p in live.pods]) == (1, 1, ["live-0"])
+    assert (live.pods[0].queue, live.pods[0].sessions, live.pods[0].oldest_age_seconds) == (42, 3, 75.5)
+    assert (waiting.replicas, [p.name for p in waiting.pods]) == (2, ["outbound-0"])
+    assert waiting.pods[0].queue is None and waiting.pods[0].stats_error == "unreachable (TimeoutError)"
     out = text(report)
-    assert "default/outbound" in out and "True Available" in out and "2/2" in out
-    assert "outbound-0" in out and "42" in out and "76s" in out
+    assert "observe-live/live" in out and "True Available" in out and "1/1" in out
+    assert "default/outbound" in out and "False PodsNotReady" in out
+    assert "live-0" in out and "42" in out and "76s" in out
     assert "unreachable (TimeoutError)" in out
     assert "note: no /stats from 1 pod(s)" in out
 
@@ -118,11 +121,11 @@ def test_campaigns_with_progress_and_suspension() -> None:
 
 def test_json_is_plain_data_with_everything() -> None:
     data = json.loads(json.dumps(to_json(report_of())))
-    assert data["servers"][0]["pods"][0]["queue"] == 42
+    assert data["servers"][1]["pods"][0]["queue"] == 42
     assert data["pools"][0]["addresses"][1]["address"] == "127.0.10.2"
     assert data["tenants"][0]["quota_per_day"] == 200000
     assert [c["done"] for c in data["campaigns"]] == [2, 0]
-    assert data["warnings"] == ["no /stats from 1 pod(s): default/outbound-1"]
+    assert data["warnings"] == ["no /stats from 1 pod(s): default/outbound-0"]
 
 
 def test_an_empty_cluster_renders() -> None:
