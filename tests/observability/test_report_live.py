@@ -58,3 +58,19 @@ def test_report_summarises_the_cluster(operator: Any, tls_files: Any) -> None:
                    "CredentialsReady", "- / 20,000", "- / 200,000", "tenant-acme/november-newsletter",
                    "note: no /stats from 2 pod(s)"):
         assert needle in table.stdout, (needle, table.stdout)
+
+
+def test_watch_refreshes_until_interrupted(operator: Any) -> None:
+    cp = operator.cp
+    apply(cp, (EXAMPLES / "tenant.yaml").read_text())
+    proc = subprocess.Popen([sys.executable, "-m", "smtpinfra_cli", "report", "--kubeconfig", str(cp.kubeconfig),
+                             "-o", "json", "--watch", "--interval", "1", "--no-stats"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        first, second = json.loads(proc.stdout.readline()), json.loads(proc.stdout.readline())
+        assert "acme" in {t["name"] for t in first["tenants"]} and second["at"] >= first["at"]
+        assert proc.poll() is None, "--watch keeps running"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
