@@ -1,5 +1,6 @@
-"""`smtp-infra report` against the local control plane with the operator running (kwok keeps the
-MTA pods from running here, so /stats is unreachable and the report says so rather than failing)."""
+"""`smtp-infra report` against the local control plane with the operator running. Without the pod
+runner kwok keeps the MTA pods from running, so /stats is unreachable and the report says so
+rather than failing; with it (when another module of the session started it) the pods answer."""
 
 from __future__ import annotations
 
@@ -40,9 +41,11 @@ def test_report_summarises_the_cluster(operator: Any, tls_files: Any) -> None:
     data = wait_for(pods_listed, timeout=90, interval=1, what="the report lists the server's two pods")
     server = next(s for s in data["servers"] if s["name"] == "outbound")
     assert server["replicas"] == 2 and server["pools"] == ["transactional"]
-    assert server["condition"]["reason"] == "PodsNotReady"
+    assert server["condition"]["reason"] in ("PodsNotReady", "Available")
     assert {p["name"] for p in server["pods"]} == {"outbound-0", "outbound-1"}
-    assert all(p["queue"] is None and p["stats_error"] for p in server["pods"])
+    for pod in server["pods"]:  # either /stats answered, or the report says why not
+        assert (pod["queue"] is None) == bool(pod["stats_error"]), pod
+    unread = [p for p in server["pods"] if p["stats_error"]]
     pool = next(p for p in data["pools"] if p["name"] == "transactional")
     assert [(a["address"], a["assigned_to"]) for a in pool["addresses"]] == [
         ("127.0.10.1", "default/outbound/0"), ("127.0.10.2", "default/outbound/1")]
@@ -54,10 +57,12 @@ def test_report_summarises_the_cluster(operator: Any, tls_files: Any) -> None:
 
     table = report(cp)
     assert table.returncode == 0, table.stderr
-    for needle in ("default/outbound", "PodsNotReady", "outbound-0", "127.0.10.1", "default/outbound/0",
-                   "CredentialsReady", "- / 20,000", "- / 200,000", "tenant-acme/november-newsletter",
-                   "note: no /stats from 2 pod(s)"):
+    for needle in ("default/outbound", server["condition"]["reason"], "outbound-0", "127.0.10.1",
+                   "default/outbound/0", "CredentialsReady", " / 20,000", " / 200,000",
+                   "tenant-acme/november-newsletter"):
         assert needle in table.stdout, (needle, table.stdout)
+    if len(unread) == 2:
+        assert "note: no /stats from 2 pod(s)" in table.stdout
 
 
 def test_watch_refreshes_until_interrupted(operator: Any) -> None:
