@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import email
+import logging
 import smtplib
 import ssl
-import time
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -191,16 +191,23 @@ def test_null_mx_bounces_immediately(env: dict[str, Any], mta_factory: Any) -> N
     assert env["sink"].messages() == []
 
 
-def test_starttls_required_defers_when_mx_lacks_it(env: dict[str, Any], mta_factory: Any) -> None:
+def test_starttls_required_defers_when_mx_lacks_it(env: dict[str, Any], mta_factory: Any,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The sink offers no STARTTLS: each attempt to tls.test is deferred with 4.7.5, retries included."""
+    caplog.set_level(logging.INFO, logger="smtpinfra_mta")
     env["cfg"]["delivery"]["tls_policies"] = [{"domain": "tls.test", "mode": "required"}]
     mta: RunningMta = mta_factory(env["cfg"])
     assert submit(mta, to="secret@tls.test").has("250 2.0.0 OK queued")
     assert submit(mta, to="plain@example.test").has("250 2.0.0 OK queued")
-    msgs = env["sink"].wait_messages(1)
-    time.sleep(1.5)  # a retry happens within this window; it must also be refused
-    assert [m.rcpts for m in env["sink"].messages()] == [["plain@example.test"]]
+
+    def tls_deferrals() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "deferred" and getattr(r, "domain", "") == "tls.test"]
+    wait_for(lambda: len(tls_deferrals()) >= 2, timeout=30)  # retry_schedule 1s: the first retry was refused too
+    deferrals = tls_deferrals()
+    assert [getattr(r, "attempts", None) for r in deferrals[:2]] == [1, 2]
+    assert all(" 4.7.5 " in getattr(r, "reply", "") for r in deferrals), [getattr(r, "reply", "") for r in deferrals]
+    assert [m.rcpts for m in env["sink"].wait_messages(1)] == [["plain@example.test"]]
     assert len(mta.app.spool.queued_ids()) == 1
-    assert msgs
 
 
 def _submit_smtputf8(mta: RunningMta, rcpts: list[str]) -> tuple[int, bytes]:

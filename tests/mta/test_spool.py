@@ -253,11 +253,16 @@ def test_commit_survives_a_client_that_hangs_up(tmp_path: Path) -> None:
         spool = Spool(tmp_path, group_commit_window=0.05)
         await spool.open()
         seen: list[SpooledMessage] = []
-        spool.on_committed = seen.append
+        committed = asyncio.Event()
+
+        def on_committed(msg: SpooledMessage) -> None:
+            seen.append(msg)
+            committed.set()
+        spool.on_committed = on_committed
         task = asyncio.create_task(spool.commit(_msg(), b"x\r\n"))
         await asyncio.sleep(0.01)
         task.cancel()  # aiosmtpd cancels the DATA handler when the client disconnects
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(committed.wait(), 30)  # the group commit finishes anyway
         assert len(seen) == 1  # still handed to the scheduler, not stranded on disk
         assert spool.queued_ids() == [seen[0].id]
         await spool.close()

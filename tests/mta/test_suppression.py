@@ -93,4 +93,7 @@ def test_suppressed_recipient_is_not_delivered_and_hard_bounce_suppresses(
     sink_factory("-f", "RCPT", "-B", "550 5.1.1 User unknown", port=sink.port, name="reject")
     assert submit(mta, to="gone@example.test").has("250 2.0.0 OK queued")
     wait_for(lambda: mta.run(store.is_suppressed(tenant, "gone@example.test")))
-    assert SRC_A1
+    # the remote's 550 from our pool address was the hard bounce that did it
+    assert mta.app.metrics.registry.get_sample_value(
+        "smtpinfra_mta_bounced_total", {"tenant": tenant, "pool": "alpha", "source_ip": SRC_A1,
+                                        "provider": "other", "bounce_class": "hard"}) == 1

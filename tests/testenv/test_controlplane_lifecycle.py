@@ -7,9 +7,9 @@ These tests stop and restart their control plane, so they never use the shared s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,15 +69,16 @@ def test_status_reports_every_component_running(state_dir: Path) -> None:
     assert result.stdout.strip() == str(cp.kubeconfig)
 
 
-def test_up_is_idempotent_and_fast_when_running(state_dir: Path) -> None:
+def test_up_is_a_no_op_when_running(state_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A healthy control plane is found and returned as is (how long that takes: bench/testenv_start.py)."""
     first = cpmod.up(state_dir)
     pids = _pids(state_dir)
-    t0 = time.monotonic()
+    caplog.set_level(logging.INFO, logger=cpmod.__name__)
+    caplog.clear()
     second = cpmod.up(state_dir)
-    elapsed = time.monotonic() - t0
     assert second == first
     assert _pids(state_dir) == pids, "a healthy control plane must not be restarted"
-    assert elapsed < 5, f"up on a running control plane took {elapsed:.1f}s"
+    assert any(m.endswith("already running") for m in caplog.messages), caplog.messages
 
 
 def test_up_adds_simulated_nodes_without_restarting(state_dir: Path) -> None:
@@ -122,14 +123,11 @@ def test_down_stops_everything_and_up_resumes_the_data(state_dir: Path) -> None:
     assert not any(c.running for c in st.components)
     assert (state_dir / "etcd").is_dir() and (state_dir / "pki" / "ca.crt").is_file()
 
-    t0 = time.monotonic()
-    again = cpmod.up(state_dir)
-    restart = time.monotonic() - t0
+    again = cpmod.up(state_dir)  # waits, with its own generous timeout, until the API server is usable
     assert again.server == cp.server and again.kubeconfig == cp.kubeconfig
     assert set(_pids(state_dir).values()).isdisjoint(pids.values())
     data = again.get_json("configmap", "survivor", namespace="default")["data"]
     assert data == {"marker": marker}
-    assert restart < 60, f"restart took {restart:.1f}s"
 
 
 def test_down_purge_removes_the_state_dir(state_dir: Path) -> None:
