@@ -146,14 +146,15 @@ def helm(cp: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess
     return result
 
 
-def operator_kubeconfig(cp: Any, path: Path) -> Path:
+def operator_kubeconfig(cp: Any, path: Path, *values: str) -> Path:
     """Credentials of the chart's ServiceAccount, bound to exactly the chart's ClusterRole.
 
     The operator in tests runs with these, not as cluster-admin, so a permission the chart
-    lacks fails the tests.
+    lacks fails the tests. ``values`` are chart values (``key=value``) the role is rendered with.
     """
+    sets = [arg for value in values for arg in ("--set", value)]
     rendered = helm(cp, "template", OPERATOR_ACCOUNT, str(CHART), "--namespace", OPERATOR_NAMESPACE,
-                    "--kube-version", KUBE_VERSION, "--show-only", "templates/serviceaccount.yaml",
+                    "--kube-version", KUBE_VERSION, *sets, "--show-only", "templates/serviceaccount.yaml",
                     "--show-only", "templates/rbac.yaml").stdout
     cp.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     cp.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", "-", input=rendered)

@@ -35,7 +35,11 @@ def test_more_replicas_without_peering_is_refused(control_plane):
 
 
 def test_chart_crds_are_the_generated_ones():
-    for path in (ROOT / "crds").glob("*.yaml"):
+    generated = sorted((ROOT / "crds").glob("*.yaml"))
+    assert [p.name for p in generated] == [f"smtpinfra.com_{plural}.yaml" for plural in
+                                           ("campaigns", "ippools", "smtpservers", "tenants", "warmupplans")]
+    assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == [p.name for p in generated]
+    for path in generated:
         assert (CHART / "crds" / path.name).read_text() == path.read_text()
 
 

@@ -38,7 +38,7 @@ from smtpinfra_operator.dns import Record, Rfc2136Provider, mta_sts_policy_id
 from smtpinfra_operator.dns.ownership import owners
 from smtpinfra_operator.dns.verify import resolver_for
 from tests.dns.knot import FORWARD_ZONE, KEY_NAME, KEY_SECRET, REVERSE_ZONE, KnotServer
-from tests.kube import OperatorProcess, apply, condition, find, get, wait_for
+from tests.kube import OperatorProcess, apply, condition, find, get, operator_kubeconfig, wait_for
 from tests.mta.conftest import free_port, https_get
 
 pytestmark = [pytest.mark.dns, pytest.mark.e2e, pytest.mark.operator]
@@ -84,14 +84,32 @@ def knot() -> Iterator[TsigKnot]:
 
 @pytest.fixture(scope="module")
 def dns_operator(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """The operator, retrying a blocked deletion every 2 s instead of 30 s."""
-    proc = OperatorProcess(crds, tmp_path_factory.mktemp("operator") / "operator.log",
-                           env={"SMTP_INFRA_DNS_DELETE_RETRY_SECONDS": "2"})
+    """The operator as the chart's ServiceAccount (not cluster-admin), retrying a blocked deletion every 2 s.
+
+    DNSEndpoint writes, the finalizer and the TSIG Secret reads thus run under the chart's ClusterRole.
+    """
+    directory = tmp_path_factory.mktemp("operator")
+    proc = OperatorProcess(crds, directory / "operator.log", env={"SMTP_INFRA_DNS_DELETE_RETRY_SECONDS": "2"},
+                           kubeconfig=operator_kubeconfig(crds, directory / "kubeconfig"))
     proc.start()
     try:
         yield proc
     finally:
         proc.stop()
+
+
+def forbidden(log: str) -> list[str]:
+    """Log lines where the API server refused the operator something (a verb the chart's role lacks)."""
+    return [line for line in log.splitlines() if "Forbidden" in line or "forbidden" in line]
+
+
+@pytest.fixture(autouse=True)
+def never_forbidden(dns_operator: OperatorProcess) -> Iterator[None]:
+    """Each test fails (at teardown) if the operator was refused anything while it ran."""
+    before = len(dns_operator.log())
+    yield
+    refused = forbidden(dns_operator.log()[before:])
+    assert refused == [], "the chart's ClusterRole lacks a permission:\n" + "\n".join(refused[:5])
 
 
 @pytest.fixture(scope="module")
@@ -396,8 +414,14 @@ def test_dkim_rotation_after_operator_restart_publishes_both_selectors(cp: Any, 
 
 def test_scale_down_removes_the_retired_address(cp: Any, knot: KnotServer,
                                                 knot_resolver: dns.resolver.Resolver) -> None:
-    apply(cp, manifest("mx", knot, replicas=1, selectors=("rsa1", "rsa2")))
     retired = f"{POOL[1].split('.')[-1]}.{REVERSE_ZONE}"
+    # first the records of the second replica exist (two replicas published them), then they go
+    apply(cp, manifest("mx", knot, replicas=2, selectors=("rsa1", "rsa2")))
+    wait_for(lambda: at(knot, retired, "PTR") and at(knot, f"out-1.{DOMAIN}", "A"), timeout=90,
+             what="the second replica's PTR and A published")
+    assert at(knot, f"out-1.{DOMAIN}", "A").values == (POOL[1],)
+    assert at(knot, retired, "PTR").values == (f"out-1.{DOMAIN}.",)
+    apply(cp, manifest("mx", knot, replicas=1, selectors=("rsa1", "rsa2")))
     # the reverse and the forward zone are two updates: wait for both
     wait_for(lambda: at(knot, retired, "PTR") is None and at(knot, f"out-1.{DOMAIN}", "A") is None, timeout=90,
              what="retired PTR and A removed")
@@ -445,16 +469,30 @@ def test_deletion_waits_while_the_dns_server_is_down(cp: Any, knot: KnotServer) 
     assert at(knot, f"_dmarc.{CLASH_DOMAIN}", "TXT") is not None, "the foreign record stays"
 
 
+def without_endpoint_crd(cp: Any) -> None:
+    """Remove the DNSEndpoint CRD a previous run on a reused cluster installed, unless others use it."""
+    if find(cp, "crd", "dnsendpoints.externaldns.k8s.io") is None:
+        return
+    items = json.loads(cp.kubectl("get", "dnsendpoints.externaldns.k8s.io", "-A", "-o", "json").stdout)["items"]
+    foreign = [f"{e['metadata']['namespace']}/{e['metadata']['name']}" for e in items
+               if e["metadata"]["namespace"] != NS]
+    assert not foreign, f"this cluster uses external-dns ({foreign}): run on a cluster of the tests' own"
+    cp.kubectl("delete", "crd", "dnsendpoints.externaldns.k8s.io", "--timeout=60s")
+    wait_for(lambda: find(cp, "crd", "dnsendpoints.externaldns.k8s.io") is None, timeout=60,
+             what="DNSEndpoint CRD gone")
+
+
 def test_external_dns_gets_a_dns_endpoint(cp: Any, knot: KnotServer) -> None:
-    installed = find(cp, "crd", "dnsendpoints.externaldns.k8s.io") is not None
+    """Not installed yet: reported; once the CRD exists, the DNSEndpoint is written (a reused cluster too)."""
+    cp.kubectl("-n", NS, "delete", "smtpserver", "edns", "--ignore-not-found", "--timeout=60s")
+    without_endpoint_crd(cp)
     apply(cp, manifest("edns", knot, provider="external-dns"))
-    if not installed:
-        obj = wait_dns(cp, "edns", "False", "ExternalDnsNotInstalled")
-        assert condition(obj, "Ready")["reason"] == "ExternalDnsNotInstalled"
-        cp.kubectl("apply", "--server-side", "-f", str(ENDPOINT_CRD))
-        # (kubectl wait fails on a CRD whose status has no conditions yet: poll instead)
-        wait_for(lambda: (c := condition(get(cp, "crd", "dnsendpoints.externaldns.k8s.io"), "Established"))
-                 and c["status"] == "True", timeout=60, what="DNSEndpoint CRD established")
+    obj = wait_dns(cp, "edns", "False", "ExternalDnsNotInstalled")
+    assert condition(obj, "Ready")["reason"] == "ExternalDnsNotInstalled"
+    cp.kubectl("apply", "--server-side", "-f", str(ENDPOINT_CRD))
+    # (kubectl wait fails on a CRD whose status has no conditions yet: poll instead)
+    wait_for(lambda: (c := condition(get(cp, "crd", "dnsendpoints.externaldns.k8s.io"), "Established"))
+             and c["status"] == "True", timeout=60, what="DNSEndpoint CRD established")
     obj = wait_dns(cp, "edns", "False", "WaitingForExternalDns")
     endpoint = get(cp, "dnsendpoints.externaldns.k8s.io", "edns-dns", NS)
     assert endpoint["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "smtp-infra",

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from smtpinfra_operator.peering import Peering, blocking_peers, default_priority
-from tests.kube import KUBE_VERSION, ROOT, OperatorProcess, apply, condition, find, wait_for
+from tests.kube import KUBE_VERSION, ROOT, OperatorProcess, apply, condition, find, operator_kubeconfig, wait_for
 
 pytestmark = pytest.mark.operator
 
@@ -30,16 +30,16 @@ LIFETIME = 10  # seconds a keep-alive counts; short so the takeover after SIGKIL
 
 
 class PeeredOperator(OperatorProcess):
-    """`smtp-infra operator run --peering … --priority …`."""
+    """`smtp-infra operator run --peering … --priority …` with the given (the chart's) credentials."""
 
-    def __init__(self, cp: Any, log_path: Path, priority: int) -> None:
-        super().__init__(cp, log_path, env={"SMTP_INFRA_PEERING_LIFETIME": str(LIFETIME)})
+    def __init__(self, cp: Any, log_path: Path, priority: int, kubeconfig: Path) -> None:
+        super().__init__(cp, log_path, env={"SMTP_INFRA_PEERING_LIFETIME": str(LIFETIME)}, kubeconfig=kubeconfig)
         self.priority = priority
 
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "smtpinfra_cli", "operator", "run", "--kubeconfig", str(self.cp.kubeconfig),
+            [sys.executable, "-m", "smtpinfra_cli", "operator", "run", "--kubeconfig", str(self.kubeconfig),
              "--peering", PEERING, "--priority", str(self.priority)],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
         )
@@ -72,10 +72,17 @@ def peering_crd(crds: Any) -> Any:
     return cp
 
 
+def forbidden(log: str) -> list[str]:
+    """Log lines where the API server refused the operator something (a verb the chart's role lacks)."""
+    return [line for line in log.splitlines() if "Forbidden" in line or "forbidden" in line]
+
+
 def test_only_the_higher_priority_replica_works_and_the_other_takes_over(peering_crd, tmp_path):
+    """Both replicas run as the chart's ServiceAccount with the role `peering.name` renders (not cluster-admin)."""
     cp = peering_crd
-    high = PeeredOperator(cp, tmp_path / "high.log", priority=200)
-    low = PeeredOperator(cp, tmp_path / "low.log", priority=100)
+    kubeconfig = operator_kubeconfig(cp, tmp_path / "kubeconfig", "replicaCount=2", f"peering.name={PEERING}")
+    high = PeeredOperator(cp, tmp_path / "high.log", priority=200, kubeconfig=kubeconfig)
+    low = PeeredOperator(cp, tmp_path / "low.log", priority=100, kubeconfig=kubeconfig)
     high.start()
     wait_for(lambda: "Activity 'start_resync' succeeded" in high.log(), timeout=60, what="high replica started")
     low.start()
@@ -111,6 +118,7 @@ def test_only_the_higher_priority_replica_works_and_the_other_takes_over(peering
         wait_for(lambda: is_ready(cp, "peer-second"), timeout=60, what="peer-second Ready by the survivor")
         wait_for(lambda: "Tenant /peer-second: Ready=True" in low.log(), timeout=10, what="low logged it")
         assert "peer-second" not in high.log()
+        assert forbidden(high.log()) == [] and forbidden(low.log()) == []
     finally:
         for proc in (high, low):
             proc.stop()

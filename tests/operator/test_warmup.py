@@ -39,7 +39,9 @@ def test_geometric_schedule_summary():
 
 
 def test_examples_are_valid_plans():
-    for path in EXAMPLES.glob("warmupplan-*.yaml"):
+    paths = sorted(EXAMPLES.glob("warmupplan-*.yaml"))
+    assert [p.name for p in paths] == ["warmupplan-geometric.yaml", "warmupplan-standard.yaml"]
+    for path in paths:
         doc = yaml.safe_load(path.read_text())
         out = warmup.outcome(WarmupPlanSpec.model_validate(doc["spec"]))
         assert out.ready == TRUE, (path, out.message)
