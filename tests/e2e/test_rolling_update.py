@@ -127,6 +127,7 @@ def test_rolling_update_under_load_loses_nothing(platform, knot, sink_factory, p
     # the successors found mail the old pods had queued (and acknowledged) when they were stopped
     recovered = {pod: recovered_at_startup(pod_runner, pod, logs_before) for pod in ("rolling-0", "rolling-1")}
     assert sum(recovered.values()) > 0, f"nothing was queued at SIGTERM, nothing tested: {recovered}"
+    print(f"acknowledged {len(acked)}, recovered by the successors {recovered}, refused {len(refused)}")
     assert sink is not None
 
     def delivered() -> set[str]:
