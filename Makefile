@@ -39,6 +39,7 @@ lint: venv
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/check_import_cycles.py
 	$(BIN)/smtp-infra crds generate --check
+	$(BIN)/python scripts/check_test_assertions.py tests
 
 # The control-plane build is the long pole on a fresh machine: start it first, in the
 # background, and install everything else while it runs.

@@ -116,13 +116,20 @@ def test_hand_deleted_children_are_restored(platform, knot):
     cp = platform
     apply(cp, server_manifest("restore", knot, 2525, replicas=0))
     wait_for(lambda: find(cp, "statefulset", "restore", NS), what="statefulset", timeout=60)
+    config = wait_for(lambda: find(cp, "configmap", "restore-config", NS), what="config map", timeout=60)
+    service = wait_for(lambda: find(cp, "service", "restore-submission", NS), what="service", timeout=60)
     cp.kubectl("-n", NS, "delete", "configmap", "restore-config")
     cp.kubectl("-n", NS, "delete", "service", "restore-submission")
     cp.kubectl("-n", NS, "patch", "statefulset", "restore", "--type=merge", "-p", '{"spec":{"replicas":3}}')
-    wait_for(lambda: find(cp, "configmap", "restore-config", NS), what="config map restored", timeout=30)
-    wait_for(lambda: find(cp, "service", "restore-submission", NS), what="service restored", timeout=30)
+    new_config = wait_for(lambda: find(cp, "configmap", "restore-config", NS), what="config map restored", timeout=30)
+    new_service = wait_for(lambda: find(cp, "service", "restore-submission", NS), what="service restored", timeout=30)
     wait_for(lambda: get(cp, "statefulset", "restore", NS)["spec"]["replicas"] == 0, what="replicas restored",
              timeout=30)
+    # recreated (new objects), with what the operator wrote before
+    assert new_config["metadata"]["uid"] != config["metadata"]["uid"]
+    assert new_config.get("data", {}) == config.get("data", {})
+    assert new_service["metadata"]["uid"] != service["metadata"]["uid"]
+    assert new_service["spec"]["ports"] == service["spec"]["ports"]
 
 
 def server_applies(cp: Any) -> dict[str, float]:
@@ -292,8 +299,14 @@ def test_deleting_the_server_garbage_collects_its_children(platform, knot):
     cp = platform
     apply(cp, server_manifest("doomed", knot, 2525, replicas=0))
     wait_for(lambda: find(cp, "statefulset", "doomed", NS), what="statefulset", timeout=60)
+    children = [("statefulset", "doomed"), ("configmap", "doomed-config"), ("service", "doomed-submission"),
+                ("secret", "doomed-credentials")]
+    server_uid = get(cp, "smtpserver", "doomed", NS)["metadata"]["uid"]
+    for kind, name in children:  # first they exist, owned by the server
+        child = wait_for(lambda k=kind, n=name: find(cp, k, n, NS),  # type: ignore[misc]
+                         what=f"{kind}/{name} created", timeout=60)
+        assert [r["uid"] for r in child["metadata"].get("ownerReferences", [])] == [server_uid], (kind, name)
     cp.kubectl("-n", NS, "delete", "smtpserver", "doomed", "--timeout=30s")
-    for kind, name in [("statefulset", "doomed"), ("configmap", "doomed-config"), ("service", "doomed-submission"),
-                       ("secret", "doomed-credentials")]:
+    for kind, name in children:
         wait_for(lambda k=kind, n=name: find(cp, k, n, NS) is None,  # type: ignore[misc]
                  what=f"{kind}/{name} collected", timeout=60)

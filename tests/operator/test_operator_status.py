@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from typing import Any
 
@@ -92,9 +93,12 @@ def test_status_written_by_hand_is_corrected_by_the_timer(operator):
     cp = operator.cp
     apply(cp, (EXAMPLES / "warmupplan-standard.yaml").read_text())
     cp.kubectl("wait", "--for=condition=Ready", "warmupplan/standard", "--timeout=60s")
-    cp.kubectl("patch", "warmupplan", "standard", "--subresource=status", "--type=merge",
-               "-p", '{"status": {"finalDailyCap": 1}}')
-    wait_for(lambda: get(cp, "warmupplan", "standard")["status"]["finalDailyCap"] == 100000,
+    derived = get(cp, "warmupplan", "standard")["status"]["finalDailyCap"]
+    assert derived == 100000
+    patched = json.loads(cp.kubectl("patch", "warmupplan", "standard", "--subresource=status", "--type=merge",
+                                    "-p", '{"status": {"finalDailyCap": 1}}', "-o", "json").stdout)
+    assert patched["status"]["finalDailyCap"] == 1  # the hand-written value really was stored
+    wait_for(lambda: get(cp, "warmupplan", "standard")["status"]["finalDailyCap"] == derived,
              what="timer restores finalDailyCap", timeout=30)
 
 

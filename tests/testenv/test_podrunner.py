@@ -8,6 +8,7 @@ import ipaddress
 import itertools
 import json
 import re
+import signal
 import socket
 import time
 import uuid
@@ -492,11 +493,16 @@ def test_liveness_failure_restarts_the_process(
         },
     )
 
-    def restarted() -> bool:
+    def restarted() -> dict[str, Any] | None:
         pod = control_plane.get_json("pod", "deaf", namespace=namespace)
-        return bool((pod["status"].get("containerStatuses") or [{}])[0].get("restartCount", 0) >= 1)
+        status: dict[str, Any] = (pod["status"].get("containerStatuses") or [{}])[0]
+        return status if status.get("restartCount", 0) >= 1 and status.get("lastState", {}).get("terminated") else None
 
-    wait_until(restarted, timeout=30, message="liveness failure restarted the container")
+    status = wait_until(restarted, timeout=30, message="liveness failure restarted the container")
+    # the process sleeps for an hour: it only ends because the failing probe had it killed
+    terminated = status["lastState"]["terminated"]
+    assert terminated["signal"] in (signal.SIGTERM, signal.SIGKILL), terminated
+    assert terminated["exitCode"] == 128 + terminated["signal"], terminated
 
 
 def test_other_images_are_still_simulated_by_kwok(
@@ -525,5 +531,7 @@ def test_other_images_are_still_simulated_by_kwok(
 
 def test_pod_ip_is_really_local(pod_runner: PodRunner) -> None:
     """Premise: any address of the runner's CIDR can be bound (loopback on Linux)."""
+    address = str(RUNNER_CIDR[12345])
     with socket.socket() as s:
-        s.bind((str(RUNNER_CIDR[12345]), 0))
+        s.bind((address, 0))
+        assert s.getsockname()[0] == address
