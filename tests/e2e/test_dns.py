@@ -82,12 +82,29 @@ def knot() -> Iterator[TsigKnot]:
             server.stop()
 
 
+def without_endpoint_crd(cp: Any) -> None:
+    """Remove the DNSEndpoint CRD a previous run on a reused cluster installed, unless others use it."""
+    if find(cp, "crd", "dnsendpoints.externaldns.k8s.io") is None:
+        return
+    cp.kubectl("-n", NS, "delete", "smtpserver", "edns", "--ignore-not-found", "--timeout=60s")
+    items = json.loads(cp.kubectl("get", "dnsendpoints.externaldns.k8s.io", "-A", "-o", "json").stdout)["items"]
+    foreign = [f"{e['metadata']['namespace']}/{e['metadata']['name']}" for e in items
+               if e["metadata"]["namespace"] != NS]
+    assert not foreign, f"this cluster uses external-dns ({foreign}): run on a cluster of the tests' own"
+    cp.kubectl("delete", "crd", "dnsendpoints.externaldns.k8s.io", "--timeout=60s")
+    wait_for(lambda: find(cp, "crd", "dnsendpoints.externaldns.k8s.io") is None, timeout=60,
+             what="DNSEndpoint CRD gone")
+
+
 @pytest.fixture(scope="module")
 def dns_operator(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """The operator as the chart's ServiceAccount (not cluster-admin), retrying a blocked deletion every 2 s.
 
     DNSEndpoint writes, the finalizer and the TSIG Secret reads thus run under the chart's ClusterRole.
     """
+    # the external-dns test starts without the DNSEndpoint CRD; a reused cluster may have it from a previous
+    # run, so it goes before the operator starts (the operator remembers a kind it has seen served)
+    without_endpoint_crd(crds)
     directory = tmp_path_factory.mktemp("operator")
     proc = OperatorProcess(crds, directory / "operator.log", env={"SMTP_INFRA_DNS_DELETE_RETRY_SECONDS": "2"},
                            kubeconfig=operator_kubeconfig(crds, directory / "kubeconfig"))
@@ -469,23 +486,9 @@ def test_deletion_waits_while_the_dns_server_is_down(cp: Any, knot: KnotServer) 
     assert at(knot, f"_dmarc.{CLASH_DOMAIN}", "TXT") is not None, "the foreign record stays"
 
 
-def without_endpoint_crd(cp: Any) -> None:
-    """Remove the DNSEndpoint CRD a previous run on a reused cluster installed, unless others use it."""
-    if find(cp, "crd", "dnsendpoints.externaldns.k8s.io") is None:
-        return
-    items = json.loads(cp.kubectl("get", "dnsendpoints.externaldns.k8s.io", "-A", "-o", "json").stdout)["items"]
-    foreign = [f"{e['metadata']['namespace']}/{e['metadata']['name']}" for e in items
-               if e["metadata"]["namespace"] != NS]
-    assert not foreign, f"this cluster uses external-dns ({foreign}): run on a cluster of the tests' own"
-    cp.kubectl("delete", "crd", "dnsendpoints.externaldns.k8s.io", "--timeout=60s")
-    wait_for(lambda: find(cp, "crd", "dnsendpoints.externaldns.k8s.io") is None, timeout=60,
-             what="DNSEndpoint CRD gone")
-
-
 def test_external_dns_gets_a_dns_endpoint(cp: Any, knot: KnotServer) -> None:
-    """Not installed yet: reported; once the CRD exists, the DNSEndpoint is written (a reused cluster too)."""
-    cp.kubectl("-n", NS, "delete", "smtpserver", "edns", "--ignore-not-found", "--timeout=60s")
-    without_endpoint_crd(cp)
+    """Not installed yet (also on a reused cluster: see dns_operator): reported; once the CRD exists, written."""
+    assert find(cp, "crd", "dnsendpoints.externaldns.k8s.io") is None
     apply(cp, manifest("edns", knot, provider="external-dns"))
     obj = wait_dns(cp, "edns", "False", "ExternalDnsNotInstalled")
     assert condition(obj, "Ready")["reason"] == "ExternalDnsNotInstalled"
