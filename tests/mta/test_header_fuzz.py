@@ -40,4 +40,5 @@ def test_arbitrary_bytes_get_a_verdict(data: bytes) -> None:
         headers = parse_headers(data, HeaderLimits())
     except HeaderError:
         return
-    check_identity(headers, TENANT)
+    refusal, _ = check_identity(headers, TENANT)
+    assert refusal is None or refusal.startswith("550 5.7.1 Header "), refusal
