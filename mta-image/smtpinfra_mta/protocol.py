@@ -17,6 +17,7 @@ from aiosmtpd.smtp import MISSING, SMTP
 
 from smtpinfra_mta.appview import SmtpApp
 from smtpinfra_mta.config import ListenerLimits
+from smtpinfra_mta.datastream import DataDecoder
 
 ListenerKind = Literal["submission", "implicit_tls", "inbound"]
 NULL_SENDER = "<>"  # aiosmtpd treats an empty MAIL FROM as "no MAIL yet", so we carry a marker
@@ -74,6 +75,11 @@ def _hook_names(obj: Any) -> list[str]:
 
 _aiosmtpd_smtp.dir = _hook_names  # type: ignore[attr-defined]
 
+
+_READ_ALL = 1 << 30  # StreamReader.read(n) returns what is buffered, at most n: take it all
+_STATE_REPLIES = {"size": "552 5.3.4 Error: Too much mail data",
+                  "long": "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)",
+                  "memory": "452 4.3.1 Insufficient system resources, try again later"}
 
 COMMAND_CALL_LIMITS = {"NOOP": 100, "HELP": 10, "VRFY": 10, "EXPN": 10, "*": 1_000_000}
 """Per-session budget of commands that do nothing for mail; the session deadline bounds everything else."""
@@ -173,7 +179,8 @@ class MtaSMTP(SMTP):
 
     @_aiosmtpd_smtp.syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, with every byte held counted against the process-wide memory ceiling.
+        """DATA read in large chunks (:mod:`smtpinfra_mta.datastream`), every byte held counted against the
+        process-wide memory ceiling.
 
         Beyond the ceiling the message is discarded as it arrives and refused with 452 4.3.1 (the client
         retries later), so many large concurrent messages cannot grow the process until it is killed.
@@ -192,58 +199,54 @@ class MtaSMTP(SMTP):
         self._busy = True
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
+            decoder = DataDecoder(self.line_length_limit)
             data: list[bytes] = []
             size, limit, state = 0, self.data_size_limit, ""
-            partial = False  # inside an over-long line: its tail is never the end-of-data marker
-            while self.transport is not None:
-                try:
-                    line: bytes = await self._reader.readuntil(b"\r\n")
-                except asyncio.LimitOverrunError as exc:
-                    state, partial = state or "long", True
-                    data.clear()
-                    budget.give(held)
-                    held = 0
-                    await self._reader.read(exc.consumed)
-                    continue
-                if partial:
-                    partial = False
-                    continue
-                if line == b".\r\n":
+            while True:
+                # Everything buffered at once: the reader's buffer is left empty, so bytes after the end
+                # marker (pipelined commands) can be handed back to it in order.
+                chunk = await self._reader.read(_READ_ALL)
+                if not chunk:
+                    return  # the client went away; nothing was acknowledged
+                fed = decoder.feed(chunk)
+                size += fed.raw_size
+                if not state:
+                    if limit and size > limit:
+                        state = "size"
+                    elif decoder.too_long:
+                        state = "long"
+                    elif not budget.take(len(fed.data)):
+                        state = "memory"
+                    else:
+                        held += len(fed.data)
+                        data.append(fed.data)
+                    if state:
+                        data.clear()
+                        budget.give(held)
+                        held = 0
+                if fed.done:
+                    if fed.rest and not self._reader.at_eof():
+                        self._reader.feed_data(fed.rest)
                     break
-                size += len(line)
-                if state:
-                    continue
-                if limit and size > limit:
-                    state = "size"
-                elif len(line) > self.line_length_limit:
-                    state = "long"
-                elif not budget.take(len(line)):
-                    state = "memory"
-                else:
-                    held += len(line)
-                    data.append(line[1:] if line.startswith(b".") else line)
-                    continue
-                data.clear()
-                budget.give(held)
-                held = 0
-            if state:
-                self._set_post_data_state()  # type: ignore[no-untyped-call]
-                if state == "memory":
-                    self._app.metrics.rejected.labels(listener=self._kind, reason="memory").inc()
-                await self.push({"size": "552 5.3.4 Error: Too much mail data",
-                                 "long": "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)",
-                                 "memory": "452 4.3.1 Insufficient system resources, try again later"}[state])
-                return
-            content = b"".join(data)
-            data.clear()
-            self.envelope.content = self.envelope.original_content = content
-            status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            await self.push("250 OK" if status is MISSING else status)
+            await self._finish_message(state, data)
         finally:
             budget.give(held)
             self._busy = False
             if self._expire_when_idle:
                 self._expire()
 
-
+    async def _finish_message(self, state: str, data: list[bytes]) -> None:
+        """Answer a received message: the refusal its reading ended in, or the handler's verdict."""
+        assert self.envelope is not None
+        if state:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            if state == "memory":
+                self._app.metrics.rejected.labels(listener=self._kind, reason="memory").inc()
+            await self.push(_STATE_REPLIES[state])
+            return
+        content = data[0] if len(data) == 1 else b"".join(data)
+        data.clear()
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
