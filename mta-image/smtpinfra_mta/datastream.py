@@ -13,7 +13,8 @@ The semantics are exactly those of the line reader it replaces (RFC 5321 4.1.1.4
 * a leading dot is removed only at the start of a CRLF-delimited line;
 * a line is "too long" when its length with the CRLF and before unstuffing exceeds the limit.
 
-No I/O here: the protocol feeds chunks and acts on what comes back.
+BDAT chunks (RFC 3030) carry the message unstuffed; :class:`LineMeter` applies the same line-length rule
+to them. No I/O here: the protocol feeds chunks and acts on what comes back.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ class DataDecoder:
     """Incremental DATA decoder; see the module docstring for the exact rules."""
 
     def __init__(self, line_length_limit: int) -> None:
-        self.line_length_limit = line_length_limit
-        self.too_long = False
         # A virtual CRLF before the first byte makes "." and ".." at the very start ordinary line starts.
         self._carry = b"\r\n"
         self._skip = 2
-        self._line = 0  # length of the unfinished line emitted so far (CRLF-delimited, before unstuffing)
+        self._lines = LineMeter(line_length_limit)
+
+    @property
+    def too_long(self) -> bool:
+        return self._lines.too_long
 
     def feed(self, chunk: bytes) -> Fed:
         buf = self._carry + chunk if self._carry else chunk
@@ -54,7 +57,7 @@ class DataDecoder:
             cut, rest, done = _safe_cut(buf), b"", False
         raw = buf[:cut]
         self._carry = b"" if done else buf[cut:]
-        self._measure(raw)
+        self._lines.feed(raw)
         if self._skip:
             skip = min(self._skip, len(raw))
             self._skip -= skip
@@ -65,20 +68,34 @@ class DataDecoder:
             out = raw.replace(_STUFFED, b"\r\n")
         return Fed(out, raw_size, done, rest)
 
-    def _measure(self, raw: bytes) -> None:
-        """Track the longest CRLF-delimited line; ``raw`` never ends between the CR and LF of a CRLF."""
+
+class LineMeter:
+    """Whether any CRLF-delimited line (with its CRLF) is longer than the limit, fed in arbitrary pieces."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.too_long = False
+        self._line = 0  # length of the unfinished line so far
+        self._cr = False  # the last piece ended with a CR (counted in ``_line``)
+
+    def feed(self, raw: bytes) -> None:
         if self.too_long or not raw:
             return
-        limit = self.line_length_limit
+        if self._cr and raw[:1] == b"\n":  # a CRLF split between two pieces ends the line
+            if self._line + 1 > self.limit:
+                self.too_long = True
+                return
+            self._line, raw = 0, raw[1:]
+        self._cr = raw.endswith(b"\r")
         lines = raw.split(b"\r\n")
         if len(lines) == 1:
             self._line += len(raw)
-            if self._line > limit:
+        else:
+            longest = max(self._line + len(lines[0]), max(map(len, lines[1:-1]), default=0)) + 2
+            self._line = len(lines[-1])
+            if longest > self.limit:
                 self.too_long = True
-            return
-        longest = max(self._line + len(lines[0]), max(map(len, lines[1:-1]), default=0)) + 2
-        self._line = len(lines[-1])
-        if longest > limit or self._line > limit:
+        if self._line - self._cr >= self.limit:  # even with its CRLF next, this line is already too long
             self.too_long = True
 
 
@@ -92,3 +109,13 @@ def _safe_cut(buf: bytes) -> int:
     if buf.endswith(b"\r"):
         return len(buf) - 1
     return len(buf)
+
+
+def parse_bdat(arg: str) -> tuple[int, bool] | None:
+    """``BDAT <chunk-size> [LAST]`` arguments as (size, last), or None when malformed (RFC 3030 2)."""
+    parts = arg.split()
+    if not 1 <= len(parts) <= 2 or not parts[0].isascii() or not parts[0].isdigit() or len(parts[0]) > 12:
+        return None
+    if len(parts) == 2 and parts[1].upper() != "LAST":
+        return None
+    return int(parts[0]), len(parts) == 2

@@ -17,7 +17,8 @@ from aiosmtpd.smtp import MISSING, SMTP
 
 from smtpinfra_mta.appview import SmtpApp
 from smtpinfra_mta.config import ListenerLimits
-from smtpinfra_mta.datastream import DataDecoder
+from smtpinfra_mta.datastream import DataDecoder, LineMeter, parse_bdat
+from smtpinfra_mta.limits import MemoryBudget
 
 ListenerKind = Literal["submission", "implicit_tls", "inbound"]
 NULL_SENDER = "<>"  # aiosmtpd treats an empty MAIL FROM as "no MAIL yet", so we carry a marker
@@ -97,6 +98,7 @@ class MtaSMTP(SMTP):
         self.counted_ip: str | None = None
         self._busy = False
         self._expire_when_idle = False
+        self._bdat: _Chunks | None = None  # the message being received with BDAT, between its chunks
 
     @property
     def listener_limits(self) -> ListenerLimits:
@@ -194,6 +196,9 @@ class MtaSMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if self._bdat is not None:
+            await self.push("503 5.5.1 Error: BDAT transfer in progress")
+            return
         budget = self._app.data_memory
         held = 0
         self._busy = True
@@ -235,6 +240,69 @@ class MtaSMTP(SMTP):
             if self._expire_when_idle:
                 self._expire()
 
+    def _create_envelope(self) -> _aiosmtpd_smtp.Envelope:
+        """Every new transaction (RSET, MAIL after a message, a refused chunk) drops a BDAT message begun."""
+        self._drop_bdat()
+        return super()._create_envelope()
+
+    def _drop_bdat(self) -> None:
+        chunks = getattr(self, "_bdat", None)
+        if chunks is not None:
+            self._app.data_memory.give(chunks.held)
+            self._bdat = None
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._drop_bdat()
+        super().connection_lost(error)
+
+    @_aiosmtpd_smtp.syntax("BDAT chunk-size [LAST]")
+    async def smtp_BDAT(self, arg: str) -> None:
+        """CHUNKING (RFC 3030): the chunk's bytes are always read, even when it is refused, so the session
+        stays in step; size, line length and the memory ceiling apply as for DATA; LAST ends the message."""
+        parsed = parse_bdat(arg)
+        if parsed is None:
+            # The length of what follows is unknown, so nothing after it can be trusted as a command.
+            await self._refuse("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing connection")
+            return
+        size, last = parsed
+        refusal = None
+        if not self.session or not self.session.host_name:
+            refusal = "503 5.5.1 Error: send HELO first"
+        elif self._auth_required and not self.session.authenticated:
+            refusal = "530 5.7.0 Authentication required"
+        elif self.envelope is None or not self.envelope.rcpt_tos:
+            refusal = "503 5.5.1 Error: need RCPT command"
+        if refusal is None and self._bdat is None:
+            self._bdat = _Chunks(LineMeter(self.line_length_limit))
+        chunks = self._bdat
+        self._busy = True
+        try:
+            remaining = size
+            while remaining:
+                piece = await self._reader.read(min(remaining, _READ_ALL))
+                if not piece:
+                    return  # the client went away; nothing was acknowledged
+                remaining -= len(piece)
+                if refusal is None and chunks is not None and not chunks.state:
+                    chunks.add(piece, self.data_size_limit, self._app.data_memory)
+            if refusal is not None:
+                await self.push(refusal)
+                return
+            assert chunks is not None
+            if not last and not chunks.state:
+                await self.push(f"250 2.0.0 {size} octets received")
+                return
+            data, state = chunks.data, chunks.state
+            self._bdat = None
+            try:
+                await self._finish_message(state, data)
+            finally:
+                self._app.data_memory.give(chunks.held)
+        finally:
+            self._busy = False
+            if self._expire_when_idle:
+                self._expire()
+
     async def _finish_message(self, state: str, data: list[bytes]) -> None:
         """Answer a received message: the refusal its reading ended in, or the handler's verdict."""
         assert self.envelope is not None
@@ -250,3 +318,31 @@ class MtaSMTP(SMTP):
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
+
+
+class _Chunks:
+    """A message arriving in BDAT chunks: the bytes kept, their size, and why it is refused (if it is)."""
+
+    def __init__(self, lines: LineMeter) -> None:
+        self.data: list[bytes] = []
+        self.size = 0
+        self.held = 0
+        self.state = ""
+        self._lines = lines
+
+    def add(self, piece: bytes, limit: int | None, budget: MemoryBudget) -> None:
+        self.size += len(piece)
+        self._lines.feed(piece)
+        if limit and self.size > limit:
+            self.state = "size"
+        elif self._lines.too_long:
+            self.state = "long"
+        elif not budget.take(len(piece)):
+            self.state = "memory"
+        else:
+            self.held += len(piece)
+            self.data.append(piece)
+            return
+        self.data.clear()
+        budget.give(self.held)
+        self.held = 0

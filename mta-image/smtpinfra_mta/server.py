@@ -54,7 +54,7 @@ class SmtpHandler:
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
         session.host_name = hostname
-        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        extra = ["250-PIPELINING", "250-CHUNKING", "250-ENHANCEDSTATUSCODES"]
         rest = responses[1:]
         if not self.authenticated_listener:
             rest = [r for r in rest if not r[4:].upper().startswith("AUTH")]

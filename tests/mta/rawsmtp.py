@@ -1,0 +1,93 @@
+"""A bare-socket SMTP client and message builders for byte-level tests: what is sent is exactly what is written."""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+from .conftest import MTA_ADDR, RunningMta, Sink, base_config
+
+RELAY = "internal.test"
+
+
+def make_message(size: int, seed: int) -> bytes:
+    """Headers, then body lines of every length 0..998 (cycling) over all bytes but CR and LF, every
+    seventh line starting with one to three dots, truncated to whole lines near ``size``."""
+    rnd = random.Random(seed)
+    alphabet = bytes(b for b in range(256) if b not in (10, 13, 0))
+    out = [b"From: a@partner.test\r\n", b"To: user@internal.test\r\n", f"Subject: exact {size}\r\n".encode(),
+           b"\r\n"]
+    total, n = sum(map(len, out)), 0
+    while total < size:
+        length = n % 999
+        line = bytes(rnd.choices(alphabet, k=length))
+        if n % 7 == 0:
+            line = (b"." * (1 + n % 3) + line)[:998]
+        out.append(line + b"\r\n")
+        total += len(line) + 2
+        n += 1
+    return b"".join(out)
+
+
+def dot_stuff(message: bytes) -> bytes:
+    stuffed = (b"\r\n" + message).replace(b"\r\n.", b"\r\n..")[2:]
+    return stuffed + b".\r\n"
+
+
+class RawClient:
+    """An SMTP client on a bare socket, so the bytes sent are exactly the ones written here."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((MTA_ADDR, port), timeout=60)
+        self.buf = b""
+        assert self.reply().startswith(b"220")
+
+    def reply(self) -> bytes:
+        while True:
+            m = re.search(rb"(?:^|\r\n)(\d{3}) [^\r\n]*\r\n", self.buf)
+            if m is not None:
+                out, self.buf = self.buf[:m.end()], self.buf[m.end():]
+                return out.split(b"\r\n")[-2]
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed"
+            self.buf += chunk
+
+    def cmd(self, line: bytes) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.cmd(b"QUIT")
+        self.sock.close()
+
+
+def send_bdat(c: RawClient, message: bytes, seed: int) -> bytes:
+    """The message in BDAT chunks of random sizes, all pipelined; the last reply (to ``BDAT n LAST``)."""
+    rnd = random.Random(seed)
+    pos, out = 0, []
+    while True:
+        n = rnd.randint(1, max(len(message) // 5, 1))
+        piece = message[pos:pos + n]
+        pos += len(piece)
+        last = pos >= len(message)
+        out.append(f"BDAT {len(piece)}{' LAST' if last else ''}\r\n".encode() + piece)
+        if last:
+            break
+    c.sock.sendall(b"".join(out))
+    replies = [c.reply() for _ in out]
+    assert all(r.startswith(b"250 2.0.0") for r in replies[:-1]), replies
+    return replies[-1]
+
+
+def start_relay(tmp_path: Path, tls_files: Any, password_hashes: dict[str, str], mta_factory: Any,
+                sink_factory: Any) -> tuple[RunningMta, Sink]:
+    """An MTA relaying ``internal.test`` from port 25 to a fresh smtp-sink, messages up to 12 MiB."""
+    sink = sink_factory()
+    cfg = base_config(tmp_path, tls_files, password_hashes)
+    cfg["limits"]["max_message_size"] = 12 * 1024 * 1024
+    cfg["listeners"]["inbound"]["relay_domains"] = [{"domain": RELAY, "pool": "beta"}]
+    cfg["delivery"]["routes"] = [{"domain": RELAY, "host": "127.0.0.42", "port": sink.port}]
+    return mta_factory(cfg), sink
