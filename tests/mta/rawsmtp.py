@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ def make_message(size: int, seed: int) -> bytes:
     rnd = random.Random(seed)
     alphabet = bytes(b for b in range(256) if b not in (10, 13, 0))
     out = [b"From: a@partner.test\r\n", b"To: user@internal.test\r\n", f"Subject: exact {size}\r\n".encode(),
+           b"Date: Tue, 1 Dec 2026 01:00:00 +0000\r\n", f"Message-ID: <{seed}.{size}@partner.test>\r\n".encode(),
            b"\r\n"]
     total, n = sum(map(len, out)), 0
     while total < size:
@@ -40,8 +43,8 @@ def dot_stuff(message: bytes) -> bytes:
 class RawClient:
     """An SMTP client on a bare socket, so the bytes sent are exactly the ones written here."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection((MTA_ADDR, port), timeout=60)
+    def __init__(self, port: int, host: str = MTA_ADDR) -> None:
+        self.sock = socket.create_connection((host, port), timeout=60)
         self.buf = b""
         assert self.reply().startswith(b"220")
 
@@ -91,3 +94,41 @@ def start_relay(tmp_path: Path, tls_files: Any, password_hashes: dict[str, str],
     cfg["listeners"]["inbound"]["relay_domains"] = [{"domain": RELAY, "pool": "beta"}]
     cfg["delivery"]["routes"] = [{"domain": RELAY, "host": "127.0.0.42", "port": sink.port}]
     return mta_factory(cfg), sink
+
+
+class RecordingProxy:
+    """A TCP relay in front of a real SMTP peer that keeps the bytes the client sent, to show which commands
+    went over the wire (BDAT or DATA, pipelined or not); the peer itself answers everything."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.listen, self.target = listen, target
+        self.sent = bytearray()
+        self._server: asyncio.Server | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._session, *self.listen)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(*self.target)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bool) -> None:
+            while chunk := await src.read(65536):
+                if record:
+                    self.sent.extend(chunk)
+                dst.write(chunk)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_w, True), pump(up_r, writer, False), return_exceptions=True)
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            if self._server is not None:
+                self._server.close()
+        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
