@@ -1,8 +1,8 @@
 """End-to-end relay throughput: ``smtp-source`` -> MTA -> ``smtp-sink``, ours against Postfix, same run.
 
-Both MTAs receive the same load from Postfix's ``smtp-source`` (20 parallel sessions, 1 KiB bodies, one
-message per connection, as a fleet of clients would send) for one domain they relay without AUTH, and
-forward it over SMTP to an ``smtp-sink`` acting as the remote MX. A side's clock starts when
+Both MTAs receive the same load from Postfix's ``smtp-source`` (20 parallel sessions, bodies of each
+``--sizes`` entry, one message per connection, as a fleet of clients would send) for one domain they
+relay without AUTH, and forward it over SMTP to an ``smtp-sink`` acting as the remote MX. A side's clock starts when
 ``smtp-source`` starts and stops when the sink has counted every message, so the rate is end to end:
 accepted (fsynced before 250), queued, delivered.
 
@@ -15,11 +15,15 @@ accepted (fsynced before 250), queued, delivered.
   fsync behaviour.
 
 Everything listens on 127.0.77.x only. All processes started here are stopped at the end, also on errors.
-The last line of output is JSON: ``{"mta_msgs_per_s": ..., "postfix_msgs_per_s": ..., "ratio": ...}``: median
-rates over ``--rounds`` and the median of the per-round ratios (each round runs both sides back to back).
+The same load is also sent from ``smtp-source`` straight into ``smtp-sink`` (the ceiling: what the load
+generator and sink manage with no MTA between them), per size, in the same run.
+The last line of output is JSON: ``{"ratio_min": ..., "ratios": {"1024": ..., ...}, "ceiling_share": ...,
+...}``: per size the median of the per-round ratios ours/Postfix (each round runs the sides back to back),
+the smallest of them, and our rate as a share of the ceiling at the smallest size (``ceiling_shares`` for
+every size).
 Our MTA runs at log level WARNING (``--log-level``); the private Postfix logs to syslog, which is absent here.
 
-    .venv/bin/python bench/mta_throughput.py [--messages 10000] [--sessions 20] [--rounds 1]
+    .venv/bin/python bench/mta_throughput.py [--sizes 1024,20480,102400] [--messages 10000] [--sessions 20]
 """
 
 from __future__ import annotations
@@ -285,17 +289,23 @@ def postfix(procs: Processes, work: Path, sink_port: int) -> Iterator[int]:
 # ----------------------------------------------------------------------------------------- runs
 
 
-def measure(procs: Processes, side: str, work: Path, args: argparse.Namespace) -> dict[str, float]:
+def measure(procs: Processes, side: str, work: Path, args: argparse.Namespace, size: int) -> dict[str, float]:
+    """One side at one size: ``mta``, ``postfix``, or ``ceiling`` (smtp-source straight into smtp-sink)."""
     work.mkdir(parents=True)
     sink = Sink(procs)
     timeout = max(120.0, args.messages / 20.0)
     try:
-        server = (our_mta(procs, work, sink.port, args.log_level, args.separate_process) if side == "mta"
-                  else postfix(procs, work, sink.port))
+        server: contextlib.AbstractContextManager[int]
+        if side == "ceiling":
+            server = contextlib.nullcontext(sink.port)
+        elif side == "mta":
+            server = our_mta(procs, work, sink.port, args.log_level, args.separate_process)
+        else:
+            server = postfix(procs, work, sink.port)
+        host = {"mta": MTA_ADDR, "postfix": POSTFIX_ADDR, "ceiling": SINK_ADDR}[side]
         with server as port:
             t0 = time.monotonic()
-            accept_s = run_load(procs, MTA_ADDR if side == "mta" else POSTFIX_ADDR, port, args.messages,
-                                args.sessions, args.size, timeout)
+            accept_s = run_load(procs, host, port, args.messages, args.sessions, size, timeout)
             t_end = sink.wait_for(args.messages, timeout)
         total = t_end - t0
         return {"msgs_per_s": round(args.messages / total, 1), "seconds": round(total, 2),
@@ -306,16 +316,20 @@ def measure(procs: Processes, side: str, work: Path, args: argparse.Namespace) -
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--messages", type=int, default=10_000, help="messages per side (default 10000)")
+    ap.add_argument("--messages", type=int, default=10_000, help="messages per side and size (default 10000)")
     ap.add_argument("--sessions", type=int, default=20, help="parallel smtp-source sessions (default 20)")
-    ap.add_argument("--size", type=int, default=1024, help="message body bytes (default 1024)")
+    ap.add_argument("--sizes", default="1024", help="comma-separated message body sizes in bytes (default 1024)")
+    ap.add_argument("--size", type=int, help="one body size (same as --sizes N)")
     ap.add_argument("--rounds", type=int, default=1, help="alternate ours/Postfix this many times; report medians")
     ap.add_argument("--log-level", default="WARNING", help="MTA log level (Postfix logs to an absent syslog)")
     ap.add_argument("--only", choices=["mta", "postfix"], help="run one side only (for profiling)")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                    help="skip the direct smtp-source -> smtp-sink run that measures the load generator's ceiling")
     ap.add_argument("--single-process", dest="separate_process", action="store_false",
                     help="MTA without delivery.separate_process (the operator renders it on: receiving and "
                     "delivering in two processes, as the pods run)")
     args = ap.parse_args()
+    sizes = [args.size] if args.size else [int(x) for x in args.sizes.split(",") if x.strip()]
     for exe in (SMTP_SOURCE, SMTP_SINK, "/usr/sbin/postfix"):
         if not Path(exe).exists():
             print(f"{exe} missing: run scripts/install-system-deps.sh", file=sys.stderr)
@@ -323,36 +337,59 @@ def main() -> int:
     procs = Processes()
     base = Path(tempfile.mkdtemp(prefix="mta-bench-", dir="/var/tmp"))
     base.chmod(0o755)  # Postfix daemons run as user postfix and must reach their queue directory
-    results: dict[str, list[dict[str, float]]] = {"mta": [], "postfix": []}
+    results: dict[tuple[int, str], list[dict[str, float]]] = {}
     sides = [args.only] if args.only else ["mta", "postfix"]
+    if args.ceiling:
+        sides.append("ceiling")
     try:
-        for rnd in range(args.rounds):
-            for side in sides:
-                r = measure(procs, side, base / f"{side}-{rnd}", args)
-                results[side].append(r)
-                print(json.dumps({"round": rnd + 1, "side": side, **r}), flush=True)
+        for size in sizes:
+            for rnd in range(args.rounds):
+                for side in sides:
+                    r = measure(procs, side, base / f"{size}-{side}-{rnd}", args, size)
+                    results.setdefault((size, side), []).append(r)
+                    print(json.dumps({"size": size, "round": rnd + 1, "side": side, **r}), flush=True)
     finally:
         procs.stop_all()
         shutil.rmtree(base, ignore_errors=True)
-
-    def med(side: str, key: str = "msgs_per_s") -> float:
-        vals = [r[key] for r in results[side]]
-        return round(statistics.median(vals), 1) if vals else 0.0
-
-    out: dict[str, Any] = {"mta_msgs_per_s": med("mta"), "postfix_msgs_per_s": med("postfix")}
-    # Each round runs the two sides back to back, so the ratio is taken per round (the machine's load drifts
-    # between rounds) and the median of those is reported.
-    pairs = [m["msgs_per_s"] / p["msgs_per_s"] for m, p in zip(results["mta"], results["postfix"], strict=False)]
-    out["ratio"] = round(statistics.median(pairs), 2) if pairs else None
-    out["ratio_per_round"] = [round(x, 2) for x in pairs]
-    out.update({"mta_accept_msgs_per_s": med("mta", "accept_msgs_per_s"),
-                "postfix_accept_msgs_per_s": med("postfix", "accept_msgs_per_s"),
-                "mta_separate_process": args.separate_process,
-                "messages": args.messages, "sessions": args.sessions, "size": args.size, "rounds": args.rounds,
-                "mta_runs": [r["msgs_per_s"] for r in results["mta"]],
-                "postfix_runs": [r["msgs_per_s"] for r in results["postfix"]]})
+    per_size = {size: summarize(results, size, args.rounds) for size in sizes}
+    for size, summary in per_size.items():
+        print(json.dumps({"size": size, **summary}), flush=True)
+    ratios = {str(size): s["ratio"] for size, s in per_size.items() if s["ratio"] is not None}
+    shares = {str(size): s["ceiling_share"] for size, s in per_size.items() if s["ceiling_share"] is not None}
+    out: dict[str, Any] = {
+        "ratio_min": min(ratios.values()) if ratios else None,
+        "ratios": ratios,
+        # our end-to-end rate as a share of smtp-source -> smtp-sink directly, at the smallest size
+        "ceiling_share": shares.get(str(min(sizes))),
+        "ceiling_shares": shares,
+        "mta_msgs_per_s": {str(size): s["mta_msgs_per_s"] for size, s in per_size.items()},
+        "postfix_msgs_per_s": {str(size): s["postfix_msgs_per_s"] for size, s in per_size.items()},
+        "ceiling_msgs_per_s": {str(size): s["ceiling_msgs_per_s"] for size, s in per_size.items()},
+        "mta_separate_process": args.separate_process, "messages": args.messages, "sessions": args.sessions,
+        "rounds": args.rounds, "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
     print(json.dumps(out), flush=True)
     return 0
+
+
+def summarize(results: dict[tuple[int, str], list[dict[str, float]]], size: int, rounds: int) -> dict[str, Any]:
+    """Medians for one size. Each round runs the sides back to back, so the ratio is taken per round (the
+    machine's load drifts between rounds) and the median of those is reported."""
+
+    def runs(side: str) -> list[float]:
+        return [r["msgs_per_s"] for r in results.get((size, side), [])]
+
+    def med(side: str) -> float | None:
+        vals = runs(side)
+        return round(statistics.median(vals), 1) if vals else None
+
+    pairs = [m / p for m, p in zip(runs("mta"), runs("postfix"), strict=False) if p]
+    shares = [m / c for m, c in zip(runs("mta"), runs("ceiling"), strict=False) if c]
+    return {"mta_msgs_per_s": med("mta"), "postfix_msgs_per_s": med("postfix"), "ceiling_msgs_per_s": med("ceiling"),
+            "ratio": round(statistics.median(pairs), 2) if pairs else None,
+            "ratio_per_round": [round(x, 2) for x in pairs],
+            "ceiling_share": round(statistics.median(shares), 3) if shares else None,
+            "mta_runs": runs("mta"), "postfix_runs": runs("postfix"), "rounds": rounds}
 
 
 if __name__ == "__main__":
