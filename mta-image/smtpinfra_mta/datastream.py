@@ -19,6 +19,7 @@ to them. No I/O here: the protocol feeds chunks and acts on what comes back.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 _END = b"\r\n.\r\n"
@@ -119,3 +120,22 @@ def parse_bdat(arg: str) -> tuple[int, bool] | None:
     if len(parts) == 2 and parts[1].upper() != "LAST":
         return None
     return int(parts[0]), len(parts) == 2
+
+
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+def normalize_line_endings(content: bytes) -> bytes:
+    """Every bare CR or LF made a CRLF, and a final CRLF ensured, so no next hop can split lines (or find an
+    end of data) where we did not. Three ``bytes.count`` calls show the common case needs no rewrite."""
+    crlf = content.count(b"\r\n")
+    if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+        content = _LINE_ENDINGS.sub(b"\r\n", content)
+    return content if content.endswith(b"\r\n") else content + b"\r\n"
+
+
+def encode_for_data(content: bytes) -> bytes:
+    """What follows a DATA command's 354: normalized lines, a dot doubled at the start of each line that has
+    one, and the end-of-data line (RFC 5321 4.5.2)."""
+    stuffed = (b"\r\n" + normalize_line_endings(content)).replace(b"\r\n.", b"\r\n..")
+    return stuffed[2:] + b".\r\n"

@@ -10,8 +10,16 @@ import ssl
 from dataclasses import dataclass, field
 
 import aiosmtplib
-from aiosmtplib.errors import SMTPException, SMTPResponseException, SMTPServerDisconnected, SMTPTimeoutError
+from aiosmtplib.errors import (
+    SMTPDataError,
+    SMTPException,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
 from aiosmtplib.response import SMTPResponse
+
+from smtpinfra_mta.datastream import encode_for_data, normalize_line_endings
 
 
 @dataclass(frozen=True)
@@ -140,9 +148,9 @@ class OutboundConnection:
                 return result
             try:
                 if self.smtp.supports_extension("chunking"):
-                    resp = await self._bdat_last(content)
+                    resp = await self._bdat_last(normalize_line_endings(content))
                 else:
-                    resp = await self.smtp.data(content)
+                    resp = await self._data(content)
                 reply = Reply(resp.code, resp.message)
             except SMTPResponseException as exc:
                 reply = Reply(exc.code, exc.message)
@@ -160,23 +168,33 @@ class OutboundConnection:
                 result.per_rcpt.setdefault(r, Reply(451, f"4.3.0 local error composing the transaction: {exc}"))
         return result
 
-    async def _bdat_last(self, content: bytes) -> SMTPResponse:
-        """The whole message as one ``BDAT <size> LAST`` chunk (RFC 3030): its bytes go out as they are,
-        without the per-line dot-stuffing and line-ending rewrite of DATA, and without waiting for a 354.
+    async def _data(self, content: bytes) -> SMTPResponse:
+        """DATA with the message encoded by bytes operations (:func:`encode_for_data`) instead of aiosmtplib's
+        two regular-expression passes over every byte, a large share of delivery's CPU at 20-100 KB."""
+        resp = await self.smtp.execute_command(b"DATA")
+        if resp.code != 354:
+            raise SMTPDataError(resp.code, resp.message)
+        return await self._write_and_read(encode_for_data(content))
 
-        aiosmtplib has no BDAT, so the command and the message are written on its protocol and the one
-        reply read from it; nothing else is in flight on this connection meanwhile.
-        """
+    async def _write_and_read(self, *parts: bytes) -> SMTPResponse:
+        """Write ``parts`` on aiosmtplib's protocol and read the one reply (nothing else is in flight)."""
         proto = self.smtp.protocol
         if proto is None:
             raise SMTPServerDisconnected("Connection lost")
         try:
-            proto.write(b"BDAT %d LAST\r\n" % len(content))
-            proto.write(content)
+            for part in parts:
+                proto.write(part)
             return await proto.read_response(timeout=self.smtp.timeout)
         except (SMTPServerDisconnected, SMTPTimeoutError):
             self.smtp.close()  # as aiosmtplib does after a failed DATA: the session is out of step
             raise
+
+    async def _bdat_last(self, content: bytes) -> SMTPResponse:
+        """The whole message as one ``BDAT <size> LAST`` chunk (RFC 3030): no dot-stuffing, no 354 round trip.
+
+        aiosmtplib has no BDAT, so the command and the message are written on its protocol.
+        """
+        return await self._write_and_read(b"BDAT %d LAST\r\n" % len(content), content)
 
     async def _rset(self, result: SendResult) -> None:
         try:

@@ -104,6 +104,7 @@ class RecordingProxy:
         self.listen, self.target = listen, target
         self.sent = bytearray()
         self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -113,6 +114,10 @@ class RecordingProxy:
         self._server = await asyncio.start_server(self._session, *self.listen)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
         up_r, up_w = await asyncio.open_connection(*self.target)
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bool) -> None:
@@ -129,6 +134,9 @@ class RecordingProxy:
         async def _stop() -> None:
             if self._server is not None:
                 self._server.close()
+            for task in list(self._sessions):
+                task.cancel()
+            await asyncio.gather(*self._sessions, return_exceptions=True)
         asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtpinfra_mta.datastream import DataDecoder
+from smtpinfra_mta.datastream import DataDecoder, encode_for_data, normalize_line_endings
 
 LIMIT = 1001
 
@@ -110,3 +111,17 @@ def test_many_lines_in_one_chunk() -> None:
     fed = DataDecoder(LIMIT).feed(stream)
     assert fed.done
     assert fed.data == b"".join(x[1:] if x.startswith(b".") else x for x in lines)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_pieces, max_size=60).map(b"".join))
+def test_data_encoding_matches_aiosmtplib_and_decodes_back(content: bytes) -> None:
+    """Our DATA encoding sends what aiosmtplib's did (bare CR/LF made CRLF, leading dots doubled), and our
+    receiving side turns it back into the normalized message."""
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(content)) + b".\r\n"
+    encoded = encode_for_data(content)
+    assert encoded == expected
+    assert normalize_line_endings(content) == normalize_message_line_endings(content)
+    fed = DataDecoder(1 << 20).feed(encoded)
+    assert fed.done and fed.rest == b""
+    assert fed.data == normalize_message_line_endings(content)
