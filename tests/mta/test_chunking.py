@@ -9,7 +9,7 @@ import pytest
 
 from smtpinfra_mta.datastream import parse_bdat
 
-from .conftest import MTA_ADDR, RunningMta, Sink, swaks
+from .conftest import MTA_ADDR, RunningMta, Sink, swaks, wait_for
 from .rawsmtp import RawClient, start_relay
 
 pytestmark = pytest.mark.mta
@@ -123,3 +123,19 @@ def test_malformed_bdat_closes_the_session(relay_mta: tuple[RunningMta, Sink]) -
 ])
 def test_parse_bdat(arg: str, expected: Any) -> None:
     assert parse_bdat(arg) == expected
+
+
+def test_memory_of_a_dropped_bdat_transfer_is_given_back(relay_mta: tuple[RunningMta, Sink]) -> None:
+    """A client that hangs up between chunks leaves nothing counted against the DATA memory ceiling."""
+    mta, sink = relay_mta
+    c = _session(mta)
+    assert c.cmd(b"MAIL FROM:<a@partner.test>").startswith(b"250")
+    assert c.cmd(b"RCPT TO:<u@internal.test>").startswith(b"250")
+    chunk = HEAD + (b"z" * 70 + b"\r\n") * 700
+    c.sock.sendall(f"BDAT {len(chunk)}\r\n".encode() + chunk)
+    assert c.reply().startswith(b"250 2.0.0")
+    assert mta.app.data_memory.used >= len(chunk)
+    c.sock.close()
+    wait_for(lambda: mta.app.data_memory.used == 0)
+    assert mta.app.spool.queued_ids() == []
+    assert sink.messages() == []
