@@ -69,13 +69,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.startup()
 async def ensure_peering_object(**_: Any) -> None:
-    """Create the ClusterKopfPeering object when peering is on and it is missing.
+    """Start watching the peering (the gate every queue asks), and create its object when missing.
 
     Kopf only patches that object; when it does not exist, the keep-alives fail silently and
     every replica believes it is alone, so they would all reconcile. The CRD comes with the chart.
     """
     from . import kube, peering
 
+    peering.gate().start()
     me = peering.current()
     if me is not None:
         await kube.create_if_absent({"apiVersion": peering.PEERING_GROUP, "kind": "ClusterKopfPeering",
@@ -118,15 +119,17 @@ def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: 
     """
     from . import (
         handlers,  # noqa: F401  (registration side effect)
+        kube,
         peering,
     )
 
     identity = peering.own_identity()
     if standalone:
-        peering.configure(None)
+        gate = peering.configure(None)
     else:
         priority = peering.default_priority(identity) if priority is None else priority
-        peering.configure(peering.Peering(name=peering_name, identity=identity, priority=priority))
+        gate = peering.configure(peering.Peering(name=peering_name, identity=identity, priority=priority))
+    kube.identify(identity, None if standalone else gate.may_write)
 
     kopf.configure(debug=os.environ.get("SMTP_INFRA_DEBUG") == "1", log_format=kopf.LogFormat.FULL, log_refkey="object")
     if not standalone:

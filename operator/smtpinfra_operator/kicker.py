@@ -6,6 +6,11 @@ dirty; a small pool of workers reconciles each dirty key once, `delay` after its
 however often it was kicked meanwhile. Keys are taken oldest first and a few at a time, so one
 slow reconcile (or a resync of everything) does not hold up the rest. Timers still re-derive
 everything, so a lost kick only delays, never loses, a change.
+
+Every key asks the peering gate before it runs: while another replica is active the key is
+parked, not run and not dropped, and parked keys run as soon as this replica becomes active.
+Whatever kicked it (Kopf's watch, an informer of children or pods, a related kind, the resync),
+a paused replica makes no request on its behalf.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
+
+from . import kube, peering
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +41,16 @@ class Kicker(Generic[K]):
     BACKGROUND_CONCURRENCY = 2
     """Background reconciles (the periodic resync) in flight at once, whatever the concurrency."""
 
+    PARKED_POLL = 1.0
+    """How often parked keys ask the gate again (a look at memory, no request)."""
+
     def __init__(self, reconcile: Callable[[K], Awaitable[object]], delay: float = 0.3,
-                 concurrency: int = 4) -> None:
+                 concurrency: int = 4, paused: Callable[[], bool] = peering.paused_now) -> None:
         self._reconcile = reconcile
+        self._paused = paused
+        self._parked: dict[K, None] = {}
+        """Keys that came due while this replica was paused; they run when it is active."""
+        self._unparker: asyncio.Task[None] | None = None
         self._delay = delay
         self._concurrency = concurrency
         self._pending: dict[K, float] = {}
@@ -73,8 +87,27 @@ class Kicker(Generic[K]):
             task.add_done_callback(self._workers.discard)
 
     def pending(self) -> int:
-        """How many keys wait for a reconcile."""
-        return len(self._pending) + len(self._background)
+        """How many keys wait for a reconcile (parked ones included)."""
+        return len(self._pending) + len(self._background) + len(self._parked)
+
+    def parked(self) -> int:
+        """How many keys wait for this replica to become active."""
+        return len(self._parked)
+
+    def _park(self, key: K) -> None:
+        if not self._parked:
+            log.info("reconciles wait: another replica of the peering is active (first: %s)", key)
+        self._parked[key] = None
+        if self._unparker is None or self._unparker.done():
+            self._unparker = asyncio.get_running_loop().create_task(self._unpark())
+
+    async def _unpark(self) -> None:
+        while self._parked:
+            await asyncio.sleep(self.PARKED_POLL)
+            if not self._paused():
+                keys, self._parked = list(self._parked), {}
+                for key in keys:
+                    self.kick(key, delay=0.0)
 
     def _next(self, now: float) -> tuple[K, float]:
         key, due = next(iter(self._pending.items()))
@@ -113,8 +146,13 @@ class Kicker(Generic[K]):
             await asyncio.sleep(wait)
 
     async def _run(self, key: K) -> None:
+        if self._paused():
+            self._park(key)
+            return
         try:
             await self._reconcile(key)
+        except kube.Paused:  # the gate closed while it ran: the rest waits for this replica's turn
+            self._park(key)
         except Exception:  # one bad object must not stop the others
             failures = self._failures.get(key, 0) + 1
             if failures <= self.RETRIES:

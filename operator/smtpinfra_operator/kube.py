@@ -36,9 +36,9 @@ FIELD_MANAGER = "smtp-infra-operator"
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ApiException", "KindNotFound", "apply", "create", "create_if_absent", "delete", "find_cached", "get",
-    "get_cached", "kind_exists", "list_cached", "list_objects", "remember", "request", "track_applied",
-    "watch_cached",
+    "ApiException", "KindNotFound", "Paused", "apply", "create", "create_if_absent", "delete", "find_cached",
+    "get", "get_cached", "identify", "informer", "kind_exists", "list_cached", "list_objects", "remember",
+    "request", "track_applied", "watch_cached",
 ]
 
 # (apiVersion, kind) → (plural, namespaced) for the kinds the operator reads and writes.
@@ -56,6 +56,7 @@ _KNOWN: dict[tuple[str, str], tuple[str, bool]] = {
     ("smtpinfra.com/v1alpha1", "WarmupPlan"): ("warmupplans", False),
     ("smtpinfra.com/v1alpha1", "Tenant"): ("tenants", False),
     ("smtpinfra.com/v1alpha1", "Campaign"): ("campaigns", True),
+    ("kopf.dev/v1", "ClusterKopfPeering"): ("clusterkopfpeerings", False),
 }
 ABSENT_KIND_SECONDS = 30.0
 """How long a kind found missing (e.g. ServiceMonitor before the Prometheus operator is installed) stays missing."""
@@ -70,8 +71,37 @@ CONNECTIONS = 56
 informers' watches, so a burst does not open (TLS handshake) and discard a connection per request."""
 
 
+USER_AGENT = "smtp-infra-operator"
+
+
+class Paused(ApiException):
+    """A write refused before it was sent: another replica of the peering is active."""
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(status=0, reason=f"{method} {path} not sent: this replica is paused (peering)")
+
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+WriteGuard = Callable[[str], bool]
+"""Called with a write's path; True when the write may be sent."""
+
+
+class _OperatorClient(client.ApiClient):
+    """The kubernetes-client ApiClient with what every request of this operator shares: its user
+    agent (`smtp-infra-operator/<identity>`, so audit logs tell replicas apart) and the peering's
+    write guard, asked before any request that is not a read."""
+
+    may_write: WriteGuard | None = None
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        """Every request of this client passes here, whichever API class made it."""
+        if method.upper() not in READ_METHODS and self.may_write is not None and not self.may_write(url):
+            raise Paused(method, url)
+        return super().call_api(method, url, *args, **kwargs)
+
+
 @functools.cache
-def api_client() -> client.ApiClient:
+def api_client() -> _OperatorClient:
     """A client configured from the in-cluster ServiceAccount or KUBECONFIG."""
     configuration = client.Configuration()
     try:
@@ -79,18 +109,34 @@ def api_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     configuration.connection_pool_maxsize = CONNECTIONS
-    return client.ApiClient(configuration)
+    api = _OperatorClient(configuration)
+    api.user_agent = USER_AGENT
+    return api
+
+
+def identify(identity: str, may_write: WriteGuard | None = None) -> None:
+    """Name this replica in every request's User-Agent, and install the peering's write guard.
+
+    The guard is the last line of the peering rule (the queues ask first): a paused replica
+    sends no write of any kind, whichever code path tried one.
+    """
+    api = api_client()
+    api.user_agent = f"{USER_AGENT}/{identity}"
+    api.may_write = may_write
 
 
 def request(method: str, path: str, *, query: list[tuple[str, str]] | None = None, body: Any = None,
             content_type: str = "application/json", accept: str = "application/json") -> Any:
-    """One REST call; the decoded JSON body, or ApiException for any non-2xx status."""
+    """One REST call; the decoded JSON body, or ApiException for any non-2xx status.
+
+    A write while the peering's guard says no raises `Paused` without a request (`_OperatorClient`).
+    """
     api = api_client()
     request = api.param_serialize(method, path, query_params=query or [],
                                   header_params={"Accept": accept, "Content-Type": content_type},
                                   body=body, auth_settings=["BearerToken"])
     response = api.call_api(*request)
-    data = response.read()  # type: ignore[no-untyped-call]
+    data = response.read()
     if not 200 <= response.status <= 299:
         raise ApiException(http_resp=response)
     return json.loads(data) if data else None
@@ -177,8 +223,10 @@ _CACHED_METADATA = ("name", "namespace", "uid", "labels", "creationTimestamp", "
                     "resourceVersion", "generation", "ownerReferences")
 
 
-_STATUS_KEPT = {"Tenant"}
-"""Kinds whose status the informer keeps (minus Kopf's bookkeeping): small, and read by every reconcile."""
+_STATUS_KEPT = {"Tenant", "IpPool", "ClusterKopfPeering"}
+"""Kinds whose status the informer keeps (minus Kopf's bookkeeping): small, and read by every reconcile
+(an IpPool's status holds its assignment, which the servers read; a peering's status is the
+replicas' keep-alives, which decide whether this replica may write)."""
 
 
 OWN_ANNOTATION_PREFIX = "smtpinfra.com/"
@@ -316,11 +364,20 @@ class Informer:
         return f"application/json;as={what};g=meta.k8s.io;v=v1,application/json" if self.metadata_only \
             else "application/json"
 
+    def _typed(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """A listed item with its apiVersion and kind: a list's items carry neither (only the list
+        does), and what the informer keeps depends on the kind (a pod's readiness, a Tenant's status).
+        Without them, an operator that had just started kept pods without their status and
+        annotations, and reported every Ready server as `PodsNotReady 0/N` until each pod changed."""
+        obj.setdefault("apiVersion", self.api_version)
+        obj.setdefault("kind", self.kind)
+        return obj
+
     def _list(self) -> str:
         query = [("labelSelector", self.selector)] if self.selector else []
         listing = request("GET", _path(self.api_version, self.kind, self.namespace), query=query,
                           accept=self._accept("PartialObjectMetadataList"))
-        store = {self._key(o): self._keep(o) for o in listing["items"]}
+        store = {self._key(o): self._keep(self._typed(o)) for o in listing["items"]}
         with self._lock:
             gone = [o for k, o in self._store.items() if k not in store]
             self._store = store
@@ -341,7 +398,7 @@ class Informer:
                                    auth_settings=["BearerToken"])
         response = api.call_api(*call, _request_timeout=(10, WATCH_SECONDS + 30))
         if response.status != 200:
-            response.read()  # type: ignore[no-untyped-call]
+            response.read()
             raise ApiException(http_resp=response)
         buffer = b""
         for chunk in response.response.stream(65536):
@@ -411,6 +468,11 @@ async def list_cached(api_version: str, kind: str, namespace: str | None = None,
     if not informer.synced.is_set() and not await asyncio.to_thread(informer.synced.wait, 30.0):
         return await list_objects(api_version, kind, namespace, label_selector)
     return informer.items()
+
+
+def informer(api_version: str, kind: str, label_selector: str | None = None) -> Informer:
+    """The kind's cluster-wide informer (started on first use); `synced` tells when it has listed."""
+    return _informer((api_version, kind, None, label_selector))
 
 
 def watch_cached(api_version: str, kind: str, listener: Listener, label_selector: str | None = None) -> None:

@@ -1,9 +1,10 @@
 """Which replica is active when several run with Kopf peering.
 
 Kopf pauses its own watch streams in favour of a live peer with a higher (or the same)
-priority, but our resync loop and kickers run beside Kopf, not through it. This module applies
-Kopf's rule to them: read the ClusterKopfPeering object and stay quiet while another live peer
-has a priority >= ours. Identities and priorities are fixed at start (`configure`).
+priority, but our queues, informers and resync loop run beside Kopf, not through it. This module
+applies Kopf's rule to them: watch the ClusterKopfPeering object and stay quiet while another live
+peer has a priority >= ours. Every queue asks the gate before it runs a key, and the Kubernetes
+client asks it before any write. Identities and priorities are fixed at start (`configure`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ class Peering:
     priority: int
 
 
-_current: Peering | None = None
-
-
 def own_identity() -> str:
     """POD_ID (the Downward API pod name) when set, else user@host/pid, as Kopf would derive it."""
     pod = os.environ.get("POD_ID")
@@ -57,15 +55,73 @@ def default_priority(identity: str | None = None) -> int:
     return 1 + zlib.crc32(seed.encode()) % 1_000_000
 
 
-def configure(peering: Peering | None) -> None:
-    """Record this replica's peering (None: standalone, always active)."""
-    global _current
-    _current = peering
+class Gate:
+    """Whether this replica may reconcile and write now, by Kopf's rule, from a watch of the peering.
+
+    The ClusterKopfPeering object (the replicas' keep-alives) is held by an informer, so the
+    decision is a look at memory, not a GET per reconcile, and it is taken again at every call:
+    a peer's keep-alive expires with time alone, without any event. Until the informer has listed
+    (or while the object is missing) a peered replica counts as paused: it cannot know better.
+    Standalone (`me` None) is always active.
+    """
+
+    def __init__(self, me: Peering | None) -> None:
+        self.me = me
+        self._informer: kube.Informer | None = None
+
+    def start(self) -> None:
+        """Start watching the peering object (no-op standalone)."""
+        if self.me is not None and self._informer is None:
+            self._informer = kube.informer(PEERING_GROUP, "ClusterKopfPeering")
+
+    def blockers(self, now: datetime | None = None) -> list[str] | None:
+        """Live peers that make us pause; None when the peering cannot be read yet."""
+        if self.me is None:
+            return []
+        if self._informer is None or not self._informer.synced.is_set():
+            return None
+        body = self._informer.get("", self.me.name)
+        if body is None:
+            return None
+        return blocking_peers(body.get("status") or {}, self.me, now)
+
+    def paused(self) -> bool:
+        """Whether another replica is active (or we cannot tell yet): then nothing may be written."""
+        return self.blockers() != []
+
+    def may_write(self, path: str) -> bool:
+        """The write guard `kube.identify` installs: only the peering's own coordination passes while paused.
+
+        Kopf's keep-alives (and the create of a missing peering object) are how replicas agree on
+        who works; they are not reconciliation, so they are the one resource exempt.
+        """
+        return "/clusterkopfpeerings" in path or not self.paused()
+
+
+_gate = Gate(None)
+"""The gate `configure` sets once at start-up (standalone until then)."""
+
+
+def configure(peering: Peering | None) -> Gate:
+    """Record this replica's peering (None: standalone, always active); returns its gate."""
+    global _gate
+    _gate = Gate(peering)
+    return _gate
+
+
+def gate() -> Gate:
+    """This replica's gate."""
+    return _gate
 
 
 def current() -> Peering | None:
     """This replica's peering, if any."""
-    return _current
+    return _gate.me
+
+
+def paused_now() -> bool:
+    """Whether this replica must leave reconciling to another one right now (no I/O)."""
+    return _gate.paused()
 
 
 def blocking_peers(status: dict[str, Any], me: Peering, now: datetime | None = None) -> list[str]:
@@ -86,19 +142,9 @@ def blocking_peers(status: dict[str, Any], me: Peering, now: datetime | None = N
 
 
 async def paused() -> bool:
-    """Whether this replica must leave reconciling to another one right now."""
-    me = _current
-    if me is None:
-        return False
-    try:
-        body = await kube.get(PEERING_GROUP, "ClusterKopfPeering", me.name)
-    except (kube.ApiException, kube.KindNotFound, OSError) as error:
-        log.warning("cannot read peering %s (%s); not reconciling until it can be read", me.name, error)
-        return True
-    blockers = blocking_peers((body or {}).get("status") or {}, me)
-    if blockers:
-        log.debug("paused in favour of %s", blockers)
-    return bool(blockers)
+    """`paused_now` for async callers (kept for the resync loop)."""
+    return paused_now()
 
 
-__all__ = ["Peering", "blocking_peers", "configure", "current", "default_priority", "own_identity", "paused"]
+__all__ = ["Gate", "Peering", "blocking_peers", "configure", "current", "default_priority", "gate", "own_identity",
+           "paused", "paused_now"]

@@ -88,7 +88,7 @@ _STATE_VERSION = 1
 # Everything up creates in a state dir (down --purge refuses to delete anything else).
 _STATE_ENTRIES = frozenset(
     {".lock", "state.json", "kubeconfig", "kubeconfigs", "pki", "etcd", "logs", "kwok-home", "kwok-stages.yaml",
-     POD_RUNNER, *COMPONENTS}
+     "audit-policy.yaml", POD_RUNNER, *COMPONENTS}
 )
 _KUBECONFIG_EXTENSION = "smtp-infra-testenv"
 
@@ -250,6 +250,11 @@ class ControlPlane:
         """``kubectl get ARGS -o json``, parsed (a List for collections, the object otherwise)."""
         ns = ["--namespace", namespace] if namespace else []
         return json.loads(self.kubectl("get", *args, *ns, "-o", "json").stdout)
+
+    @property
+    def audit_log(self) -> Path | None:
+        """The API server's audit log (None for an attached cluster this module did not start)."""
+        return self.state_dir / AUDIT_LOG if self.state_dir is not None else None
 
     def env(self) -> dict[str, str]:
         """Environment for child processes (operator, helm) that should use this cluster."""
@@ -591,6 +596,28 @@ def _kwok_stages(sd: Path) -> Path:
     return sd / "kwok-stages.yaml"
 
 
+AUDIT_LOG = Path("logs") / "audit.log"
+"""The API server's audit log in the state dir: one JSON line per request (Metadata level), with
+the client's user agent, so tests and benches count the requests a component made."""
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        # Node heartbeats and health probes: many, and nobody's requests worth counting.
+        {"level": "None", "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}]},
+        {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/version"]},
+        {"level": "Metadata"},
+    ],
+}
+
+
+def _audit_policy(sd: Path) -> Path:
+    path = sd / "audit-policy.yaml"
+    _write(path, yaml.safe_dump(AUDIT_POLICY), 0o644)
+    return path
+
+
 def _command_lines(sd: Path, bin_dir: Path, st: _State, pki: pkimod.Pki) -> dict[str, list[str]]:
     """The exact flags of every component (the one place to read how the cluster is configured)."""
     p = st.ports
@@ -644,6 +671,12 @@ def _command_lines(sd: Path, bin_dir: Path, st: _State, pki: pkimod.Pki) -> dict
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
             "--profiling=false",
+            f"--audit-policy-file={_audit_policy(sd)}",
+            f"--audit-log-path={sd / AUDIT_LOG}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+            "--audit-log-maxsize=200",
+            "--audit-log-maxbackup=1",
         ],
         "kube-controller-manager": [
             b["kube-controller-manager"],

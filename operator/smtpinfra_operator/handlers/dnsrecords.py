@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import ValidationError
 
-from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
+from smtpinfra_api.meta import GROUP, VERSION
 from smtpinfra_api.v1alpha1 import (
     DkimAlgorithm,
     DnsProvider,
@@ -72,6 +72,7 @@ from ..dns import (
 )
 from ..dns.records import normalize_name, reverse_name, zone_of
 from ..statuswriter import custom_objects_api, post_event
+from .ippool import note_ptr_checks
 
 log = logging.getLogger(__name__)
 
@@ -397,33 +398,6 @@ def _check_rfc2136(provider: Rfc2136Provider, owner: str, records: list[Record],
     return result, checks, ptr
 
 
-async def _update_ptr_ok(pools: Iterable[str], ptr_ok: dict[str, bool]) -> None:
-    """Write `ptrOk` per address into the IpPool status, under the pool's reconcile lock.
-
-    `ippool.address_status` keeps the previous ptrOk, so writing it here (with the pool
-    reconcile excluded and the status read fresh) cannot be overwritten by a stale reconcile.
-    """
-    from . import ippool
-
-    if not ptr_ok:
-        return
-    for pool in pools:
-        async with ippool._locks(pool):
-            body = await kube.get(API_VERSION, "IpPool", pool)
-            entries = [dict(e) for e in ((body or {}).get("status") or {}).get("addresses") or []]
-            changed = False
-            for entry in entries:
-                value = ptr_ok.get(entry.get("address", ""))
-                if value is not None and entry.get("ptrOk") != value:
-                    entry["ptrOk"] = value
-                    changed = True
-            if body is None or not changed:
-                continue
-            api = custom_objects_api()
-            await asyncio.to_thread(api.patch_cluster_custom_object_status, GROUP, VERSION, "ippools", pool,
-                                    {"status": {"addresses": entries}})
-
-
 async def _reconcile_rfc2136(body: Mapping[str, Any], spec: SmtpServerSpec, inputs: DnsInputs,
                              server: ServerInputs) -> DnsReport:
     rfc = spec.dns.rfc2136
@@ -457,7 +431,7 @@ async def _reconcile_rfc2136(body: Mapping[str, Any], spec: SmtpServerSpec, inpu
         if r.rtype == "PTR" and r.name not in desired_names:  # a retired address: its PTR is gone now
             ptr_ok.setdefault(str(dns.reversename.to_address(dns.name.from_text(r.name))), False)
     if ptr_ok != previous or memo is None:
-        await _update_ptr_ok(spec.ip_pools, ptr_ok)
+        note_ptr_checks(spec.ip_pools, ptr_ok)  # the pools publish them: they own their status
     failures = [message for ok, message in ptr.values() if not ok]
     report = rfc2136_report(where, result, required, checks, failures)
     _memo[uid] = _Memo(fingerprint, time.monotonic(), report, ptr_ok)

@@ -1,11 +1,16 @@
-"""IpPool: assign addresses to the replicas of the SmtpServers that use the pool, report each address."""
+"""IpPool: assign addresses to the replicas of the SmtpServers that use the pool, report each address.
+
+`derive` (pure) turns the pool, the servers and the plan as read into the assignment and the status;
+`reconcile_pool` is the only writer of an IpPool's status. A server's reconcile derives the same
+from the same reads (`read_pool`) and kicks the pool's queue when the pool has something new to
+publish; PTR results from a server's DNS check reach the pool the same way (`note_ptr_checks`).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,16 +77,22 @@ def _warmup_day(started: str | None, now: datetime) -> int:
 
 
 def address_status(spec: IpPoolSpec, pool: str, assignment: Assignment, previous: dict[str, dict[str, Any]],
-                   plan: WarmupPlanSpec | None, now: datetime) -> list[dict[str, Any]]:
-    """Per-address status: PTR name, owner, warm-up day and today's cap (pure)."""
+                   plan: WarmupPlanSpec | None, now: datetime,
+                   ptr_checks: dict[str, bool] | None = None) -> list[dict[str, Any]]:
+    """Per-address status: PTR name, owner, PTR check, warm-up day and today's cap (pure).
+
+    `ptr_checks` are the latest PTR results a server's DNS check found; without one, an address
+    keeps the result it had.
+    """
     out = []
     for index, address in enumerate(expand_addresses(spec.addresses)):
         before = previous.get(address, {})
         entry: dict[str, Any] = {"address": address, "ptrName": ptr_name(spec.ptr_template, address, index, pool),
                                  "listings": before.get("listings", []),
                                  "quarantined": before.get("quarantined", False)}
-        if before.get("ptrOk") is not None:
-            entry["ptrOk"] = before["ptrOk"]
+        ptr_ok = (ptr_checks or {}).get(address, before.get("ptrOk"))
+        if ptr_ok is not None:
+            entry["ptrOk"] = ptr_ok
         owner = assignment.by_address.get(address)
         if owner is not None:
             entry["assignedTo"] = str(owner)
@@ -111,89 +122,34 @@ async def _servers(requesters: Iterable[Requester]) -> list[dict[str, Any]]:
     return cached
 
 
-@dataclass
-class _Batch:
-    """Reconciles of one pool asked for while another one ran: they share the next run."""
-
-    future: asyncio.Future[PoolState | None]
-    requesters: set[Requester] = field(default_factory=set)
-
-
-_next: dict[str, _Batch] = {}
-
-
-async def reconcile_pool(name: str, requester: Requester | None = None) -> PoolState | None:
-    """Re-derive the pool's assignment and status; None when the pool does not exist.
-
-    `requester` is (namespace, name, replicas) of the SmtpServer whose reconcile asks. A burst
-    of 200 new servers used to run 200 pool reconciles one after another under the pool's lock
-    (each a GET, a list and maybe a status write); now every request that arrives while one
-    runs joins the next, which assigns addresses to all of them at once.
-    """
-    batch = _next.get(name)
-    if batch is None:
-        batch = _next[name] = _Batch(asyncio.get_running_loop().create_future())
-        batch.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # waiters may all be gone
-        task = asyncio.get_running_loop().create_task(_run(name, batch))
-        _running.add(task)
-        task.add_done_callback(_running.discard)
-    if requester is not None:
-        batch.requesters.add(requester)
-    return await asyncio.shield(batch.future)
-
-
-_running: set[asyncio.Task[None]] = set()
-
-
-async def _run(name: str, batch: _Batch) -> None:
-    async with _locks(name):
-        if _next.get(name) is batch:
-            del _next[name]  # requests from now on wait for the next run
-        try:
-            result = await _reconcile_pool(name, batch.requesters)
-        except Exception as error:  # every waiter sees the failure
-            batch.future.set_exception(error)
-        except BaseException:  # cancelled: the operator stops
-            batch.future.cancel()
-            raise
-        else:
-            batch.future.set_result(result)
-
-
-async def _reconcile_pool(name: str, requesters: set[Requester]) -> PoolState | None:
-    """One reconcile of the pool, under its lock."""
-    body = await kube.get(API_VERSION, "IpPool", name)
-    if body is None:
-        return None
+def _plan_problem(name: str, plan_body: dict[str, Any] | None) -> tuple[WarmupPlanSpec | None, Outcome | None]:
+    """The pool's warm-up plan, or why it cannot be used (pure)."""
+    if plan_body is None:
+        return None, Outcome(ready=FALSE, reason="WarmupPlanNotFound", stalled=True,
+                             message=f"WarmupPlan {name} not found; addresses will not send until it exists")
     try:
-        spec = IpPoolSpec.model_validate(body.get("spec") or {})
-    except ValidationError as error:
-        await publish(IpPool, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error), stalled=True))
-        return None
-    servers = await _servers(requesters)  # fresh when a requester's replicas may just have changed
+        plan: WarmupPlanSpec | None = WarmupPlanSpec.model_validate(plan_body.get("spec") or {})
+    except ValidationError:
+        plan = None
+    if plan is None or check_plan(plan):
+        return None, Outcome(ready=FALSE, reason="WarmupPlanInvalid", stalled=True,
+                             message=f"WarmupPlan {name} is not valid (see its status)")
+    return plan, None
+
+
+def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[dict[str, Any]],
+           plan_body: dict[str, Any] | None, ptr_checks: dict[str, bool], now: datetime) -> tuple[PoolState, Outcome]:
+    """The pool's assignment, per-address status and Ready outcome from what was read (pure).
+
+    The IpPool controller publishes it; a server's reconcile derives the same from the same reads
+    to learn its addresses without writing the pool's status (one writer per status).
+    """
     replicas = _servers_using(name, servers)
-    previous = {a["address"]: a for a in (body.get("status") or {}).get("addresses", [])}
+    previous = {a["address"]: a for a in status.get("addresses", [])}
     addresses = expand_addresses(spec.addresses)
     assignment = assign(addresses, replicas, {a: p.get("assignedTo", "") for a, p in previous.items()})
-
-    plan: WarmupPlanSpec | None = None
-    problem: Outcome | None = None
-    if spec.warmup_plan:
-        plan_body = await kube.get(API_VERSION, "WarmupPlan", spec.warmup_plan)
-        if plan_body is None:
-            problem = Outcome(ready=FALSE, reason="WarmupPlanNotFound", stalled=True,
-                              message=f"WarmupPlan {spec.warmup_plan} not found; addresses will not send "
-                                      "until it exists")
-        else:
-            try:
-                plan = WarmupPlanSpec.model_validate(plan_body.get("spec") or {})
-            except ValidationError:
-                plan = None
-            if plan is None or check_plan(plan):
-                problem = Outcome(ready=FALSE, reason="WarmupPlanInvalid", stalled=True,
-                                  message=f"WarmupPlan {spec.warmup_plan} is not valid (see its status)")
-                plan = None
-    statuses = address_status(spec, name, assignment, previous, plan, datetime.now(UTC))
+    plan, problem = _plan_problem(spec.warmup_plan, plan_body) if spec.warmup_plan else (None, None)
+    statuses = address_status(spec, name, assignment, previous, plan, now, ptr_checks)
     fields = {"total": len(addresses), "assigned": len(assignment.by_address), "addresses": statuses}
     if problem is not None:
         outcome = Outcome(ready=problem.ready, reason=problem.reason, message=problem.message,
@@ -206,8 +162,77 @@ async def _reconcile_pool(name: str, requesters: set[Requester]) -> PoolState | 
     else:
         outcome = Outcome(ready=TRUE, reason="AddressesAvailable", fields=fields,
                           message=f"{len(assignment.by_address)} of {len(addresses)} addresses assigned")
-    await publish(IpPool, body, outcome)
-    return PoolState(name=name, spec=spec, assignment=assignment, addresses=statuses, problem=problem)
+    return PoolState(name=name, spec=spec, assignment=assignment, addresses=statuses, problem=problem), outcome
+
+
+_ptr_checks: dict[str, dict[str, bool]] = {}
+"""Per pool, the latest PTR (FCrDNS) result per address that a server's DNS check found; the pool's
+own reconcile writes them into its status (`note_ptr_checks`)."""
+
+
+def note_ptr_checks(pools: Iterable[str], ptr_ok: dict[str, bool]) -> None:
+    """A server's DNS reconcile checked its addresses' PTRs: the pools publish it (they own their status)."""
+    if not ptr_ok:
+        return
+    for pool in pools:
+        known = _ptr_checks.setdefault(pool, {})
+        if any(known.get(a) != ok for a, ok in ptr_ok.items()):
+            known.update(ptr_ok)
+            pool_kicker.kick(pool)
+
+
+async def _read(name: str, requesters: Iterable[Requester]) -> tuple[dict[str, Any], IpPoolSpec, PoolState,
+                                                                         Outcome] | None:
+    """Read the pool, its servers and its plan from the informers and derive (no write); None: no pool.
+
+    Raises ValidationError for a pool whose spec does not validate.
+    """
+    body = await kube.get_cached(API_VERSION, "IpPool", name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    spec = IpPoolSpec.model_validate(body.get("spec") or {})
+    servers = await _servers(requesters)
+    plan_body = await kube.get_cached(API_VERSION, "WarmupPlan", spec.warmup_plan) if spec.warmup_plan else None
+    state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body,
+                            _ptr_checks.get(name, {}), datetime.now(UTC))
+    return body, spec, state, outcome
+
+
+async def read_pool(name: str, requester: Requester | None = None) -> PoolState | None:
+    """The pool as a server's reconcile needs it (addresses of its replicas); None when it does not exist.
+
+    Read-only: when what it derives differs from what the pool last published (a new server, new
+    replicas), the pool's own queue is kicked to publish it.
+    """
+    try:
+        found = await _read(name, [requester] if requester else [])
+    except ValidationError:
+        return None
+    if found is None:
+        return None
+    body, _, state, _ = found
+    published = (body.get("status") or {}).get("addresses")
+    if published != state.addresses:
+        pool_kicker.kick(name)
+    return state
+
+
+async def reconcile_pool(name: str) -> PoolState | None:
+    """Re-derive the pool's assignment and publish its status (the one writer of IpPool status)."""
+    async with _locks(name):
+        try:
+            found = await _read(name, [])
+        except ValidationError as error:
+            body = await kube.get_cached(API_VERSION, "IpPool", name)
+            if body is not None:
+                await publish(IpPool, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error),
+                                                    stalled=True))
+            return None
+        if found is None:
+            return None
+        body, _, state, outcome = found
+        await publish(IpPool, body, outcome)
+        return state
 
 
 def server_view(state: PoolState, namespace: str, name: str, replicas: int) -> str:
@@ -237,29 +262,24 @@ def forget_views(namespace: str, name: str) -> None:
         _views.pop(key, None)
 
 
-async def _kick_servers(pool: str, state: PoolState | None, everyone: bool) -> None:
-    """Kick the servers of the pool whose view of it changed (all of them when `everyone`).
-
-    A resync reconciles every pool; kicking every server of a 200-server pool each time
-    re-derived all of them in full at once, in front of new servers.
-    """
-    from .smtpserver import server_kicker
-
-    for server in await kube.list_cached(API_VERSION, "SmtpServer"):
+def stale_views(pool: str, state: PoolState | None, servers: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The servers of `pool` whose last rendered view of it is not `state`'s (every one when it is gone)."""
+    stale = []
+    for server in servers:
         spec = server.get("spec") or {}
         if pool not in spec.get("ipPools", []):
             continue
         namespace, name = server["metadata"]["namespace"], server["metadata"]["name"]
-        if everyone or state is None or _views.get((pool, namespace, name)) != server_view(
+        if state is None or _views.get((pool, namespace, name)) != server_view(
                 state, namespace, name, int(spec.get("replicas", 1))):
-            server_kicker.kick((namespace, name))
+            stale.append((namespace, name))
+    return stale
 
 
-async def _reconcile_and_kick(name: str, everyone: bool = False) -> None:
-    await _kick_servers(name, await reconcile_pool(name), everyone)
-
-
-pool_kicker: Kicker[str] = Kicker(_reconcile_and_kick)
+pool_kicker: Kicker[str] = Kicker(reconcile_pool)
+"""Reconciles of pools: from Kopf's watch of IpPools, the servers that use them (new replicas, PTR
+checks), their warm-up plans and the resync. The servers learn of a new status through their own
+watch of the pools (`smtpserver.start_watches`), not from here."""
 
 
 @kopf.on.resume(GROUP, VERSION, IpPool.plural)
@@ -267,8 +287,8 @@ pool_kicker: Kicker[str] = Kicker(_reconcile_and_kick)
 @kopf.on.update(GROUP, VERSION, IpPool.plural, field="spec")
 @kopf.on.delete(GROUP, VERSION, IpPool.plural, optional=True)
 async def on_pool(name: str, **_: Any) -> None:
-    """A pool appeared or changed: re-assign and let its servers re-render."""
-    await _reconcile_and_kick(name, everyone=True)
+    """A pool appeared, changed or went: re-assign (the servers follow its status)."""
+    pool_kicker.kick(name, delay=0.0)
 
 
 @kopf.on.event(GROUP, VERSION, "warmupplans")

@@ -35,7 +35,7 @@ from ..kicker import Kicker, Locks
 from ..settings import FULL_RESYNC_SECONDS
 from ..statuswriter import post_event_soon, publish
 from . import dnsrecords
-from .ippool import forget_views, note_view, reconcile_pool
+from .ippool import forget_views, note_view, pool_kicker, read_pool, stale_views
 
 log = logging.getLogger(__name__)
 _locks: Locks[tuple[str, str]] = Locks()
@@ -188,7 +188,7 @@ async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
     addresses: dict[int, list[SourceAddress]] = {i: [] for i in range(spec.replicas)}
     shortfall: list[str] = []
     for pool_name in spec.ip_pools:
-        state = await reconcile_pool(pool_name, (owner.namespace, owner.name, spec.replicas))
+        state = await read_pool(pool_name, (owner.namespace, owner.name, spec.replicas))
         if state is None:
             raise MissingReference("IpPoolNotFound", f"IpPool {pool_name} (spec.ipPools) not found")
         note_view(state, owner.namespace, owner.name, spec.replicas)
@@ -513,6 +513,25 @@ async def start_watches(**_: Any) -> None:
 
     kube.watch_cached("v1", "Pod", on_pod, label_selector=workload.MTA_SELECTOR)
 
+    def on_pool(type_: str, pool: dict[str, Any]) -> None:  # runs in the informer's thread
+        loop.call_soon_threadsafe(pool_follow_kicker.kick, pool["metadata"]["name"])
+
+    kube.watch_cached(API_VERSION, "IpPool", on_pool)
+
+
+async def _follow_pool(pool: str) -> None:
+    """A pool's spec or published status changed: re-render the servers whose addresses, names or caps did.
+
+    The pool's controller alone writes its status; this is how the servers hear of it (a read,
+    then keys on the servers' queue), without the pool knowing about servers.
+    """
+    state = await read_pool(pool)
+    for key in stale_views(pool, state, await kube.list_cached(API_VERSION, "SmtpServer")):
+        server_kicker.kick(key)
+
+
+pool_follow_kicker: Kicker[str] = Kicker(_follow_pool)
+
 
 _seen_generation: dict[Key, int | None] = {}
 """Per SmtpServer, the generation last reconciled from an event."""
@@ -547,8 +566,6 @@ async def on_server_event(namespace: str | None, name: str, body: kopf.Body, typ
 
 async def _free_addresses(spec: Mapping[str, Any]) -> None:
     """Children go by garbage collection; the pools free the server's addresses."""
-    from .ippool import pool_kicker
-
     for pool in spec.get("ipPools", []):
         pool_kicker.kick(pool)
 

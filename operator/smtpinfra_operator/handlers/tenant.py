@@ -19,6 +19,7 @@ from ..builders.keys import generate_password
 from ..conditions import FALSE, TRUE, Outcome, get_condition
 from ..kicker import Kicker, Locks
 from ..statuswriter import publish
+from .smtpserver import server_kicker
 
 log = logging.getLogger(__name__)
 _locks: Locks[str] = Locks()
@@ -193,8 +194,6 @@ async def _kick_servers(*labels: Mapping[str, str] | None) -> None:
     Kicking every server for every tenant event made a burst of N tenants cost N x servers
     reconciles; a server that selects neither label set renders the same config either way.
     """
-    from .smtpserver import server_kicker
-
     label_sets = [dict(ls or {}) for ls in labels]
     for server in await kube.list_cached(API_VERSION, "SmtpServer"):
         if _may_serve(server, label_sets):
