@@ -18,7 +18,7 @@ import kopf
 from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
-from smtpinfra_api.v1alpha1 import IpPool, IpPoolSpec, SmtpServerSpec, WarmupPlanSpec
+from smtpinfra_api.v1alpha1 import AddressStatus, IpPool, IpPoolSpec, SmtpServerSpec, WarmupPlanSpec
 
 from .. import kube
 from ..builders.assignment import Assignment, ReplicaKey, assign, expand_addresses, ptr_name
@@ -87,20 +87,18 @@ def address_status(spec: IpPoolSpec, pool: str, assignment: Assignment, previous
     out = []
     for index, address in enumerate(expand_addresses(spec.addresses)):
         before = previous.get(address, {})
-        entry: dict[str, Any] = {"address": address, "ptrName": ptr_name(spec.ptr_template, address, index, pool),
-                                 "listings": before.get("listings", []),
-                                 "quarantined": before.get("quarantined", False)}
-        ptr_ok = (ptr_checks or {}).get(address, before.get("ptrOk"))
-        if ptr_ok is not None:
-            entry["ptrOk"] = ptr_ok
         owner = assignment.by_address.get(address)
-        if owner is not None:
-            entry["assignedTo"] = str(owner)
+        entry = AddressStatus(address=address, ptr_name=ptr_name(spec.ptr_template, address, index, pool),
+                              listings=before.get("listings", []), quarantined=before.get("quarantined", False),
+                              ptr_ok=(ptr_checks or {}).get(address, before.get("ptrOk")),
+                              assigned_to=str(owner) if owner is not None else None)
         if plan is not None and owner is not None:
             started = before.get("warmupStarted") or now.strftime("%Y-%m-%dT%H:%M:%SZ")
             day = _warmup_day(started, now)
-            entry.update({"warmupStarted": started, "warmupDay": day, "dailyCap": warmup_caps(plan, day)[0]})
-        out.append(entry)
+            entry.warmup_started = datetime.fromisoformat(started.replace("Z", "+00:00"))
+            entry.warmup_day = day
+            entry.daily_cap = warmup_caps(plan, day)[0]
+        out.append(entry.wire())
     return out
 
 

@@ -21,7 +21,14 @@ import kopf
 from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
-from smtpinfra_api.v1alpha1 import SmtpServer, SmtpServerSpec, TenantSpec
+from smtpinfra_api.v1alpha1 import (
+    Endpoints,
+    SendingAddress,
+    SmtpServer,
+    SmtpServerSpec,
+    SmtpServerStatus,
+    TenantSpec,
+)
 from smtpinfra_mta.config import ConfigError
 
 from .. import kube, tenancy
@@ -220,27 +227,29 @@ async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
                     pool_shortfall=shortfall, tenant_conflicts=conflicts, served=len(tenants))
 
 
+_DECIDED_FIELDS = frozenset({"replicas", "readyReplicas", "configHash", "sendingAddresses", "endpoints"})
+"""The status fields `decide` owns (conditions and DNS are written beside them)."""
+
+
 def decide(spec: SmtpServerSpec, gathered: Gathered, rollout: workload.Rollout, config_hash: str) -> Outcome:
     """The Ready outcome from what was applied and what the pods report (pure)."""
     ready, updated = rollout.ready, rollout.updated
     want = gathered.replicas
-    fields: dict[str, Any] = {
-        "replicas": rollout.pods,
-        "readyReplicas": ready,
-        "configHash": config_hash,
-        "sendingAddresses": [
-            {"replica": i, "pool": a.pool, "address": a.address, "ehloName": a.ehlo_name}
-            for i, addrs in sorted(gathered.inputs.replica_addresses.items()) for a in addrs
-        ],
-        "endpoints": {
-            **({"submission": f"{workload.submission_service_name(gathered.inputs.name)}."
-                              f"{gathered.inputs.namespace}.svc:{spec.listeners.submission.port}"}
-               if spec.listeners.submission.enabled else {}),
-            **({"inbound": f"{workload.inbound_service_name(gathered.inputs.name)}."
-                           f"{gathered.inputs.namespace}.svc:{spec.listeners.inbound.port}"}
-               if spec.listeners.inbound.enabled else {}),
-        },
-    }
+    inputs = gathered.inputs
+    status = SmtpServerStatus(
+        replicas=rollout.pods,
+        ready_replicas=ready,
+        config_hash=config_hash,
+        sending_addresses=[SendingAddress(replica=i, pool=a.pool, address=a.address, ehlo_name=a.ehlo_name)
+                           for i, addrs in sorted(inputs.replica_addresses.items()) for a in addrs],
+        endpoints=Endpoints(
+            submission=(f"{workload.submission_service_name(inputs.name)}.{inputs.namespace}.svc:"
+                        f"{spec.listeners.submission.port}") if spec.listeners.submission.enabled else None,
+            inbound=(f"{workload.inbound_service_name(inputs.name)}.{inputs.namespace}.svc:"
+                     f"{spec.listeners.inbound.port}") if spec.listeners.inbound.enabled else None,
+        ),
+    )
+    fields = {k: v for k, v in status.wire().items() if k in _DECIDED_FIELDS}
     rolled_out = rollout.available >= want
     config_applied = ("ConfigApplied", TRUE if rolled_out else FALSE,
                       "Applied" if rolled_out else "RollingOut",
