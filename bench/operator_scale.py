@@ -161,6 +161,50 @@ def api_requests(cp: Any) -> dict[tuple[str, str, str], float]:
     return counts
 
 
+OPERATOR_AGENTS = ("smtp-infra-operator", "kopf/")
+"""User agents of the operator's requests: its own client and Kopf's."""
+READ_VERBS = frozenset({"get", "list"})
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+def audit_offset(cp: Any) -> int:
+    """Where the API server's audit log ends now (0 when there is none)."""
+    path = cp.audit_log
+    return path.stat().st_size if path is not None and path.exists() else 0
+
+
+def operator_requests(cp: Any, offset: int) -> tuple[int, int, dict[str, int]]:
+    """The operator's reads and writes in the audit log since `offset`, and the counts per verb and resource.
+
+    Counts of requests, not their timing: they do not depend on how loaded the machine is. Watches
+    are neither (one per informer for the whole run); Kopf's peering keep-alives are left out.
+    """
+    path = cp.audit_log
+    if path is None or not path.exists():
+        return 0, 0, {}
+    reads = writes = 0
+    by_kind: dict[str, int] = {}
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        for line in fh:
+            event = json.loads(line)
+            if not str(event.get("userAgent", "")).startswith(OPERATOR_AGENTS):
+                continue
+            verb = event.get("verb", "")
+            ref = event.get("objectRef") or {}
+            resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            if resource == "clusterkopfpeerings":
+                continue
+            if verb in READ_VERBS:
+                reads += 1
+            elif verb in WRITE_VERBS:
+                writes += 1
+            else:
+                continue
+            by_kind[f"{verb} {resource}"] = by_kind.get(f"{verb} {resource}", 0) + 1
+    return reads, writes, by_kind
+
+
 def event_sources(cp: Any) -> list[tuple[int, str]]:
     """Events in the cluster by reporting component and reason, with their counts (repeats included)."""
     listing = json.loads(cp.kubectl("get", "events", "-A", "-o", "json").stdout)
@@ -368,6 +412,7 @@ def main() -> int:
         t_servers = time.monotonic()
         cpu_before = cpu_seconds(str(state_dir), {"operator": operator.pid, "bench": os.getpid()})
         requests_before = api_requests(cp)
+        audit_before = audit_offset(cp)
         create_all([server_call(i, n) for i, n in enumerate(servers)], server_applied, args.workers, args.rate)
         created_in = time.monotonic() - t_servers
         wait_all(servers, server_ready, args.timeout, "SmtpServers")
@@ -377,6 +422,8 @@ def main() -> int:
                     cpu_seconds(str(state_dir), {"operator": operator.pid, "bench": os.getpid()}).items()}
         server_phase = time.monotonic() - t_servers
         requests_after = api_requests(cp)
+        reads, writes, operator_made = operator_requests(cp, audit_before)
+        operator_cpu_total = cpu_seconds(str(state_dir), {"operator": operator.pid}).get("operator", math.nan)
         events = event_sources(cp)
         time.sleep(2.0)  # let the last status writes and events settle before reading the peak
         sampler.read()
@@ -425,6 +472,8 @@ def main() -> int:
         print(f"API requests in the server phase ({sum(made.values()):.0f} of the kinds with at least "
               f"{args.servers // 2}): " + ", ".join(f"{verb} {resource} {n:.0f}" for (_, verb, resource), n
                                                    in sorted(made.items(), key=lambda kv: -kv[1])))
+        print(f"operator requests until every server was Ready (audit log): {reads} reads, {writes} writes; "
+              + ", ".join(f"{k} {n}" for k, n in sorted(operator_made.items(), key=lambda kv: -kv[1])[:12]))
         print("Events (all phases) by component/reason: " + ", ".join(f"{k} {n}" for n, k in events[:10]))
         print(f"operator peak RSS (VmHWM) {sampler.hwm_kb / 1024:.1f} MB, sampled VmRSS max "
               f"{sampler.peak_rss_kb / 1024:.1f} MB; log {len(log_text.splitlines())} lines, "
@@ -444,6 +493,12 @@ def main() -> int:
             "kwok_pod_ready_p95_s": round(quantile(kwok_lat, .95), 3),
             "operator_peak_rss_mb": round(peak_mb, 1),
             "servers_ready": len(server_lat), "tenants_ready": len(tenant_lat),
+            # Counts, independent of machine load: the operator's API requests per SmtpServer from its
+            # creation until all were Ready (audit log), and its CPU per object over the whole run.
+            "api_reads_per_server": round(reads / args.servers, 2) if args.servers else None,
+            "api_writes_per_server": round(writes / args.servers, 2) if args.servers else None,
+            "operator_cpu_ms_per_object": round(1000 * operator_cpu_total / (args.servers + args.tenants), 1)
+            if args.servers + args.tenants else None,
         }
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}))
         return 0 if len(server_lat) == args.servers and len(tenant_lat) == args.tenants else 1

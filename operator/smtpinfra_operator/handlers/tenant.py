@@ -19,7 +19,6 @@ from ..builders.keys import generate_password
 from ..conditions import FALSE, TRUE, Outcome, get_condition
 from ..kicker import Kicker, Locks
 from ..statuswriter import publish
-from .smtpserver import server_kicker
 
 log = logging.getLogger(__name__)
 _locks: Locks[str] = Locks()
@@ -105,6 +104,8 @@ async def reconcile_tenant(name: str, seen: Mapping[str, Any] | None = None) -> 
                 await _ensure_credentials(name, facts.uid, spec)
                 if seen is None:  # e.g. deleted by hand and made again on a resync: servers render the new hash
                     await _kick_servers(body["metadata"].get("labels"))
+        except kube.Paused:  # another replica took over: nothing more is written here
+            raise
         except kube.ApiException as error:
             await _publish(body, Outcome(ready=FALSE, reason="ApplyFailed", reconciling=True,
                                          message=f"could not create namespace {namespace} or its "
@@ -194,6 +195,8 @@ async def _kick_servers(*labels: Mapping[str, str] | None) -> None:
     Kicking every server for every tenant event made a burst of N tenants cost N x servers
     reconciles; a server that selects neither label set renders the same config either way.
     """
+    from .smtpserver import server_kicker
+
     label_sets = [dict(ls or {}) for ls in labels]
     for server in await kube.list_cached(API_VERSION, "SmtpServer"):
         if _may_serve(server, label_sets):

@@ -28,13 +28,13 @@ def plan_outcome(spec: dict[str, Any]) -> Outcome:
 @kopf.on.resume(GROUP, VERSION, WarmupPlan.plural)
 @kopf.on.create(GROUP, VERSION, WarmupPlan.plural)
 @kopf.on.update(GROUP, VERSION, WarmupPlan.plural, field="spec")
-async def reconcile(body: kopf.Body, spec: kopf.Spec, **_: Any) -> None:
-    """Reconcile on every spec change (and on operator start)."""
-    await publish(WarmupPlan, body, plan_outcome(dict(spec)))
+async def reconcile(name: str, **_: Any) -> None:
+    """A spec change (or the operator's start): a key on the plan's queue."""
+    plan_kicker.kick(name, delay=0.0)
 
 
 async def reconcile_plan(name: str) -> None:
-    """Re-derive one plan's status from a fresh read (the periodic resync calls this)."""
+    """Derive one plan's status from a fresh read (every event source and the resync end here)."""
     body = await kube.get(API_VERSION, "WarmupPlan", name)
     if body is not None and not body["metadata"].get("deletionTimestamp"):
         await publish(WarmupPlan, body, plan_outcome(body.get("spec") or {}))
