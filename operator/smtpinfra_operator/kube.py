@@ -25,8 +25,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from kubernetes import client, config
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ApiException", "KindNotFound", "Paused", "apply", "create", "create_if_absent", "delete", "find_cached",
-    "get", "get_cached", "identify", "informer", "kind_exists", "list_cached", "list_objects", "remember",
+    "get", "get_cached", "get_known", "identify", "informer", "kind_exists", "list_cached", "list_objects", "remember",
     "request", "track_applied", "watch_cached",
 ]
 
@@ -309,16 +309,19 @@ class Informer:
     """
 
     def __init__(self, api_version: str, kind: str, namespace: str | None, label_selector: str | None,
-                 metadata_only: bool = False) -> None:
+                 metadata_only: bool = False, transport: InformerTransport | None = None,
+                 start: bool = True) -> None:
         self.api_version, self.kind, self.namespace, self.selector = api_version, kind, namespace, label_selector
         self.metadata_only = metadata_only
+        self._transport = transport or RestTransport()
         self._keep = _metadata if metadata_only else _cached
         self._store: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self.synced = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"informer-{kind}", daemon=True)
-        self._thread.start()
+        if start:
+            self._thread.start()
 
     def put(self, obj: dict[str, Any]) -> None:
         """Store one object now (see `remember`)."""
@@ -359,7 +362,7 @@ class Informer:
         meta = obj["metadata"]
         return meta.get("namespace") or "", meta["name"]
 
-    def _accept(self, what: str) -> str:
+    def accept(self, what: str) -> str:
         """Objects in full, or only their metadata (the API server then sends no spec, data or status)."""
         return f"application/json;as={what};g=meta.k8s.io;v=v1,application/json" if self.metadata_only \
             else "application/json"
@@ -374,9 +377,7 @@ class Informer:
         return obj
 
     def _list(self) -> str:
-        query = [("labelSelector", self.selector)] if self.selector else []
-        listing = request("GET", _path(self.api_version, self.kind, self.namespace), query=query,
-                          accept=self._accept("PartialObjectMetadataList"))
+        listing = self._transport.list(self)
         store = {self._key(o): self._keep(self._typed(o)) for o in listing["items"]}
         with self._lock:
             gone = [o for k, o in self._store.items() if k not in store]
@@ -388,13 +389,76 @@ class Informer:
 
     def _watch(self, version: str) -> str:
         """Apply events until the watch ends; returns the last resourceVersion (raises to re-list)."""
+        for event in self._transport.watch(self, version):
+            obj = event["object"]
+            if event["type"] == "ERROR":
+                raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+            version = str(obj["metadata"]["resourceVersion"])
+            if event["type"] == "BOOKMARK":
+                continue
+            kept = self._keep(self._typed(obj))
+            with self._lock:
+                if event["type"] == "DELETED":
+                    self._store.pop(self._key(obj), None)
+                else:
+                    self._store[self._key(obj)] = kept
+            if self._listeners:
+                self._notify([(event["type"], kept)])
+        return version
+
+    def step(self, version: str | None) -> str:
+        """One list (no `version` yet) or one watch until it ends; the version to go on from.
+
+        The informer's thread repeats this; after an error (an expired version: 410, the API
+        server restarting) it lists again, and a watch that simply ended resumes where it was.
+        """
+        return self._list() if version is None else self._watch(version)
+
+    def _run(self) -> None:
+        version: str | None = None
+        while True:
+            try:
+                version = self.step(version)
+            except Exception as error:  # expired resourceVersion (410), API restarts: re-list after a pause
+                log.debug("informer %s %s restarts: %s", self.kind, self.selector or "", error)
+                version = None
+                time.sleep(1.0)
+
+
+Listener = Callable[[str, dict[str, Any]], None]
+"""Called with a watch event's type and the object as the informer keeps it."""
+
+
+class InformerTransport(Protocol):
+    """How an informer lists and watches: the REST API here, a script in unit tests."""
+
+    def list(self, informer: Informer) -> dict[str, Any]:
+        """The list response (items and metadata.resourceVersion)."""
+        ...
+
+    def watch(self, informer: Informer, version: str) -> Iterator[dict[str, Any]]:
+        """Watch events from `version` on, until the watch ends."""
+        ...
+
+
+class RestTransport:
+    """Lists and watches over the operator's API client."""
+
+    def list(self, informer: Informer) -> dict[str, Any]:
+        query = [("labelSelector", informer.selector)] if informer.selector else []
+        listing: dict[str, Any] = request("GET", _path(informer.api_version, informer.kind, informer.namespace),
+                                          query=query, accept=informer.accept("PartialObjectMetadataList"))
+        return listing
+
+    def watch(self, informer: Informer, version: str) -> Iterator[dict[str, Any]]:
         query = [("watch", "1"), ("resourceVersion", version), ("allowWatchBookmarks", "true"),
                  ("timeoutSeconds", str(WATCH_SECONDS))]
-        if self.selector:
-            query.append(("labelSelector", self.selector))
+        if informer.selector:
+            query.append(("labelSelector", informer.selector))
         api = api_client()
-        call = api.param_serialize("GET", _path(self.api_version, self.kind, self.namespace), query_params=query,
-                                   header_params={"Accept": self._accept("PartialObjectMetadata")},
+        call = api.param_serialize("GET", _path(informer.api_version, informer.kind, informer.namespace),
+                                   query_params=query,
+                                   header_params={"Accept": informer.accept("PartialObjectMetadata")},
                                    auth_settings=["BearerToken"])
         response = api.call_api(*call, _request_timeout=(10, WATCH_SECONDS + 30))
         if response.status != 200:
@@ -405,40 +469,8 @@ class Informer:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                obj = event["object"]
-                if event["type"] == "ERROR":
-                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-                version = str(obj["metadata"]["resourceVersion"])
-                if event["type"] == "BOOKMARK":
-                    continue
-                kept = self._keep(obj)
-                with self._lock:
-                    if event["type"] == "DELETED":
-                        self._store.pop(self._key(obj), None)
-                    else:
-                        self._store[self._key(obj)] = kept
-                if self._listeners:
-                    self._notify([(event["type"], kept)])
-        return version
-
-    def _run(self) -> None:
-        version: str | None = None
-        while True:
-            try:
-                if version is None:
-                    version = self._list()
-                version = self._watch(version)
-            except Exception as error:  # expired resourceVersion (410), API restarts: re-list after a pause
-                log.debug("informer %s %s restarts: %s", self.kind, self.selector or "", error)
-                version = None
-                time.sleep(1.0)
-
-
-Listener = Callable[[str, dict[str, Any]], None]
-"""Called with a watch event's type and the object as the informer keeps it."""
+                if line.strip():
+                    yield json.loads(line)
 
 _informers: dict[tuple[str, str, str | None, str | None, bool], Informer] = {}
 _informers_lock = threading.Lock()
@@ -510,6 +542,41 @@ async def get_cached(api_version: str, kind: str, name: str, namespace: str | No
     return await get(api_version, kind, name, namespace)
 
 
+_KNOWN_KINDS = frozenset({("v1", "Secret"), ("v1", "Service")})
+"""Kinds `get_known` serves: read by every server reconcile (TLS and DKIM Secrets, the Services' addresses)."""
+_known: dict[tuple[str, str, str, str], tuple[str, dict[str, Any]]] = {}
+"""(apiVersion, kind, namespace, name) → (resourceVersion, the object at that version) as last read or written."""
+
+
+async def get_known(api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+    """The object, without a request when its answer is already known (None: absent).
+
+    A metadata-only informer of the kind (names and versions of every object, no data) says
+    whether it exists and at which version; the object is fetched only when this process has not
+    read or written that version yet. A burst of 200 servers otherwise read the same TLS Secret,
+    their DKIM Secrets and their Services again on every reconcile.
+    """
+    if (api_version, kind) not in _KNOWN_KINDS:
+        return await get(api_version, kind, name, namespace)
+    informer = _informer((api_version, kind, None, None), metadata_only=True)
+    if not informer.synced.is_set() and not await asyncio.to_thread(informer.synced.wait, 30.0):
+        return await get(api_version, kind, name, namespace)
+    meta = informer.get(namespace or "", name)
+    if meta is None:
+        return None
+    key = (api_version, kind, namespace or "", name)
+    version = str(meta["metadata"].get("resourceVersion"))
+    hit = _known.get(key)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    found = await get(api_version, kind, name, namespace)
+    if found is not None:
+        _known[key] = (str(found["metadata"].get("resourceVersion")), found)
+    else:
+        _known.pop(key, None)
+    return found
+
+
 def remember(obj: dict[str, Any]) -> None:
     """Write-through: put an object we just wrote into the informers that list it (read-your-writes).
 
@@ -517,6 +584,9 @@ def remember(obj: dict[str, Any]) -> None:
     Secret was created) then sees it even before the watch event arrives.
     """
     meta = obj.get("metadata") or {}
+    if (obj.get("apiVersion"), obj.get("kind")) in _KNOWN_KINDS and meta.get("resourceVersion"):
+        _known[(obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])] = (
+            str(meta["resourceVersion"]), obj)
     with _informers_lock:
         informers = list(_informers.values())
     for informer in informers:

@@ -253,7 +253,7 @@ async def _dkim_keys(owner: workload.Owner, spec: SmtpServerSpec) -> list[DkimPu
     keys = []
     for key in spec.dkim.keys:
         name = workload.dkim_secret_name(owner.name, key)
-        secret = await kube.get("v1", "Secret", name, owner.namespace)
+        secret = await kube.get_known("v1", "Secret", name, owner.namespace)
         where = f"DKIM {key.selector}._domainkey.{key.domain}"
         if secret is None:
             raise DnsInputError("DkimSecretNotFound", f"Secret {owner.namespace}/{name} for {where} not found")
@@ -276,7 +276,7 @@ async def _service_addresses(owner: workload.Owner, spec: SmtpServerSpec) -> lis
         names.append(workload.submission_service_name(owner.name))
     found: set[str] = set()
     for name in names:
-        service = await kube.get("v1", "Service", name, owner.namespace)
+        service = await kube.get_known("v1", "Service", name, owner.namespace)
         if service is None:
             continue
         found.update((service.get("spec") or {}).get("externalIPs") or [])
@@ -301,7 +301,7 @@ async def gather_inputs(owner: workload.Owner, spec: SmtpServerSpec, server: Ser
 
 async def _tsig_secret(namespace: str, rfc: Rfc2136Spec, where: str = "spec.dns.rfc2136") -> str:
     ref = rfc.tsig_secret_ref
-    secret = await kube.get("v1", "Secret", ref.name, namespace)
+    secret = await kube.get_known("v1", "Secret", ref.name, namespace)
     if secret is None:
         raise DnsInputError("TsigSecretNotFound",
                             f"Secret {namespace}/{ref.name} ({where}.tsigSecretRef) not found")

@@ -139,7 +139,7 @@ async def _gather_tls(owner: workload.Owner, spec: SmtpServerSpec) -> str | None
     if spec.tls is None:
         return None
     if spec.tls.secret_name:
-        if await kube.get("v1", "Secret", spec.tls.secret_name, owner.namespace) is None:
+        if await kube.get_known("v1", "Secret", spec.tls.secret_name, owner.namespace) is None:
             raise MissingReference("TlsSecretNotFound",
                                    f"Secret {owner.namespace}/{spec.tls.secret_name} (spec.tls.secretName) not found")
         return spec.tls.secret_name
@@ -154,7 +154,7 @@ async def _gather_tls(owner: workload.Owner, spec: SmtpServerSpec) -> str | None
         raise MissingReference("IssuerNotFound", f"{issuer.kind.value} {issuer.name} (spec.tls.issuerRef) not found")
     secret_name = f"{owner.name}-tls"
     await kube.apply(workload.certificate(owner, spec, secret_name))
-    if await kube.get("v1", "Secret", secret_name, owner.namespace) is None:
+    if await kube.get_known("v1", "Secret", secret_name, owner.namespace) is None:
         raise MissingReference("CertificatePending", f"waiting for cert-manager to issue Secret {secret_name}")
     return secret_name
 
@@ -164,12 +164,12 @@ async def _ensure_dkim(owner: workload.Owner, spec: SmtpServerSpec) -> None:
     for key in spec.dkim.keys:
         name = workload.dkim_secret_name(owner.name, key)
         if key.secret_name:
-            if await kube.get("v1", "Secret", name, owner.namespace) is None:
+            if await kube.get_known("v1", "Secret", name, owner.namespace) is None:
                 raise MissingReference("DkimSecretNotFound",
                                        f"Secret {owner.namespace}/{name} for DKIM {key.selector}._domainkey."
                                        f"{key.domain} not found")
             continue
-        if await kube.get("v1", "Secret", name, owner.namespace) is None:
+        if await kube.get_known("v1", "Secret", name, owner.namespace) is None:
             private, dns_value = generate_dkim_key(key.algorithm, key.rsa_key_size or 2048)
             if await kube.create(workload.dkim_secret(owner, key, private, dns_value)) is None:
                 log.info("generated DKIM key %s._domainkey.%s", key.selector, key.domain)
