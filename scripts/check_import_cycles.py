@@ -18,13 +18,9 @@ import grimp
 
 PACKAGES = ("smtpinfra_api", "smtpinfra_operator", "smtpinfra_mta", "smtpinfra_cli", "smtpinfra_testenv")
 
-#: Cycles known today, removed by the runtime/MTA changes (one controller per kind; a narrow
-#: protocol for what the SMTP handler needs). Delete each once it is gone: a listed cycle that
-#: no longer exists fails the check, so the allowance cannot outlive it.
-KNOWN_CYCLES: tuple[frozenset[str], ...] = (
-    frozenset({"smtpinfra_operator.handlers.dnsrecords", "smtpinfra_operator.handlers.ippool",
-               "smtpinfra_operator.handlers.smtpserver"}),
-)
+#: Cycles known today (none). Should one ever have to be allowed, list it here; a listed cycle
+#: that no longer exists fails the check, so the allowance cannot outlive it.
+KNOWN_CYCLES: tuple[frozenset[str], ...] = ()
 
 
 def cycles(edges: Mapping[str, Iterable[str]]) -> list[frozenset[str]]:

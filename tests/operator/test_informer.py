@@ -32,7 +32,8 @@ class Script:
     """Answers list and watch calls from queues, and records the versions watches started from."""
 
     def __init__(self, lists: list[dict[str, Any]], watches: list[list[dict[str, Any]]]) -> None:
-        self.lists, self.watches, self.watched_from = lists, watches, []
+        self.lists, self.watches = lists, watches
+        self.watched_from: list[str] = []
 
     def list(self, informer: Informer) -> dict[str, Any]:
         return self.lists.pop(0)
