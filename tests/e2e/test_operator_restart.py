@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.kube import ROOT, OperatorProcess, apply, find, helm, wait_for
+from tests.kube import KUBE_VERSION, ROOT, OperatorProcess, apply, find, helm, wait_for
 
 pytestmark = pytest.mark.operator
 
@@ -112,7 +112,7 @@ def ready(conds: dict[str, tuple[str, ...]]) -> bool:
 def world(crds: Any, tls_files: Any) -> Any:
     """The peering CRD (as the chart installs it) and a healthy server, pool and tenant."""
     cp = crds
-    rendered = helm(cp, "template", "x", str(ROOT / "charts" / "smtp-infra"), "--kube-version", "1.36.3",
+    rendered = helm(cp, "template", "x", str(ROOT / "charts" / "smtp-infra"), "--kube-version", KUBE_VERSION,
                     "--set", f"peering.name={PEERING}", "--show-only", "templates/peering-crd.yaml").stdout
     apply(cp, rendered)
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")

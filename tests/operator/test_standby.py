@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.kube import ROOT, OperatorProcess, apply, condition, find, helm, wait_for
+from tests.kube import KUBE_VERSION, ROOT, OperatorProcess, apply, condition, find, helm, wait_for
 
 pytestmark = pytest.mark.operator
 
@@ -113,7 +113,7 @@ def operator_writes(events: list[dict[str, Any]], identity: str) -> list[str]:
 def world(crds: Any, tls_files: Any) -> Any:
     cp = crds
     assert cp.audit_log is not None and cp.audit_log.exists(), "the test control plane keeps an audit log"
-    rendered = helm(cp, "template", "x", str(ROOT / "charts" / "smtp-infra"), "--kube-version", "1.36.3",
+    rendered = helm(cp, "template", "x", str(ROOT / "charts" / "smtp-infra"), "--kube-version", KUBE_VERSION,
                     "--set", f"peering.name={PEERING}", "--show-only", "templates/peering-crd.yaml").stdout
     apply(cp, rendered)
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
