@@ -92,3 +92,55 @@ def test_an_urgent_kick_of_a_key_waiting_in_the_background_moves_it_forward() ->
         assert rec.order[0] == "c" and sorted(rec.order) == ["a", "b", "c"], rec.order
 
     run(scenario)
+
+
+def test_a_paused_replica_parks_keys_and_runs_them_once_it_is_active() -> None:
+    """The queue asks the peering before each key: nothing runs while paused, nothing is lost."""
+    paused = True
+
+    async def scenario() -> None:
+        nonlocal paused
+        recorder = Recorder(seconds=0.0)
+        kicker: Kicker[str] = Kicker(recorder.reconcile, delay=0.0, paused=lambda: paused)
+        kicker.PARKED_POLL = 0.05
+        for key in ("a", "b", "a"):
+            kicker.kick(key)
+        while kicker.parked() < 2:  # both came due and were parked, not run
+            await asyncio.sleep(0.01)
+        assert recorder.order == []
+        assert kicker.pending() == 2
+        paused = False
+        await recorder.until(lambda order: sorted(order) == ["a", "b"])
+        assert kicker.parked() == 0
+
+    run(scenario)
+
+
+def test_a_reconcile_refused_mid_way_by_the_write_guard_is_parked_not_retried_as_a_failure() -> None:
+    from smtpinfra_operator.kube import Paused
+
+    paused = False
+    calls: list[str] = []
+
+    async def scenario() -> None:
+        nonlocal paused
+
+        async def reconcile(key: str) -> None:
+            nonlocal paused
+            calls.append(key)
+            if len(calls) == 1:
+                paused = True  # another replica took over while this one was writing
+                raise Paused("PATCH", "/api/v1/namespaces/x/services/y")
+
+        kicker: Kicker[str] = Kicker(reconcile, delay=0.0, paused=lambda: paused)
+        kicker.PARKED_POLL = 0.05
+        kicker.kick("a")
+        while kicker.parked() < 1:
+            await asyncio.sleep(0.01)
+        assert calls == ["a"]
+        paused = False
+        while len(calls) < 2:
+            await asyncio.sleep(0.01)
+        assert calls == ["a", "a"]
+
+    run(scenario)
