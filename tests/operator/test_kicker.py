@@ -94,6 +94,15 @@ def test_an_urgent_kick_of_a_key_waiting_in_the_background_moves_it_forward() ->
     run(scenario)
 
 
+async def eventually(check: Callable[[], bool]) -> None:
+    """Poll a condition of the queue (the scenario's timeout bounds the wait)."""
+    for _ in range(2000):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
 def test_a_paused_replica_parks_keys_and_runs_them_once_it_is_active() -> None:
     """The queue asks the peering before each key: nothing runs while paused, nothing is lost."""
     paused = True
@@ -105,8 +114,7 @@ def test_a_paused_replica_parks_keys_and_runs_them_once_it_is_active() -> None:
         kicker.PARKED_POLL = 0.05
         for key in ("a", "b", "a"):
             kicker.kick(key)
-        while kicker.parked() < 2:  # both came due and were parked, not run
-            await asyncio.sleep(0.01)
+        await eventually(lambda: kicker.parked() == 2)  # both came due and were parked, not run
         assert recorder.order == []
         assert kicker.pending() == 2
         paused = False
@@ -135,12 +143,10 @@ def test_a_reconcile_refused_mid_way_by_the_write_guard_is_parked_not_retried_as
         kicker: Kicker[str] = Kicker(reconcile, delay=0.0, paused=lambda: paused)
         kicker.PARKED_POLL = 0.05
         kicker.kick("a")
-        while kicker.parked() < 1:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: kicker.parked() == 1)
         assert calls == ["a"]
         paused = False
-        while len(calls) < 2:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(calls) == 2)
         assert calls == ["a", "a"]
 
     run(scenario)
