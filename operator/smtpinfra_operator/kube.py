@@ -378,7 +378,9 @@ class Informer:
 
     def _list(self) -> str:
         listing = self._transport.list(self)
-        store = {self._key(o): self._keep(self._typed(o)) for o in listing["items"]}
+        # An empty PartialObjectMetadataList has `items: null`: that once made every metadata-only
+        # informer of a kind with no objects fail and list again each second, never synced.
+        store = {self._key(o): self._keep(self._typed(o)) for o in listing.get("items") or []}
         with self._lock:
             gone = [o for k, o in self._store.items() if k not in store]
             self._store = store

@@ -105,3 +105,12 @@ def test_a_listener_that_joins_late_hears_of_every_stored_object():
     late: list[str] = []
     inf.listen(lambda type_, obj: late.append(f"{type_} {obj['metadata']['name']}"))
     assert sorted(late) == ["ADDED a", "ADDED b"]
+
+
+def test_an_empty_metadata_list_syncs():
+    """The API server answers an empty PartialObjectMetadataList with `items: null`."""
+    script = Script([{"metadata": {"resourceVersion": "7"}, "items": None}], [])
+    inf = Informer("policy/v1", "PodDisruptionBudget", None, "app=mta", metadata_only=True, transport=script,
+                   start=False)
+    assert inf.step(None) == "7"
+    assert inf.synced.is_set() and inf.items() == []
