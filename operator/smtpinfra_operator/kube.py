@@ -223,10 +223,11 @@ _CACHED_METADATA = ("name", "namespace", "uid", "labels", "creationTimestamp", "
                     "resourceVersion", "generation", "ownerReferences")
 
 
-_STATUS_KEPT = {"Tenant", "IpPool", "ClusterKopfPeering"}
+_STATUS_KEPT = {"Tenant", "IpPool", "SmtpServer", "ClusterKopfPeering"}
 """Kinds whose status the informer keeps (minus Kopf's bookkeeping): small, and read by every reconcile
-(an IpPool's status holds its assignment, which the servers read; a peering's status is the
-replicas' keep-alives, which decide whether this replica may write)."""
+(an IpPool's status holds its assignment, which the servers read; an SmtpServer's is what its
+reconcile compares the new outcome with; a peering's status is the replicas' keep-alives, which
+decide whether this replica may write)."""
 
 
 OWN_ANNOTATION_PREFIX = "smtpinfra.com/"

@@ -317,7 +317,7 @@ class _RolledOut:
 async def _roll_out(key: Key) -> _RolledOut | None:
     """Read, gather, render and apply; None when done already (gone, or a problem was published)."""
     namespace, name = key
-    body = await kube.get(API_VERSION, "SmtpServer", name, namespace)
+    body = await _server(key)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     try:
@@ -456,11 +456,11 @@ async def refresh_status(key: Key) -> None:
     generation, no full reconcile yet) gets the full reconcile; an edited or deleted StatefulSet
     reconciles in full through the watch on our children (`start_watches`).
     """
-    namespace, name = key
+    name = key[1]
     async with _locks(key):
         last = _applied.get(key)
         if last is not None:
-            body = await kube.get(API_VERSION, "SmtpServer", name, namespace)
+            body = await _server(key)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
             written = (body.get("status") or {}).get("dns")
@@ -475,6 +475,13 @@ async def refresh_status(key: Key) -> None:
 
 
 status_kicker: Kicker[Key] = Kicker(refresh_status, concurrency=16)
+
+
+async def _server(key: Key) -> dict[str, Any] | None:
+    """The SmtpServer as the informer holds it (spec and status: our status writes go through to it),
+    read from the API only when the informer's copy is older than the last watch event Kopf gave us."""
+    namespace, name = key
+    return await kube.get_cached(API_VERSION, "SmtpServer", name, namespace, generation=_seen_generation.get(key))
 
 
 async def _pods_of(key: Key) -> list[dict[str, Any]]:
