@@ -317,6 +317,8 @@ class Informer:
         self._transport = transport or RestTransport()
         self._keep = _metadata if metadata_only else _cached
         self._store: dict[tuple[str, str], dict[str, Any]] = {}
+        self._gone: dict[tuple[str, str], int] = {}
+        """Objects the watch saw deleted, with the version of their deletion (see `put`)."""
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self.synced = threading.Event()
@@ -325,9 +327,23 @@ class Informer:
             self._thread.start()
 
     def put(self, obj: dict[str, Any]) -> None:
-        """Store one object now (see `remember`)."""
+        """Store one object we just wrote (see `remember`), unless the watch already knows better.
+
+        The answer to our write can reach us after the watch's event of a later change, or of the
+        object's deletion: storing it then would bring back an older object, or a deleted one,
+        until the next re-list (a deleted SmtpServer was reconciled again and again).
+        """
+        key = self._key(obj)
+        version = _version_number(obj)
         with self._lock:
-            self._store[self._key(obj)] = self._keep(obj)
+            gone = self._gone.get(key)
+            if gone is not None and (version is None or gone >= version):
+                return
+            held = self._store.get(key)
+            held_version = _version_number(held) if held is not None else None
+            if held_version is not None and version is not None and held_version > version:
+                return
+            self._store[key] = self._keep(obj)
 
     def items(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -385,6 +401,7 @@ class Informer:
         with self._lock:
             gone = [o for k, o in self._store.items() if k not in store]
             self._store = store
+            self._gone.clear()
         self.synced.set()
         if self._listeners:
             self._notify([("DELETED", o) for o in gone] + [("ADDED", o) for o in store.values()])
@@ -403,8 +420,10 @@ class Informer:
             with self._lock:
                 if event["type"] == "DELETED":
                     self._store.pop(self._key(obj), None)
+                    self._gone[self._key(obj)] = _version_number(obj) or 0
                 else:
                     self._store[self._key(obj)] = kept
+                    self._gone.pop(self._key(obj), None)
             if self._listeners:
                 self._notify([(event["type"], kept)])
         return version
@@ -426,6 +445,17 @@ class Informer:
                 log.debug("informer %s %s restarts: %s", self.kind, self.selector or "", error)
                 version = None
                 time.sleep(1.0)
+
+
+def _version_number(obj: dict[str, Any]) -> int | None:
+    """An object's resourceVersion as a number, to order our writes against watch events.
+
+    Kubernetes calls versions opaque; the API server's are etcd revisions, and anything else
+    (None) is never taken as newer or older."""
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion"))
+    except (TypeError, ValueError):
+        return None
 
 
 Listener = Callable[[str, dict[str, Any]], None]

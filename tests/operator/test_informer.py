@@ -114,3 +114,17 @@ def test_an_empty_metadata_list_syncs():
                    start=False)
     assert inf.step(None) == "7"
     assert inf.synced.is_set() and inf.items() == []
+
+
+def test_our_write_answered_after_a_later_event_does_not_bring_back_an_older_or_deleted_object():
+    """`remember` puts what a write returned; the watch may already have seen newer news."""
+    script = Script([listing(10, pod("a", 5), pod("b", 6))],
+                    [[event("MODIFIED", pod("a", 20, ready=False)), event("DELETED", pod("b", 21))]])
+    inf, _ = informer(script)
+    inf.step(inf.step(None))
+    inf.put({"apiVersion": "v1", "kind": "Pod", **pod("a", 15)})  # the answer to a write before version 20
+    assert inf.get("mail", "a")["metadata"]["resourceVersion"] == "20"
+    inf.put({"apiVersion": "v1", "kind": "Pod", **pod("b", 18)})  # written just before it was deleted
+    assert inf.get("mail", "b") is None
+    inf.put({"apiVersion": "v1", "kind": "Pod", **pod("a", 25)})
+    assert inf.get("mail", "a")["metadata"]["resourceVersion"] == "25"
