@@ -452,10 +452,8 @@ def _version_number(obj: dict[str, Any]) -> int | None:
 
     Kubernetes calls versions opaque; the API server's are etcd revisions, and anything else
     (None) is never taken as newer or older."""
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion"))
-    except (TypeError, ValueError):
-        return None
+    version = (obj.get("metadata") or {}).get("resourceVersion")
+    return int(version) if isinstance(version, str) and version.isdigit() else None
 
 
 Listener = Callable[[str, dict[str, Any]], None]
