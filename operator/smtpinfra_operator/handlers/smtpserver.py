@@ -365,7 +365,8 @@ async def _roll_out(key: Key) -> _RolledOut | None:
     except BaseException:
         await asyncio.gather(services, return_exceptions=True)
         raise
-    if previous_hash != config_hash:
+    if previous_hash is not None and previous_hash != config_hash:
+        # A changed config is worth an Event; a new server's first one is not (its Ready Event follows).
         post_event_soon(body, "Normal", "ConfigApplied",
                         f"MTA config {config_hash} written to ConfigMap "
                         f"{workload.config_map_name(name)} ({gathered.replicas} replica(s))")
