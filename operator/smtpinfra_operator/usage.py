@@ -186,7 +186,7 @@ async def fetch_stats(ip: str, port: int, token: str | None = None) -> Mapping[s
 
 async def _stats_token(namespace: str, server: str) -> str | None:
     """The server's /stats bearer token from its operator-managed Secret (None while it does not exist)."""
-    secret = await kube.get("v1", "Secret", workload.stats_token_secret_name(server), namespace)
+    secret = await kube.get_known("v1", "Secret", workload.stats_token_secret_name(server), namespace)
     value = ((secret or {}).get("data") or {}).get("token")
     return base64.b64decode(value).decode().strip() if value else None
 

@@ -178,7 +178,7 @@ async def _ensure_dkim(owner: workload.Owner, spec: SmtpServerSpec) -> None:
 async def _ensure_stats_token(owner: workload.Owner) -> None:
     """Create the /stats bearer token Secret once (never rewritten; delete it to rotate)."""
     name = workload.stats_token_secret_name(owner.name)
-    if await kube.get("v1", "Secret", name, owner.namespace) is None:
+    if await kube.get_known("v1", "Secret", name, owner.namespace) is None:
         await kube.create(workload.stats_token_secret(owner, secrets.token_urlsafe(32)))
 
 
