@@ -185,7 +185,7 @@ async def _ensure_stats_token(owner: workload.Owner) -> None:
 async def _ensure_verp(owner: workload.Owner) -> None:
     """Create the server's VERP key Secret once; rotation (``smtp-infra verp rotate``) edits it, we never do."""
     name = verp.secret_name(owner.name)
-    if await kube.get("v1", "Secret", name, owner.namespace) is None and \
+    if await kube.get_known("v1", "Secret", name, owner.namespace) is None and \
             await kube.create(verp.secret(owner, workload.labels(owner.name), verp.new_key())) is None:
         log.info("generated VERP key Secret %s/%s", owner.namespace, name)
 
