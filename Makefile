@@ -40,6 +40,7 @@ lint: venv
 	$(BIN)/python scripts/check_import_cycles.py
 	$(BIN)/smtp-infra crds generate --check
 	$(BIN)/python scripts/check_test_assertions.py tests
+	$(BIN)/hadolint operator/Dockerfile mta-image/Dockerfile
 
 # The control-plane build is the long pole on a fresh machine: start it first, in the
 # background, and install everything else while it runs.
