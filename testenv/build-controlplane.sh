@@ -17,14 +17,36 @@ export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
 need() { for b in "$@"; do [ -x "$bin/$b" ] || return 0; done; return 1; }
 log() { printf '[controlplane] %s\n' "$*" >&2; }
+clock() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+total_start=$(date +%s)
+# build WHAT CMD...: run CMD, saying every few seconds what is building and for how long, so a cold
+# cache (Kubernetes compiled from source: many minutes) is never silent.
+build() {
+  local what=$1 start pid ticker rc=0
+  shift
+  start=$(date +%s)
+  log "building $what"
+  "$@" &
+  pid=$!
+  (
+    while sleep "${SMTP_INFRA_BUILD_PROGRESS_SECONDS:-20}" && kill -0 "$pid" 2>/dev/null; do
+      log "  still building $what: $(clock $(($(date +%s) - start))) so far ($(clock $(($(date +%s) - total_start))) in all)"
+    done
+  ) &
+  ticker=$!
+  wait "$pid" || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  if [ "$rc" -ne 0 ]; then
+    log "building $what failed after $(clock $(($(date +%s) - start)))"
+    return "$rc"
+  fi
+  log "built $what in $(clock $(($(date +%s) - start)))"
+}
 
-if need etcd; then
-  log "building etcd"
-  (cd "$here/go/etcd" && go build -trimpath -o "$bin/etcd.tmp" . && mv "$bin/etcd.tmp" "$bin/etcd")
-fi
-
-if need kube-apiserver kube-controller-manager kube-scheduler kubectl; then
-  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ($K8S_VERSION)"
+build_etcd() { cd "$here/go/etcd" && go build -trimpath -o "$bin/etcd.tmp" . && mv "$bin/etcd.tmp" "$bin/etcd"; }
+build_kubernetes() {
+  local major minor ldflags pkg tmp="$bin/.k8s.tmp"
   major=${K8S_VERSION#v}; major=${major%%.*}
   minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
   ldflags="-s -w"
@@ -32,22 +54,14 @@ if need kube-apiserver kube-controller-manager kube-scheduler kubectl; then
     ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  tmp="$bin/.k8s.tmp"; mkdir -p "$tmp"
+  mkdir -p "$tmp"
   (cd "$here/go/kubernetes" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
   mv "$tmp"/* "$bin/" && rmdir "$tmp"
-fi
-
-if need kwok; then
-  log "building kwok"
-  (cd "$here/go/kwok" && go build -trimpath -ldflags "-s -w" -o "$bin/kwok.tmp" sigs.k8s.io/kwok/cmd/kwok && mv "$bin/kwok.tmp" "$bin/kwok")
-fi
-
-if need helm; then
-  log "building helm"
-  (cd "$here/go/helm" && go build -trimpath -ldflags "-s -w" -o "$bin/helm.tmp" helm.sh/helm/v3/cmd/helm && mv "$bin/helm.tmp" "$bin/helm")
-fi
+}
+build_kwok() { cd "$here/go/kwok" && go build -trimpath -ldflags "-s -w" -o "$bin/kwok.tmp" sigs.k8s.io/kwok/cmd/kwok && mv "$bin/kwok.tmp" "$bin/kwok"; }
+build_helm() { cd "$here/go/helm" && go build -trimpath -ldflags "-s -w" -o "$bin/helm.tmp" helm.sh/helm/v3/cmd/helm && mv "$bin/helm.tmp" "$bin/helm"; }
 
 # promtool checks and unit-tests the chart's Prometheus rules; its version is the
 # github.com/prometheus/prometheus requirement of its wrapper module, and it lives in its own
@@ -55,12 +69,34 @@ fi
 PROM_VERSION=$(awk '$1 == "require" && $2 == "github.com/prometheus/prometheus" { print $3 }' "$here/go/promtool/go.mod")
 [ -n "$PROM_VERSION" ] || { echo "no prometheus requirement in $here/go/promtool/go.mod" >&2; exit 1; }
 promtool_bin="$cache/promtool-$PROM_VERSION/bin"
-if [ ! -x "$promtool_bin/promtool" ]; then
-  log "building promtool ($PROM_VERSION)"
+build_promtool() {
   mkdir -p "$promtool_bin"
-  (cd "$here/go/promtool" && go build -trimpath -ldflags "-s -w" -o "$promtool_bin/promtool.tmp" \
-      github.com/prometheus/prometheus/cmd/promtool && mv "$promtool_bin/promtool.tmp" "$promtool_bin/promtool")
-fi
+  cd "$here/go/promtool" && go build -trimpath -ldflags "-s -w" -o "$promtool_bin/promtool.tmp" \
+      github.com/prometheus/prometheus/cmd/promtool && mv "$promtool_bin/promtool.tmp" "$promtool_bin/promtool"
+}
 
+todo=()
+need etcd && todo+=(etcd)
+need kube-apiserver kube-controller-manager kube-scheduler kubectl && todo+=(kubernetes)
+need kwok && todo+=(kwok)
+need helm && todo+=(helm)
+[ -x "$promtool_bin/promtool" ] || todo+=(promtool)
+if [ ${#todo[@]} -gt 0 ]; then
+  log "to build into $bin: ${todo[*]} (Kubernetes $K8S_VERSION from source: several minutes on a cold Go cache)"
+fi
+n=0
+for step in "${todo[@]}"; do
+  n=$((n + 1))
+  case $step in
+    kubernetes) what="kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ($K8S_VERSION)" ;;
+    promtool) what="promtool ($PROM_VERSION)" ;;
+    *) what=$step ;;
+  esac
+  build "[$n/${#todo[@]}] $what" "build_$step"  # in the background, i.e. a subshell: its cd stays there
+done
+
+if [ ${#todo[@]} -gt 0 ]; then
+  log "built ${todo[*]} in $(clock $(($(date +%s) - total_start)))"
+fi
 log "binaries in $bin"
 echo "$bin"

@@ -863,7 +863,11 @@ def up(
                 st.save(sd)
                 log.info("control plane in %s already running", sd)
                 return _handle(sd, bin_dir, st)
+        # A pod runner that outlived a dead component is restarted with the rest: left running, it
+        # would hold its state dir's lock against the new one (and talk to the old API server).
+        had_runner = st is not None and _alive(st.pids.get(POD_RUNNER))
         if st is not None:
+            _terminate(st.pids, [POD_RUNNER], grace=70.0)
             _terminate(st.pids, list(reversed(COMPONENTS)), grace=10.0)
             st.pids.clear()
         else:
@@ -897,7 +901,7 @@ def up(
             phase("controllers")
             _finish(sd, st, api, deadline)
             phase("nodes+serviceaccount")
-            if run_pods:
+            if run_pods or had_runner:
                 _start_pod_runner(sd, st)
                 phase("pod-runner")
         except BaseException:
