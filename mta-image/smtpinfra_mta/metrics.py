@@ -57,17 +57,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class _PausedAccept(asyncio.Protocol):
-    """Accepts a TCP connection without reading from it, for a handler that then starts TLS on it."""
-
-    def __init__(self, accepted: Callable[[asyncio.BaseTransport], None]) -> None:
-        self._accepted = accepted
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.pause_reading()  # type: ignore[attr-defined]
-        self._accepted(transport)
-
-
 @dataclass(frozen=True)
 class HttpLimits:
     """Bounds of every HTTP listener: a client can hold at most one slot for at most ``request_timeout``."""
@@ -103,7 +92,6 @@ class HttpServer:
         self._stats_token = stats_token
         self.limits = limits or HttpLimits()
         self._servers: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[None]] = set()
         self.open_connections: dict[int, int] = {}
 
     async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None,
@@ -111,21 +99,12 @@ class HttpServer:
         """Open one listener; returns its port. Call again for further listeners (e.g. the HTTPS one)."""
         index = len(self._servers)
         self.open_connections[index] = 0
-        if tls is None:
-            handler = functools.partial(self._handle, mta_sts_only=mta_sts_only, index=index)
-            server = await asyncio.start_server(handler, host, port, limit=self.limits.max_request_bytes)
-        else:
-            # TLS is started by our handler, so a connection counts against the cap (and the request
-            # deadline) from its first byte, not only once a client has bothered to finish the handshake.
-            # The connection is accepted without reading: a plain stream reader would swallow the
-            # ClientHello that the client sends at once, and the handshake would stall.
-            def accepted(transport: asyncio.BaseTransport) -> None:
-                task = asyncio.get_running_loop().create_task(
-                    self._handle_tls(transport, tls, mta_sts_only=mta_sts_only, index=index))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-            server = await asyncio.get_running_loop().create_server(lambda: _PausedAccept(accepted), host, port)
+        # The TLS handshake is the server's own, bounded by the request deadline (a handler that started
+        # TLS itself lost the ClientHello to the plain stream reader under the pods' event loop); a
+        # connection counts against the cap once its handshake is done.
+        handler = functools.partial(self._handle, mta_sts_only=mta_sts_only, index=index)
+        server = await asyncio.start_server(handler, host, port, limit=self.limits.max_request_bytes, ssl=tls,
+                                            ssl_handshake_timeout=self.limits.request_timeout if tls else None)
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -150,33 +129,6 @@ class HttpServer:
         finally:
             self.open_connections[index] -= 1
             writer.close()
-
-    async def _handle_tls(self, transport: asyncio.BaseTransport, tls: ssl.SSLContext, *,
-                          mta_sts_only: bool, index: int) -> None:
-        if self.open_connections[index] >= self.limits.max_connections:
-            transport.close()  # over the cap: no handshake, the slot is not taken
-            return
-        self.open_connections[index] += 1
-        loop = asyncio.get_running_loop()
-        writer: asyncio.StreamWriter | None = None
-        try:
-            async with asyncio.timeout(self.limits.request_timeout):
-                reader = asyncio.StreamReader(limit=self.limits.max_request_bytes)
-                protocol = asyncio.StreamReaderProtocol(reader)
-                tls_transport = await loop.start_tls(transport, protocol, tls, server_side=True)  # type: ignore[arg-type]
-                if tls_transport is None:
-                    return
-                protocol.connection_made(tls_transport)
-                writer = asyncio.StreamWriter(tls_transport, protocol, reader, loop)
-                await self._serve(reader, writer, mta_sts_only=mta_sts_only)
-        except (TimeoutError, OSError, UnicodeDecodeError, RuntimeError):  # TLS errors, resets, a closed transport
-            pass
-        finally:
-            self.open_connections[index] -= 1
-            if writer is not None:
-                writer.close()
-            else:
-                transport.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, mta_sts_only: bool) -> None:
         status, ctype, body = await self._respond(reader, mta_sts_only=mta_sts_only)

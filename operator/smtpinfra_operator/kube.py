@@ -547,6 +547,12 @@ def watch_cached(api_version: str, kind: str, listener: Listener, label_selector
     _informer((api_version, kind, None, label_selector)).listen(listener)
 
 
+def watch_metadata(api_version: str, kind: str, listener: Listener) -> None:
+    """Call `listener` on each change of the kind's cluster-wide metadata-only informer (the one
+    `get_known` reads): names and versions only, so watching every Secret holds no Secret data."""
+    _informer((api_version, kind, None, None), metadata_only=True).listen(listener)
+
+
 async def find_cached(api_version: str, kind: str, name: str, namespace: str | None = None,
                       label_selector: str | None = None) -> dict[str, Any] | None:
     """One object of a `list_cached` list by name, without a request (None: not in the informer)."""

@@ -66,15 +66,41 @@ def test_stats_needs_the_operator_token(mta: RunningMta, tmp_path: Path) -> None
     assert http(mta.app.mta_sts_port, "/stats", "Authorization: Bearer s3cret-token-2\r\n", tls=True)[0] == 404
 
 
+def test_idle_tls_connections_are_cut_at_the_handshake_deadline(mta: RunningMta) -> None:
+    """On the public HTTPS listener a client that never completes its handshake is dropped at the
+    request deadline (the handshake is the server's own; the cap counts handshaken connections)."""
+    port = mta.app.mta_sts_port
+    assert port is not None
+    held = [socket.create_connection((MTA_ADDR, port), timeout=30) for _ in range(5)]
+    try:
+        for s in held:
+            with contextlib.suppress(OSError):
+                assert s.recv(100) == b""
+        assert http(port, "/.well-known/mta-sts.txt", tls=True)[0] == 200
+    finally:
+        for s in held:
+            s.close()
+
+
+def _opened(port: int, *, tls: bool) -> socket.socket:
+    """A connection that holds a slot: plain, or with its TLS handshake done and no request sent."""
+    raw = socket.create_connection((MTA_ADDR, port), timeout=20)
+    if not tls:
+        return raw
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    return ctx.wrap_socket(raw)
+
+
 @pytest.mark.parametrize("listener", ["http", "mta_sts"])
 def test_idle_connections_cannot_hold_an_http_listener(mta: RunningMta, listener: str) -> None:
     port = mta.app.http_port if listener == "http" else mta.app.mta_sts_port
     assert port is not None
     path = "/healthz" if listener == "http" else "/.well-known/mta-sts.txt"
-    held = [socket.create_connection((MTA_ADDR, port), timeout=20) for _ in range(3)]
+    held = [_opened(port, tls=listener == "mta_sts") for _ in range(3)]
     try:
         wait_for(lambda: mta.call(lambda: sum(mta.app._http.open_connections.values())) >= 3, 20)
-        over = socket.create_connection((MTA_ADDR, port), timeout=20)
+        over = _opened(port, tls=listener == "mta_sts")
         with over:
             over.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             try:

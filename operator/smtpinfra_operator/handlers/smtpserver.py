@@ -535,6 +535,38 @@ async def start_watches(**_: Any) -> None:
 
     kube.watch_cached(API_VERSION, "IpPool", on_pool)
 
+    def on_secret(type_: str, secret: dict[str, Any]) -> None:  # runs in the informer's thread
+        meta = secret.get("metadata") or {}
+        if meta.get("namespace") and meta.get("name"):
+            asyncio.run_coroutine_threadsafe(_kick_secret_users(meta["namespace"], meta["name"]), loop)
+
+    kube.watch_metadata("v1", "Secret", on_secret)
+
+
+def referenced_secrets(server: Mapping[str, Any]) -> set[str]:
+    """Names of the Secrets a server reads but does not own: its TLS certificate and explicit DKIM keys (pure).
+
+    A Ready server is re-derived in full only every FULL_RESYNC_SECONDS, so a TLS Secret deleted or
+    replaced by hand must reach it as a key on its queue, like a change of one of its children.
+    """
+    spec = server.get("spec") or {}
+    names: set[str] = set()
+    tls = spec.get("tls") or {}
+    if tls.get("secretName"):
+        names.add(str(tls["secretName"]))
+    elif tls.get("issuerRef"):
+        names.add(f"{server['metadata']['name']}-tls")
+    for key in (spec.get("dkim") or {}).get("keys") or []:
+        if isinstance(key, Mapping) and key.get("secretName"):
+            names.add(str(key["secretName"]))
+    return names
+
+
+async def _kick_secret_users(namespace: str, name: str) -> None:
+    for server in await kube.list_cached(API_VERSION, "SmtpServer"):
+        if server["metadata"].get("namespace") == namespace and name in referenced_secrets(server):
+            server_kicker.kick((namespace, server["metadata"]["name"]))
+
 
 async def _follow_pool(pool: str) -> None:
     """A pool's spec or published status changed: re-render the servers whose addresses, names or caps did.
