@@ -97,6 +97,8 @@ class Kicker(Generic[K]):
     def _park(self, key: K) -> None:
         if not self._parked:
             log.info("reconciles wait: another replica of the peering is active (first: %s)", key)
+        elif key not in self._parked:  # a standby parks every object each resync: one INFO line is enough
+            log.debug("reconcile of %s waits for the active replica", key)
         self._parked[key] = None
         if self._unparker is None or self._unparker.done():
             self._unparker = asyncio.get_running_loop().create_task(self._unpark())

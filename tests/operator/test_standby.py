@@ -47,7 +47,8 @@ class Replica(OperatorProcess):
 
     def __init__(self, cp: Any, log_path: Path, identity: str, priority: int) -> None:
         super().__init__(cp, log_path, env={"SMTP_INFRA_PEERING_LIFETIME": str(LIFETIME), "POD_ID": identity,
-                                            "SMTP_INFRA_RESYNC_SECONDS": "2"})
+                                            "SMTP_INFRA_RESYNC_SECONDS": "2",
+                                            "SMTP_INFRA_DEBUG": "1"})  # each parked key is logged at DEBUG
         self.identity, self.priority = identity, priority
 
     def start(self) -> None:
