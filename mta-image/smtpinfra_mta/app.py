@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,10 +21,12 @@ from smtpinfra_mta.config import MtaConfig, Tenant, load_config
 from smtpinfra_mta.counters import Counters
 from smtpinfra_mta.dkim_sign import DkimSigner
 from smtpinfra_mta.dnsmx import MxResolver
+from smtpinfra_mta.erasure import erase, load_secret, make_hasher
 from smtpinfra_mta.headers import HeaderLimits
 from smtpinfra_mta.inbound import InboundReports
 from smtpinfra_mta.limits import ConnectionBudget, MemoryBudget
-from smtpinfra_mta.metrics import HttpLimits, HttpServer, Metrics
+from smtpinfra_mta.metrics import HttpLimits, HttpServer, Metrics, Response
+from smtpinfra_mta.outcomes import OutcomeStore
 from smtpinfra_mta.protocol import ListenerKind
 from smtpinfra_mta.quota_pg import PostgresQuotas, QuotaStoreError
 from smtpinfra_mta.scheduler import Scheduler
@@ -33,6 +36,8 @@ from smtpinfra_mta.suppression import SuppressionStore, open_store
 from smtpinfra_mta.tenants import TenantDirectory
 from smtpinfra_mta.throttle import WarmupGate
 from smtpinfra_mta.tlsreload import ReloadingTls
+from smtpinfra_mta.unsubscribe import UnsubscribeService
+from smtpinfra_mta.unsubscribe import load_keys as load_unsubscribe_keys
 from smtpinfra_mta.verp import Verp, load_keys, load_or_create_key
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,7 @@ class MtaApp:
         self.forward: Callable[[SpooledMessage], None] | None = None  # role "accept": to the delivery process
         self._recovered_ids: set[str] = set()  # role "deliver": found by the startup scan, maybe also forwarded
         self.counters: Counters | None = None
+        self.outcomes: OutcomeStore | None = None  # per-campaign outcomes, tenants' window figures
         self.shared_quotas: PostgresQuotas | None = None  # quota_store.url: the replicas' shared counters
         self.verp: Verp | None = None
         self.scheduler: Scheduler | None = None
@@ -100,19 +106,25 @@ class MtaApp:
                 await self.shared_quotas.open()
             except QuotaStoreError as exc:  # submissions get 451 until it answers; nothing else waits
                 log.error("quota store unavailable at start", extra={"error": str(exc)})
+        # one file for both processes of separate_process: each writes what it sees, reads are fresh
+        self.outcomes = OutcomeStore(self.cfg.spool.directory / "outcomes.sqlite")
         recovered = await self.spool.open()
         self.spool.on_committed = self._committed
+        # every role: the accepting process serves /unsubscribe/ and /erase on its HTTP listener
+        self.suppression = open_store(self.cfg.suppression.url)
+        self.suppression.hasher = make_hasher(await asyncio.to_thread(load_secret, self.cfg))
+        await self.suppression.open()
         if self.role != "accept":
-            self.suppression = open_store(self.cfg.suppression.url)
-            await self.suppression.open()
             self.scheduler = Scheduler(self.cfg, self.spool, MxResolver(self.cfg.delivery.resolver),
                                        WarmupGate(self.cfg.throttling, self.counters), self.metrics,
                                        suppression=self.suppression)
             self.verp = self._make_verp(self.cfg)
             self.scheduler.verp = self.verp
+            self.scheduler.outcomes = self.outcomes
             self.inbound = InboundReports(self.cfg.bounces, self.cfg.spool.directory, self.metrics,
                                           self.suppression, fsync=self.cfg.spool.fsync)
             self.inbound.verp = self.verp
+            self.inbound.outcomes = self.outcomes
             await self.inbound.start()
             if self.role == "deliver":
                 shard = Spool(self.cfg.spool.directory / ACCEPT_SHARD, fsync=self.cfg.spool.fsync)
@@ -137,7 +149,8 @@ class MtaApp:
                                     lambda: self.cfg.mta_sts.policy if self.cfg.mta_sts is not None else None,
                                     stats_token=self._stats_token,
                                     limits=HttpLimits(max_connections=self.cfg.http.max_connections,
-                                                      request_timeout=self.cfg.http.request_timeout))
+                                                      request_timeout=self.cfg.http.request_timeout),
+                                    unsubscribe=self._unsubscribe, erase=self._erase)
             port = self.cfg.http.delivery_port if self.role == "deliver" else self.cfg.http.port
             self.http_port = await self._http.start(self.cfg.http.bind, port)
             if self.role != "deliver" and self.cfg.http.mta_sts_port is not None and self.tls is not None:
@@ -199,6 +212,9 @@ class MtaApp:
         if self.counters is not None:
             self.counters.close()
             self.counters = None
+        if self.outcomes is not None:
+            self.outcomes.close()
+            self.outcomes = None
         if self.shared_quotas is not None:
             await self.shared_quotas.close()
             self.shared_quotas = None
@@ -243,6 +259,8 @@ class MtaApp:
         if msg.kind != "inbound":
             self.metrics.accepted.labels(tenant=msg.tenant, pool=msg.pool,
                                          listener=msg.listener or "unknown").inc(len(msg.rcpts))
+            if self.outcomes is not None:
+                self.outcomes.accepted(msg)
             log.info("accepted", extra={"id": msg.id, "tenant": msg.tenant, "rcpts": len(msg.rcpts),
                                         "size": msg.size})
         if self.role == "accept":
@@ -335,6 +353,40 @@ class MtaApp:
             await asyncio.sleep(TLS_CHECK_SECONDS)
             await asyncio.to_thread(self.tls.check)
 
+    # ------------------------------------------------------------------ unsubscribe and erasure
+
+    async def _unsubscribe(self, method: str, path: str, content_type: str, body: bytes) -> Response:
+        """``/unsubscribe/<token>`` (see :mod:`smtpinfra_mta.unsubscribe`); keys re-read per request."""
+        if self.suppression is None or not self.cfg.unsubscribe.keys:
+            return "404 Not Found", "text/plain", b"not found\n"
+        keys = self.cfg.unsubscribe.keys
+        service = UnsubscribeService(lambda: load_unsubscribe_keys(keys), self.suppression, self.outcomes)
+        try:
+            return await service.handle(method, path, content_type, body)
+        except Exception as exc:  # the store is down: the client may retry; nothing was half done
+            log.error("unsubscribe failed", extra={"error": str(exc)})
+            return "503 Service Unavailable", "text/plain", b"try again later\n"
+
+    async def _erase(self, method: str, path: str, content_type: str, body: bytes) -> Response:
+        """``POST /erase`` with JSON ``{"tenant": ..., "address": ...}`` (bearer token as for /stats)."""
+        if method != "POST":
+            return "405 Method Not Allowed", "text/plain", b"method not allowed\n"
+        try:
+            req = json.loads(body)
+            tenant, address = str(req["tenant"]), str(req["address"])
+        except (ValueError, KeyError, TypeError):
+            return "400 Bad Request", "text/plain", b'expected JSON {"tenant": ..., "address": ...}\n'
+        if self.suppression is None:
+            return "503 Service Unavailable", "text/plain", b"not ready\n"
+        try:
+            result = await erase(self.suppression, self.cfg.spool.directory, tenant, address)
+        except ValueError as exc:
+            return "400 Bad Request", "text/plain", f"{exc}\n".encode()
+        except Exception as exc:
+            log.error("erase failed", extra={"tenant": tenant, "error": str(exc)})
+            return "503 Service Unavailable", "text/plain", b"erase failed; retry\n"
+        return "200 OK", "application/json", json.dumps(result.as_json()).encode()
+
     # ------------------------------------------------------------------ stats
 
     def _refresh_gauges(self) -> None:
@@ -359,6 +411,8 @@ class MtaApp:
             "automation": {k: {"rule": v.rule, "action": v.action, "until": v.until}
                            for k, v in (self.scheduler.automation.active.items() if self.scheduler else [])},
             "tenants": self._tenant_usage(),
+            # the delivering process of separate_process reports them; the accepting one would repeat them
+            "campaigns": self.outcomes.campaigns() if self.outcomes is not None and self.role != "accept" else {},
         }
 
     def _tenant_usage(self) -> dict[str, Any]:
@@ -373,12 +427,16 @@ class MtaApp:
         if self.counters is None or self.role == "deliver":
             return {}
         now = time.time()
-        return {
+        usage: dict[str, Any] = {
             "hour": window_id("hour", now), "day": window_id("day", now),
             "accepted": {t.name: {"hour": self.counters.get(f"quota:{t.name}", "hour", now),
                                   "day": self.counters.get(f"quota:{t.name}", "day", now)}
                          for t in self.cfg.tenants},
         }
+        if self.outcomes is not None:  # tenants.<name>.window: the suspension figures
+            for t in self.cfg.tenants:
+                usage.setdefault(t.name, {})["window"] = self.outcomes.window(t.name, t.suspension_window, now)
+        return usage
 
 
 def _stamps(config_path: Path, cfg: MtaConfig) -> list[tuple[float, int] | None]:

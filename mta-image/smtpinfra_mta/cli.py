@@ -120,3 +120,39 @@ def hash_password_cmd(
     """Read a password from stdin and print its hash (for credentials files)."""
     password = sys.stdin.readline().rstrip("\n")
     typer.echo(hash_password(password, scheme))  # type: ignore[arg-type]
+
+
+@app.command("erase")
+def erase_cmd(
+    tenant: Annotated[str, typer.Argument(help="Tenant whose lists hold the address.")],
+    address: Annotated[str, typer.Argument(help="The address to erase (GDPR).")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="MTA config YAML.")] = DEFAULT_CONFIG_PATH,
+) -> None:
+    """Erase an address from this MTA's suppression store and spool; only its salted hash stays suppressed.
+
+    For a local spool (the MTA stopped or on this host); a running pod is asked through POST /erase.
+    """
+    from smtpinfra_mta.erasure import erase, load_secret, make_hasher
+    from smtpinfra_mta.suppression import open_store
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+    async def run() -> dict[str, Any]:
+        store = open_store(cfg.suppression.url)
+        store.hasher = make_hasher(load_secret(cfg))
+        await store.open()
+        try:
+            return (await erase(store, cfg.spool.directory, tenant, address)).as_json()
+        finally:
+            await store.close()
+
+    try:
+        result = asyncio.run(run())
+    except ValueError as exc:
+        typer.echo(f"erase: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result))

@@ -312,6 +312,14 @@ class Tenant(_Model):
     quotas: Quotas = Field(default_factory=Quotas, description="Per-hour / per-day submission quotas.")
     suspended: bool = Field(False, description="A suspended tenant is refused at MAIL FROM with 550 5.7.1.")
     pool: str = Field(description="Name of the IP pool (see 'pools') this tenant's mail leaves from.")
+    # -- campaigns and compliance (the Tenant's spec.suspension, filled by the operator)
+    suspended_reason: str = Field(
+        "", max_length=300, pattern=r"^[^\r\n]*$",
+        description="Why the tenant is suspended; quoted in the 550 5.7.1 reply to its submissions.")
+    suspension_window: Duration = Field(
+        86400.0, gt=0, le=45 * 86400,
+        description="Sliding window of the tenant's sent/bounced/complained figures in /stats "
+        "(tenants.<name>.window); the Tenant's spec.suspension.window.")
 
 
 # --------------------------------------------------------------------------------------------- pools
@@ -347,6 +355,7 @@ class DkimKey(_Model):
         default_factory=lambda: [
             "From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "MIME-Version",
             "Content-Type", "Content-Transfer-Encoding", "List-Unsubscribe", "List-Unsubscribe-Post",
+            "Feedback-ID",
         ],
         description="Header fields to sign (h=); From is always signed.",
     )
@@ -552,6 +561,21 @@ class Suppression(_Model):
         return v
 
 
+class Unsubscribe(_Model):
+    """One-click unsubscribes (RFC 8058) served by the MTA pods for the campaigns they send."""
+
+    keys: list[Path] = Field(
+        default_factory=list,
+        description="Files holding the unsubscribe token keys (the current one first, then previous ones still "
+        "accepted), mounted from the server's Secret. Empty: /unsubscribe/ answers 404.")
+    listener: Literal["http"] = Field(
+        "http", description="The HTTP listener serving /unsubscribe/<token>: the pods' http.port listener.")
+    erasure_salt_file: Path | None = Field(
+        None,
+        description="Secret from which each tenant's erasure-hash salt is derived (shared by the replicas); "
+        "null: a key generated once in the spool directory (one replica only).")
+
+
 class QuotaStore(_Model):
     url: str | None = Field(
         None,
@@ -716,6 +740,8 @@ class MtaConfig(_Model):
     bounces: Bounces = Field(default_factory=Bounces, description="DSN settings.")
     mta_sts: MtaSts | None = Field(
         None, description="MTA-STS policy served at /.well-known/mta-sts.txt; null: that path answers 404.")
+    unsubscribe: Unsubscribe = Field(default_factory=Unsubscribe,
+                                     description="One-click unsubscribe endpoint and erasure hashes.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> MtaConfig:

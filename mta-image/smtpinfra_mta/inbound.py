@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge
 from smtpinfra_mta.config import Bounces
 from smtpinfra_mta.feedback import Outcome, outcomes
 from smtpinfra_mta.metrics import Metrics
+from smtpinfra_mta.outcomes import OutcomeStore, campaign_of
 from smtpinfra_mta.quarantine import ENTRY_MAX_BYTES, Quarantine
 from smtpinfra_mta.reports import Report
 from smtpinfra_mta.reportworker import ParseFailed, ReportWorkers
@@ -43,6 +44,7 @@ class InboundReports:
         self.metrics = metrics
         self.suppression = suppression
         self.verp: Verp | None = None
+        self.outcomes: OutcomeStore | None = None  # complaints and async bounces per tenant and campaign
         self.quarantine = Quarantine(spool_dir / QUARANTINE_DIR, max_bytes=cfg.quarantine_max_bytes,
                                      max_age=cfg.quarantine_max_age, fsync=fsync)
         self.workers = ReportWorkers(cfg.report_workers, cfg.report_parse_timeout, cfg.report_max_bytes)
@@ -146,6 +148,11 @@ class InboundReports:
                 self.metrics.complained.labels(tenant=o.tenant).inc()
         if report.kind == "complaint" and not results:
             self.metrics.complained.labels(tenant="unknown").inc()
+        if self.outcomes is not None:
+            for o in results:
+                # the quoted original's tag, trusted only for the tenant the VERP token authenticates
+                tag = next((f for f in report.feedback_ids if campaign_of(f, o.tenant)), None)
+                self.outcomes.reported(o.tenant, o.event, tag)
         log.info("inbound report", extra={"id": msg.id, "kind": report.kind, "client": msg.client,
                                           "matched": [(o.tenant, o.event) for o in results]})
 

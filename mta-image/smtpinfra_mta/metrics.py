@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 log = logging.getLogger(__name__)
 
 _PATH_LABELS = ["tenant", "pool", "source_ip", "provider"]
+UNSUBSCRIBE_PREFIX = "/unsubscribe/"
+ERASE_PATH = "/erase"
+Response = tuple[str, str, bytes]
+Action = Callable[[str, str, str, bytes], Awaitable[Response]]
+"""(method, path, content type, body) -> response: the endpoints that act (unsubscribe, erase)."""
 MTA_STS_PATH = "/.well-known/mta-sts.txt"
 """Where senders fetch the MTA-STS policy (RFC 8461 section 3.3), on https://mta-sts.<domain>/."""
 
@@ -64,7 +69,9 @@ class HttpLimits:
     max_connections: int = 128
     request_timeout: float = 10.0
     max_request_bytes: int = 8192
-    """Request line plus header fields; no endpoint takes a body."""
+    """Request line plus header fields."""
+    max_body_bytes: int = 16384
+    """The body of a POST (one-click unsubscribe forms, erase requests); larger ones get 413."""
 
 
 class HttpServer:
@@ -83,8 +90,11 @@ class HttpServer:
                  before_scrape: Callable[[], None] | None = None,
                  mta_sts_policy: Callable[[], str | None] | None = None,
                  stats_token: Callable[[], str | None] | None = None,
-                 limits: HttpLimits | None = None) -> None:
+                 limits: HttpLimits | None = None, unsubscribe: Action | None = None,
+                 erase: Action | None = None) -> None:
         self._metrics = metrics
+        self._unsubscribe = unsubscribe
+        self._erase = erase
         self._ready = ready
         self._stats = stats
         self._before = before_scrape
@@ -157,11 +167,49 @@ class HttpServer:
             return "400 Bad Request", "text/plain", b"bad request\n"
         parts = lines[0].decode("latin-1").split()
         path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
+        if not mta_sts_only and (path.startswith(UNSUBSCRIBE_PREFIX) or path == ERASE_PATH):
+            return await self._act(reader, parts[0].upper(), path, lines[1:])
         if path == "/stats" and not mta_sts_only:
             refusal = self._stats_refusal(lines[1:])
             if refusal is not None:
                 return refusal
         return self._route(path, mta_sts_only=mta_sts_only)
+
+    async def _act(self, reader: asyncio.StreamReader, method: str, path: str,
+                   header_lines: list[bytes]) -> Response:
+        """An endpoint that changes state: its body is read within the size bound, then handed over."""
+        action = self._erase if path == ERASE_PATH else self._unsubscribe
+        if action is None:
+            return "404 Not Found", "text/plain", b"not found\n"
+        if path == ERASE_PATH:
+            try:
+                configured = self._stats_token is not None and self._stats_token() is not None
+            except OSError:
+                configured = True  # unreadable: refused below with 503
+            if not configured:
+                return "403 Forbidden", "text/plain", b"erase needs a stats token (http.stats_token_file)\n"
+            refusal = self._stats_refusal(header_lines)
+            if refusal is not None:
+                return refusal
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = b""
+        if method == "POST":
+            if "transfer-encoding" in headers:
+                return "411 Length Required", "text/plain", b"a Content-Length is required\n"
+            try:
+                length = int(headers.get("content-length", "0"))
+            except ValueError:
+                return "400 Bad Request", "text/plain", b"bad request\n"
+            if length < 0 or length > self.limits.max_body_bytes:
+                return "413 Content Too Large", "text/plain", b"request too large\n"
+            try:
+                body = await reader.readexactly(length)
+            except asyncio.IncompleteReadError:
+                return "400 Bad Request", "text/plain", b"bad request\n"
+        return await action(method, path, headers.get("content-type", ""), body)
 
     def _stats_refusal(self, header_lines: list[bytes]) -> tuple[str, str, bytes] | None:
         if self._stats_token is None:

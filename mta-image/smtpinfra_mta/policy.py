@@ -53,10 +53,16 @@ def check_submission_rcpt(address: str, current_count: int, max_recipients: int)
     return None
 
 
+def suspended_reply(tenant: Tenant) -> str:
+    """The refusal of a suspended tenant's submissions; the reason comes from the Tenant (no CR/LF)."""
+    reason = " ".join(tenant.suspended_reason.split()) or "contact your administrator"
+    return f"550 5.7.1 Tenant {tenant.name} is suspended: {reason}"
+
+
 def check_mail_from(address: str, tenant: Tenant) -> str | None:
     """Submission: the tenant must be active and the envelope sender in one of its domains."""
     if tenant.suspended:
-        return f"550 5.7.1 Account {tenant.name} is suspended; contact your administrator"
+        return suspended_reply(tenant)
     if address in ("", "<>"):
         return "553 5.7.1 A null reverse-path is not allowed on submission"
     local, domain = split_address(address)

@@ -27,6 +27,7 @@ class Report:
     diagnostics: list[str] = field(default_factory=list)  # per recipient: Diagnostic-Code text (DSNs)
     return_paths: list[str] = field(default_factory=list)  # the original's envelope sender, where quoted
     feedback_type: str = ""  # ARF: abuse, fraud, not-spam...
+    feedback_ids: list[str] = field(default_factory=list)  # Feedback-ID of the quoted original (campaign tag)
 
 
 def _status_blocks(part: Message) -> list[Message]:
@@ -99,8 +100,10 @@ def _parse(content: bytes) -> Report:
     originals = [h for p in parts if p.get_content_type() in ("message/rfc822", "text/rfc822-headers")
                  if (h := _embedded_headers(p)) is not None]
     return_paths = [a for h in originals for v in h.get_all("Return-Path", []) if (a := _addr(v))]
+    feedback_ids = [" ".join(str(v).split())[:MAX_ADDRESS_FIELD] for h in originals
+                    for v in h.get_all("Feedback-ID", [])]
     if report_type == "feedback-report" or any(p.get_content_type() == "message/feedback-report" for p in parts):
-        rep = Report("complaint", return_paths=return_paths)
+        rep = Report("complaint", return_paths=return_paths, feedback_ids=feedback_ids)
         for p in parts:
             if p.get_content_type() == "message/feedback-report":
                 for block in _status_blocks(p):
@@ -112,7 +115,7 @@ def _parse(content: bytes) -> Report:
         if not rep.recipients:
             rep.recipients = [a for h in originals if h["To"] and (a := _addr(h["To"]))]
         return rep
-    rep = Report("bounce", return_paths=return_paths)
+    rep = Report("bounce", return_paths=return_paths, feedback_ids=feedback_ids)
     for p in parts:
         if p.get_content_type() == "message/delivery-status":
             for block in _status_blocks(p):

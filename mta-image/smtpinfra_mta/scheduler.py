@@ -30,6 +30,7 @@ from smtpinfra_mta.verp import Verp
 
 if TYPE_CHECKING:
     from smtpinfra_mta.metrics import Metrics
+    from smtpinfra_mta.outcomes import OutcomeStore
     from smtpinfra_mta.suppression import SuppressionStore
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Scheduler:
         self.warmup = warmup
         self.metrics = metrics
         self.suppression = suppression
+        self.outcomes: OutcomeStore | None = None  # per-campaign and per-tenant outcome counters
         self.automation = Automation(cfg.throttling.automation)
         self.rates = RateLimiter()
         self.queues: dict[tuple[str, str], DomainQueue] = {}
@@ -448,8 +450,10 @@ class Scheduler:
         """The spool holding ``msg``: the accepting process's when delivery runs in its own process."""
         return self.shards.get(msg.shard, self.spool)
 
-    async def _record(self, msg: SpooledMessage, results: list[tuple[str, str]]) -> None:
+    async def _record(self, msg: SpooledMessage, results: list[tuple[str, str]], *, failed: bool = False) -> None:
         await self.spool_of(msg).record_done(msg, results)  # the spool orders and batches these itself
+        if self.outcomes is not None:
+            self.outcomes.final(msg, results, failed=failed)
 
     async def _fail_temporary(self, item: WorkItem, reply: Reply, remote: str | None, *, source: str = "",
                               provider: str | None = None) -> None:
@@ -463,6 +467,8 @@ class Scheduler:
             await self._bounce(item, expired, remote, status="4.4.7", source=source, provider=provider)
             return
         self._count("deferred", item, len(item.rcpts), source, provider)
+        if self.outcomes is not None:
+            self.outcomes.deferred(item.msg, item.rcpts)
         delay = retry_delay(self.cfg.delivery.retry_schedule, item.attempts)
         log.info("deferred", extra={"id": item.msg.id, "domain": item.domain, "attempts": item.attempts,
                                     "retry_in": delay, "reply": reply.line[:200]})
@@ -495,7 +501,7 @@ class Scheduler:
                 except Exception as exc:
                     log.error("suppression insert failed", extra={"error": str(exc)})
         item.state = "done"
-        await self._record(item.msg, [(r, "bounced") for r in item.rcpts])
+        await self._record(item.msg, [(r, "bounced") for r in item.rcpts], failed=status is not None)
 
     async def _send_dsn(self, msg: SpooledMessage, failures: list[RecipientFailure]) -> None:
         try:

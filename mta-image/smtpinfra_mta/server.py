@@ -21,7 +21,9 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from smtpinfra_mta import policy
 from smtpinfra_mta.appview import SmtpApp
+from smtpinfra_mta.campaign_contract import FEEDBACK_ID_HEADER
 from smtpinfra_mta.headers import HeaderError, Headers, header_section_size, parse_headers
+from smtpinfra_mta.outcomes import campaign_of
 from smtpinfra_mta.protocol import COMMAND_CALL_LIMITS, NULL_SENDER, ListenerKind, MtaSMTP
 from smtpinfra_mta.quota import Reservation
 from smtpinfra_mta.spool import Kind, SpooledMessage, SpoolError, new_message_id
@@ -201,8 +203,10 @@ class SmtpHandler:
             if headers.count("Received") > policy.MAX_RECEIVED_HEADERS:
                 return self._reject("loop", policy.LOOP_REPLY)
             tenant = self.app.tenants.tenant(str(session.auth_data))
-            if tenant is None or tenant.suspended:
-                return self._reject("suspended", "550 5.7.1 Account is suspended")
+            if tenant is None:
+                return self._reject("auth", "530 5.7.0 Authentication required")
+            if tenant.suspended:  # suspended by a reload during the transaction
+                return self._reject("suspended", policy.suspended_reply(tenant))
             refusal, from_domain = policy.check_identity(headers, tenant)
             if refusal is not None:
                 return self._reject("header_from", refusal)
@@ -229,6 +233,7 @@ class SmtpHandler:
                 id=new_message_id(), tenant=tenant_name, pool=pool, mail_from=mail_from, rcpts=rcpts,
                 received_at=time.time(), kind=kind,
                 idempotency_key=ikey, client=_peer(session), listener=self.kind,
+                campaign=_campaign(headers, tenant_name) if headers is not None else None,
             )
             try:
                 msg_id, duplicate = await self.app.spool.commit(msg, content)
@@ -288,6 +293,12 @@ class SmtpHandler:
                 return False
             server.counted_ip = str(src)
         return True
+
+
+def _campaign(headers: Headers, tenant: str) -> str | None:
+    """The tenant's own campaign named by the message's Feedback-ID, or None."""
+    raw = headers.first(FEEDBACK_ID_HEADER)
+    return campaign_of(raw.decode("utf-8", "replace"), tenant) if raw else None
 
 
 def _idempotency_key(headers: Headers, mail_from: str, rcpts: list[str]) -> str | None:

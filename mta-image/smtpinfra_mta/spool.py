@@ -75,6 +75,7 @@ class SpooledMessage:
     listener: str = ""  # not persisted: only used for the acceptance metric
     shard: str = ""  # not persisted: which spool directory holds it ("" = the delivering process's own)
     done: dict[str, str] = field(default_factory=dict)
+    campaign: str | None = None  # "<namespace>/<campaign>" from the Feedback-ID of the tenant's own campaign
 
     @property
     def pending(self) -> list[str]:
@@ -86,6 +87,8 @@ class SpooledMessage:
             "rcpts": self.rcpts, "received_at": self.received_at, "kind": self.kind,
             "idempotency_key": self.idempotency_key, "size": self.size, "client": self.client,
         }
+        if self.campaign:
+            d["campaign"] = self.campaign
         return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
@@ -95,6 +98,7 @@ class SpooledMessage:
             id=d["id"], tenant=d["tenant"], pool=d["pool"], mail_from=d["mail_from"], rcpts=list(d["rcpts"]),
             received_at=float(d["received_at"]), kind=d.get("kind", "submission"),
             idempotency_key=d.get("idempotency_key"), size=int(d.get("size", 0)), client=d.get("client", ""),
+            campaign=d.get("campaign"),
         )
 
 

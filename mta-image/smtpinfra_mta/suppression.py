@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,13 +35,26 @@ class Entry:
     created_at: float
 
 
+Hasher = Callable[[str, str], str]
+"""(tenant, normalised address) -> the ``sha256:<hex>`` form an erased address is kept in."""
+
+
+def _forms(hasher: Hasher | None, tenant: str, address: str) -> tuple[str, str]:
+    """The clear and the hashed form of an address (the clear one twice when no hasher is set)."""
+    clear = normalise(address)
+    return clear, hasher(tenant, clear) if hasher is not None else clear
+
+
 class SuppressionStore(Protocol):
+    hasher: Hasher | None
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def is_suppressed(self, tenant: str, address: str) -> bool: ...
     async def add(self, tenant: str, address: str, reason: str) -> None: ...
     async def remove(self, tenant: str, address: str) -> bool: ...
     async def entries(self, tenant: str) -> list[Entry]: ...
+    async def erase(self, tenant: str, address: str) -> bool: ...
 
 
 class SqliteStore:
@@ -48,6 +62,7 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.hasher: Hasher | None = None
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -67,6 +82,7 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         await self._run("PRAGMA journal_mode=WAL")
+        await self._run("PRAGMA secure_delete=ON")  # an erased address must not linger in free pages
         await self._run(_SCHEMA)
 
     async def close(self) -> None:
@@ -75,7 +91,8 @@ class SqliteStore:
             self._db = None
 
     async def is_suppressed(self, tenant: str, address: str) -> bool:
-        rows = await self._run("SELECT 1 FROM suppressions WHERE tenant=? AND address=?", (tenant, normalise(address)))
+        rows = await self._run("SELECT 1 FROM suppressions WHERE tenant=? AND address IN (?, ?) LIMIT 1",
+                               (tenant, *_forms(self.hasher, tenant, address)))
         return bool(rows) and rows[0] == (1,)
 
     async def add(self, tenant: str, address: str, reason: str) -> None:
@@ -92,12 +109,34 @@ class SqliteStore:
                                " ORDER BY address", (tenant,))
         return [Entry(*r) for r in rows if isinstance(r, tuple)]
 
+    async def erase(self, tenant: str, address: str) -> bool:
+        """Replace the clear entry by the hashed one (kept even if there was none); True if one was there.
+
+        The write-ahead log is truncated afterwards so the clear address is in no file of the database.
+        """
+        clear, hashed = _forms(self.hasher, tenant, address)
+        if hashed == clear:
+            raise ValueError("erasure needs a hasher (the tenant's salt)")
+        async with self._lock:
+            return await asyncio.to_thread(self._erase, tenant, clear, hashed)
+
+    def _erase(self, tenant: str, clear: str, hashed: str) -> bool:
+        assert self._db is not None
+        with self._db:
+            self._db.execute("BEGIN")
+            n = self._db.execute("DELETE FROM suppressions WHERE tenant=? AND address=?", (tenant, clear)).rowcount
+            self._db.execute("INSERT INTO suppressions(tenant, address, reason, created_at) VALUES (?, ?, ?, ?)"
+                             " ON CONFLICT(tenant, address) DO NOTHING", (tenant, hashed, "erased", time.time()))
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return n > 0
+
 
 class PostgresStore:
     """Shared store over psycopg 3 (async); one connection, serialised, reconnected on failure."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.hasher: Hasher | None = None
         self._conn: Any = None
         self._lock = asyncio.Lock()
 
@@ -133,8 +172,8 @@ class PostgresStore:
             self._conn = None
 
     async def is_suppressed(self, tenant: str, address: str) -> bool:
-        _, rows = await self._run("SELECT 1 FROM suppressions WHERE tenant=%s AND address=%s",
-                                  (tenant, normalise(address)))
+        _, rows = await self._run("SELECT 1 FROM suppressions WHERE tenant=%s AND address IN (%s, %s) LIMIT 1",
+                                  (tenant, *_forms(self.hasher, tenant, address)))
         return bool(rows)
 
     async def add(self, tenant: str, address: str, reason: str) -> None:
@@ -151,6 +190,18 @@ class PostgresStore:
         _, rows = await self._run("SELECT tenant, address, reason, created_at FROM suppressions WHERE tenant=%s"
                                   " ORDER BY address", (tenant,))
         return [Entry(*r) for r in rows]
+
+    async def erase(self, tenant: str, address: str) -> bool:
+        """Replace the clear entry by the hashed one in one statement; True if a clear entry was there."""
+        clear, hashed = _forms(self.hasher, tenant, address)
+        if hashed == clear:
+            raise ValueError("erasure needs a hasher (the tenant's salt)")
+        _, rows = await self._run(
+            "WITH gone AS (DELETE FROM suppressions WHERE tenant=%s AND address=%s RETURNING 1),"
+            " kept AS (INSERT INTO suppressions(tenant, address, reason, created_at) VALUES (%s, %s, 'erased', %s)"
+            " ON CONFLICT (tenant, address) DO NOTHING RETURNING 1)"
+            " SELECT (SELECT count(*) FROM gone)", (tenant, clear, tenant, hashed, time.time()))
+        return bool(rows and rows[0][0])
 
 
 def open_store(url: str) -> SuppressionStore:

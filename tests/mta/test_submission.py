@@ -127,7 +127,7 @@ def test_header_from_must_belong_to_tenant(mta: RunningMta) -> None:
 def test_suspended_tenant_gets_clear_5xx(mta: RunningMta) -> None:
     r = submit(mta, user="carol", mail_from="x@gamma.test")
     assert r.has("235 2.7.0")
-    assert r.has("550 5.7.1 Account gamma is suspended"), r.replies()
+    assert r.has("550 5.7.1 Tenant gamma is suspended: contact your administrator"), r.replies()
     assert queued(mta) == []
 
 
