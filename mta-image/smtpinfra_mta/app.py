@@ -125,6 +125,7 @@ class MtaApp:
                                           self.suppression, fsync=self.cfg.spool.fsync)
             self.inbound.verp = self.verp
             self.inbound.outcomes = self.outcomes
+            self.inbound.unsubscribe = self._mail_unsubscribe
             await self.inbound.start()
             if self.role == "deliver":
                 shard = Spool(self.cfg.spool.directory / ACCEPT_SHARD, fsync=self.cfg.spool.fsync)
@@ -355,12 +356,23 @@ class MtaApp:
 
     # ------------------------------------------------------------------ unsubscribe and erasure
 
-    async def _unsubscribe(self, method: str, path: str, content_type: str, body: bytes) -> Response:
-        """``/unsubscribe/<token>`` (see :mod:`smtpinfra_mta.unsubscribe`); keys re-read per request."""
+    def _unsubscribe_service(self) -> UnsubscribeService | None:
+        """The endpoint's service over the current config (keys re-read per request); None without keys."""
         if self.suppression is None or not self.cfg.unsubscribe.keys:
-            return "404 Not Found", "text/plain", b"not found\n"
+            return None
         keys = self.cfg.unsubscribe.keys
-        service = UnsubscribeService(lambda: load_unsubscribe_keys(keys), self.suppression, self.outcomes)
+        return UnsubscribeService(lambda: load_unsubscribe_keys(keys), self.suppression, self.outcomes)
+
+    async def _mail_unsubscribe(self, subject: str) -> bool:
+        """A message to an inbound address whose subject carries an unsubscribe token (the mailto: link)."""
+        service = self._unsubscribe_service()
+        return service is not None and await service.by_mail(subject)
+
+    async def _unsubscribe(self, method: str, path: str, content_type: str, body: bytes) -> Response:
+        """``/unsubscribe/<token>`` (see :mod:`smtpinfra_mta.unsubscribe`)."""
+        service = self._unsubscribe_service()
+        if service is None:
+            return "404 Not Found", "text/plain", b"not found\n"
         try:
             return await service.handle(method, path, content_type, body)
         except Exception as exc:  # the store is down: the client may retry; nothing was half done

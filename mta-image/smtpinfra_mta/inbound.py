@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge
@@ -45,6 +46,7 @@ class InboundReports:
         self.suppression = suppression
         self.verp: Verp | None = None
         self.outcomes: OutcomeStore | None = None  # complaints and async bounces per tenant and campaign
+        self.unsubscribe: Callable[[str], Awaitable[bool]] | None = None  # mailto: unsubscribes (by subject)
         self.quarantine = Quarantine(spool_dir / QUARANTINE_DIR, max_bytes=cfg.quarantine_max_bytes,
                                      max_age=cfg.quarantine_max_age, fsync=fsync)
         self.workers = ReportWorkers(cfg.report_workers, cfg.report_parse_timeout, cfg.report_max_bytes)
@@ -106,6 +108,11 @@ class InboundReports:
                     await self._quarantine(msg, spool, content, exc.reason, exc.detail)
                     return
             results = outcomes(report, msg.rcpts, self.verp) if self.verp is not None else []
+            if report.kind == "other" and report.subject and self.unsubscribe is not None:
+                if await self.unsubscribe(report.subject):
+                    self.handled.labels(outcome="unsubscribe").inc()
+                    await spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
+                    return
             if not await self._suppress(msg, results):
                 await self._quarantine(msg, spool, content, "suppression", "suppression inserts kept failing")
                 return

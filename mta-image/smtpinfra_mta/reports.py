@@ -28,6 +28,7 @@ class Report:
     return_paths: list[str] = field(default_factory=list)  # the original's envelope sender, where quoted
     feedback_type: str = ""  # ARF: abuse, fraud, not-spam...
     feedback_ids: list[str] = field(default_factory=list)  # Feedback-ID of the quoted original (campaign tag)
+    subject: str = ""  # of a plain message ("other"): a mailto: unsubscribe carries its token there
 
 
 def _status_blocks(part: Message) -> list[Message]:
@@ -52,6 +53,7 @@ def _embedded_headers(part: Message) -> Message | None:
 MAX_ADDRESS_FIELD = 998  # RFC 5322 line length: no real Return-Path / Original-Mail-From is longer
 MAX_COMMENT_DEPTH = 8  # nesting of (comments) in one address field
 DEFAULT_MAX_BYTES = 128 * 1024
+MAX_SUBJECT = 4096  # longer than an unsubscribe token (2048) with a prefix
 
 
 class ReportError(Exception):
@@ -93,7 +95,7 @@ def parse_report(content: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Report:
 def _parse(content: bytes) -> Report:
     msg = message_from_bytes(content)
     if msg.get_content_type() != "multipart/report":
-        return Report("other")
+        return Report("other", subject=" ".join(str(msg.get("Subject", ""))[:MAX_SUBJECT].split()))
     param = msg.get_param("report-type")
     report_type = param.lower() if isinstance(param, str) else ""
     parts = [p for p in msg.walk() if isinstance(p, Message)]

@@ -105,6 +105,20 @@ class UnsubscribeService:
             return "405 Method Not Allowed", "text/plain", b"method not allowed\n"
         if not one_click(content_type, body):
             return BAD_REQUEST
+        await self._suppress(request)
+        return "200 OK", "text/html; charset=utf-8", DONE_PAGE
+
+    async def by_mail(self, subject: str) -> bool:
+        """The ``mailto:`` form: a message whose subject carries a token; True when one was valid."""
+        keys = self.keys()
+        for word in subject.split()[:8] if keys else []:
+            request = verify_unsubscribe(keys, word.strip("<>[]()\"'"))
+            if request is not None:
+                await self._suppress(request)
+                return True
+        return False
+
+    async def _suppress(self, request: Unsubscribe) -> None:
         campaign = f"{request.namespace}/{request.campaign}"
         already = await self.suppression.is_suppressed(request.tenant, request.address)
         if not already:
@@ -112,4 +126,3 @@ class UnsubscribeService:
             if self.outcomes is not None:  # a repeated click is not another unsubscribe
                 self.outcomes.unsubscribed(campaign, request.tenant)
         log.info("unsubscribed", extra={"tenant": request.tenant, "campaign": campaign, "repeated": already})
-        return "200 OK", "text/html; charset=utf-8", DONE_PAGE

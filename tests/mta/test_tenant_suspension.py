@@ -54,10 +54,11 @@ def test_suspension_by_reload_refuses_only_that_tenant(tmp_path: Path, tls_files
     rep = swaks("--server", f"{MTA_ADDR}:{mta.inbound_port}", "--ehlo", "isp.test", "--from", "<>",
                 "--to", return_path, "--data", "-", stdin=_complaint(return_path, "angry@example.test"))
     assert rep.has("250 2.0.0 OK queued"), rep.transcript
-    assert mta.app.suppression is not None
+    store = mta.app.suppression
+    assert store is not None
 
     def suppressed() -> set[str]:
-        return {e.address for e in mta.run(mta.app.suppression.entries("alpha"))}  # type: ignore[union-attr]
+        return {e.address for e in mta.run(store.entries("alpha"))}
     wait_for(lambda: "angry@example.test" in suppressed(), timeout=30)
     assert mta.app.stats()["tenants"]["alpha"]["window"] == {"sent": 1, "bounced": 0, "complained": 1}
 

@@ -13,7 +13,7 @@ import pytest
 from smtpinfra_mta.campaign_contract import sign_unsubscribe
 from smtpinfra_mta.unsubscribe import one_click
 
-from .conftest import MTA_ADDR, Dns, RunningMta, Sink, base_config, submit, wait_for
+from .conftest import MTA_ADDR, Dns, RunningMta, Sink, base_config, submit, swaks, wait_for
 
 pytestmark = pytest.mark.mta
 
@@ -132,3 +132,18 @@ def test_unsubscribed_address_is_suppressed_for_later_campaign_mail(
     wait_for(lambda: _stats(mta)["campaigns"].get("shop/autumn", {}).get("suppressed") == 1, timeout=30)
     assert _stats(mta)["campaigns"]["shop/autumn"]["delivered"] == 1
     assert [m.rcpts for m in sink.messages()] == [["keen@example.test"]]
+
+
+def test_mailto_unsubscribe_by_subject_token(keyed_config: dict[str, Any], mta_factory: Any) -> None:
+    mta: RunningMta = mta_factory(keyed_config)
+    token = sign_unsubscribe(CURRENT, "alpha", "shop", "spring", "mailer@example.test")
+    forged = sign_unsubscribe(b"not-the-servers-key-000000000000", "alpha", "shop", "spring", "victim@example.test")
+    for subject in (f"unsubscribe {forged}", f"Unsubscribe {token}"):
+        r = swaks("--server", f"{MTA_ADDR}:{mta.inbound_port}", "--ehlo", "client.example.test",
+                  "--from", "mailer@example.test", "--to", "unsubscribe@bounces.mta.test",
+                  "--header", f"Subject: {subject}", "--body", "please remove me")
+        assert r.has("250 2.0.0 OK queued"), r.transcript
+    wait_for(lambda: "mailer@example.test" in _suppressed(mta), timeout=30)
+    wait_for(lambda: mta.app.spool.queued_ids() == [], timeout=30)
+    assert _suppressed(mta) == {"mailer@example.test": "unsubscribe"}  # the forged token did nothing
+    assert _stats(mta)["campaigns"]["shop/spring"]["unsubscribed"] == 1
