@@ -108,11 +108,11 @@ class InboundReports:
                     await self._quarantine(msg, spool, content, exc.reason, exc.detail)
                     return
             results = outcomes(report, msg.rcpts, self.verp) if self.verp is not None else []
-            if report.kind == "other" and report.subject and self.unsubscribe is not None:
-                if await self.unsubscribe(report.subject):
-                    self.handled.labels(outcome="unsubscribe").inc()
-                    await spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
-                    return
+            if report.kind == "other" and report.subject and self.unsubscribe is not None \
+                    and await self.unsubscribe(report.subject):
+                self.handled.labels(outcome="unsubscribe").inc()
+                await spool.record_done(msg, [(r, "processed") for r in msg.rcpts])
+                return
             if not await self._suppress(msg, results):
                 await self._quarantine(msg, spool, content, "suppression", "suppression inserts kept failing")
                 return
