@@ -391,7 +391,7 @@ class MtaApp:
         if self.suppression is None:
             return "503 Service Unavailable", "text/plain", b"not ready\n"
         try:
-            result = await erase(self.suppression, self.cfg.spool.directory, tenant, address)
+            result = await erase(self.suppression, self.cfg.spool.directory, tenant, address, self.outcomes)
         except ValueError as exc:
             return "400 Bad Request", "text/plain", f"{exc}\n".encode()
         except Exception as exc:

@@ -133,6 +133,7 @@ def erase_cmd(
     For a local spool (the MTA stopped or on this host); a running pod is asked through POST /erase.
     """
     from smtpinfra_mta.erasure import erase, load_secret, make_hasher
+    from smtpinfra_mta.outcomes import OutcomeStore
     from smtpinfra_mta.suppression import open_store
 
     try:
@@ -145,9 +146,11 @@ def erase_cmd(
         store = open_store(cfg.suppression.url)
         store.hasher = make_hasher(load_secret(cfg))
         await store.open()
+        outcomes = OutcomeStore(cfg.spool.directory / "outcomes.sqlite")
         try:
-            return (await erase(store, cfg.spool.directory, tenant, address)).as_json()
+            return (await erase(store, cfg.spool.directory, tenant, address, outcomes)).as_json()
         finally:
+            outcomes.close()
             await store.close()
 
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 from smtpinfra_mta.campaign_contract import erasure_hash
 from smtpinfra_mta.config import MtaConfig
+from smtpinfra_mta.outcomes import OutcomeStore
 from smtpinfra_mta.suppression import Hasher, SuppressionStore, normalise
 from smtpinfra_mta.verp import load_or_create_key
 
@@ -86,11 +87,14 @@ def scrub_quarantine(directory: Path, address: str) -> int:
     return removed
 
 
-async def erase(store: SuppressionStore, spool_dir: Path, tenant: str, address: str) -> Erased:
+async def erase(store: SuppressionStore, spool_dir: Path, tenant: str, address: str,
+                outcomes: OutcomeStore | None = None) -> Erased:
     """Erase ``address`` of ``tenant``: the hash is written first, so the address is never unsuppressed."""
     if "@" not in address or any(c in address for c in "\r\n\0"):
         raise ValueError("not an address")
     had = await store.erase(tenant, address)
     removed = scrub_quarantine(spool_dir / QUARANTINE_DIR, address)
+    if outcomes is not None:
+        outcomes.erase(address)
     log.info("address erased", extra={"tenant": tenant, "suppression_entry": had, "quarantined_reports": removed})
     return Erased(tenant=tenant, suppression_entry=had, quarantined_reports=removed)

@@ -72,6 +72,8 @@ class OutcomeStore:
     """The counters of one spool directory (``path`` None: in memory, for tests of the pure parts)."""
 
     def __init__(self, path: Path | None) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(":memory:" if path is None else str(path), isolation_level=None,
                                    check_same_thread=False, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -159,6 +161,11 @@ class OutcomeStore:
             self.tenant_event(tenant, "bounced")
             if campaign:
                 self.count(campaign, tenant, "bounced")
+
+    def erase(self, address: str) -> int:
+        """Forget the deferred rows of ``address`` (its digest is not salted, so it counts as the address)."""
+        cur = self._db.execute("DELETE FROM campaign_deferred WHERE rcpt_digest=?", (address_digest(address),))
+        return cur.rowcount
 
     # ------------------------------------------------------------------ reads
 

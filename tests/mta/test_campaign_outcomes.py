@@ -92,6 +92,16 @@ def test_counters_survive_reopening_and_window_drops_old_hours(tmp_path: Path) -
     figures = again.campaigns()["shop/spring"]
     assert (figures["deferred"], figures["delivered"]) == (0, 1)
     assert again.window("alpha", 86400) == {"sent": 1, "bounced": 0, "complained": 0}
+    expired = SpooledMessage(id="m2", tenant="alpha", pool="p", mail_from="n@alpha.test", rcpts=["b@x.test"],
+                             received_at=0.0, campaign="shop/spring")
+    again.deferred(expired, ["b@x.test"])
+    assert again.campaigns()["shop/spring"]["deferred"] == 1
+    again.final(expired, [("b@x.test", "bounced")], failed=True)  # expired in the queue
+    figures = again.campaigns()["shop/spring"]
+    assert (figures["deferred"], figures["bounced"], figures["failed"]) == (0, 0, 1)
+    assert again.window("alpha", 86400)["bounced"] == 1
+    again.deferred(expired, ["c@x.test"])
+    assert again.erase("c@X.TEST") == 1 and again.campaigns()["shop/spring"]["deferred"] == 0
     again.close()
     assert b"a@x.test" not in path.read_bytes()  # the deferred rows hold digests, not addresses
 
