@@ -160,7 +160,14 @@ class OutcomeStore:
         elif event == "hard_bounce":
             self.tenant_event(tenant, "bounced")
             if campaign:
+                # A late bounce of mail counted as delivered: it moves, so the final outcomes never add up to
+                # more than the recipients. The delivering replica may be another one, so one pod's
+                # 'delivered' may go below zero; the sum over the pods is exact.
                 self.count(campaign, tenant, "bounced")
+                self._db.execute("UPDATE campaign_counts SET n = n - 1 WHERE campaign=? AND outcome='delivered'",
+                                 (campaign,))
+                self._db.execute("INSERT INTO campaign_counts(campaign, tenant, outcome, n) VALUES (?, ?, ?, -1)"
+                                 " ON CONFLICT(campaign, outcome) DO NOTHING", (campaign, tenant, "delivered"))
 
     def erase(self, address: str) -> int:
         """Forget the deferred rows of ``address`` (its digest is not salted, so it counts as the address)."""

@@ -138,6 +138,7 @@ def test_campaign_outcomes_in_stats_across_deferral_complaint_bounce_and_restart
     _report(mta, by_rcpt["b@example.test"].mail_from, _dsn(by_rcpt["b@example.test"].mail_from,
                                                            "b@example.test", TAG))
     wait_for(lambda: _campaign(mta).get("complained") == 1 and _campaign(mta).get("bounced") == 1, timeout=30)
+    assert _campaign(mta)["delivered"] == 1  # the late bounce moved b@ from delivered to bounced
     assert _stats(mta)["tenants"]["alpha"]["window"] == {"sent": 4, "bounced": 1, "complained": 1}
     assert _stats(mta)["tenants"]["beta"]["window"] == {"sent": 0, "bounced": 0, "complained": 0}
 
@@ -147,3 +148,16 @@ def test_campaign_outcomes_in_stats_across_deferral_complaint_bounce_and_restart
     after = _stats(restarted)
     assert after["campaigns"] == before["campaigns"]
     assert after["tenants"]["alpha"]["window"] == before["tenants"]["alpha"]["window"]
+
+
+def test_reports_are_attributed_only_to_the_tenant_the_token_names() -> None:
+    store = OutcomeStore(None)
+    store.reported("alpha", "hard_bounce", TAG)  # delivered by another replica: this pod's delivered goes below 0
+    store.reported("beta", "complaint", TAG)  # a tag naming alpha in a report about beta's mail
+    store.reported("alpha", "soft_bounce", TAG)  # not final: nothing moves
+    assert store.campaigns() == {"shop/spring": {
+        "tenant": "alpha", "accepted": 0, "delivered": -1, "deferred": 0, "bounced": 1, "failed": 0,
+        "complained": 0, "suppressed": 0, "unsubscribed": 0}}
+    assert store.window("beta", 3600) == {"sent": 0, "bounced": 0, "complained": 1}
+    assert store.window("alpha", 3600) == {"sent": 0, "bounced": 1, "complained": 0}
+    store.close()
