@@ -1,0 +1,190 @@
+"""The informer's list, watch, resume, relist, backoff, bookmarks and listeners, through the
+client's httpx transport seam (a scripted API server, no cluster)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import httpx
+import pytest
+
+from smtpinfra_kube import ApiException, Backoff, Client, Informer, KubeConfig, RestListWatch
+from tests.kube_client.fakeapi import FakeApi, bookmark, event, listing, pod
+
+CONFIG = KubeConfig(server="https://kube.test", token="t0ken")
+
+
+def stepped(fake: FakeApi) -> tuple[Informer, list[tuple[str, str]]]:
+    """The client's informer of MTA pods, not started: the test steps it as its thread would."""
+    client = Client(CONFIG, transport=fake.transport, start_informers=False)
+    informer = client.informer("v1", "Pod", label_selector="app=mta")
+    seen: list[tuple[str, str]] = []
+    informer.listen(lambda type_, obj: seen.append((type_, obj["metadata"]["name"])))
+    return informer, seen
+
+
+def test_first_list_syncs_and_keeps_what_the_operator_reads_of_a_pod():
+    fake = FakeApi([listing(10, pod("a", 5), pod("b", 6, ready=False))], [])
+    informer, seen = stepped(fake)
+    assert not informer.has_synced()
+    assert informer.step(None) == "10"
+    assert informer.has_synced()
+    a = informer.get("mail", "a")
+    assert a is not None
+    assert a["status"]["conditions"] == [{"type": "Ready", "status": "True"}]
+    assert a["metadata"]["annotations"] == {"smtpinfra.com/template-hash": "h1"}
+    assert a["kind"] == "Pod" and "spec" not in a
+    assert sorted(seen) == [("ADDED", "a"), ("ADDED", "b")]
+    (request,) = fake.requests
+    assert request.url.path == "/api/v1/pods" and request.url.params["labelSelector"] == "app=mta"
+    assert request.headers["Authorization"] == "Bearer t0ken"
+
+
+def test_watch_applies_events_takes_a_bookmarks_version_and_resumes_without_a_list():
+    fake = FakeApi([listing(10, pod("a", 5))],
+                   [[event("MODIFIED", pod("a", 11, ready=False)), event("ADDED", pod("c", 12)), bookmark(15)],
+                    [event("DELETED", pod("c", 16))]])
+    informer, seen = stepped(fake)
+    version = informer.step(informer.step(None))
+    assert version == "15"
+    assert informer.get("mail", "a")["status"]["conditions"] == [{"type": "Ready", "status": "False"}]
+    assert informer.get("mail", "c") is not None
+    version = informer.step(version)  # the watch ended as at the server's timeout: resume, no list
+    assert fake.watched_from == ["10", "15"]
+    assert fake.list_count == 1
+    assert version == "16" and informer.get("mail", "c") is None
+    assert seen[1:] == [("MODIFIED", "a"), ("ADDED", "c"), ("DELETED", "c")]
+    watch = fake.requests[1]
+    assert watch.url.params["allowWatchBookmarks"] == "true" and watch.url.params["labelSelector"] == "app=mta"
+
+
+@pytest.mark.parametrize("gone", [
+    [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old resource version"}}],
+    410,
+], ids=["error-event", "http-status"])
+def test_410_gone_lists_again_and_reports_only_what_changed_meanwhile(gone: Any):
+    fake = FakeApi([listing(10, pod("a", 5), pod("b", 6), pod("e", 7)),
+                    listing(40, pod("b", 30), pod("d", 31), pod("e", 7))], [gone])
+    informer, seen = stepped(fake)
+    version = informer.step(None)
+    seen.clear()
+    assert informer.step(version) is None  # the version expired: the next step lists
+    assert informer.step(None) == "40"
+    assert {i["metadata"]["name"] for i in informer.items()} == {"b", "d", "e"}
+    assert sorted(seen) == [("ADDED", "d"), ("DELETED", "a"), ("MODIFIED", "b")]  # e did not change
+
+
+def test_other_watch_errors_are_raised_for_the_thread_to_back_off():
+    fake = FakeApi([listing(10)], [[{"type": "ERROR", "object": {"code": 500, "reason": "InternalError"}}], 503])
+    informer, _ = stepped(fake)
+    version = informer.step(None)
+    with pytest.raises(ApiException) as error:
+        informer.step(version)
+    assert error.value.status == 500
+    with pytest.raises(ApiException) as error:
+        informer.step(version)
+    assert error.value.status == 503
+
+
+def test_backoff_doubles_up_to_its_limit_and_resets_on_success():
+    backoff = Backoff(first=0.5, limit=3.0)
+    assert [backoff.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    backoff.succeeded()
+    assert backoff.failed() == 0.5
+
+
+class RecordingBackoff(Backoff):
+    def __init__(self) -> None:
+        super().__init__(first=0.01, limit=0.04)
+        self.delays: list[float] = []
+
+    def failed(self) -> float:
+        self.delays.append(super().failed())
+        return self.delays[-1]
+
+
+def test_the_thread_backs_off_after_failed_lists_then_syncs_and_watches_from_the_list():
+    fake = FakeApi([500, 503, 500, listing(20, pod("a", 19))], [[event("ADDED", pod("b", 21))]])
+    http = httpx.Client(base_url="https://kube.test", transport=fake.transport)
+    backoff = RecordingBackoff()
+    heard = threading.Event()
+    informer = Informer(RestListWatch(http, "/api/v1/pods"), name="pods", backoff=backoff, start=False)
+    informer.listen(lambda type_, obj: heard.set() if obj["metadata"]["name"] == "b" else None)
+    informer.start()
+    try:
+        assert informer.synced.wait(30)
+        assert heard.wait(30)
+    finally:
+        informer.stop(timeout=30)
+        fake.close()
+    assert backoff.delays == [0.01, 0.02, 0.04]
+    assert fake.watched_from[0] == "20"
+    assert informer.get("mail", "b")["spec"] == {"containers": [{"name": "mta"}]}  # kept whole
+
+
+def test_a_broken_watch_backs_off_and_lists_again():
+    fake = FakeApi([listing(10, pod("a", 5)), listing(30, pod("a", 25))], [500])
+    http = httpx.Client(base_url="https://kube.test", transport=fake.transport)
+    changed = threading.Event()
+    informer = Informer(RestListWatch(http, "/api/v1/pods"), name="pods", backoff=RecordingBackoff(), start=False)
+    informer.listen(lambda type_, obj: changed.set() if type_ == "MODIFIED" else None)
+    informer.start()
+    try:
+        assert changed.wait(30)
+    finally:
+        informer.stop(timeout=30)
+        fake.close()
+    assert fake.list_count == 2
+    assert informer.get("mail", "a")["metadata"]["resourceVersion"] == "25"
+
+
+def test_a_late_listener_hears_of_every_stored_object_and_a_failing_listener_stops_nothing():
+    fake = FakeApi([listing(10, pod("a", 5), pod("b", 6))], [[event("ADDED", pod("c", 12))]])
+    informer, seen = stepped(fake)
+    informer.step(None)
+    late: list[str] = []
+    informer.listen(lambda type_, obj: late.append(f"{type_} {obj['metadata']['name']}"))
+
+    def broken(type_: str, obj: dict[str, Any]) -> None:
+        raise RuntimeError("listener bug")
+
+    informer.listen(broken)
+    assert sorted(late) == ["ADDED a", "ADDED b"]
+    informer.step("10")
+    assert late[-1] == "ADDED c" and seen[-1] == ("ADDED", "c")
+
+
+def test_a_metadata_only_informer_asks_for_partial_metadata_and_syncs_on_an_empty_list():
+    """The API server answers an empty PartialObjectMetadataList with `items: null`."""
+    fake = FakeApi([{"metadata": {"resourceVersion": "7"}, "items": None}], [])
+    client = Client(CONFIG, transport=fake.transport, start_informers=False)
+    seen: list[str] = []
+    client.watch_metadata("v1", "Secret", lambda type_, obj: seen.append(type_))
+    informer = client.shared_informer(("v1", "Secret", None, None), metadata_only=True)
+    assert informer.step(None) == "7"
+    assert informer.has_synced() and informer.items() == [] and seen == []
+    assert "as=PartialObjectMetadataList" in fake.requests[0].headers["Accept"]
+
+
+def test_our_write_answered_after_a_later_event_does_not_bring_back_an_older_or_deleted_object():
+    fake = FakeApi([listing(10, pod("a", 5), pod("b", 6))],
+                   [[event("MODIFIED", pod("a", 20, ready=False)), event("DELETED", pod("b", 21))]])
+    informer, _ = stepped(fake)
+    informer.step(informer.step(None))
+    informer.put({"apiVersion": "v1", "kind": "Pod", **pod("a", 15)})  # the answer to a write before version 20
+    assert informer.get("mail", "a")["metadata"]["resourceVersion"] == "20"
+    informer.put({"apiVersion": "v1", "kind": "Pod", **pod("b", 18)})  # written just before it was deleted
+    assert informer.get("mail", "b") is None
+    informer.put({"apiVersion": "v1", "kind": "Pod", **pod("a", 25)})
+    assert informer.get("mail", "a")["metadata"]["resourceVersion"] == "25"
+
+
+def test_stop_ends_the_thread_during_a_quiet_watch():
+    fake = FakeApi([listing(10)], [], idle=60)
+    http = httpx.Client(base_url="https://kube.test", transport=fake.transport)
+    informer = Informer(RestListWatch(http, "/api/v1/pods"), name="pods")
+    assert informer.synced.wait(30)
+    informer.stop()
+    fake.close()  # a mock cannot be cut like a socket: end its quiet watch
+    assert informer.join(30)
