@@ -36,11 +36,13 @@ bind-mounted as is; image changes of a running pod are not acted upon.
 
 Layout: ``runner`` (the watches and the worker per pod), ``claims`` (PVCs bound to hostPath PVs),
 ``worker`` and its layers ``state``, ``volumes``, ``processes``, ``status``, ``probes``,
-``supervision``; ``kubeclient``/``reflector`` (API access), ``files`` (atomic writer),
+``supervision``; ``kube`` (what it catches of API access, which is ``smtpinfra_kube``), ``files`` (atomic writer),
 ``ipalloc`` (pod IPs), ``images`` and ``expansion``. Every public name is re-exported here.
 """
 
 from __future__ import annotations
+
+from smtpinfra_kube import ApiError, Obj
 
 from .claims import RUNNER_LABEL
 from .config import RunnerConfig
@@ -55,8 +57,6 @@ from .images import (
     kwok_image_expression,
 )
 from .ipalloc import DEFAULT_POD_CIDR, IpAllocator
-from .kubeclient import ApiError, KubeClient, Obj
-from .reflector import Reflector
 from .runner import PodRunner
 from .worker import PodWorker
 
@@ -68,11 +68,9 @@ __all__ = [
     "RUNNER_LABEL",
     "ApiError",
     "IpAllocator",
-    "KubeClient",
     "Obj",
     "PodRunner",
     "PodWorker",
-    "Reflector",
     "RunnerConfig",
     "expand",
     "image_prefixes_from_env",

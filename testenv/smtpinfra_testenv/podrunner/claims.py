@@ -13,8 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .kubeclient import ApiError, KubeClient, Obj
-from .reflector import object_key
+from smtpinfra_kube import ApiError, Client, Obj, object_key
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class ClaimBinder:
     pending and bound when its watch event arrives.
     """
 
-    def __init__(self, client: KubeClient, claim: Callable[[str, str], Obj | None],
+    def __init__(self, client: Client, claim: Callable[[str, str], Obj | None],
                  claim_dir: Callable[[str, str], Path], stopping: threading.Event) -> None:
         self.client = client
         self._claim = claim
@@ -133,7 +132,7 @@ class ClaimBinder:
         pv = persistent_volume(ns, name, claim, directory)
         pv_name = pv["metadata"]["name"]
         try:
-            self.client.request("POST", "/api/v1/persistentvolumes", pv)
+            self.client.request("POST", "/api/v1/persistentvolumes", body=pv)
             log.info("bound claim %s/%s to PersistentVolume %s (%s)", ns, name, pv_name, directory)
         except ApiError as err:
             if err.status != 409:
@@ -141,12 +140,20 @@ class ClaimBinder:
             existing = self.client.request("GET", f"/api/v1/persistentvolumes/{pv_name}")
             if (existing.get("spec", {}).get("claimRef") or {}).get("uid") != claim["metadata"]["uid"]:
                 # Left over from an earlier claim of the same name: replace it (data dir stays).
-                self.client.request("DELETE", f"/api/v1/persistentvolumes/{pv_name}", ok=(200, 202, 404))
+                self._delete_volume(pv_name)
                 raise RuntimeError(f"replaced stale PersistentVolume {pv_name}") from err
 
     def _sweep_volumes(self) -> None:
-        pvs = self.client.request("GET", f"/api/v1/persistentvolumes?labelSelector={RUNNER_LABEL}%3Dtrue")
+        pvs = self.client.request("GET", "/api/v1/persistentvolumes", query=[("labelSelector", f"{RUNNER_LABEL}=true")])
         for pv in pvs.get("items") or []:
             if pv.get("status", {}).get("phase") == "Released":
                 name = pv["metadata"]["name"]
-                self.client.request("DELETE", f"/api/v1/persistentvolumes/{name}", ok=(200, 202, 404))
+                self._delete_volume(name)
+
+    def _delete_volume(self, name: str) -> None:
+        """Delete one of our PersistentVolumes; already gone is fine."""
+        try:
+            self.client.request("DELETE", f"/api/v1/persistentvolumes/{name}")
+        except ApiError as err:
+            if err.status != 404:
+                raise

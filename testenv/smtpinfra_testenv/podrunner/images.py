@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from .kubeclient import Obj
+from smtpinfra_kube import Obj
 
 DEFAULT_IMAGE_PREFIXES = ("smtp-infra/",)
 

@@ -9,7 +9,8 @@ import subprocess
 import time
 from typing import Any
 
-from .kubeclient import Obj
+from smtpinfra_kube import Obj
+
 from .state import Container, Probe
 from .status import PodStatusWriter
 

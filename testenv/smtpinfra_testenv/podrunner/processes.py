@@ -14,9 +14,10 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from smtpinfra_kube import Obj
+
 from .expansion import expand
 from .images import IMAGE_DEFAULTS
-from .kubeclient import Obj
 from .state import Container, NotReadyError, Probe, now_rfc3339
 from .volumes import PodVolumes
 

@@ -12,15 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smtpinfra_kube import Client, KubeConfig, Obj, object_key
+
 from .claims import ClaimBinder, claim_names
 from .config import RunnerConfig
 from .images import is_local_pod
 from .ipalloc import IpAllocator
-from .kubeclient import KubeClient, Obj
-from .reflector import Reflector, object_key
 from .worker import PodWorker
 
 log = logging.getLogger(__name__)
+
+USER_AGENT = "smtp-infra-pod-runner"
 
 
 class PodRunner:
@@ -30,7 +32,7 @@ class PodRunner:
         self.config = config
         self.state_dir = config.state_dir.absolute()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.client = KubeClient.from_kubeconfig(config.kubeconfig, self.state_dir / "kube")
+        self.client = Client(KubeConfig.from_kubeconfig(config.kubeconfig), user_agent=USER_AGENT)
         self.ips = IpAllocator(config.pod_cidr)
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.RLock()
@@ -39,11 +41,12 @@ class PodRunner:
         self._lock_fh: Any = None
         self.binder = ClaimBinder(self.client, lambda ns, name: self.claims.get(ns, name), self.claim_dir,
                                   self.stopping)
-        self.pods = Reflector(self.client, "/api/v1/pods", self._on_pod, "pods")
-        self.configmaps = Reflector(self.client, "/api/v1/configmaps", self._on_source, "configmaps")
-        self.secrets = Reflector(self.client, "/api/v1/secrets", self._on_source, "secrets")
-        self.claims = Reflector(self.client, "/api/v1/persistentvolumeclaims", self.binder.on_claim, "pvcs")
-        self.nodes = Reflector(self.client, "/api/v1/nodes", self._on_node, "nodes")
+        self.pods = self.client.collection("/api/v1/pods", name="pods", listener=self._on_pod)
+        self.configmaps = self.client.collection("/api/v1/configmaps", name="configmaps", listener=self._on_source)
+        self.secrets = self.client.collection("/api/v1/secrets", name="secrets", listener=self._on_source)
+        self.claims = self.client.collection("/api/v1/persistentvolumeclaims", name="pvcs",
+                                             listener=self.binder.on_claim)
+        self.nodes = self.client.collection("/api/v1/nodes", name="nodes", listener=self._on_node)
 
     # -- lifecycle
 
@@ -81,7 +84,7 @@ class PodRunner:
             w.join(self.config.max_grace + 10)
         for r in (self.pods, self.configmaps, self.secrets, self.claims, self.nodes):
             r.stop()
-        self.client.close_watches()
+        self.client.close()
         if self._lock_fh is not None:
             self._lock_fh.close()
             self._lock_fh = None

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from smtpinfra_kube import Client, Informer, Obj
+
 from .config import RunnerConfig
 from .ipalloc import IpAllocator
-from .kubeclient import KubeClient, Obj
-from .reflector import Reflector
 
 #: The kubelet's grace period when a pod sets none.
 KUBELET_DEFAULT_GRACE = 30
@@ -98,7 +98,7 @@ class RunnerHost(Protocol):
     """What a pod worker needs of the runner that started it."""
 
     @property
-    def client(self) -> KubeClient: ...
+    def client(self) -> Client: ...
     @property
     def config(self) -> RunnerConfig: ...
     @property
@@ -110,9 +110,9 @@ class RunnerHost(Protocol):
     @property
     def stopping(self) -> threading.Event: ...
     @property
-    def configmaps(self) -> Reflector: ...
+    def configmaps(self) -> Informer: ...
     @property
-    def secrets(self) -> Reflector: ...
+    def secrets(self) -> Informer: ...
 
     def pod_dir(self, uid: str) -> Path: ...
     def claim_dir(self, namespace: str, claim: str) -> Path: ...
@@ -124,7 +124,7 @@ class WorkerState:
     """The state of one pod worker; the layers above it read and change it under ``_lock``."""
 
     runner: RunnerHost
-    client: KubeClient
+    client: Client
     pod: Obj
     uid: str
     namespace: str

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from .kubeclient import ApiError, Obj
+import httpx
+
+from smtpinfra_kube import ApiError, Obj
+
 from .processes import PodProcesses
 from .state import Container, now_rfc3339
 
@@ -87,7 +90,7 @@ class PodStatusWriter(PodProcesses):
             self.client.request(
                 "PATCH",
                 f"/api/v1/namespaces/{self.namespace}/pods/{self.pod_name}/status",
-                {"metadata": {"uid": self.uid}, "status": status},
+                body={"metadata": {"uid": self.uid}, "status": status},
                 content_type="application/merge-patch+json",
                 timeout=timeout,
             )
@@ -98,7 +101,7 @@ class PodStatusWriter(PodProcesses):
                 return
             log.warning("pod %s/%s: status patch failed: %s", self.namespace, self.pod_name, err)
             return
-        except OSError as err:
+        except (httpx.HTTPError, OSError) as err:
             log.warning("pod %s/%s: status patch failed: %s", self.namespace, self.pod_name, err)
             return
         self.last_status = status

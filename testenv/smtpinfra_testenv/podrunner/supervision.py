@@ -8,7 +8,9 @@ import os
 import signal
 import time
 
-from .kubeclient import ApiError, Obj
+from smtpinfra_kube import ApiError, Obj
+
+from .kube import KUBE_ERRORS
 from .probes import PodProbes
 from .state import KUBELET_DEFAULT_GRACE, Container
 
@@ -126,12 +128,14 @@ class PodSupervision(PodProbes):
             body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
                     "preconditions": {"uid": self.uid}}
             try:
-                self.client.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{self.pod_name}", body,
-                                    ok=(200, 202, 404, 409))
-            except (ApiError, OSError) as err:
+                self.client.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{self.pod_name}", body=body)
+            except ApiError as err:
+                if err.status not in (404, 409):  # gone already, or a newer pod of the same name
+                    log.warning("pod %s/%s: final delete failed: %s", self.namespace, self.pod_name, err)
+            except KUBE_ERRORS as err:
                 log.warning("pod %s/%s: final delete failed: %s", self.namespace, self.pod_name, err)
         else:
             for c in self.containers:
                 c.ready = False
-            with contextlib.suppress(ApiError, OSError):
+            with contextlib.suppress(*KUBE_ERRORS):
                 self._patch_status(pod, timeout=3.0)

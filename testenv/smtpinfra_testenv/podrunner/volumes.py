@@ -9,8 +9,10 @@ import os
 import time
 from pathlib import Path
 
+from smtpinfra_kube import Obj
+
 from .files import write_payload
-from .kubeclient import ApiError, Obj
+from .kube import KUBE_ERRORS
 from .state import NotReadyError, WorkerState
 
 log = logging.getLogger(__name__)
@@ -154,9 +156,9 @@ class PodVolumes(WorkerState):
             body["spec"]["audiences"] = [sat["audience"]]
         try:
             resp = self.client.request(
-                "POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token", body
+                "POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token", body=body
             )
-        except (ApiError, OSError) as err:
+        except KUBE_ERRORS as err:
             if cached:
                 return cached[0]
             raise NotReadyError("ContainerCreating", f"service account token: {err}") from err

@@ -7,7 +7,8 @@ import shutil
 import threading
 import time
 
-from .kubeclient import Obj
+from smtpinfra_kube import Obj
+
 from .state import TICK, Container, NotReadyError, RunnerHost, now_rfc3339
 from .supervision import PodSupervision
 
