@@ -18,7 +18,7 @@ from smtpinfra_testenv import controlplane as cpmod
 
 pytestmark = pytest.mark.testenv
 
-SCRIPT = Path(cpmod.__file__).resolve().parents[1] / "build-controlplane.sh"
+SCRIPT = cpmod.BUILD_SCRIPT
 
 FAKE_GO = """#!/bin/sh
 # Stand-in for the Go toolchain: `go build ... -o OUT ...` sleeps, then writes an executable OUT.

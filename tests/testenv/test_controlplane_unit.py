@@ -12,6 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from smtpinfra_testenv import controlplane as cpmod
 from smtpinfra_testenv import pki as pkimod
+from smtpinfra_testenv.controlplane.kubeconfigs import kubeconfig_text
 
 pytestmark = pytest.mark.testenv
 
@@ -71,14 +72,14 @@ def test_attach_reads_the_kubeconfig_extension(tmp_path: Path) -> None:
     pki = pkimod.ensure_pki(tmp_path / "pki", "10.96.0.1")
     ext = {"state-dir": str(tmp_path), "pod-cidr": "127.66.0.0/16", "service-cidr": "10.97.0.0/16", "nodes": ["n0"]}
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(cpmod._kubeconfig("https://127.0.0.1:1234", pki, pkimod.ADMIN, ext))
+    kubeconfig.write_text(kubeconfig_text("https://127.0.0.1:1234", pki, pkimod.ADMIN, ext))
     cp = cpmod.attach(kubeconfig)
     assert cp.server == "https://127.0.0.1:1234"
     assert cp.state_dir == tmp_path
     assert (cp.pod_cidr, cp.service_cidr, cp.node_names) == ("127.66.0.0/16", "10.97.0.0/16", ("n0",))
 
     plain = tmp_path / "plain"
-    plain.write_text(cpmod._kubeconfig("https://127.0.0.1:99", pki, pkimod.ADMIN))
+    plain.write_text(kubeconfig_text("https://127.0.0.1:99", pki, pkimod.ADMIN))
     other = cpmod.attach(plain)
     assert other.state_dir is None and other.pod_cidr == cpmod.POD_CIDR
 
