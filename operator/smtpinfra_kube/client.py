@@ -17,10 +17,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
+from .config import KubeConfig
+from .discovery import ABSENT_KIND_SECONDS
 from .errors import ApiError, ApiException
 from .informer import WATCH_SECONDS, Informer, Listener, RestListWatch
 from .objects import Obj, cached, identity, metadata, selects
-from .rest import RestClient
+from .rest import CONNECTIONS, FIELD_MANAGER, USER_AGENT, RestClient, WriteGuard
 
 __all__ = ["GENERATION_KINDS", "KNOWN_CACHE_KINDS", "SYNC_WAIT_SECONDS", "TRACKED_KINDS", "Client"]
 
@@ -53,8 +57,17 @@ class Client(RestClient):
     `start_informers=False` creates informers without their threads (unit tests step them).
     """
 
-    def __init__(self, *args: Any, start_informers: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: KubeConfig | None = None, *,
+                 transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+                 async_transport: httpx.AsyncBaseTransport | None = None, user_agent: str = USER_AGENT,
+                 identity: str | None = None, may_write: WriteGuard | None = None,
+                 connections: int = CONNECTIONS, field_manager: str = FIELD_MANAGER,
+                 known_kinds: dict[tuple[str, str], tuple[str, bool]] | None = None,
+                 absent_kind_seconds: float = ABSENT_KIND_SECONDS, start_informers: bool = True) -> None:
+        super().__init__(config, transport=transport, async_transport=async_transport, user_agent=user_agent,
+                         identity=identity, may_write=may_write, connections=connections,
+                         field_manager=field_manager, known_kinds=known_kinds,
+                         absent_kind_seconds=absent_kind_seconds)
         self._start_informers = start_informers
         self._informers: dict[InformerKey, Informer] = {}
         self._informers_lock = threading.Lock()

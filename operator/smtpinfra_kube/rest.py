@@ -68,7 +68,8 @@ class RestClient:
         self._sync_transport = transport if isinstance(transport, httpx.BaseTransport) else None
         self._async_transport = async_transport or (
             transport if isinstance(transport, httpx.AsyncBaseTransport) else None)
-        self._verify: ssl.SSLContext | bool = self.config.ssl_context() or True
+        no_network = self._sync_transport is not None and self._async_transport is not None
+        self._verify: ssl.SSLContext | bool = True if no_network else self.config.ssl_context() or True
         self._connections = connections
         self._http = self._sync_client(httpx.Limits(max_connections=connections,
                                                     max_keepalive_connections=connections))
