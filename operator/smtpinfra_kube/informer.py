@@ -68,6 +68,7 @@ class RestListWatch:
         self._headers = headers
         self.watch_seconds = watch_seconds
         self._response: httpx.Response | None = None
+        self._aborted = False
         self._lock = threading.Lock()
 
     def accept(self, what: str) -> str:
@@ -100,6 +101,8 @@ class RestListWatch:
             if not response.is_success:
                 raise ApiError(response.status_code, response.reason_phrase, response.read())
             with self._lock:
+                if self._aborted:  # stopped while the request was on its way
+                    return
                 self._response = response
             try:
                 for line in response.iter_lines():
@@ -110,8 +113,12 @@ class RestListWatch:
                     self._response = None
 
     def abort(self) -> None:
-        """Shut the watch's socket down: closing it would not wake the thread blocked reading it."""
+        """End the running watch and refuse new ones (on stop).
+
+        The socket is shut down: closing it would not wake the thread blocked reading it.
+        """
         with self._lock:
+            self._aborted = True
             response = self._response
         if response is None:
             return

@@ -3,6 +3,7 @@ client's httpx transport seam (a scripted API server, no cluster)."""
 
 from __future__ import annotations
 
+import http.server
 import threading
 from typing import Any
 
@@ -188,3 +189,55 @@ def test_stop_ends_the_thread_during_a_quiet_watch():
     informer.stop()
     fake.close()  # a mock cannot be cut like a socket: end its quiet watch
     assert informer.join(30)
+
+
+class QuietWatchServer(http.server.ThreadingHTTPServer):
+    """A real HTTP server on loopback: lists are empty, a watch sends its headers and then nothing."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.watching = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "watch=1" in self.path:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.flush()
+                    server.watching.set()
+                    server.release.wait(120)
+                    return
+                body = b'{"metadata": {"resourceVersion": "1"}, "items": []}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_stop_cuts_a_watch_that_is_blocked_reading_a_real_socket():
+    server = QuietWatchServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    http_client = httpx.Client(base_url=f"http://{host!s}:{port}")
+    informer = Informer(RestListWatch(http_client, "/api/v1/pods"), name="pods")
+    try:
+        assert informer.synced.wait(30)
+        assert server.watching.wait(30)
+        informer.stop()
+        assert informer.join(10), "the watch's socket was shut down: the thread ended without the server's help"
+    finally:
+        server.release.set()
+        server.shutdown()
