@@ -16,7 +16,9 @@ from collections.abc import Iterable, Mapping
 
 import grimp
 
-PACKAGES = ("smtpinfra_api", "smtpinfra_kube", "smtpinfra_operator", "smtpinfra_mta", "smtpinfra_cli", "smtpinfra_testenv")
+PACKAGES = (
+    "smtpinfra_api", "smtpinfra_kube", "smtpinfra_operator", "smtpinfra_mta", "smtpinfra_cli", "smtpinfra_testenv",
+)
 
 #: Cycles known today (none). Should one ever have to be allowed, list it here; a listed cycle
 #: that no longer exists fails the check, so the allowance cannot outlive it.
