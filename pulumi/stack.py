@@ -1,7 +1,9 @@
 """The smtp-infra stack as Pulumi resources: CRDs, the operator (Helm chart) and examples.
 
 The CRDs and examples are read from the repository's generated files, so the program never
-drifts from the API models; the chart is the same one `helm install` uses.
+drifts from the API models; the chart is the same one `helm install` uses. The examples go
+through the `smtpinfra_pulumi.Resources` component, so each is validated by its kind's model
+before anything is sent to the cluster.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
+
+from smtpinfra_pulumi import Resources, args_from_manifests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +38,7 @@ class Stack:
     namespace: k8s.core.v1.Namespace | None = None
     operator: k8s.helm.v3.Release | None = None
     examples: list[pulumi.CustomResource] = field(default_factory=list)
+    resources: Resources | None = None
 
 
 def _documents(directory: Path) -> list[dict[str, Any]]:
@@ -61,17 +66,15 @@ def deploy(config: StackConfig, root: Path = ROOT) -> Stack:
         opts=pulumi.ResourceOptions(depends_on=[*stack.crds, stack.namespace]),
     )
     if config.examples:
-        for doc in _documents(root / "examples"):
-            meta = doc["metadata"]
-            name = f"{doc['kind'].lower()}-{meta.get('namespace', 'cluster')}-{meta['name']}"
-            opts = pulumi.ResourceOptions(depends_on=[*stack.crds, *stack.examples])
+        documents = _documents(root / "examples")
+        for doc in documents:
             if doc["apiVersion"] == "v1" and doc["kind"] == "Namespace":
-                stack.examples.append(k8s.core.v1.Namespace(name, metadata=meta, opts=opts))
-            else:
-                stack.examples.append(k8s.apiextensions.CustomResource(
-                    name, api_version=doc["apiVersion"], kind=doc["kind"], metadata=meta,
-                    spec=doc["spec"], opts=opts,
-                ))
+                stack.examples.append(k8s.core.v1.Namespace(
+                    f"namespace-{doc['metadata']['name']}", metadata=doc["metadata"],
+                    opts=pulumi.ResourceOptions(depends_on=stack.crds)))
+        stack.resources = Resources("examples", args_from_manifests(documents),
+                                    opts=pulumi.ResourceOptions(depends_on=[*stack.crds, *stack.examples]))
+        stack.examples += stack.resources.resources.values()
     pulumi.export("namespace", config.namespace)
     pulumi.export("crds", [c.metadata["name"] for c in stack.crds])
     return stack
