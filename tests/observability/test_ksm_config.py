@@ -46,6 +46,11 @@ def test_every_path_exists_in_the_crd(resource: dict[str, Any]) -> None:
     for path in resource.get("labelsFromPath", {}).values():
         walk(schema, path)
     for metric in resource["metrics"]:
+        if metric["each"]["type"] == "StateSet":
+            state_set = metric["each"]["stateSet"]
+            target = walk(schema, state_set["path"])
+            assert sorted(state_set["list"]) == sorted(target["enum"]), f"{metric['name']}: states of the enum"
+            continue
         gauge = metric["each"]["gauge"]
         target = walk(schema, gauge["path"])
         element = target["items"] if target.get("type") == "array" else target
