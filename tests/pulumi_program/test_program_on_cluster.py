@@ -109,23 +109,27 @@ def test_program_output_is_accepted_then_reconciled(operator, pod_runner, tmp_pa
                check=False)
     ours = [d for d in docs if d["apiVersion"] == "smtpinfra.com/v1alpha1"]
     result = kubectl_apply(cp, ours)
-    assert result.returncode == 0, result.stderr
+    try:
+        assert result.returncode == 0, result.stderr
 
-    def ready(kind: str, name: str, namespace: str | None = None) -> bool:
-        obj = find(cp, kind, name, namespace)
-        c = obj and condition(obj, "Ready")
-        return bool(c and c["status"] == "True")
+        def ready(kind: str, name: str, namespace: str | None = None) -> bool:
+            obj = find(cp, kind, name, namespace)
+            c = obj and condition(obj, "Ready")
+            return bool(c and c["status"] == "True")
 
-    for kind, name in (("warmupplan", "standard"), ("warmupplan", "geometric"), ("tenant", "acme"),
-                       ("ippool", "transactional")):
-        wait_for(functools.partial(ready, kind, name), timeout=120, interval=1, what=f"{kind}/{name} Ready")
-    wait_for(lambda: ready("smtpserver", "outbound", "default"), timeout=180, interval=1,
-             what="smtpserver/outbound Ready (its MTA pods running)")
-    server = get(cp, "smtpserver", "outbound", "default")
-    assert server["status"]["readyReplicas"] == 2
-    assert {a["address"] for a in server["status"]["sendingAddresses"]} == {"127.0.10.1", "127.0.10.2"}
-    secret = get(cp, "secret", "smtp-credentials", "tenant-acme")
-    assert base64.b64decode(secret["data"]["username"]).decode() == "acme"
-    campaign = get(cp, "campaign", "november-newsletter", "tenant-acme")
-    assert campaign["status"]["observedGeneration"] == campaign["metadata"]["generation"]
-    assert condition(campaign, "Ready") is not None
+        for kind, name in (("warmupplan", "standard"), ("warmupplan", "geometric"), ("tenant", "acme"),
+                           ("ippool", "transactional")):
+            wait_for(functools.partial(ready, kind, name), timeout=120, interval=1, what=f"{kind}/{name} Ready")
+        wait_for(lambda: ready("smtpserver", "outbound", "default"), timeout=180, interval=1,
+                 what="smtpserver/outbound Ready (its MTA pods running)")
+        server = get(cp, "smtpserver", "outbound", "default")
+        assert server["status"]["readyReplicas"] == 2
+        assert {a["address"] for a in server["status"]["sendingAddresses"]} == {"127.0.10.1", "127.0.10.2"}
+        secret = get(cp, "secret", "smtp-credentials", "tenant-acme")
+        assert base64.b64decode(secret["data"]["username"]).decode() == "acme"
+        campaign = get(cp, "campaign", "november-newsletter", "tenant-acme")
+        assert campaign["status"]["observedGeneration"] == campaign["metadata"]["generation"]
+        assert condition(campaign, "Ready") is not None
+    finally:
+        # Leave the session cluster as it was: later modules reuse the names and pod addresses.
+        cp.kubectl("delete", "--wait=false", "-f", "-", input=yaml.safe_dump_all(ours), check=False)
