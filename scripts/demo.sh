@@ -172,6 +172,10 @@ PY
       || { echo "submission failed, see $state/swaks.log" >&2; exit 1; }
     want=$((before + 1))
     what="the submitted message in the sink"
+  elif [ "$("$kubectl" -n tenant-acme get campaign november-newsletter -o jsonpath='{.status.phase}')" = Completed ]; then
+    note "The Campaign completed in an earlier run (its messages are in the sink already)"
+    want=$before
+    what="the campaign's messages in the sink"
   else
     note "Waiting for the Campaign's phase Completed (its sender Job submits every recipient; the"
     note "Campaign completes from the MTAs' final outcomes) ..."

@@ -60,11 +60,12 @@ def check_run(state: Path, result: subprocess.CompletedProcess[str], delivered_b
     assert "SmtpServer Ready" in progress
     assert "smtp-infra report at" in result.stdout
     assert "Look around:" in result.stdout and "make demo-down" in result.stdout
-    assert len(sink_messages(state)) > delivered_before, "no new message reached the demo's sink"
+    if "completed in an earlier run" not in progress:
+        assert len(sink_messages(state)) > delivered_before, "no new message reached the demo's sink"
     # What the demo says it waited for matches the Campaign on the cluster.
     status = campaign(state).get("status", {})
     if status.get("phase") == "Completed":
-        assert "Campaign Completed" in progress
+        assert "Campaign Completed" in progress or "The Campaign completed in an earlier run" in progress
     else:
         ready = next(c for c in status.get("conditions", []) if c["type"] == "Ready")
         assert ready["reason"] == "Pending"
