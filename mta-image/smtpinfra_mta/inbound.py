@@ -153,6 +153,8 @@ class InboundReports:
         for o in results:
             if o.event == "complaint":
                 self.metrics.complained.labels(tenant=o.tenant).inc()
+            if self.on_outcome is not None:
+                self.on_outcome(o.address, o.event)
         if report.kind == "complaint" and not results:
             self.metrics.complained.labels(tenant="unknown").inc()
         if self.outcomes is not None:
