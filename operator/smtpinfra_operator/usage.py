@@ -30,7 +30,7 @@ from smtpinfra_api.v1alpha1 import TenantSpec
 
 from . import kube
 from .builders import workload
-from .builders.mtaconfig import HTTP_PORT
+from .builders.mtaconfig import DELIVERY_HTTP_PORT, HTTP_PORT
 from .conditions import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class PodReport:
     server: str
     tenants: Mapping[str, Any] | None
     """The `tenants` object of /stats: {"hour": id, "day": id, "accepted": {tenant: {"hour": n, "day": n}}}."""
+    addresses: Mapping[str, Any] | None = None
+    """The delivering process's /stats `addresses` (figures per source address, provider and day); None:
+    not read."""
 
 
 @dataclass(frozen=True)
@@ -219,10 +222,18 @@ async def collect(fetch: Fetch = fetch_stats) -> Snapshot:
             try:
                 stats = await fetch(ip, HTTP_PORT, tokens.get((namespace, server)))
                 tenants = stats.get("tenants")
-                return PodReport(namespace, name, server, tenants if isinstance(tenants, Mapping) else {})
+                tenants = tenants if isinstance(tenants, Mapping) else {}
             except (OSError, TimeoutError, ValueError) as error:
                 log.debug("no stats from pod %s/%s (%s): %s", namespace, name, ip, error)
                 return PodReport(namespace, name, server, None)
+            try:  # the per-address figures live in the delivering process (its own port)
+                delivering = await fetch(ip, DELIVERY_HTTP_PORT, tokens.get((namespace, server)))
+                addresses = delivering.get("addresses")
+                return PodReport(namespace, name, server, tenants,
+                                 addresses if isinstance(addresses, Mapping) else {})
+            except (OSError, TimeoutError, ValueError) as error:
+                log.debug("no delivery stats from pod %s/%s (%s): %s", namespace, name, ip, error)
+                return PodReport(namespace, name, server, tenants)
 
     reports = await asyncio.gather(*(read(*p) for p in pods))
     _latest = Snapshot(at=now_rfc3339(), servers=servers, reports=tuple(reports))

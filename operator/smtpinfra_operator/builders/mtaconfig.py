@@ -65,6 +65,12 @@ class SourceAddress:
     """Today's warm-up cap; None when the address is not warming up."""
     hourly_cap: int | None = None
     provider_caps: tuple[tuple[MailboxProvider, int], ...] = ()
+    quarantined: bool = False
+    """Listed (the blocklist monitor's verdict on the pool's status): sends nothing."""
+    paused: bool = False
+    """Named in the pool's spec.paused: sends nothing."""
+    overflow: str = "wait"
+    """The pool's overflow policy as the MTA spells it ('wait' or 'warm-addresses')."""
 
 
 @dataclass(frozen=True)
@@ -196,9 +202,12 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
     """The MTA config of one replica (validated by the MTA's own model)."""
     spec = inputs.spec
     addresses = inputs.replica_addresses[ordinal]
-    pools: dict[str, list[dict[str, str]]] = {}
+    pools: dict[str, list[dict[str, Any]]] = {}
+    overflow: dict[str, str] = {}
     for a in addresses:
-        pools.setdefault(a.pool, []).append({"address": a.address, "ehlo_name": a.ehlo_name})
+        pools.setdefault(a.pool, []).append({"address": a.address, "ehlo_name": a.ehlo_name,
+                                             "quarantined": a.quarantined, "paused": a.paused})
+        overflow[a.pool] = a.overflow
     listeners = spec.listeners
     data: dict[str, Any] = {
         "version": 1,
@@ -224,7 +233,7 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
             }
             for t in inputs.tenants
         ],
-        "pools": [{"name": name, "source_ips": ips} for name, ips in pools.items()],
+        "pools": [{"name": name, "source_ips": ips, "overflow": overflow[name]} for name, ips in pools.items()],
         "dkim": [
             {"domain": k.domain, "selector": k.selector, "algorithm": k.algorithm.value,
              "key_file": str(dkim_key_path(k))}
