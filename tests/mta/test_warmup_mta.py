@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from smtpinfra_mta.clock import FAKE_TIME_ENV
+from smtpinfra_mta.clock import FAKE_TIME_ENV, parse_time
 from smtpinfra_mta.config import parse_config
 
 from .conftest import MTA_ADDR, SRC_A1, SRC_A2, Dns, RunningMta, Sink, base_config, submit, wait_for
+from .test_feedback import RP, _send_report, arf, dsn
 
 pytestmark = [pytest.mark.mta, pytest.mark.dns]
 
@@ -173,3 +174,29 @@ def test_overflow_to_warm_addresses_only_when_the_pool_says_so(env: dict[str, An
     msgs = sink.wait_messages(5, timeout=30)
     assert Counter(m.client_addr for m in msgs) == {SRC_A1: 2, SRC_A2: 3}
     assert _bounced(mta) == 0
+
+
+def test_late_bounces_and_complaints_count_against_the_address_that_sent(env: dict[str, Any], mta_factory: Any,
+                                                                         fake_now: Path) -> None:
+    cfg, sink = env["cfg"], env["sink"]
+    mta: RunningMta = mta_factory(cfg)
+    for rcpt in ("gone@example.test", "angry@bigmail.test", "happy@example.test"):
+        assert submit(mta, to=rcpt).has("250 2.0.0 OK queued")
+    msgs = sink.wait_messages(3)
+    by_rcpt = {m.rcpts[0]: m for m in msgs}
+    fake_now.write_text("2026-06-02T08:00:00Z")  # the reports arrive the next day: they count on that day
+    wait_for(lambda: mta.call(mta.app.clock.now) >= parse_time("2026-06-02T08:00:00Z"), timeout=10)
+    gone, angry = by_rcpt["gone@example.test"], by_rcpt["angry@bigmail.test"]
+    _send_report(mta, gone.mail_from, dsn(gone.mail_from, "gone@example.test", "5.1.1", "550 5.1.1 User unknown"))
+    _send_report(mta, f"fbl@{RP}", arf(angry.mail_from, "angry@bigmail.test"))
+    wait_for(lambda: not mta.app.spool.queued_ids(), timeout=30)
+
+    def day2(address: str) -> dict[str, Any]:
+        return dict(_stats(mta)["addresses"].get(address, {}).get("days", {}).get("2026-06-02", {}))
+
+    wait_for(lambda: day2(gone.client_addr).get("other", {}).get("bounced") == 1, timeout=15)
+    assert day2(angry.client_addr)["gmail"]["complained"] == 1
+    day1 = {a: v["days"]["2026-06-01"] for a, v in _stats(mta)["addresses"].items()}
+    assert sum(p["sent"] for d in day1.values() for p in d.values()) == 3
+    assert sum(p["delivered"] for d in day1.values() for p in d.values()) == 3
+    assert day1[angry.client_addr]["gmail"]["sent"] == 1
