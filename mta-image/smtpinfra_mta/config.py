@@ -27,16 +27,20 @@ from pydantic import (
     model_validator,
 )
 
+from smtpinfra_mta.clock import FAKE_TIME_ENV, clock_from_env
 from smtpinfra_mta.contract import credential_problem, username_problem
 
 # Scheme and hash_password are re-exported: the operator hashes tenants' credentials with them, and
 # validates tenant-provided ones with credential_problem.
 from smtpinfra_mta.passwords import Scheme, hash_password, hash_problem, verify_password
 
+# The clock is part of the contract: the operator judges warm-up days by the same (test) clock as the MTAs.
 __all__ = [
+    "FAKE_TIME_ENV",
     "ConfigError",
     "MtaConfig",
     "Scheme",
+    "clock_from_env",
     "credential_problem",
     "hash_password",
     "load_config",

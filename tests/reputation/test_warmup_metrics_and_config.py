@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 from prometheus_client import CollectorRegistry
 
 from smtpinfra_api.v1alpha1 import IpPoolSpec, MailboxProvider, SmtpServerSpec, TenantSpec, WarmupPlanSpec
+from smtpinfra_mta.config import FAKE_TIME_ENV
 from smtpinfra_operator.builders.assignment import Assignment, ReplicaKey
 from smtpinfra_operator.builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress, replica_config
 from smtpinfra_operator.handlers.ippool import PoolState, source_address
 from smtpinfra_operator.reputation.warmup_metrics import WarmupMetrics
+from smtpinfra_operator.reputation.warmup_status import wall_now
 
 
 def test_gauges_follow_the_status() -> None:
@@ -68,3 +74,12 @@ def test_replica_config_renders_the_flags_and_caps_the_mta_enforces() -> None:
         ("127.0.1.1", True, False), ("127.0.1.2", False, True)]
     caps = {(c.source_ip, c.provider): (c.per_day, c.per_hour) for c in cfg.throttling.warmup}
     assert caps == {("127.0.1.1", None): (200, 20), ("127.0.1.1", "gmail"): (50, None)}
+
+
+def test_the_operator_reads_the_mtas_test_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "now"
+    f.write_text("2026-06-05T10:00:00Z")
+    monkeypatch.setenv(FAKE_TIME_ENV, str(f))
+    assert wall_now() == datetime(2026, 6, 5, 10, 0, tzinfo=UTC)
+    monkeypatch.delenv(FAKE_TIME_ENV)
+    assert abs((wall_now() - datetime.now(UTC)).total_seconds()) < 60

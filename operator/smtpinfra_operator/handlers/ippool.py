@@ -35,7 +35,7 @@ from ..builders.mtaconfig import SourceAddress
 from ..conditions import FALSE, TRUE, Outcome
 from ..kicker import Kicker, Locks
 from ..reputation.warmup import DayFigures, DayVerdict, caps_for_day
-from ..reputation.warmup_status import can_send, needs_event, pool_figures, warmup_fields
+from ..reputation.warmup_status import can_send, needs_event, pool_figures, wall_now, warmup_fields
 from ..statuswriter import post_event, publish
 from ..warmup import check as check_plan
 
@@ -237,7 +237,7 @@ async def _read(name: str, requesters: Iterable[Requester]) -> tuple[dict[str, A
     servers = await _servers(requesters)
     plan_body = await kube.get_cached(API_VERSION, "WarmupPlan", spec.warmup_plan) if spec.warmup_plan else None
     state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body,
-                            _ptr_checks.get(name, {}), datetime.now(UTC), _figures(name, spec))
+                            _ptr_checks.get(name, {}), wall_now(), _figures(name, spec))
     return body, spec, state, outcome
 
 

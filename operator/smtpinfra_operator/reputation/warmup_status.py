@@ -11,11 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from smtpinfra_api.v1alpha1 import AddressState, GateVerdict, WarmupPlanSpec
+from smtpinfra_mta.config import clock_from_env
 
 from .warmup import DayFigures, DayVerdict, Verdict, WarmupState, advance, caps_for_day, merge_reports, state_of
+
+
+def wall_now() -> datetime:
+    """Now, from the same clock the MTAs read: the system clock, or SMTP_INFRA_FAKE_TIME_FILE in tests, so
+    the operator judges the days the MTAs counted in."""
+    return datetime.fromtimestamp(clock_from_env().now(), UTC)
 
 
 @dataclass(frozen=True)
