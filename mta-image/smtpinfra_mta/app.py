@@ -424,7 +424,7 @@ class MtaApp:
 
     def stats(self) -> dict[str, Any]:
         queued = self.spool.queued_ids()
-        return {
+        out = {
             "hostname": self.cfg.hostname,
             "time": time.time(),
             "ready": self.ready and not self.draining,
@@ -436,8 +436,10 @@ class MtaApp:
             "tenants": self._tenant_usage(),
             # the delivering process of separate_process reports them; the accepting one would repeat them
             "campaigns": self.outcomes.campaigns() if self.outcomes is not None and self.role != "accept" else {},
-            "addresses": self.addr_stats.snapshot() if self.addr_stats is not None else {},
         }
+        if self.addr_stats is not None:  # the delivering process only: the accepting one sends nothing
+            out["addresses"] = self.addr_stats.snapshot()
+        return out
 
     def _attribute_report(self, rcpt: str, event: str) -> None:
         """A complaint or asynchronous bounce counts against the address that last sent to ``rcpt``."""
