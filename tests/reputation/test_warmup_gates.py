@@ -79,14 +79,17 @@ def test_caps_follow_the_stage_and_end_with_the_schedule() -> None:
 def test_advance_judges_each_finished_day_once_in_order() -> None:
     days = {
         "2026-06-01": DayFigures(sent=200, delivered=200),  # day 1 -> 2
-        "2026-06-02": DayFigures(),  # idle: stays on 2 (no entry at all is the same)
+        "2026-06-02": DayFigures(),  # idle: stays on 2
+        # 2026-06-03 has no figures at all: idle as well
         "2026-06-04": DayFigures(sent=500, delivered=499, complained=1),  # complaint 0.2 %: held on 2
         "2026-06-05": DayFigures(sent=480, delivered=480),  # 96 % of 500: 2 -> 3
         "2026-06-06": DayFigures(sent=10),  # today: not finished, not judged
     }
     state = advance(HOLD, WarmupState(since="2026-06-01"), days, today="2026-06-06")
     assert state.day == 3 and state.since == "2026-06-06" and state.evaluated_through == "2026-06-05"
-    assert [v.verdict for v in state.history] == [Verdict.ADVANCED, Verdict.IDLE, Verdict.HELD, Verdict.ADVANCED]
+    assert [(v.date, v.verdict) for v in state.history] == [
+        ("2026-06-01", Verdict.ADVANCED), ("2026-06-02", Verdict.IDLE), ("2026-06-03", Verdict.IDLE),
+        ("2026-06-04", Verdict.HELD), ("2026-06-05", Verdict.ADVANCED)]
     assert advance(HOLD, state, days, today="2026-06-06") == state  # idempotent
     assert state_of(HOLD, state, quarantined=False, paused=False) == AddressState.WARMING
     held = advance(HOLD, WarmupState(since="2026-06-04", day=2), days, today="2026-06-05")

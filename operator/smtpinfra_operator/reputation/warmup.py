@@ -162,23 +162,28 @@ def judge_day(plan: WarmupPlanSpec, day: int, on: str, figures: DayFigures) -> D
 
 
 def advance(plan: WarmupPlanSpec, state: WarmupState, days: Mapping[str, DayFigures], today: str) -> WarmupState:
-    """Judge every finished day after ``state.evaluated_through`` (dates before ``today``), in order (pure).
+    """Judge every finished calendar day after ``state.evaluated_through`` (before ``today``), in order (pure).
 
-    Days without figures are idle. Only dates from the one after the last judged (or from ``since``
-    for a new address) are judged, so re-running with the same inputs changes nothing. An address
+    A day without figures is an idle day. Judging starts the day after the last judged one (or at
+    ``since`` for a new address), so re-running with the same inputs changes nothing. An address
     already past the schedule stays warm.
     """
-    start = state.evaluated_through
-    pending = sorted(d for d in days if d < today and (start is None or d > start)
-                     and (state.since is None or d >= state.since))
-    for day in pending:
+    if state.evaluated_through is not None:
+        first = _next_date(state.evaluated_through)
+    else:
+        first = state.since if state.since is not None else min(days, default=today)
+    if state.since is not None:
+        first = max(first, state.since)
+    day = first
+    while day < today:
         if state.day > plan_length(plan):
             state = replace(state, evaluated_through=day)
-            continue
-        v = judge_day(plan, state.day, day, days[day])
-        history = (*state.history, v)[-HISTORY_DAYS:]
-        since = state.since if v.day_after == state.day else _next_date(day)
-        state = WarmupState(day=v.day_after, since=since, evaluated_through=day, history=history)
+        else:
+            v = judge_day(plan, state.day, day, days.get(day, DayFigures()))
+            history = (*state.history, v)[-HISTORY_DAYS:]
+            since = state.since if v.day_after == state.day else _next_date(day)
+            state = WarmupState(day=v.day_after, since=since, evaluated_through=day, history=history)
+        day = _next_date(day)
     return state
 
 
