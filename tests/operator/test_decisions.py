@@ -177,3 +177,12 @@ def test_ippool_not_ready_when_no_assigned_address_can_send():
     assert [a["state"] for a in outcome.fields["addresses"]] == ["Quarantined", "Paused"]
     _, outcome = derive("p", paused, {}, [server("a", 2, ["p"], "2026-01-01")], None, {}, NOW)
     assert (outcome.ready, outcome.reason) == (TRUE, "AddressesAvailable")
+
+
+def test_an_unassigned_address_has_not_begun_its_warm_up():
+    spec = IpPoolSpec.model_validate({"addresses": ["127.0.60.1", "127.0.60.2"], "warmupPlan": "slow",
+                                      "ptrTemplate": "mta-{index}.example.test"})
+    _, outcome = derive("p", spec, {}, [server("a", 1, ["p"], "2026-01-01")], PLAN, {}, NOW)
+    used, unused = outcome.fields["addresses"]
+    assert (used["warmupDay"], used["dailyCap"], used["state"]) == (1, 100, "Warming")
+    assert unused["state"] == "Warming" and "warmupDay" not in unused and "warmupStarted" not in unused

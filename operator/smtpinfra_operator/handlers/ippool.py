@@ -104,11 +104,12 @@ def address_status(spec: IpPoolSpec, pool: str, assignment: Assignment, previous
                               ptr_ok=(ptr_checks or {}).get(address, before.get("ptrOk")),
                               assigned_to=str(owner) if owner is not None else None)
         known = figures.get(address) if figures is not None and owner is not None else None
-        warm = warmup_fields(plan if (owner is not None or before.get("warmupDay")) else None, before, known,
-                             today, quarantined=quarantined, paused=address in spec.paused)
+        started = owner is not None or bool(before.get("warmupDay"))  # an unused address has not begun
+        warm = warmup_fields(plan, before, known, today, quarantined=quarantined, paused=address in spec.paused,
+                             started=started)
         for name, value in warm.fields.items():
             setattr(entry, name, value)
-        if plan is not None:
+        if plan is not None and started:
             entry.warmup_started = (datetime.fromisoformat(before["warmupStarted"].replace("Z", "+00:00"))
                                     if before.get("warmupStarted") else now.replace(microsecond=0))
         if verdicts is not None:

@@ -43,10 +43,14 @@ def previous_state(before: Mapping[str, Any], today: str) -> WarmupState:
 
 
 def warmup_fields(plan: WarmupPlanSpec | None, before: Mapping[str, Any], figures: Mapping[str, DayFigures] | None,
-                  today: str, *, quarantined: bool, paused: bool) -> WarmupFields:
-    """The address's warm-up fields; ``figures`` None means they are not known completely (no verdicts)."""
-    if plan is None:
-        state = state_of(None, WarmupState(), quarantined=quarantined, paused=paused)
+                  today: str, *, quarantined: bool, paused: bool, started: bool = True) -> WarmupFields:
+    """The address's warm-up fields; ``figures`` None means they are not known completely (no verdicts).
+
+    An address that never sent for a replica (``started`` False) has no warm-up position yet: it will
+    begin on day 1 when assigned, so it shows Warming (or Quarantined/Paused) and nothing else.
+    """
+    if plan is None or not started:
+        state = state_of(plan, WarmupState(), quarantined=quarantined, paused=paused)
         return WarmupFields({"state": state}, ())
     old = previous_state(before, today)
     new = advance(plan, old, figures, today) if figures is not None else old
