@@ -78,6 +78,8 @@ class AddressStats:
     def add(self, address: str, provider: str | None, field: Field, n: int = 1, *,
             rcpts: list[str] | None = None, now: float | None = None) -> None:
         """Count ``n`` events; "sent" also counts in the hour and remembers who sent to ``rcpts``."""
+        if field not in FIELDS:
+            raise ValueError(f"unknown figure {field!r}")
         if n <= 0:
             return
         name = provider or "other"
@@ -87,24 +89,33 @@ class AddressStats:
             self.prune(now)
         row = self._days.setdefault((address, name, day), [0, 0, 0, 0, 0])
         row[FIELDS.index(field)] += n
-        self._db.execute(
+        statements: list[tuple[str, Any]] = [(  # field is one of FIELDS (checked above), never outside input
             f"INSERT INTO days(address, provider, day, {field}) VALUES (?, ?, ?, ?)"
             f" ON CONFLICT(address, provider, day) DO UPDATE SET {field} = {field} + excluded.{field}",
-            (address, name, day, n))
+            (address, name, day, n))]
         if field == "sent":
             hour = self.this_hour(now)
             self._day_sent[(address, day)] += n
             self._hour_sent[(address, hour)] += n
             self._hours[(address, name, hour)] = self._hours.get((address, name, hour), 0) + n
-            self._db.execute(
+            statements.append((
                 "INSERT INTO hours(address, provider, hour, sent) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(address, provider, hour) DO UPDATE SET sent = sent + excluded.sent",
-                (address, name, hour, n))
-            if rcpts:
+                (address, name, hour, n)))
+        # One transaction per event: a third of the commits of one per statement, and never half counted.
+        self._db.execute("BEGIN")
+        try:
+            for sql, params in statements:
+                self._db.execute(sql, params)
+            if field == "sent" and rcpts:
                 self._db.executemany(
                     "INSERT INTO recipients(rcpt, address, provider, day) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT(rcpt) DO UPDATE SET address = excluded.address, provider = excluded.provider,"
                     " day = excluded.day", [(r.lower(), address, name, day) for r in rcpts])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def attribute(self, rcpt: str, field: Field, now: float | None = None) -> bool:
         """Count a late report (complaint, asynchronous bounce) for the address that last sent to ``rcpt``.
