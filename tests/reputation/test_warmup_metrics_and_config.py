@@ -46,7 +46,7 @@ def test_source_address_carries_caps_quarantine_pause_and_overflow() -> None:
     key = ReplicaKey("mail", "s", 0)
     state = PoolState(
         name="pool", spec=spec, assignment=Assignment(by_address={"192.0.2.1": key}, unassigned=[]),
-        addresses=[{"address": "192.0.2.1", "ptrName": "a.test", "warmupDay": 2},
+        addresses=[{"address": "192.0.2.1", "ptrName": "a.test", "warmupDay": 2, "dailyCap": 500, "hourlyCap": 50},
                    {"address": "192.0.2.2", "ptrName": "b.test", "warmupDay": 5, "quarantined": True},
                    {"address": "192.0.2.3", "ptrName": "c.test"}],
         problem=None, plan=plan)

@@ -122,11 +122,11 @@ def source_address(state: PoolState, pool: str, address: str) -> SourceAddress:
     """One replica's sending address as the MTA config needs it: today's caps, quarantine, pause, overflow."""
     entry = state.address(address)
     day = entry.get("warmupDay")
-    caps = caps_for_day(state.plan, int(day)) if state.plan is not None and day else None
+    daily = entry.get("dailyCap")  # the caps the pool published; per provider ones come from the plan's day
+    caps = caps_for_day(state.plan, int(day)) if state.plan is not None and day and daily is not None else None
     return SourceAddress(
-        pool=pool, address=address, ehlo_name=entry["ptrName"],
-        daily_cap=caps.daily if caps else None, hourly_cap=caps.hourly if caps else None,
-        provider_caps=caps.providers if caps and caps.daily is not None else (),
+        pool=pool, address=address, ehlo_name=entry["ptrName"], daily_cap=daily, hourly_cap=entry.get("hourlyCap"),
+        provider_caps=caps.providers if caps is not None else (),
         quarantined=bool(entry.get("quarantined")) or entry.get("state") == AddressState.QUARANTINED,
         paused=address in state.spec.paused,
         overflow="warm-addresses" if state.spec.overflow == Overflow.WARM_ADDRESSES else "wait")
@@ -289,8 +289,8 @@ def server_view(state: PoolState, namespace: str, name: str, replicas: int) -> s
     view = []
     for ordinal in range(replicas):
         address = state.assignment.address_of(ReplicaKey(namespace, name, ordinal))
-        entry = state.address(address) if address else {}
-        view.append((address, entry.get("ptrName"), entry.get("dailyCap")))
+        # what reaches the MTA config: the address, its EHLO name, today's caps, quarantine, pause, overflow
+        view.append(source_address(state, state.name, address) if address else None)
     return repr(view)
 
 
