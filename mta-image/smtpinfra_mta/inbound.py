@@ -47,6 +47,7 @@ class InboundReports:
         self.verp: Verp | None = None
         self.outcomes: OutcomeStore | None = None  # complaints and async bounces per tenant and campaign
         self.unsubscribe: Callable[[str], Awaitable[bool]] | None = None  # mailto: unsubscribes (by subject)
+        self.on_outcome: Callable[[str, str], None] | None = None  # (recipient, event): per-address figures
         self.quarantine = Quarantine(spool_dir / QUARANTINE_DIR, max_bytes=cfg.quarantine_max_bytes,
                                      max_age=cfg.quarantine_max_age, fsync=fsync)
         self.workers = ReportWorkers(cfg.report_workers, cfg.report_parse_timeout, cfg.report_max_bytes)
