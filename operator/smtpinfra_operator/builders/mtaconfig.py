@@ -13,11 +13,10 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from smtpinfra_api.meta import parse_duration
-from smtpinfra_api.v1alpha1 import DkimKey, MailboxProvider, ShapingRule, SmtpServerSpec, TenantSpec, WarmupPlanSpec
+from smtpinfra_api.v1alpha1 import DkimKey, MailboxProvider, ShapingRule, SmtpServerSpec, TenantSpec
 from smtpinfra_mta.config import MtaConfig, dump_config, parse_config
 
 from ..dns.records import inputs_from_spec, mta_sts_policy_text
-from ..warmup import daily_caps
 
 CONFIG_DIR = PurePosixPath("/etc/smtp-infra/config")
 CREDENTIALS_DIR = PurePosixPath("/etc/smtp-infra/credentials")
@@ -281,16 +280,3 @@ def content_hash(data: dict[str, str]) -> str:
     for key in sorted(data):
         digest.update(key.encode() + b"\0" + data[key].encode() + b"\0")
     return digest.hexdigest()[:16]
-
-
-def warmup_caps(plan: WarmupPlanSpec, day: int) -> tuple[int, int | None, tuple[tuple[MailboxProvider, int], ...]]:
-    """(daily cap, hourly cap, provider caps) of a plan on a given day (1-based); full volume after it ends."""
-    caps = daily_caps(plan)
-    daily = caps[min(day, len(caps)) - 1]
-    hourly: int | None = None
-    provider: dict[MailboxProvider, int] = {p.provider: p.daily_cap for p in plan.provider_caps}
-    if plan.stages is not None:
-        stage = [s for s in plan.stages if s.day <= day][-1]
-        hourly = stage.hourly_cap
-        provider.update({p.provider: p.daily_cap for p in stage.provider_caps})
-    return daily, hourly, tuple(sorted(provider.items()))
