@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from smtpinfra_mta import quota
+from smtpinfra_mta.addrstats import AddressStats
+from smtpinfra_mta.clock import Clock, clock_from_env
 from smtpinfra_mta.config import MtaConfig, Tenant, load_config
 from smtpinfra_mta.counters import Counters
 from smtpinfra_mta.dkim_sign import DkimSigner
@@ -72,6 +74,8 @@ class MtaApp:
         self._recovered_ids: set[str] = set()  # role "deliver": found by the startup scan, maybe also forwarded
         self.counters: Counters | None = None
         self.outcomes: OutcomeStore | None = None  # per-campaign outcomes, tenants' window figures
+        self.clock: Clock = clock_from_env()  # day boundaries and warm-up caps (a test clock via env)
+        self.addr_stats: AddressStats | None = None  # per source address figures (the delivering side)
         self.shared_quotas: PostgresQuotas | None = None  # quota_store.url: the replicas' shared counters
         self.verp: Verp | None = None
         self.scheduler: Scheduler | None = None
@@ -115,8 +119,10 @@ class MtaApp:
         self.suppression.hasher = make_hasher(await asyncio.to_thread(load_secret, self.cfg))
         await self.suppression.open()
         if self.role != "accept":
+            self.addr_stats = AddressStats(self.cfg.spool.directory / "addresses.sqlite", self.clock,
+                                           self.cfg.clock.zone)
             self.scheduler = Scheduler(self.cfg, self.spool, MxResolver(self.cfg.delivery.resolver),
-                                       WarmupGate(self.cfg.throttling, self.counters), self.metrics,
+                                       WarmupGate(self.cfg.throttling, self.addr_stats), self.metrics,
                                        suppression=self.suppression)
             self.verp = self._make_verp(self.cfg)
             self.scheduler.verp = self.verp
@@ -126,6 +132,7 @@ class MtaApp:
             self.inbound.verp = self.verp
             self.inbound.outcomes = self.outcomes
             self.inbound.unsubscribe = self._mail_unsubscribe
+            self.inbound.on_outcome = self._attribute_report
             await self.inbound.start()
             if self.role == "deliver":
                 shard = Spool(self.cfg.spool.directory / ACCEPT_SHARD, fsync=self.cfg.spool.fsync)
@@ -216,6 +223,9 @@ class MtaApp:
         if self.outcomes is not None:
             self.outcomes.close()
             self.outcomes = None
+        if self.addr_stats is not None:
+            self.addr_stats.close()
+            self.addr_stats = None
         if self.shared_quotas is not None:
             await self.shared_quotas.close()
             self.shared_quotas = None
@@ -322,8 +332,9 @@ class MtaApp:
             self.scheduler.verp = self.verp
             if self.inbound is not None:
                 self.inbound.reload(cfg.bounces, self.verp)
-            if self.counters is not None:
-                self.scheduler.warmup = WarmupGate(cfg.throttling, self.counters)
+            if self.addr_stats is not None:
+                self.addr_stats.tz = cfg.clock.zone
+                self.scheduler.warmup = WarmupGate(cfg.throttling, self.addr_stats)
         log.info("config reloaded")
 
     async def _watch_config(self) -> None:
@@ -413,7 +424,7 @@ class MtaApp:
 
     def stats(self) -> dict[str, Any]:
         queued = self.spool.queued_ids()
-        return {
+        out = {
             "hostname": self.cfg.hostname,
             "time": time.time(),
             "ready": self.ready and not self.draining,
@@ -426,6 +437,18 @@ class MtaApp:
             # the delivering process of separate_process reports them; the accepting one would repeat them
             "campaigns": self.outcomes.campaigns() if self.outcomes is not None and self.role != "accept" else {},
         }
+        if self.addr_stats is not None:  # the delivering process only: the accepting one sends nothing
+            out["addresses"] = self.addr_stats.snapshot()
+        return out
+
+    def _attribute_report(self, rcpt: str, event: str) -> None:
+        """A complaint or asynchronous bounce counts against the address that last sent to ``rcpt``."""
+        if self.addr_stats is None:
+            return
+        if event == "complaint":
+            self.addr_stats.attribute(rcpt, "complained")
+        elif event == "hard_bounce":
+            self.addr_stats.attribute(rcpt, "bounced")
 
     def _tenant_usage(self) -> dict[str, Any]:
         """Recipients accepted per configured tenant in the current UTC hour and day (the quota counters).

@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -26,16 +27,20 @@ from pydantic import (
     model_validator,
 )
 
+from smtpinfra_mta.clock import FAKE_TIME_ENV, clock_from_env
 from smtpinfra_mta.contract import credential_problem, username_problem
 
 # Scheme and hash_password are re-exported: the operator hashes tenants' credentials with them, and
 # validates tenant-provided ones with credential_problem.
 from smtpinfra_mta.passwords import Scheme, hash_password, hash_problem, verify_password
 
+# The clock is part of the contract: the operator judges warm-up days by the same (test) clock as the MTAs.
 __all__ = [
+    "FAKE_TIME_ENV",
     "ConfigError",
     "MtaConfig",
     "Scheme",
+    "clock_from_env",
     "credential_problem",
     "hash_password",
     "load_config",
@@ -330,6 +335,11 @@ class SourceIp(_Model):
 
     address: IPAddress = Field(description="Local address to bind outbound SMTP connections to.")
     ehlo_name: DomainName = Field(description="Host name sent in EHLO from this address (matches its PTR).")
+    quarantined: bool = Field(
+        False, description="Listed on a blocklist: nothing leaves from this address; its traffic uses the pool's "
+        "other addresses or waits (never bounces). Applied on reload.")
+    paused: bool = Field(
+        False, description="Paused by the operator: sends nothing, like 'quarantined'. Applied on reload.")
 
 
 class Pool(_Model):
@@ -337,6 +347,11 @@ class Pool(_Model):
 
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="IpPool name.")
     source_ips: list[SourceIp] = Field(min_length=1, description="Source IPs of this pool on this replica.")
+    overflow: Literal["wait", "warm-addresses"] = Field(
+        "wait",
+        description="Traffic beyond the warm-up caps of the pool's warming addresses (those with caps in "
+        "throttling.warmup): 'wait' for the next hour/day, or 'warm-addresses' to send it from the pool's "
+        "addresses without caps. Never bounced.")
 
 
 # --------------------------------------------------------------------------------------------- DKIM
@@ -717,6 +732,32 @@ class MtaSts(_Model):
         return v
 
 
+# --------------------------------------------------------------------------------------------- clock
+
+
+class ClockSettings(_Model):
+    """Day and hour boundaries of warm-up caps and per-address figures.
+
+    The time itself comes from the system clock, or from the file named by SMTP_INFRA_FAKE_TIME_FILE
+    (tests): see smtpinfra_mta.clock.
+    """
+
+    timezone: str = Field("UTC", description="IANA time zone whose midnight starts a new warm-up day.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {v!r}") from exc
+        return v
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
 # --------------------------------------------------------------------------------------------- root
 
 
@@ -742,6 +783,7 @@ class MtaConfig(_Model):
         None, description="MTA-STS policy served at /.well-known/mta-sts.txt; null: that path answers 404.")
     unsubscribe: Unsubscribe = Field(default_factory=Unsubscribe,
                                      description="One-click unsubscribe endpoint and erasure hashes.")
+    clock: ClockSettings = Field(default_factory=ClockSettings, description="Day boundaries (time zone).")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> MtaConfig:

@@ -47,6 +47,7 @@ class InboundReports:
         self.verp: Verp | None = None
         self.outcomes: OutcomeStore | None = None  # complaints and async bounces per tenant and campaign
         self.unsubscribe: Callable[[str], Awaitable[bool]] | None = None  # mailto: unsubscribes (by subject)
+        self.on_outcome: Callable[[str, str], None] | None = None  # (recipient, event): per-address figures
         self.quarantine = Quarantine(spool_dir / QUARANTINE_DIR, max_bytes=cfg.quarantine_max_bytes,
                                      max_age=cfg.quarantine_max_age, fsync=fsync)
         self.workers = ReportWorkers(cfg.report_workers, cfg.report_parse_timeout, cfg.report_max_bytes)
@@ -153,6 +154,8 @@ class InboundReports:
         for o in results:
             if o.event == "complaint":
                 self.metrics.complained.labels(tenant=o.tenant).inc()
+            if self.on_outcome is not None:
+                self.on_outcome(o.address, o.event)
         if report.kind == "complaint" and not results:
             self.metrics.complained.labels(tenant="unknown").inc()
         if self.outcomes is not None:

@@ -74,6 +74,8 @@ class Scheduler:
         self.spool = spool
         self.resolver = resolver
         self.warmup = warmup
+        self.stats = warmup.stats  # per address x provider x day figures; caps are counted from them
+        self.clock = warmup.stats.clock
         self.metrics = metrics
         self.suppression = suppression
         self.outcomes: OutcomeStore | None = None  # per-campaign and per-tenant outcome counters
@@ -98,6 +100,9 @@ class Scheduler:
         old = self.automation.active
         self.automation = Automation(cfg.throttling.automation)
         self.automation.active = old
+        for q in self.queues.values():  # a released or uncapped address may send at once
+            q.not_before = 0.0
+        self._wakeup.set()
 
     # ------------------------------------------------------------------ intake
 
@@ -286,25 +291,46 @@ class Scheduler:
 
     def _pick_source(self, q: DomainQueue, pool_name: str, site: str,
                      provider: str | None) -> tuple[SourceIp | None, Shaping, float]:
+        """A source address of the pool that may send now, or how long until one may.
+
+        Quarantined and paused addresses never send. Warming addresses (those with warm-up caps) are
+        filled first, since a warm-up day only counts when most of its cap was used; the pool's warm
+        addresses take what the warming ones cannot, but only when the pool's overflow policy is
+        'warm-addresses' or it has no warming address that may send. What fits nowhere waits.
+        """
         try:
             pool = self.cfg.pool(pool_name)
         except KeyError:
             return None, Shaping(), 60.0
-        n = len(pool.source_ips)
-        best_wait = float("inf")
-        start = self._rr[pool_name]
-        for i in range(n):
-            src = pool.source_ips[(start + i) % n]
-            wait = max(
-                self.warmup.wait_time(src.address, provider),
-                self.automation.suspended_for([f"domain:{q.domain}", site, f"ip:{src.address}"]),
-            )
-            if wait <= 0:
-                self._rr[pool_name] = (start + i + 1) % n
-                shaping = effective_shaping(self.cfg.throttling.rules, q.domain, provider, src.address)
-                return src, shaping, 0.0
-            best_wait = min(best_wait, wait)
-        return None, Shaping(), best_wait
+        sendable = [s for s in pool.source_ips if not s.quarantined and not s.paused]
+        warming = [s for s in sendable if self.warmup.capped(s.address)]
+        warm = [s for s in sendable if not self.warmup.capped(s.address)]
+        tiers = [warming, warm] if pool.overflow == "warm-addresses" or not warming else [warming]
+        best_wait = float("inf") if sendable else 60.0  # nothing may send: a reload wakes the queue
+        for tier_no, tier in enumerate(tiers):
+            n = len(tier)
+            key = f"{pool_name}/{tier_no}"
+            start = self._rr[key] % n if n else 0
+            for i in range(n):
+                src = tier[(start + i) % n]
+                wait = max(
+                    self.warmup.wait_time(src.address, provider),
+                    self.automation.suspended_for([f"domain:{q.domain}", site, f"ip:{src.address}"]),
+                )
+                if wait <= 0:
+                    self._rr[key] = (start + i + 1) % n
+                    shaping = effective_shaping(self.cfg.throttling.rules, q.domain, provider, src.address)
+                    return src, shaping, 0.0
+                best_wait = min(best_wait, wait)
+        return None, Shaping(), self.clock.recheck(best_wait)
+
+    def _may_send(self, pool_name: str, address: str) -> bool:
+        """Whether ``address`` may still send under the running config (a reload may have stopped it)."""
+        try:
+            pool = self.cfg.pool(pool_name)
+        except KeyError:
+            return False
+        return any(s.address == address and not s.quarantined and not s.paused for s in pool.source_ips)
 
     async def _wait_rate(self, key: str, rate: float | None) -> None:
         if rate is None:
@@ -357,11 +383,17 @@ class Scheduler:
                 if auto_rate is not None:
                     rate = min(rate, auto_rate) if rate is not None else auto_rate
                 await self._wait_rate(f"msg:{source.address}:{site}", rate)
-                if self.warmup.wait_time(source.address, provider) > 0:
+                fits, _ = self.warmup.room(source.address, provider)
+                if fits == 0 or not self._may_send(current.msg.pool, source.address):
                     current.state = "ready"
                     q.ready.appendleft(current)
                     break
-                self.warmup.record(source.address, provider)
+                if fits is not None and fits < len(current.rcpts):
+                    # Only part of the item fits under today's caps: the rest waits as an item of its own.
+                    rest = WorkItem(current.msg, current.domain, current.rcpts[fits:], current.attempts)
+                    current.rcpts = current.rcpts[:fits]
+                    q.ready.appendleft(rest)
+                self.stats.add(source.address, provider, "sent", len(current.rcpts), rcpts=current.rcpts)
                 usable = await self._send_item(conn, current, source, site, provider, q.domain)
                 if not usable or conn.deliveries >= shaping.max_deliveries_per_connection or self._closing:
                     break
@@ -409,6 +441,7 @@ class Scheduler:
         labels = {"tenant": item.msg.tenant, "pool": item.msg.pool, "source_ip": source.address,
                   "provider": provider or "other"}
         if delivered:
+            self.stats.add(source.address, provider, "delivered", len(delivered))
             await self._record(item.msg, [(r, "delivered") for r in delivered])
             if self.metrics is not None:
                 self.metrics.delivered.labels(**labels).inc(len(delivered))
@@ -469,6 +502,8 @@ class Scheduler:
         self._count("deferred", item, len(item.rcpts), source, provider)
         if self.outcomes is not None:
             self.outcomes.deferred(item.msg, item.rcpts)
+        if source:
+            self.stats.add(source, provider, "deferred", len(item.rcpts))
         delay = retry_delay(self.cfg.delivery.retry_schedule, item.attempts)
         log.info("deferred", extra={"id": item.msg.id, "domain": item.domain, "attempts": item.attempts,
                                     "retry_in": delay, "reply": reply.line[:200]})
@@ -490,6 +525,8 @@ class Scheduler:
                 len(item.rcpts))
         log.info("bounced", extra={"id": item.msg.id, "domain": item.domain, "rcpts": len(item.rcpts),
                                    "class": cls.bounce_class, "status": st, "reply": reply.line[:200]})
+        if source:
+            self.stats.add(source, provider, "bounced", len(item.rcpts))
         failures = [RecipientFailure(r, st, reply.line, remote) for r in item.rcpts]
         # Never bounce a bounce (null sender), never DSN our own DSNs: that is how mail loops start.
         if item.msg.mail_from and item.msg.kind != "dsn":

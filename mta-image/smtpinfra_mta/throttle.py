@@ -10,8 +10,9 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from smtpinfra_mta.addrstats import AddressStats
+from smtpinfra_mta.clock import seconds_to_next_window
 from smtpinfra_mta.config import AutomationRule, ThrottleRule, Throttling
-from smtpinfra_mta.counters import Counters, seconds_to_next_window
 
 _PRECEDENCE = {"default": 0, "provider": 1, "domain": 2, "source_ip": 3}
 
@@ -114,33 +115,41 @@ class Automation:
 
 
 class WarmupGate:
-    """Warm-up caps per source IP (and per provider), counted in persistent hour/day windows."""
+    """Warm-up caps per source IP (and per provider), enforced from the persisted per-address figures.
 
-    def __init__(self, cfg: Throttling, counters: Counters) -> None:
+    The figures (:class:`AddressStats`) are the same the operator's gates read, kept in the spool, so a
+    restart does not reset today's count. Windows are hours and days of the configured time zone.
+    """
+
+    def __init__(self, cfg: Throttling, stats: AddressStats) -> None:
         self._caps = cfg.warmup
-        self._counters = counters
+        self.stats = stats
+        self._capped = {cap.source_ip for cap in cfg.warmup if cap.per_day is not None or cap.per_hour is not None}
 
-    def _applicable(self, source_ip: str, provider: str | None) -> list[tuple[str, int | None, int | None]]:
-        out = []
+    def capped(self, source_ip: str) -> bool:
+        """Whether the address is warming (has any cap); addresses without caps are warm."""
+        return source_ip in self._capped
+
+    def room(self, source_ip: str, provider: str | None, now: float | None = None) -> tuple[int | None, float]:
+        """(messages that still fit now, None when unlimited; seconds until the blocking window ends if 0)."""
+        now = self.stats.clock.now() if now is None else now
+        tz = self.stats.tz
+        fits: int | None = None
+        wait = 0.0
         for cap in self._caps:
-            if cap.source_ip != source_ip:
+            if cap.source_ip != source_ip or (cap.provider is not None and cap.provider != provider):
                 continue
-            if cap.provider is None:
-                out.append((f"warmup:{source_ip}", cap.per_hour, cap.per_day))
-            elif cap.provider == provider:
-                out.append((f"warmup:{source_ip}:{cap.provider}", cap.per_hour, cap.per_day))
-        return out
+            scope = None if cap.provider is None else (provider or "other")
+            for window, limit in (("day", cap.per_day), ("hour", cap.per_hour)):
+                if limit is None:
+                    continue
+                left = max(limit - self.stats.sent(source_ip, scope, window, now), 0)  # type: ignore[arg-type]
+                fits = left if fits is None else min(fits, left)
+                if left == 0:
+                    wait = max(wait, seconds_to_next_window(window, now, tz))  # type: ignore[arg-type]
+        return fits, wait
 
     def wait_time(self, source_ip: str, provider: str | None, n: int = 1, now: float | None = None) -> float:
-        """0 when ``n`` more messages fit under every cap, else seconds until the blocking window ends."""
-        wait = 0.0
-        for key, per_hour, per_day in self._applicable(source_ip, provider):
-            if per_day is not None and self._counters.get(key, "day", now) + n > per_day:
-                wait = max(wait, seconds_to_next_window("day", now))
-            if per_hour is not None and self._counters.get(key, "hour", now) + n > per_hour:
-                wait = max(wait, seconds_to_next_window("hour", now))
-        return wait
-
-    def record(self, source_ip: str, provider: str | None, n: int = 1, now: float | None = None) -> None:
-        for key, _, _ in self._applicable(source_ip, provider):
-            self._counters.add(key, n, now)
+        """0 when at least one more message fits under every cap, else seconds until the blocking window ends."""
+        fits, wait = self.room(source_ip, provider, now)
+        return 0.0 if fits is None or fits > 0 else wait

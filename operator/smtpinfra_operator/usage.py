@@ -30,7 +30,7 @@ from smtpinfra_api.v1alpha1 import TenantSpec
 
 from . import kube
 from .builders import workload
-from .builders.mtaconfig import HTTP_PORT
+from .builders.mtaconfig import DELIVERY_HTTP_PORT, HTTP_PORT
 from .conditions import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class PodReport:
     server: str
     tenants: Mapping[str, Any] | None
     """The `tenants` object of /stats: {"hour": id, "day": id, "accepted": {tenant: {"hour": n, "day": n}}}."""
+    addresses: Mapping[str, Any] | None = None
+    """The delivering process's /stats `addresses` (figures per source address, provider and day); None:
+    not read."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,31 @@ async def _stats_token(namespace: str, server: str) -> str | None:
     return base64.b64decode(value).decode().strip() if value else None
 
 
+async def read_pod(fetch: Fetch, ip: str, token: str | None,
+                   pod: str = "") -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+    """(tenants, addresses) of one pod's /stats; None for what could not be read.
+
+    The per-address figures live in the delivering process: on the main port when the pod runs one
+    process, else on the delivery process's own port (the accepting process reports no "addresses").
+    """
+    try:
+        stats = await fetch(ip, HTTP_PORT, token)
+    except (OSError, TimeoutError, ValueError) as error:
+        log.debug("no stats from pod %s (%s): %s", pod, ip, error)
+        return None, None
+    tenants = stats.get("tenants")
+    tenants = tenants if isinstance(tenants, Mapping) else {}
+    addresses = stats.get("addresses")
+    if isinstance(addresses, Mapping):
+        return tenants, addresses
+    try:
+        addresses = (await fetch(ip, DELIVERY_HTTP_PORT, token)).get("addresses")
+    except (OSError, TimeoutError, ValueError) as error:
+        log.debug("no delivery stats from pod %s (%s): %s", pod, ip, error)
+        return tenants, None
+    return tenants, addresses if isinstance(addresses, Mapping) else {}
+
+
 def _selection(server: Mapping[str, Any]) -> ServerSelection:
     spec = server.get("spec") or {}
     meta = server["metadata"]
@@ -216,13 +244,8 @@ async def collect(fetch: Fetch = fetch_stats) -> Snapshot:
 
     async def read(namespace: str, name: str, server: str, ip: str) -> PodReport:
         async with slots:
-            try:
-                stats = await fetch(ip, HTTP_PORT, tokens.get((namespace, server)))
-                tenants = stats.get("tenants")
-                return PodReport(namespace, name, server, tenants if isinstance(tenants, Mapping) else {})
-            except (OSError, TimeoutError, ValueError) as error:
-                log.debug("no stats from pod %s/%s (%s): %s", namespace, name, ip, error)
-                return PodReport(namespace, name, server, None)
+            tenants, addresses = await read_pod(fetch, ip, tokens.get((namespace, server)), f"{namespace}/{name}")
+            return PodReport(namespace, name, server, tenants, addresses)
 
     reports = await asyncio.gather(*(read(*p) for p in pods))
     _latest = Snapshot(at=now_rfc3339(), servers=servers, reports=tuple(reports))

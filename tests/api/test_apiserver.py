@@ -155,6 +155,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("WarmupPlan", {"spec.healthGates.maxComplaintRate": "150"}, "spec.healthGates.maxComplaintRate"),
     ("WarmupPlan", {"spec.providerCaps.0.provider": "hotmail"}, "spec.providerCaps[0].provider: Unsupported value"),
     ("WarmupPlan", {"spec.onGateFailure": "StepBack", "spec.stepBackDays": 0}, "spec.stepBackDays must be at least"),
+    ("WarmupPlan", {"spec.healthGates.minCapUsage": "0"}, "spec.healthGates.minCapUsage must be above 0"),
+    ("IpPool", {"spec.overflow": "Bounce"}, "spec.overflow: Unsupported value"),
     # Tenant
     ("Tenant", {"spec.senderDomains": DELETE}, "spec.senderDomains: Required value"),
     ("Tenant", {"spec.senderDomains": ["not a domain"]}, "spec.senderDomains[0]"),

@@ -18,6 +18,7 @@ from smtpinfra_operator.builders.mtaconfig import ServerInputs, SourceAddress
 from smtpinfra_operator.conditions import FALSE, TRUE
 from smtpinfra_operator.handlers.ippool import derive
 from smtpinfra_operator.handlers.smtpserver import Gathered, decide
+from smtpinfra_operator.reputation.warmup import DayFigures
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -131,15 +132,57 @@ def test_ippool_address_status_keeps_what_it_knew_and_takes_new_ptr_checks():
     _, outcome = derive("p", POOL, previous, [server("a", 1, ["p"], "2026-01-01")], None, {"127.0.60.1": True}, NOW)
     by_address = {a["address"]: a for a in outcome.fields["addresses"]}
     assert by_address["127.0.60.1"] == {"address": "127.0.60.1", "ptrName": "mta-0.example.test", "ptrOk": True,
-                                        "listings": ["zen.example"], "quarantined": True, "assignedTo": "mail/a/0"}
+                                        "listings": ["zen.example"], "quarantined": True, "assignedTo": "mail/a/0",
+                                        "state": "Quarantined"}
     assert by_address["127.0.60.2"]["ptrOk"] is True  # no new check: the last result stays
     assert "ptrOk" not in by_address["127.0.60.3"]
 
 
-def test_ippool_warmup_day_and_cap_follow_the_recorded_start():
+def test_ippool_warmup_day_does_not_follow_the_calendar():
+    # started three days ago, but no figures say it sent: still day 1 with day 1's cap
     previous = {"addresses": [{"address": "127.0.60.1", "assignedTo": "mail/a/0",
-                               "warmupStarted": "2026-11-29T12:00:00Z"}]}
+                               "warmupStarted": "2026-11-28T12:00:00Z", "warmupDay": 1,
+                               "warmupSince": "2026-11-28"}]}
     _, outcome = derive("p", PLANNED, previous, [server("a", 1, ["p"], "2026-01-01")], PLAN, {}, NOW)
     entry = outcome.fields["addresses"][0]
-    assert (outcome.ready, entry["warmupStarted"], entry["warmupDay"]) == (TRUE, "2026-11-29T12:00:00Z", 3)
-    assert entry["dailyCap"] == 400
+    assert (outcome.ready, entry["warmupStarted"], entry["warmupDay"]) == (TRUE, "2026-11-28T12:00:00Z", 1)
+    assert (entry["dailyCap"], entry["state"]) == (100, "Warming")
+
+
+def test_ippool_warmup_day_advances_on_a_good_well_used_day_from_the_mtas_figures():
+    previous = {"addresses": [{"address": "127.0.60.1", "assignedTo": "mail/a/0", "warmupDay": 1,
+                               "warmupSince": "2026-11-28"}]}
+    figures = {"127.0.60.1": {"2026-11-28": DayFigures(sent=100, delivered=100),  # day 1 -> 2
+                              "2026-11-29": DayFigures(),  # idle
+                              "2026-11-30": DayFigures(sent=190, delivered=189, complained=1),  # held
+                              "2026-12-01": DayFigures(sent=7)}}  # today
+    state, outcome = derive("p", PLANNED, previous, [server("a", 1, ["p"], "2026-01-01")], PLAN, {}, NOW, figures)
+    entry = outcome.fields["addresses"][0]
+    assert (entry["warmupDay"], entry["dailyCap"], entry["sentToday"], entry["state"]) == (2, 200, 7, "Held")
+    assert entry["evaluatedThrough"] == "2026-11-30" and entry["warmupSince"] == "2026-11-29"
+    assert [v["verdict"] for v in entry["gateHistory"]] == ["Advanced", "Idle", "Held"]
+    assert "complaint rate 0.53% over 0.1%" in entry["lastGate"]["reason"]
+    assert [(a, v.verdict.value) for a, v in state.verdicts] == [("127.0.60.1", "Advanced"),
+                                                                  ("127.0.60.1", "Idle"), ("127.0.60.1", "Held")]
+    again, _ = derive("p", PLANNED, outcome.fields, [server("a", 1, ["p"], "2026-01-01")], PLAN, {}, NOW, figures)
+    assert again.verdicts == () and again.addresses == outcome.fields["addresses"]  # judged once
+
+
+def test_ippool_not_ready_when_no_assigned_address_can_send():
+    paused = IpPoolSpec.model_validate({"addresses": ["127.0.60.1", "127.0.60.2"], "paused": ["127.0.60.2"],
+                                        "ptrTemplate": "mta-{index}.example.test"})
+    previous = {"addresses": [{"address": "127.0.60.1", "quarantined": True}]}
+    _, outcome = derive("p", paused, previous, [server("a", 2, ["p"], "2026-01-01")], None, {}, NOW)
+    assert (outcome.ready, outcome.reason) == (FALSE, "NoAddressCanSend")
+    assert [a["state"] for a in outcome.fields["addresses"]] == ["Quarantined", "Paused"]
+    _, outcome = derive("p", paused, {}, [server("a", 2, ["p"], "2026-01-01")], None, {}, NOW)
+    assert (outcome.ready, outcome.reason) == (TRUE, "AddressesAvailable")
+
+
+def test_an_unassigned_address_has_not_begun_its_warm_up():
+    spec = IpPoolSpec.model_validate({"addresses": ["127.0.60.1", "127.0.60.2"], "warmupPlan": "slow",
+                                      "ptrTemplate": "mta-{index}.example.test"})
+    _, outcome = derive("p", spec, {}, [server("a", 1, ["p"], "2026-01-01")], PLAN, {}, NOW)
+    used, unused = outcome.fields["addresses"]
+    assert (used["warmupDay"], used["dailyCap"], used["state"]) == (1, 100, "Warming")
+    assert unused["state"] == "Warming" and "warmupDay" not in unused and "warmupStarted" not in unused

@@ -44,3 +44,16 @@ def test_a_new_cap_or_a_problem_changes_the_view_and_ptr_checks_do_not() -> None
 def test_a_replica_without_an_address_is_part_of_the_view() -> None:
     one = state({"127.0.30.1": A})
     assert server_view(one, "mail", "a", 2) != server_view(one, "mail", "a", 1)
+
+
+def test_quarantine_pause_and_overflow_change_the_view() -> None:
+    base = state({"127.0.30.1": A})
+    listed = state({"127.0.30.1": A})
+    listed.addresses[0]["quarantined"] = True
+    assert server_view(base, "mail", "a", 1) != server_view(listed, "mail", "a", 1)
+    paused = PoolState(name="p", spec=SPEC.model_copy(update={"paused": ["127.0.30.1"]}),
+                       assignment=base.assignment, addresses=base.addresses, problem=None)
+    assert server_view(base, "mail", "a", 1) != server_view(paused, "mail", "a", 1)
+    other = PoolState(name="p", spec=SPEC.model_copy(update={"paused": ["127.0.30.2"]}),
+                      assignment=base.assignment, addresses=base.addresses, problem=None)
+    assert server_view(base, "mail", "a", 1) == server_view(other, "mail", "a", 1)  # not this server's address

@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 
 from smtpinfra_api.v1alpha1 import TenantSpec, TenantStatus
-from smtpinfra_operator.usage import PodReport, ServerSelection, Snapshot, fetch_stats, sum_accepted, tenant_usage
+from smtpinfra_operator.builders.mtaconfig import DELIVERY_HTTP_PORT, HTTP_PORT
+from smtpinfra_operator.usage import (
+    PodReport,
+    ServerSelection,
+    Snapshot,
+    fetch_stats,
+    read_pod,
+    sum_accepted,
+    tenant_usage,
+)
 
 pytestmark = pytest.mark.operator
 
@@ -105,3 +114,25 @@ def test_fetch_stats_reads_json_over_http():
             return dict(await fetch_stats("127.0.0.1", port))
 
     assert asyncio.run(run()) == body
+
+
+def test_address_figures_come_from_the_delivering_process():
+    figures = {"192.0.2.1": {"days": {"2026-06-01": {"gmail": {"sent": 3}}}, "hour": {}}}
+    tenants = stats({"acme": (1, 2)})
+
+    def fake(answers: dict[int, Any]) -> Any:
+        async def fetch(ip: str, port: int, token: str | None) -> Any:
+            answer = answers[port]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return fetch
+
+    two = fake({HTTP_PORT: {"tenants": tenants}, DELIVERY_HTTP_PORT: {"addresses": figures}})
+    assert asyncio.run(read_pod(two, "10.0.0.1", None)) == (tenants, figures)
+    one = fake({HTTP_PORT: {"tenants": tenants, "addresses": figures}, DELIVERY_HTTP_PORT: OSError("closed")})
+    assert asyncio.run(read_pod(one, "10.0.0.1", None)) == (tenants, figures)
+    silent = fake({HTTP_PORT: {"tenants": tenants}, DELIVERY_HTTP_PORT: OSError("refused")})
+    assert asyncio.run(read_pod(silent, "10.0.0.1", None)) == (tenants, None)  # not read: no verdicts
+    down = fake({HTTP_PORT: OSError("refused"), DELIVERY_HTTP_PORT: {"addresses": figures}})
+    assert asyncio.run(read_pod(down, "10.0.0.1", None)) == (None, None)

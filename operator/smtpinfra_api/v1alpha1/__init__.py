@@ -26,7 +26,17 @@ from .campaign import (
 )
 from .common import SET_LIST, MailboxProvider, map_list
 from .dns import DmarcPolicy, DmarcSpec, DnsProvider, DnsRecordState, DnsRecordStatus, DnsSpec, DnsStatus, Rfc2136Spec
-from .ippool import AddressStatus, DnsblSpec, IpPool, IpPoolSpec, IpPoolStatus, QuarantinePolicy
+from .ippool import (
+    AddressState,
+    AddressStatus,
+    DnsblSpec,
+    GateVerdict,
+    IpPool,
+    IpPoolSpec,
+    IpPoolStatus,
+    Overflow,
+    QuarantinePolicy,
+)
 from .kind import AGE_COLUMN, Kind, PrinterColumn, ready_columns
 from .smtpserver import (
     DeliverySpec,
@@ -93,6 +103,7 @@ __all__ = [
     "KINDS",
     "QUOTA_USED_PATTERN",
     "SET_LIST",
+    "AddressState",
     "AddressStatus",
     "AutomationAction",
     "AutomationRule",
@@ -117,6 +128,7 @@ __all__ = [
     "DomainShaping",
     "Endpoints",
     "GateFailureAction",
+    "GateVerdict",
     "GeometricSchedule",
     "HealthGates",
     "ImplicitTlsListener",
@@ -131,6 +143,7 @@ __all__ = [
     "ListenerSpec",
     "Listeners",
     "MailboxProvider",
+    "Overflow",
     "PrinterColumn",
     "ProviderCap",
     "ProviderShaping",

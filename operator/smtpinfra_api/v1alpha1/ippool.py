@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field
@@ -38,6 +39,23 @@ class QuarantinePolicy(ApiModel):
     """Number of zones that must list an address before it is quarantined."""
     release_after: Duration = "24h"
     """How long an address stays quarantined after its last listing disappears."""
+
+
+class Overflow(StrEnum):
+    """Where traffic goes that is over the warm-up caps of the pool's warming addresses."""
+
+    WAIT = "Wait"
+    WARM_ADDRESSES = "WarmAddresses"
+
+
+class AddressState(StrEnum):
+    """What an address of the pool may do now."""
+
+    WARMING = "Warming"
+    WARM = "Warm"
+    HELD = "Held"
+    QUARANTINED = "Quarantined"
+    PAUSED = "Paused"
 
 
 class IpPoolSpec(ApiModel):
@@ -85,6 +103,31 @@ class IpPoolSpec(ApiModel):
     """WarmupPlan new addresses follow; addresses without a plan send at full volume."""
     priority: Annotated[int, Field(ge=0, le=1000)] = 100
     """Higher priority pools are preferred when a server uses several."""
+    overflow: Overflow = Overflow.WAIT
+    """Traffic over the caps of warming addresses: Wait for the next hour/day, or go out from the pool's
+    warm addresses (WarmAddresses). Never bounced."""
+    paused: Annotated[list[Annotated[str, Field(max_length=45)]],
+                      Field(max_length=256, json_schema_extra=SET_LIST)] = []
+    """Addresses that send nothing until removed from this list (their traffic uses the pool's others)."""
+
+
+class GateVerdict(StatusModel):
+    """The warm-up verdict on one finished day of an address."""
+
+    date: Annotated[str, Field(max_length=10)]
+    """The day judged (YYYY-MM-DD, in the MTAs' time zone)."""
+    verdict: Annotated[str, Field(max_length=16)]
+    """Advanced, Idle, LowVolume, UnderUsed, Held or SteppedBack."""
+    day_before: Annotated[int, Field(ge=0)]
+    """Warm-up day the address was on."""
+    day_after: Annotated[int, Field(ge=0)]
+    """Warm-up day after the verdict."""
+    sent: Annotated[int, Field(ge=0)] = 0
+    """Messages sent that day."""
+    cap: Annotated[int, Field(ge=0)] = 0
+    """The day's cap."""
+    reason: Annotated[str, Field(max_length=512)] = ""
+    """Why, e.g. the gate that failed with its rate."""
 
 
 class AddressStatus(StatusModel):
@@ -108,6 +151,20 @@ class AddressStatus(StatusModel):
     """Messages the address may send today."""
     quarantined: bool = False
     """Whether sending from the address is stopped."""
+    state: AddressState | None = None
+    """Warming, Warm, Held (a gate failed), Quarantined or Paused."""
+    warmup_since: Annotated[str, Field(max_length=10)] | None = None
+    """The date the address reached its current warm-up day."""
+    evaluated_through: Annotated[str, Field(max_length=10)] | None = None
+    """The last finished day whose figures were judged."""
+    hourly_cap: Annotated[int, Field(ge=0)] | None = None
+    """Messages the address may send per hour today."""
+    sent_today: Annotated[int, Field(ge=0)] | None = None
+    """Messages sent today, as the MTAs reported."""
+    last_gate: GateVerdict | None = None
+    """The verdict on the last judged day."""
+    gate_history: Annotated[list[GateVerdict], Field(max_length=14)] | None = None
+    """Verdicts of the last days judged, oldest first."""
 
 
 class IpPoolStatus(CommonStatus):

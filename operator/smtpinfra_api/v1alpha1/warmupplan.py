@@ -66,6 +66,18 @@ class GeometricSchedule(ApiModel):
 class HealthGates(ApiModel):
     """Metrics over the last day that must hold for an address to advance to the next day."""
 
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.minCapUsage) || double(self.minCapUsage) > 0.0",
+                    "spec.healthGates.minCapUsage must be above 0: an address advances only on days it sent "
+                    "most of its cap",
+                ),
+            ]
+        }
+    }
+
     max_bounce_rate: Percent = "5"
     """Highest hard-bounce rate in percent."""
     max_complaint_rate: Percent = "0.1"
@@ -74,6 +86,8 @@ class HealthGates(ApiModel):
     """Highest deferral rate in percent."""
     min_volume: Annotated[int, Field(ge=0, le=1_000_000)] = 100
     """Messages an address must have sent before the gates are evaluated."""
+    min_cap_usage: Percent = "90"
+    """Percent of the day's cap an address must have sent for the day to count (SparkPost: over 90)."""
 
 
 class GateFailureAction(StrEnum):

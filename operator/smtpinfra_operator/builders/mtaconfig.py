@@ -13,11 +13,10 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from smtpinfra_api.meta import parse_duration
-from smtpinfra_api.v1alpha1 import DkimKey, MailboxProvider, ShapingRule, SmtpServerSpec, TenantSpec, WarmupPlanSpec
+from smtpinfra_api.v1alpha1 import DkimKey, MailboxProvider, ShapingRule, SmtpServerSpec, TenantSpec
 from smtpinfra_mta.config import MtaConfig, dump_config, parse_config
 
 from ..dns.records import inputs_from_spec, mta_sts_policy_text
-from ..warmup import daily_caps
 
 CONFIG_DIR = PurePosixPath("/etc/smtp-infra/config")
 CREDENTIALS_DIR = PurePosixPath("/etc/smtp-infra/credentials")
@@ -65,6 +64,12 @@ class SourceAddress:
     """Today's warm-up cap; None when the address is not warming up."""
     hourly_cap: int | None = None
     provider_caps: tuple[tuple[MailboxProvider, int], ...] = ()
+    quarantined: bool = False
+    """Listed (the blocklist monitor's verdict on the pool's status): sends nothing."""
+    paused: bool = False
+    """Named in the pool's spec.paused: sends nothing."""
+    overflow: str = "wait"
+    """The pool's overflow policy as the MTA spells it ('wait' or 'warm-addresses')."""
 
 
 @dataclass(frozen=True)
@@ -196,9 +201,12 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
     """The MTA config of one replica (validated by the MTA's own model)."""
     spec = inputs.spec
     addresses = inputs.replica_addresses[ordinal]
-    pools: dict[str, list[dict[str, str]]] = {}
+    pools: dict[str, list[dict[str, Any]]] = {}
+    overflow: dict[str, str] = {}
     for a in addresses:
-        pools.setdefault(a.pool, []).append({"address": a.address, "ehlo_name": a.ehlo_name})
+        pools.setdefault(a.pool, []).append({"address": a.address, "ehlo_name": a.ehlo_name,
+                                             "quarantined": a.quarantined, "paused": a.paused})
+        overflow[a.pool] = a.overflow
     listeners = spec.listeners
     data: dict[str, Any] = {
         "version": 1,
@@ -224,7 +232,7 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
             }
             for t in inputs.tenants
         ],
-        "pools": [{"name": name, "source_ips": ips} for name, ips in pools.items()],
+        "pools": [{"name": name, "source_ips": ips, "overflow": overflow[name]} for name, ips in pools.items()],
         "dkim": [
             {"domain": k.domain, "selector": k.selector, "algorithm": k.algorithm.value,
              "key_file": str(dkim_key_path(k))}
@@ -272,16 +280,3 @@ def content_hash(data: dict[str, str]) -> str:
     for key in sorted(data):
         digest.update(key.encode() + b"\0" + data[key].encode() + b"\0")
     return digest.hexdigest()[:16]
-
-
-def warmup_caps(plan: WarmupPlanSpec, day: int) -> tuple[int, int | None, tuple[tuple[MailboxProvider, int], ...]]:
-    """(daily cap, hourly cap, provider caps) of a plan on a given day (1-based); full volume after it ends."""
-    caps = daily_caps(plan)
-    daily = caps[min(day, len(caps)) - 1]
-    hourly: int | None = None
-    provider: dict[MailboxProvider, int] = {p.provider: p.daily_cap for p in plan.provider_caps}
-    if plan.stages is not None:
-        stage = [s for s in plan.stages if s.day <= day][-1]
-        hourly = stage.hourly_cap
-        provider.update({p.provider: p.daily_cap for p in stage.provider_caps})
-    return daily, hourly, tuple(sorted(provider.items()))

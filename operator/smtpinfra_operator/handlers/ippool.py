@@ -8,8 +8,9 @@ publish; PTR results from a server's DNS check reach the pool the same way (`not
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,19 +19,28 @@ import kopf
 from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
-from smtpinfra_api.v1alpha1 import AddressStatus, IpPool, IpPoolSpec, SmtpServerSpec, WarmupPlanSpec
+from smtpinfra_api.v1alpha1 import (
+    AddressState,
+    AddressStatus,
+    IpPool,
+    IpPoolSpec,
+    Overflow,
+    SmtpServerSpec,
+    WarmupPlanSpec,
+)
 
-from .. import kube
+from .. import kube, usage
 from ..builders.assignment import Assignment, ReplicaKey, assign, expand_addresses, ptr_name
-from ..builders.mtaconfig import warmup_caps
+from ..builders.mtaconfig import SourceAddress
 from ..conditions import FALSE, TRUE, Outcome
 from ..kicker import Kicker, Locks
-from ..statuswriter import publish
+from ..reputation.warmup import DayFigures, DayVerdict, caps_for_day
+from ..reputation.warmup_status import can_send, needs_event, pool_figures, wall_now, warmup_fields
+from ..statuswriter import post_event, publish
 from ..warmup import check as check_plan
 
 log = logging.getLogger(__name__)
 _locks: Locks[str] = Locks()
-DAY = 86400.0
 Requester = tuple[str, str, int]
 """(namespace, name, replicas) of an SmtpServer whose reconcile needs the pool."""
 
@@ -46,6 +56,9 @@ class PoolState:
     """The per-address status written (camelCase)."""
     problem: Outcome | None
     """Why the pool cannot be used, if it cannot (e.g. its WarmupPlan is missing)."""
+    plan: WarmupPlanSpec | None = None
+    verdicts: tuple[tuple[str, DayVerdict], ...] = ()
+    """(address, verdict) of the days judged in this derivation: holds and step-backs become Events."""
 
     def address(self, address: str) -> dict[str, Any]:
         """The status entry of one address."""
@@ -69,37 +82,54 @@ def _servers_using(pool: str, servers: list[dict[str, Any]]) -> list[ReplicaKey]
     return [ReplicaKey(ns, name, i) for _, ns, name, replicas in users for i in range(replicas)]
 
 
-def _warmup_day(started: str | None, now: datetime) -> int:
-    if not started:
-        return 1
-    begin = datetime.fromisoformat(started.replace("Z", "+00:00"))
-    return int((now - begin).total_seconds() // DAY) + 1
-
-
 def address_status(spec: IpPoolSpec, pool: str, assignment: Assignment, previous: dict[str, dict[str, Any]],
-                   plan: WarmupPlanSpec | None, now: datetime,
-                   ptr_checks: dict[str, bool] | None = None) -> list[dict[str, Any]]:
-    """Per-address status: PTR name, owner, PTR check, warm-up day and today's cap (pure).
+                   plan: WarmupPlanSpec | None, now: datetime, ptr_checks: dict[str, bool] | None = None,
+                   figures: Mapping[str, Mapping[str, DayFigures]] | None = None,
+                   verdicts: list[tuple[str, DayVerdict]] | None = None) -> list[dict[str, Any]]:
+    """Per-address status: PTR name, owner, PTR check, warm-up position, today's caps and state (pure).
 
     `ptr_checks` are the latest PTR results a server's DNS check found; without one, an address
-    keeps the result it had.
+    keeps the result it had. `figures` are the MTAs' per-day figures of each address, None while
+    not every pod answered: the warm-up day then stays where it is (see `reputation.warmup_status`).
+    Verdicts reached here are appended to `verdicts`.
     """
     out = []
+    today = now.astimezone(UTC).date().isoformat()  # the MTAs' day boundaries are UTC by default
     for index, address in enumerate(expand_addresses(spec.addresses)):
         before = previous.get(address, {})
         owner = assignment.by_address.get(address)
+        quarantined = bool(before.get("quarantined", False))
         entry = AddressStatus(address=address, ptr_name=ptr_name(spec.ptr_template, address, index, pool),
-                              listings=before.get("listings", []), quarantined=before.get("quarantined", False),
+                              listings=before.get("listings", []), quarantined=quarantined,
                               ptr_ok=(ptr_checks or {}).get(address, before.get("ptrOk")),
                               assigned_to=str(owner) if owner is not None else None)
-        if plan is not None and owner is not None:
-            started = before.get("warmupStarted") or now.strftime("%Y-%m-%dT%H:%M:%SZ")
-            day = _warmup_day(started, now)
-            entry.warmup_started = datetime.fromisoformat(started.replace("Z", "+00:00"))
-            entry.warmup_day = day
-            entry.daily_cap = warmup_caps(plan, day)[0]
+        known = figures.get(address) if figures is not None and owner is not None else None
+        started = owner is not None or bool(before.get("warmupDay"))  # an unused address has not begun
+        warm = warmup_fields(plan, before, known, today, quarantined=quarantined, paused=address in spec.paused,
+                             started=started)
+        for name, value in warm.fields.items():
+            setattr(entry, name, value)
+        if plan is not None and started:
+            entry.warmup_started = (datetime.fromisoformat(before["warmupStarted"].replace("Z", "+00:00"))
+                                    if before.get("warmupStarted") else now.replace(microsecond=0))
+        if verdicts is not None:
+            verdicts.extend((address, v) for v in warm.new_verdicts)
         out.append(entry.wire())
     return out
+
+
+def source_address(state: PoolState, pool: str, address: str) -> SourceAddress:
+    """One replica's sending address as the MTA config needs it: today's caps, quarantine, pause, overflow."""
+    entry = state.address(address)
+    day = entry.get("warmupDay")
+    daily = entry.get("dailyCap")  # the caps the pool published; per provider ones come from the plan's day
+    caps = caps_for_day(state.plan, int(day)) if state.plan is not None and day and daily is not None else None
+    return SourceAddress(
+        pool=pool, address=address, ehlo_name=entry["ptrName"], daily_cap=daily, hourly_cap=entry.get("hourlyCap"),
+        provider_caps=caps.providers if caps is not None else (),
+        quarantined=bool(entry.get("quarantined")) or entry.get("state") == AddressState.QUARANTINED,
+        paused=address in state.spec.paused,
+        overflow="warm-addresses" if state.spec.overflow == Overflow.WARM_ADDRESSES else "wait")
 
 
 async def _servers(requesters: Iterable[Requester]) -> list[dict[str, Any]]:
@@ -136,7 +166,8 @@ def _plan_problem(name: str, plan_body: dict[str, Any] | None) -> tuple[WarmupPl
 
 
 def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[dict[str, Any]],
-           plan_body: dict[str, Any] | None, ptr_checks: dict[str, bool], now: datetime) -> tuple[PoolState, Outcome]:
+           plan_body: dict[str, Any] | None, ptr_checks: dict[str, bool], now: datetime,
+           figures: Mapping[str, Mapping[str, DayFigures]] | None = None) -> tuple[PoolState, Outcome]:
     """The pool's assignment, per-address status and Ready outcome from what was read (pure).
 
     The IpPool controller publishes it; a server's reconcile derives the same from the same reads
@@ -147,7 +178,8 @@ def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[di
     addresses = expand_addresses(spec.addresses)
     assignment = assign(addresses, replicas, {a: p.get("assignedTo", "") for a, p in previous.items()})
     plan, problem = _plan_problem(spec.warmup_plan, plan_body) if spec.warmup_plan else (None, None)
-    statuses = address_status(spec, name, assignment, previous, plan, now, ptr_checks)
+    verdicts: list[tuple[str, DayVerdict]] = []
+    statuses = address_status(spec, name, assignment, previous, plan, now, ptr_checks, figures, verdicts)
     fields = {"total": len(addresses), "assigned": len(assignment.by_address), "addresses": statuses}
     if problem is not None:
         outcome = Outcome(ready=problem.ready, reason=problem.reason, message=problem.message,
@@ -157,10 +189,14 @@ def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[di
         outcome = Outcome(ready=FALSE, reason="PoolExhausted", stalled=True, fields=fields,
                           message=f"{len(assignment.unassigned)} replica(s) have no address: {missing}; add "
                                   f"addresses to the pool or lower the replicas")
+    elif assignment.by_address and not can_send(statuses):
+        outcome = Outcome(ready=FALSE, reason="NoAddressCanSend", fields=fields,
+                          message="every assigned address is quarantined or paused; mail waits in the queues")
     else:
         outcome = Outcome(ready=TRUE, reason="AddressesAvailable", fields=fields,
                           message=f"{len(assignment.by_address)} of {len(addresses)} addresses assigned")
-    return PoolState(name=name, spec=spec, assignment=assignment, addresses=statuses, problem=problem), outcome
+    return PoolState(name=name, spec=spec, assignment=assignment, addresses=statuses, problem=problem, plan=plan,
+                     verdicts=tuple(verdicts)), outcome
 
 
 _ptr_checks: dict[str, dict[str, bool]] = {}
@@ -179,6 +215,16 @@ def note_ptr_checks(pools: Iterable[str], ptr_ok: dict[str, bool]) -> None:
             pool_kicker.kick(pool)
 
 
+def _figures(pool: str, spec: IpPoolSpec) -> dict[str, dict[str, DayFigures]] | None:
+    """The pool's addresses' per-day figures from the latest /stats of the pods of the servers using it."""
+    snapshot = usage.latest()
+    if snapshot is None:
+        return None
+    servers = {(s.namespace, s.name) for s in snapshot.servers if pool in s.ip_pools}
+    reports = [r.addresses for r in snapshot.reports if (r.namespace, r.server) in servers]
+    return pool_figures(reports, expand_addresses(spec.addresses))
+
+
 async def _read(name: str, requesters: Iterable[Requester]) -> tuple[dict[str, Any], IpPoolSpec, PoolState,
                                                                          Outcome] | None:
     """Read the pool, its servers and its plan from the informers and derive (no write); None: no pool.
@@ -192,7 +238,7 @@ async def _read(name: str, requesters: Iterable[Requester]) -> tuple[dict[str, A
     servers = await _servers(requesters)
     plan_body = await kube.get_cached(API_VERSION, "WarmupPlan", spec.warmup_plan) if spec.warmup_plan else None
     state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body,
-                            _ptr_checks.get(name, {}), datetime.now(UTC))
+                            _ptr_checks.get(name, {}), wall_now(), _figures(name, spec))
     return body, spec, state, outcome
 
 
@@ -230,6 +276,9 @@ async def reconcile_pool(name: str) -> PoolState | None:
             return None
         body, _, state, outcome = found
         await publish(IpPool, body, outcome)
+        for address, verdict in state.verdicts:
+            if (event := needs_event(verdict)) is not None:
+                await asyncio.to_thread(post_event, body, "Warning", event[0], f"{address}: {event[1]}")
         return state
 
 
@@ -240,8 +289,8 @@ def server_view(state: PoolState, namespace: str, name: str, replicas: int) -> s
     view = []
     for ordinal in range(replicas):
         address = state.assignment.address_of(ReplicaKey(namespace, name, ordinal))
-        entry = state.address(address) if address else {}
-        view.append((address, entry.get("ptrName"), entry.get("dailyCap")))
+        # what reaches the MTA config: the address, its EHLO name, today's caps, quarantine, pause, overflow
+        view.append(source_address(state, state.name, address) if address else None)
     return repr(view)
 
 

@@ -42,7 +42,7 @@ from ..kicker import Kicker, Locks
 from ..settings import FULL_RESYNC_SECONDS
 from ..statuswriter import post_event_soon, publish
 from . import dnsrecords
-from .ippool import forget_views, note_view, pool_kicker, read_pool, stale_views
+from .ippool import forget_views, note_view, pool_kicker, read_pool, source_address, stale_views
 
 log = logging.getLogger(__name__)
 _locks: Locks[tuple[str, str]] = Locks()
@@ -208,9 +208,7 @@ async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
                 addresses.pop(ordinal, None)
                 continue
             if ordinal in addresses:
-                entry = state.address(address)
-                addresses[ordinal].append(SourceAddress(
-                    pool=pool_name, address=address, ehlo_name=entry["ptrName"], daily_cap=entry.get("dailyCap")))
+                addresses[ordinal].append(source_address(state, pool_name, address))
     # Only a contiguous prefix of ordinals can run in a StatefulSet.
     replicas = 0
     while replicas in addresses:

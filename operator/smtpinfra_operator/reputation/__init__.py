@@ -1,0 +1,1 @@
+"""IP reputation: blocklist monitoring, quarantine and health-gated warm-up of pool addresses."""
