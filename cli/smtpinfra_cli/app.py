@@ -85,6 +85,8 @@ def operator_run(
     priority: Annotated[int | None, typer.Option(
         help="Peering priority: the live replica with the highest one works, the others wait. Default: derived "
              "from the pod name (POD_ID) or host and the pid, so replicas differ (a tie pauses them all).")] = None,
+    metrics_port: Annotated[int, typer.Option(
+        help="Port of the Prometheus metrics endpoint (/metrics); 0 turns it off.")] = 8080,
 ) -> None:
     """Run the operator against the cluster."""
     if kubeconfig is not None:
@@ -92,7 +94,7 @@ def operator_run(
     from smtpinfra_operator import app as operator
 
     operator.run(standalone=peering is None, peering_name=peering or operator.PEERING_NAME, liveness=liveness,
-                 priority=priority)
+                 priority=priority, metrics_port=metrics_port)
 
 
 def _add_missing_extra(name: str, lazy: LazyApp, err: ImportError) -> None:

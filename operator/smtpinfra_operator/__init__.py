@@ -1,1 +1,1 @@
-"""The smtp-infra Kopf operator: pure builders plus thin handlers that do the I/O."""
+"""The smtp-infra Kopf operator: pure builders and decisions, and one controller per kind that does the I/O."""

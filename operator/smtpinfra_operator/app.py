@@ -1,4 +1,4 @@
-"""Kopf wiring: storage, peering and the entry point `smtp-infra operator run` calls."""
+"""The entry point `smtp-infra operator run` calls: Kopf's settings, the runtime, the metrics endpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import ctypes.util
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import kopf
 
@@ -17,12 +16,13 @@ from smtpinfra_api.meta import GROUP
 PEERING_NAME = "smtp-infra"
 REQUEST_THREADS = 48
 """Threads for blocking API requests (`asyncio.to_thread`); `kube.CONNECTIONS` keeps as many alive."""
+DEFAULT_METRICS_PORT = 8080
 PEERING_LIFETIME = int(os.environ.get("SMTP_INFRA_PEERING_LIFETIME", "60"))
 """Seconds a replica's keep-alive counts; a replica killed without notice is replaced after this."""
 
 
 EVENT_DRIVEN_KINDS = frozenset({"Tenant", "SmtpServer"})
-"""Kinds reconciled from plain watch events (handlers.tenant, handlers.smtpserver), not Kopf's change handlers."""
+"""Kinds reconciled from plain watch events (controllers.tenant, controllers.smtpserver), not Kopf's change handlers."""
 
 
 class _DiffBaseWhereUsed(kopf.StatusDiffBaseStorage):
@@ -40,13 +40,13 @@ class _DiffBaseWhereUsed(kopf.StatusDiffBaseStorage):
         super().store(body=body, patch=patch, essence=essence)
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Keep Kopf's bookkeeping in status, not in annotations of the user's objects.
+def operator_settings() -> kopf.OperatorSettings:
+    """Kopf's settings: bookkeeping in status, not in annotations of the user's objects, and its queueing.
 
     Annotations would show up as drift in GitOps diffs; `status.kopf` is declared in every
     CRD's schema (with preserve-unknown-fields) so the API server does not prune it.
     """
+    settings = kopf.OperatorSettings()
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = _DiffBaseWhereUsed(field="status.kopf.lastHandledConfiguration")
     settings.persistence.finalizer = f"{GROUP}/finalizer"
@@ -65,33 +65,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 300
     settings.peering.lifetime = PEERING_LIFETIME
     settings.peering.stealth = True  # keep-alives every ~minute are noise; pauses/resumes are still logged
-
-
-@kopf.on.startup()
-async def ensure_peering_object(**_: Any) -> None:
-    """Start watching the peering (the gate every queue asks), and create its object when missing.
-
-    Kopf only patches that object; when it does not exist, the keep-alives fail silently and
-    every replica believes it is alone, so they would all reconcile. The CRD comes with the chart.
-    """
-    from . import kube, peering
-
-    peering.gate().start()
-    me = peering.current()
-    if me is not None:
-        await kube.create_if_absent({"apiVersion": peering.PEERING_GROUP, "kind": "ClusterKopfPeering",
-                                     "metadata": {"name": me.name}})
-
-
-@kopf.on.startup()
-async def more_threads(**_: Any) -> None:
-    """Blocking API calls run in threads: one per request in flight, which is mostly waiting.
-
-    A burst of new servers has dozens of reconciles in flight, each with several concurrent writes,
-    and a new Service's write waits seconds for its ClusterIP when the API server is busy; with 16
-    threads, requests queued in the operator while the API server had room for them.
-    """
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="kube"))
+    return settings
 
 
 def _tame_malloc() -> None:
@@ -111,31 +85,41 @@ def _tame_malloc() -> None:
 
 
 def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: str | None = None,
-        priority: int | None = None) -> None:
-    """Run the operator until interrupted; handlers register on import.
+        priority: int | None = None, metrics_port: int = DEFAULT_METRICS_PORT) -> None:
+    """Build the runtime and run it with Kopf until interrupted.
 
     With peering, the replica with the highest priority works and the others wait; `priority`
     defaults to one derived from the pod name and pid, so replicas never tie (a tie freezes all).
     """
-    from . import (
-        handlers,  # noqa: F401  (registration side effect)
-        kube,
-        peering,
-    )
+    from . import kube
+    from .metrics import serve
+    from .peering import Peering, default_priority, own_identity
+    from .runtime import Runtime
 
-    identity = peering.own_identity()
-    if standalone:
-        gate = peering.configure(None)
-    else:
-        priority = peering.default_priority(identity) if priority is None else priority
-        gate = peering.configure(peering.Peering(name=peering_name, identity=identity, priority=priority))
-    kube.identify(identity, None if standalone else gate.may_write)
+    identity = own_identity()
+    me = None
+    if not standalone:
+        priority = default_priority(identity) if priority is None else priority
+        me = Peering(name=peering_name, identity=identity, priority=priority)
+    _tame_malloc()
+    runtime = Runtime(me)
+    kube.identify(identity, None if standalone else runtime.gate.may_write)
+    serve(runtime.metrics_registry, metrics_port)
 
     kopf.configure(debug=os.environ.get("SMTP_INFRA_DEBUG") == "1", log_format=kopf.LogFormat.FULL, log_refkey="object")
     if not standalone:
         logging.getLogger(__name__).info("peering %s as %s with priority %s", peering_name, identity, priority)
-    asyncio.run(
-        kopf.operator(
+
+    async def main() -> None:
+        # Blocking API calls run in threads: one per request in flight, which is mostly waiting. A
+        # burst of new servers has dozens of reconciles in flight, each with several concurrent
+        # writes, and a new Service's write waits seconds for its ClusterIP when the API server is
+        # busy; with 16 threads, requests queued in the operator while the API server had room.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(REQUEST_THREADS,
+                                                                           thread_name_prefix="kube"))
+        await kopf.operator(
+            registry=runtime.registry,
+            settings=operator_settings(),
             clusterwide=True,
             standalone=standalone,
             # Naming a peering makes Kopf insist on the peering CRD; only do that when asked.
@@ -144,4 +128,5 @@ def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: 
             identity=identity,  # type: ignore[arg-type]  # Kopf's Identity is a NewType of str
             liveness_endpoint=liveness,
         )
-    )
+
+    asyncio.run(main())

@@ -17,15 +17,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from . import kube, peering
+from . import kube
 
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
+Observer = Callable[[str, float | None], None]
+"""Told of each key taken: (result ok|error|parked, seconds it ran or None)."""
+
+
+def _never_paused() -> bool:
+    return False
+
+
+def _ignore(result: str, seconds: float | None) -> None:
+    pass
 
 
 class Kicker(Generic[K]):
@@ -45,9 +56,11 @@ class Kicker(Generic[K]):
     """How often parked keys ask the gate again (a look at memory, no request)."""
 
     def __init__(self, reconcile: Callable[[K], Awaitable[object]], delay: float = 0.3,
-                 concurrency: int = 4, paused: Callable[[], bool] = peering.paused_now) -> None:
+                 concurrency: int = 4, paused: Callable[[], bool] = _never_paused,
+                 observe: Observer = _ignore) -> None:
         self._reconcile = reconcile
         self._paused = paused
+        self._observe = observe
         self._parked: dict[K, None] = {}
         """Keys that came due while this replica was paused; they run when it is active."""
         self._unparker: asyncio.Task[None] | None = None
@@ -149,13 +162,17 @@ class Kicker(Generic[K]):
 
     async def _run(self, key: K) -> None:
         if self._paused():
+            self._observe("parked", None)
             self._park(key)
             return
+        started = time.perf_counter()
         try:
             await self._reconcile(key)
         except kube.Paused:  # the gate closed while it ran: the rest waits for this replica's turn
+            self._observe("parked", time.perf_counter() - started)
             self._park(key)
         except Exception:  # one bad object must not stop the others
+            self._observe("error", time.perf_counter() - started)
             failures = self._failures.get(key, 0) + 1
             if failures <= self.RETRIES:
                 self._failures[key] = failures
@@ -165,6 +182,7 @@ class Kicker(Generic[K]):
                 self._failures.pop(key, None)
                 log.exception("reconcile of %s failed; the next resync tries again", key)
         else:
+            self._observe("ok", time.perf_counter() - started)
             self._failures.pop(key, None)
 
 

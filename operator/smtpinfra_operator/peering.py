@@ -4,7 +4,8 @@ Kopf pauses its own watch streams in favour of a live peer with a higher (or the
 priority, but our queues, informers and resync loop run beside Kopf, not through it. This module
 applies Kopf's rule to them: watch the ClusterKopfPeering object and stay quiet while another live
 peer has a priority >= ours. Every queue asks the gate before it runs a key, and the Kubernetes
-client asks it before any write. Identities and priorities are fixed at start (`configure`).
+client asks it before any write. The runtime builds one gate at start-up and hands it to
+every queue.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import kube
+from .kube import Informer
+from .kubeapi import KubeApi
 
 log = logging.getLogger(__name__)
 PEERING_GROUP = "kopf.dev/v1"
@@ -67,9 +69,9 @@ class Gate:
 
     def __init__(self, me: Peering | None) -> None:
         self.me = me
-        self._informer: kube.Informer | None = None
+        self._informer: Informer | None = None
 
-    def start(self) -> None:
+    def start(self, kube: KubeApi) -> None:
         """Start watching the peering object (no-op standalone)."""
         if self.me is not None and self._informer is None:
             self._informer = kube.informer(PEERING_GROUP, "ClusterKopfPeering")
@@ -98,32 +100,6 @@ class Gate:
         return "/clusterkopfpeerings" in path or not self.paused()
 
 
-_gate = Gate(None)
-"""The gate `configure` sets once at start-up (standalone until then)."""
-
-
-def configure(peering: Peering | None) -> Gate:
-    """Record this replica's peering (None: standalone, always active); returns its gate."""
-    global _gate
-    _gate = Gate(peering)
-    return _gate
-
-
-def gate() -> Gate:
-    """This replica's gate."""
-    return _gate
-
-
-def current() -> Peering | None:
-    """This replica's peering, if any."""
-    return _gate.me
-
-
-def paused_now() -> bool:
-    """Whether this replica must leave reconciling to another one right now (no I/O)."""
-    return _gate.paused()
-
-
 def blocking_peers(status: dict[str, Any], me: Peering, now: datetime | None = None) -> list[str]:
     """Live peers (other than us) whose priority makes us pause, by Kopf's rule (pure)."""
     now = now or datetime.now(UTC)
@@ -141,10 +117,4 @@ def blocking_peers(status: dict[str, Any], me: Peering, now: datetime | None = N
     return blockers
 
 
-async def paused() -> bool:
-    """`paused_now` for async callers (kept for the resync loop)."""
-    return paused_now()
-
-
-__all__ = ["Gate", "Peering", "blocking_peers", "configure", "current", "default_priority", "gate", "own_identity",
-           "paused", "paused_now"]
+__all__ = ["Gate", "Peering", "blocking_peers", "default_priority", "own_identity"]

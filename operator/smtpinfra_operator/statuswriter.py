@@ -1,4 +1,4 @@
-"""Writes status and Events: the only place handlers touch the API for status.
+"""Writes status and Events: the only place controllers touch the API for status.
 
 Writes go to the status subresource as JSON merge patches, and only when something changed,
 so re-deriving an unchanged outcome on a timer costs a comparison, not a write (and a write
@@ -14,102 +14,104 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes import client
-
 from smtpinfra_api.meta import GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Kind
 
 from .conditions import READY, Outcome, build_status, get_condition, now_rfc3339, status_patch
-from .kube import api_client, remember, request
+from .kubeapi import KubeApi
 
 log = logging.getLogger(__name__)
 
 
-def custom_objects_api() -> client.CustomObjectsApi:
-    """A client for our custom resources (shares the operator's configured ApiClient)."""
-    return client.CustomObjectsApi(api_client())
+class StatusWriter:
+    """Publishes outcomes to the status subresource and posts Events, through the given client."""
 
+    EVENT_CONCURRENCY = 4
 
-async def _patch_status(kind: type[Kind], name: str, namespace: str | None, patch: dict[str, Any]) -> None:
-    if kind.scope == "Cluster":
-        path = f"/apis/{GROUP}/{VERSION}/{kind.plural}/{quote(name)}/status"
-    else:
-        assert namespace is not None
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{kind.plural}/{quote(name)}/status"
-    written = await asyncio.to_thread(request, "PATCH", path, body={"status": patch},
-                                      content_type="application/merge-patch+json")
-    if isinstance(written, dict):
-        remember(written)  # the informers that keep status see our write at once
+    def __init__(self, kube: KubeApi) -> None:
+        self.kube = kube
+        self._event_slots = asyncio.Semaphore(self.EVENT_CONCURRENCY)
+        self._event_tasks: set[asyncio.Task[None]] = set()
 
+    async def _patch_status(self, kind: type[Kind], name: str, namespace: str | None, patch: dict[str, Any]) -> None:
+        await self.patch_status(kind, name, namespace, {"status": patch})
 
-async def publish(kind: type[Kind], body: Mapping[str, Any], outcome: Outcome) -> bool:
-    """Bring the object's status in line with the outcome; returns whether anything was written.
+    async def patch_status(self, kind: type[Kind], name: str, namespace: str | None, body: dict[str, Any]) -> None:
+        """JSON-merge-patch an object's status subresource; the informers see the result at once."""
+        if kind.scope == "Cluster":
+            path = f"/apis/{GROUP}/{VERSION}/{kind.plural}/{quote(name)}/status"
+        else:
+            assert namespace is not None
+            path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{kind.plural}/{quote(name)}/status"
+        written = await asyncio.to_thread(self.kube.request, "PATCH", path, body=body,
+                                          content_type="application/merge-patch+json")
+        if isinstance(written, dict):
+            self.kube.remember(written)  # the informers that keep status see our write at once
 
-    The first status an object gets is its first outcome: Ready=Unknown (reason Pending) while
-    the operator cannot tell yet, else the answer with Reconciling/Stalled. (A Ready=Unknown
-    written just before the answer, in the same moment, told a watcher nothing and cost a
-    status write and a watch event per new object.)
-    """
-    meta = body["metadata"]
-    name, namespace = meta["name"], meta.get("namespace")
-    generation = meta.get("generation")
-    current: dict[str, Any] = dict(body.get("status") or {})
-    before = get_condition(current, READY)
-    now = now_rfc3339()
-    desired = build_status(current, outcome, generation, now)
-    patch = status_patch(current, desired)
-    if not patch:
-        return False
-    await _patch_status(kind, name, namespace, patch)
-    after = get_condition(desired, READY)
-    previous_status = before["status"] if before else None
-    # A new object still converging (pods starting) is not a transition worth an Event; the
-    # Event comes when it becomes Ready, or when it is stuck.
-    first_progress = before is None and outcome.reconciling and not outcome.stalled
-    if after and after["status"] != previous_status and not first_progress:
-        _event(body, after)
-    log.info("%s %s/%s: Ready=%s (%s)", kind.kind, namespace or "", name, outcome.ready, outcome.reason)
-    return True
+    async def publish(self, kind: type[Kind], body: Mapping[str, Any], outcome: Outcome) -> bool:
+        """Bring the object's status in line with the outcome; returns whether anything was written.
 
+        The first status an object gets is its first outcome: Ready=Unknown (reason Pending) while
+        the operator cannot tell yet, else the answer with Reconciling/Stalled. (A Ready=Unknown
+        written just before the answer, in the same moment, told a watcher nothing and cost a
+        status write and a watch event per new object.)
+        """
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta.get("namespace")
+        generation = meta.get("generation")
+        current: dict[str, Any] = dict(body.get("status") or {})
+        before = get_condition(current, READY)
+        now = now_rfc3339()
+        desired = build_status(current, outcome, generation, now)
+        patch = status_patch(current, desired)
+        if not patch:
+            return False
+        await self._patch_status(kind, name, namespace, patch)
+        after = get_condition(desired, READY)
+        previous_status = before["status"] if before else None
+        # A new object still converging (pods starting) is not a transition worth an Event; the
+        # Event comes when it becomes Ready, or when it is stuck.
+        first_progress = before is None and outcome.reconciling and not outcome.stalled
+        if after and after["status"] != previous_status and not first_progress:
+            self._event(body, after)
+        log.info("%s %s/%s: Ready=%s (%s)", kind.kind, namespace or "", name, outcome.ready, outcome.reason)
+        return True
 
-def _event(body: Mapping[str, Any], ready: dict[str, Any]) -> None:
-    """An Event when Ready flips, the transition a human wants to see in `kubectl describe`."""
-    kind = "Normal" if ready["status"] != "False" else "Warning"
-    post_event_soon(body, kind, ready["reason"], ready.get("message") or f"Ready is {ready['status']}")
+    def _event(self, body: Mapping[str, Any], ready: dict[str, Any]) -> None:
+        """An Event when Ready flips, the transition a human wants to see in `kubectl describe`."""
+        kind = "Normal" if ready["status"] != "False" else "Warning"
+        self.post_event_soon(body, kind, ready["reason"], ready.get("message") or f"Ready is {ready['status']}")
 
+    def post_event_soon(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post an Event in the background: a reconcile does not wait for it (best effort anyway).
 
-EVENT_CONCURRENCY = 4
-_event_slots: asyncio.Semaphore | None = None
-_event_tasks: set[asyncio.Task[None]] = set()
+        Two or three Events per new SmtpServer, posted inline, sat on the path to its status write;
+        a few at a time in the background keep a burst of Events from crowding out reconciles.
+        """
+        event, name = _event_body(body, type_, reason, message), body["metadata"]["name"]
 
+        async def post() -> None:
+            async with self._event_slots:
+                await asyncio.to_thread(self._post, event, name)
 
-def post_event_soon(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """Post an Event in the background: a reconcile does not wait for it (best effort anyway).
+        task = asyncio.get_running_loop().create_task(post())
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
 
-    Two or three Events per new SmtpServer, posted inline, sat on the path to its status write;
-    a few at a time in the background keep a burst of Events from crowding out reconciles.
-    """
-    global _event_slots
-    if _event_slots is None:
-        _event_slots = asyncio.Semaphore(EVENT_CONCURRENCY)
-    slots, event, name = _event_slots, _event_body(body, type_, reason, message), body["metadata"]["name"]
+    def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event about an object (blocking, best effort: never fail a reconcile on it).
 
-    async def post() -> None:
-        async with slots:
-            await asyncio.to_thread(_post, event, name)
+        Written directly rather than through kopf.event(), because reconciles run outside
+        Kopf's handler context (queues, resync).
+        """
+        self._post(_event_body(body, type_, reason, message), body["metadata"]["name"])
 
-    task = asyncio.get_running_loop().create_task(post())
-    _event_tasks.add(task)
-    task.add_done_callback(_event_tasks.discard)
-
-
-def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """Post a core/v1 Event about an object (best effort: never fail a reconcile on it).
-
-    Written directly rather than through kopf.event(), because reconciles also run outside
-    Kopf's handler context (resync loop, kicks from related objects).
-    """
-    _post(_event_body(body, type_, reason, message), body["metadata"]["name"])
+    def _post(self, event: dict[str, Any], name: str) -> None:
+        try:
+            self.kube.request("POST", f"/api/v1/namespaces/{quote(event['metadata']['namespace'])}/events",
+                              body=event)
+        except Exception:
+            log.exception("could not post event %s for %s", event["reason"], name)
 
 
 def _event_body(body: Mapping[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
@@ -128,10 +130,3 @@ def _event_body(body: Mapping[str, Any], type_: str, reason: str, message: str) 
         "reportingComponent": "smtp-infra-operator", "reportingInstance": "smtp-infra-operator",
     }
     return event
-
-
-def _post(event: dict[str, Any], name: str) -> None:
-    try:
-        request("POST", f"/api/v1/namespaces/{quote(event['metadata']['namespace'])}/events", body=event)
-    except Exception:
-        log.exception("could not post event %s for %s", event["reason"], name)

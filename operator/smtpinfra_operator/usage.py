@@ -2,7 +2,7 @@
 
 Two layers, as everywhere in the operator:
 
-- `collect()` does the I/O once per resync: it lists the MTA pods, reads `/stats` of each
+- `UsageCollector.collect()` does the I/O once per resync: it lists the MTA pods, reads `/stats` of each
   running one concurrently (short timeout; an unreachable pod is recorded, never raised) and
   keeps the result as the latest `Snapshot`.
 - `tenant_usage()` is pure: one tenant's `status.usage` from a snapshot and the previous usage.
@@ -28,10 +28,10 @@ from typing import Any
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import TenantSpec
 
-from . import kube
 from .builders import workload
 from .builders.mtaconfig import DELIVERY_HTTP_PORT, HTTP_PORT
 from .conditions import now_rfc3339
+from .kubeapi import KubeApi
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class ServerSelection:
     ip_pools: tuple[str, ...]
 
     def serves(self, labels: Mapping[str, str], spec: TenantSpec) -> bool:
-        """Whether the server selects the tenant (the rule `handlers.smtpserver` renders configs by)."""
+        """Whether the server selects the tenant (the rule `controllers.smtpserver` renders configs by)."""
         if any(labels.get(k) != v for k, v in self.match_labels.items()):
             return False
         return not spec.ip_pool or spec.ip_pool in self.ip_pools
@@ -187,13 +187,6 @@ async def fetch_stats(ip: str, port: int, token: str | None = None) -> Mapping[s
     return await asyncio.wait_for(call(), STATS_TIMEOUT)
 
 
-async def _stats_token(namespace: str, server: str) -> str | None:
-    """The server's /stats bearer token from its operator-managed Secret (None while it does not exist)."""
-    secret = await kube.get_known("v1", "Secret", workload.stats_token_secret_name(server), namespace)
-    value = ((secret or {}).get("data") or {}).get("token")
-    return base64.b64decode(value).decode().strip() if value else None
-
-
 async def read_pod(fetch: Fetch, ip: str, token: str | None,
                    pod: str = "") -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
     """(tenants, addresses) of one pod's /stats; None for what could not be read.
@@ -227,34 +220,44 @@ def _selection(server: Mapping[str, Any]) -> ServerSelection:
                            ip_pools=tuple(spec.get("ipPools") or ()))
 
 
-async def collect(fetch: Fetch = fetch_stats) -> Snapshot:
-    """Read every running MTA pod's /stats and keep the result as the latest snapshot."""
-    global _latest
-    servers = tuple(_selection(s) for s in await kube.list_cached(API_VERSION, "SmtpServer")
-                    if not s["metadata"].get("deletionTimestamp"))
-    known = {(s.namespace, s.name) for s in servers}
-    pods = []
-    for pod in await kube.list_cached("v1", "Pod", label_selector=workload.MTA_SELECTOR):
-        meta, status = pod["metadata"], pod.get("status") or {}
-        server = (meta.get("labels") or {}).get("app.kubernetes.io/instance", "")
-        if (meta["namespace"], server) in known and status.get("phase") == "Running" and status.get("podIP"):
-            pods.append((meta["namespace"], meta["name"], server, status["podIP"]))
-    slots = asyncio.Semaphore(STATS_CONCURRENCY)
-    tokens = {key: await _stats_token(*key) for key in {(p[0], p[2]) for p in pods}}
+class UsageCollector:
+    """Reads the MTA pods' /stats once per resync and keeps the latest snapshot (for the Tenant controller)."""
 
-    async def read(namespace: str, name: str, server: str, ip: str) -> PodReport:
-        async with slots:
-            tenants, addresses = await read_pod(fetch, ip, tokens.get((namespace, server)), f"{namespace}/{name}")
-            return PodReport(namespace, name, server, tenants, addresses)
+    def __init__(self, kube: KubeApi, fetch: Fetch = fetch_stats) -> None:
+        self.kube = kube
+        self._fetch = fetch
+        self._latest: Snapshot | None = None
 
-    reports = await asyncio.gather(*(read(*p) for p in pods))
-    _latest = Snapshot(at=now_rfc3339(), servers=servers, reports=tuple(reports))
-    return _latest
+    def latest(self) -> Snapshot | None:
+        """The most recent snapshot (None before the first collection)."""
+        return self._latest
 
+    async def _stats_token(self, namespace: str, server: str) -> str | None:
+        """The server's /stats bearer token from its operator-managed Secret (None while it does not exist)."""
+        secret = await self.kube.get_known("v1", "Secret", workload.stats_token_secret_name(server), namespace)
+        value = ((secret or {}).get("data") or {}).get("token")
+        return base64.b64decode(value).decode().strip() if value else None
 
-_latest: Snapshot | None = None
+    async def collect(self) -> Snapshot:
+        """Read every running MTA pod's /stats and keep the result as the latest snapshot."""
+        servers = tuple(_selection(s) for s in await self.kube.list_cached(API_VERSION, "SmtpServer")
+                        if not s["metadata"].get("deletionTimestamp"))
+        known = {(s.namespace, s.name) for s in servers}
+        pods = []
+        for pod in await self.kube.list_cached("v1", "Pod", label_selector=workload.MTA_SELECTOR):
+            meta, status = pod["metadata"], pod.get("status") or {}
+            server = (meta.get("labels") or {}).get("app.kubernetes.io/instance", "")
+            if (meta["namespace"], server) in known and status.get("phase") == "Running" and status.get("podIP"):
+                pods.append((meta["namespace"], meta["name"], server, status["podIP"]))
+        slots = asyncio.Semaphore(STATS_CONCURRENCY)
+        tokens = {key: await self._stats_token(*key) for key in {(p[0], p[2]) for p in pods}}
+        fetch = self._fetch
 
+        async def read(namespace: str, name: str, server: str, ip: str) -> PodReport:
+            async with slots:
+                tenants, addresses = await read_pod(fetch, ip, tokens.get((namespace, server)), f"{namespace}/{name}")
+                return PodReport(namespace, name, server, tenants, addresses)
 
-def latest() -> Snapshot | None:
-    """The most recent snapshot (None before the first resync)."""
-    return _latest
+        reports = await asyncio.gather(*(read(*p) for p in pods))
+        self._latest = Snapshot(at=now_rfc3339(), servers=servers, reports=tuple(reports))
+        return self._latest

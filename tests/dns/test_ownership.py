@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from smtpinfra_api.v1alpha1 import DnsProvider, Rfc2136Spec
+from smtpinfra_operator.controllers.dnsreport import DnsReport, recorded_target, stale_zones
 from smtpinfra_operator.dns import Record, build_records, owner_record, owner_record_name, owner_text, plan_changes
 from smtpinfra_operator.dns.ownership import parse_owner
-from smtpinfra_operator.handlers.dnsrecords import DnsReport, recorded_target, stale_zones
 
 from .scenario import scenario
 

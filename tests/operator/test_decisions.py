@@ -16,8 +16,8 @@ from smtpinfra_api.v1alpha1 import IpPoolSpec, SmtpServerSpec
 from smtpinfra_operator.builders import workload
 from smtpinfra_operator.builders.mtaconfig import ServerInputs, SourceAddress
 from smtpinfra_operator.conditions import FALSE, TRUE
-from smtpinfra_operator.handlers.ippool import derive
-from smtpinfra_operator.handlers.smtpserver import Gathered, decide
+from smtpinfra_operator.controllers.ippool import derive
+from smtpinfra_operator.controllers.smtpserver import Gathered, decide
 from smtpinfra_operator.reputation.warmup import DayFigures
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

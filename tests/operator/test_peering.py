@@ -84,7 +84,7 @@ def test_only_the_higher_priority_replica_works_and_the_other_takes_over(peering
     high = PeeredOperator(cp, tmp_path / "high.log", priority=200, kubeconfig=kubeconfig)
     low = PeeredOperator(cp, tmp_path / "low.log", priority=100, kubeconfig=kubeconfig)
     high.start()
-    wait_for(lambda: "Activity 'start_resync' succeeded" in high.log(), timeout=60, what="high replica started")
+    wait_for(lambda: "Activity 'start_runtime' succeeded" in high.log(), timeout=60, what="high replica started")
     low.start()
     try:
         # The operator creates the peering object; both replicas show up in it with their priorities.

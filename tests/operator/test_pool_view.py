@@ -5,7 +5,7 @@ from __future__ import annotations
 from smtpinfra_api.v1alpha1 import IpPoolSpec
 from smtpinfra_operator.builders.assignment import Assignment, ReplicaKey
 from smtpinfra_operator.conditions import FALSE, Outcome
-from smtpinfra_operator.handlers.ippool import PoolState, server_view
+from smtpinfra_operator.controllers.ippool import PoolState, server_view
 
 SPEC = IpPoolSpec.model_validate({"addresses": ["127.0.30.1", "127.0.30.2", "127.0.30.3"]})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smtpinfra_operator.handlers.smtpserver import referenced_secrets
+from smtpinfra_operator.controllers.smtpserver import referenced_secrets
 
 
 @pytest.mark.parametrize(("spec", "expected"), [

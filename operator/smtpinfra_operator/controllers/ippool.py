@@ -1,24 +1,23 @@
 """IpPool: assign addresses to the replicas of the SmtpServers that use the pool, report each address.
 
 `derive` (pure) turns the pool, the servers and the plan as read into the assignment and the status;
-`reconcile_pool` is the only writer of an IpPool's status. A server's reconcile derives the same
-from the same reads (`read_pool`) and kicks the pool's queue when the pool has something new to
-publish; PTR results from a server's DNS check reach the pool the same way (`note_ptr_checks`).
+`IpPoolController.reconcile` is the only writer of an IpPool's status. A server's reconcile derives
+the same from the same reads (`read_pool`) and kicks the pool's queue when the pool has something new
+to publish; PTR results from a server's DNS check reach the pool the same way (`note_ptr_checks`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
-from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
+from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import (
     AddressState,
     AddressStatus,
@@ -29,18 +28,17 @@ from smtpinfra_api.v1alpha1 import (
     WarmupPlanSpec,
 )
 
-from .. import kube, usage
 from ..builders.assignment import Assignment, ReplicaKey, assign, expand_addresses, ptr_name
 from ..builders.mtaconfig import SourceAddress
 from ..conditions import FALSE, TRUE, Outcome
-from ..kicker import Kicker, Locks
+from ..controller import Controller, Deps
+from ..kicker import Locks
 from ..reputation.warmup import DayFigures, DayVerdict, caps_for_day
 from ..reputation.warmup_status import can_send, needs_event, pool_figures, wall_now, warmup_fields
-from ..statuswriter import post_event, publish
+from ..usage import Snapshot
 from ..warmup import check as check_plan
 
 log = logging.getLogger(__name__)
-_locks: Locks[str] = Locks()
 Requester = tuple[str, str, int]
 """(namespace, name, replicas) of an SmtpServer whose reconcile needs the pool."""
 
@@ -132,24 +130,6 @@ def source_address(state: PoolState, pool: str, address: str) -> SourceAddress:
         overflow="warm-addresses" if state.spec.overflow == Overflow.WARM_ADDRESSES else "wait")
 
 
-async def _servers(requesters: Iterable[Requester]) -> list[dict[str, Any]]:
-    """The SmtpServers: the informer's view when it already shows every requester as it is now, else fresh.
-
-    Every server reconcile re-derives its pools; a fresh list each time made a burst of N servers
-    cost N² objects read. Only the requesters' own replicas decide their addresses, so a view
-    that already has them with the same replicas is good enough; other servers' changes reach
-    the pool through their own reconciles.
-    """
-    wanted = set(requesters)
-    cached = await kube.list_cached(API_VERSION, "SmtpServer")
-    if wanted:
-        seen = {(s["metadata"]["namespace"], s["metadata"]["name"], (s.get("spec") or {}).get("replicas", 1))
-                for s in cached if not s["metadata"].get("deletionTimestamp")}
-        if not wanted <= seen:
-            return await kube.list_cached(API_VERSION, "SmtpServer", fresh=True)
-    return cached
-
-
 def _plan_problem(name: str, plan_body: dict[str, Any] | None) -> tuple[WarmupPlanSpec | None, Outcome | None]:
     """The pool's warm-up plan, or why it cannot be used (pure)."""
     if plan_body is None:
@@ -199,89 +179,6 @@ def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[di
                      verdicts=tuple(verdicts)), outcome
 
 
-_ptr_checks: dict[str, dict[str, bool]] = {}
-"""Per pool, the latest PTR (FCrDNS) result per address that a server's DNS check found; the pool's
-own reconcile writes them into its status (`note_ptr_checks`)."""
-
-
-def note_ptr_checks(pools: Iterable[str], ptr_ok: dict[str, bool]) -> None:
-    """A server's DNS reconcile checked its addresses' PTRs: the pools publish it (they own their status)."""
-    if not ptr_ok:
-        return
-    for pool in pools:
-        known = _ptr_checks.setdefault(pool, {})
-        if any(known.get(a) != ok for a, ok in ptr_ok.items()):
-            known.update(ptr_ok)
-            pool_kicker.kick(pool)
-
-
-def _figures(pool: str, spec: IpPoolSpec) -> dict[str, dict[str, DayFigures]] | None:
-    """The pool's addresses' per-day figures from the latest /stats of the pods of the servers using it."""
-    snapshot = usage.latest()
-    if snapshot is None:
-        return None
-    servers = {(s.namespace, s.name) for s in snapshot.servers if pool in s.ip_pools}
-    reports = [r.addresses for r in snapshot.reports if (r.namespace, r.server) in servers]
-    return pool_figures(reports, expand_addresses(spec.addresses))
-
-
-async def _read(name: str, requesters: Iterable[Requester]) -> tuple[dict[str, Any], IpPoolSpec, PoolState,
-                                                                         Outcome] | None:
-    """Read the pool, its servers and its plan from the informers and derive (no write); None: no pool.
-
-    Raises ValidationError for a pool whose spec does not validate.
-    """
-    body = await kube.get_cached(API_VERSION, "IpPool", name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return None
-    spec = IpPoolSpec.model_validate(body.get("spec") or {})
-    servers = await _servers(requesters)
-    plan_body = await kube.get_cached(API_VERSION, "WarmupPlan", spec.warmup_plan) if spec.warmup_plan else None
-    state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body,
-                            _ptr_checks.get(name, {}), wall_now(), _figures(name, spec))
-    return body, spec, state, outcome
-
-
-async def read_pool(name: str, requester: Requester | None = None) -> PoolState | None:
-    """The pool as a server's reconcile needs it (addresses of its replicas); None when it does not exist.
-
-    Read-only: when what it derives differs from what the pool last published (a new server, new
-    replicas), the pool's own queue is kicked to publish it.
-    """
-    try:
-        found = await _read(name, [requester] if requester else [])
-    except ValidationError:
-        return None
-    if found is None:
-        return None
-    body, _, state, _ = found
-    published = (body.get("status") or {}).get("addresses")
-    if published != state.addresses:
-        pool_kicker.kick(name)
-    return state
-
-
-async def reconcile_pool(name: str) -> PoolState | None:
-    """Re-derive the pool's assignment and publish its status (the one writer of IpPool status)."""
-    async with _locks(name):
-        try:
-            found = await _read(name, [])
-        except ValidationError as error:
-            body = await kube.get_cached(API_VERSION, "IpPool", name)
-            if body is not None:
-                await publish(IpPool, body, Outcome(ready=FALSE, reason="InvalidSpec", message=str(error),
-                                                    stalled=True))
-            return None
-        if found is None:
-            return None
-        body, _, state, outcome = found
-        await publish(IpPool, body, outcome)
-        for address, verdict in state.verdicts:
-            if (event := needs_event(verdict)) is not None:
-                await asyncio.to_thread(post_event, body, "Warning", event[0], f"{address}: {event[1]}")
-        return state
-
-
 def server_view(state: PoolState, namespace: str, name: str, replicas: int) -> str:
     """What one server reads of a pool (pure): its problem, or per replica the address, EHLO name and cap."""
     if state.problem is not None:
@@ -294,55 +191,141 @@ def server_view(state: PoolState, namespace: str, name: str, replicas: int) -> s
     return repr(view)
 
 
-_views: dict[tuple[str, str, str], str] = {}
-"""(pool, server namespace, server name) → the `server_view` that server's last reconcile rendered."""
+def pool_day_figures(snapshot: Snapshot | None, pool: str, spec: IpPoolSpec) -> dict[str, dict[str, DayFigures]] | None:
+    """The pool's addresses' per-day figures from a /stats snapshot of the pods of the servers using it (pure)."""
+    if snapshot is None:
+        return None
+    servers = {(s.namespace, s.name) for s in snapshot.servers if pool in s.ip_pools}
+    reports = [r.addresses for r in snapshot.reports if (r.namespace, r.server) in servers]
+    return pool_figures(reports, expand_addresses(spec.addresses))
 
 
-def note_view(state: PoolState, namespace: str, name: str, replicas: int) -> None:
-    """Record what a server's reconcile read of the pool, so a pool reconcile kicks it only when that changes."""
-    _views[(state.name, namespace, name)] = server_view(state, namespace, name, replicas)
+class IpPoolController(Controller[str]):
+    """Keys are pool names: from Kopf's watch of IpPools, the servers that use them (new replicas, PTR
+    checks), their warm-up plans and the resync. The servers learn of a new status through their own
+    watch of the pools, not from here."""
+
+    kind = "IpPool"
+
+    def __init__(self, deps: Deps, usage: Callable[[], Snapshot | None]) -> None:
+        super().__init__(deps)
+        self._usage = usage
+        """The latest /stats snapshot (the per-address figures warm-up days are judged by)."""
+        self._locks: Locks[str] = Locks()
+        self._ptr_checks: dict[str, dict[str, bool]] = {}
+        """Per pool, the latest PTR (FCrDNS) result per address that a server's DNS check found; the
+        pool's own reconcile writes them into its status (`note_ptr_checks`)."""
+        self._views: dict[tuple[str, str, str], str] = {}
+        """(pool, server namespace, server name) → the `server_view` that server's last reconcile rendered."""
+
+    def note_ptr_checks(self, pools: Iterable[str], ptr_ok: dict[str, bool]) -> None:
+        """A server's DNS reconcile checked its addresses' PTRs: the pools publish it (they own their status)."""
+        if not ptr_ok:
+            return
+        for pool in pools:
+            known = self._ptr_checks.setdefault(pool, {})
+            if any(known.get(a) != ok for a, ok in ptr_ok.items()):
+                known.update(ptr_ok)
+                self.kick(pool)
+
+    async def _servers(self, requesters: Iterable[Requester]) -> list[dict[str, Any]]:
+        """The SmtpServers: the informer's view when it already shows every requester as it is now, else fresh.
+
+        Every server reconcile re-derives its pools; a fresh list each time made a burst of N servers
+        cost N² objects read. Only the requesters' own replicas decide their addresses, so a view
+        that already has them with the same replicas is good enough; other servers' changes reach
+        the pool through their own reconciles.
+        """
+        wanted = set(requesters)
+        cached = await self.kube.list_cached(API_VERSION, "SmtpServer")
+        if wanted:
+            seen = {(s["metadata"]["namespace"], s["metadata"]["name"], (s.get("spec") or {}).get("replicas", 1))
+                    for s in cached if not s["metadata"].get("deletionTimestamp")}
+            if not wanted <= seen:
+                return await self.kube.list_cached(API_VERSION, "SmtpServer", fresh=True)
+        return cached
 
 
-def forget_views(namespace: str, name: str) -> None:
-    """A server is gone: drop what it read of every pool."""
-    for key in [k for k in _views if k[1:] == (namespace, name)]:
-        _views.pop(key, None)
+    async def _read(self, name: str, requesters: Iterable[Requester]) -> tuple[dict[str, Any], IpPoolSpec,
+                                                                               PoolState, Outcome] | None:
+        """Read the pool, its servers and its plan from the informers and derive (no write); None: no pool.
 
+        Raises ValidationError for a pool whose spec does not validate.
+        """
+        body = await self.kube.get_cached(API_VERSION, "IpPool", name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        spec = IpPoolSpec.model_validate(body.get("spec") or {})
+        servers = await self._servers(requesters)
+        plan_body = (await self.kube.get_cached(API_VERSION, "WarmupPlan", spec.warmup_plan)
+                     if spec.warmup_plan else None)
+        state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body,
+                                self._ptr_checks.get(name, {}), wall_now(),
+                                pool_day_figures(self._usage(), name, spec))
+        return body, spec, state, outcome
 
-def stale_views(pool: str, state: PoolState | None, servers: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """The servers of `pool` whose last rendered view of it is not `state`'s (every one when it is gone)."""
-    stale = []
-    for server in servers:
-        spec = server.get("spec") or {}
-        if pool not in spec.get("ipPools", []):
-            continue
-        namespace, name = server["metadata"]["namespace"], server["metadata"]["name"]
-        if state is None or _views.get((pool, namespace, name)) != server_view(
-                state, namespace, name, int(spec.get("replicas", 1))):
-            stale.append((namespace, name))
-    return stale
+    async def read_pool(self, name: str, requester: Requester | None = None) -> PoolState | None:
+        """The pool as a server's reconcile needs it (addresses of its replicas); None when it does not exist.
 
+        Read-only: when what it derives differs from what the pool last published (a new server, new
+        replicas), the pool's own queue is kicked to publish it.
+        """
+        try:
+            found = await self._read(name, [requester] if requester else [])
+        except ValidationError:
+            return None
+        if found is None:
+            return None
+        body, _, state, _ = found
+        published = (body.get("status") or {}).get("addresses")
+        if published != state.addresses:
+            self.kick(name)
+        return state
 
-pool_kicker: Kicker[str] = Kicker(reconcile_pool)
-"""Reconciles of pools: from Kopf's watch of IpPools, the servers that use them (new replicas, PTR
-checks), their warm-up plans and the resync. The servers learn of a new status through their own
-watch of the pools (`smtpserver.start_watches`), not from here."""
+    async def reconcile(self, key: str) -> None:
+        """Re-derive the pool's assignment and publish its status (the one writer of IpPool status)."""
+        async with self._locks(key):
+            try:
+                found = await self._read(key, [])
+            except ValidationError as error:
+                body = await self.kube.get_cached(API_VERSION, "IpPool", key)
+                if body is not None:
+                    await self.deps.status.publish(IpPool, body, Outcome(ready=FALSE, reason="InvalidSpec",
+                                                                         message=str(error), stalled=True))
+                return
+            if found is None:
+                return
+            body, _, state, outcome = found
+            await self.deps.status.publish(IpPool, body, outcome)
+            for address, verdict in state.verdicts:
+                if (event := needs_event(verdict)) is not None:
+                    await asyncio.to_thread(self.deps.status.post_event, body, "Warning", event[0],
+                                            f"{address}: {event[1]}")
 
+    def note_view(self, state: PoolState, namespace: str, name: str, replicas: int) -> None:
+        """Record what a server's reconcile read of the pool, so a pool change kicks it only when that changes."""
+        self._views[(state.name, namespace, name)] = server_view(state, namespace, name, replicas)
 
-@kopf.on.resume(GROUP, VERSION, IpPool.plural)
-@kopf.on.create(GROUP, VERSION, IpPool.plural)
-@kopf.on.update(GROUP, VERSION, IpPool.plural, field="spec")
-@kopf.on.delete(GROUP, VERSION, IpPool.plural, optional=True)
-async def on_pool(name: str, **_: Any) -> None:
-    """A pool appeared, changed or went: re-assign (the servers follow its status)."""
-    pool_kicker.kick(name, delay=0.0)
+    def forget_views(self, namespace: str, name: str) -> None:
+        """A server is gone: drop what it read of every pool."""
+        for key in [k for k in self._views if k[1:] == (namespace, name)]:
+            self._views.pop(key, None)
 
+    def stale_views(self, pool: str, state: PoolState | None, servers: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """The servers of `pool` whose last rendered view of it is not `state`'s (every one when it is gone)."""
+        stale = []
+        for server in servers:
+            spec = server.get("spec") or {}
+            if pool not in spec.get("ipPools", []):
+                continue
+            namespace, name = server["metadata"]["namespace"], server["metadata"]["name"]
+            if state is None or self._views.get((pool, namespace, name)) != server_view(
+                    state, namespace, name, int(spec.get("replicas", 1))):
+                stale.append((namespace, name))
+        return stale
 
-@kopf.on.event(GROUP, VERSION, "warmupplans")
-async def on_plan_event(name: str, type: str | None, **_: Any) -> None:
-    """A plan changed: pools that follow it recompute today's caps."""
-    if type is None:
-        return
-    for pool in await kube.list_objects(API_VERSION, "IpPool"):
-        if (pool.get("spec") or {}).get("warmupPlan") == name:
-            pool_kicker.kick(pool["metadata"]["name"])
+    async def plan_changed(self, plan: str) -> None:
+        """A plan changed: the pools that follow it recompute today's caps (keys on this queue)."""
+        for pool in await self.kube.list_cached(API_VERSION, "IpPool"):
+            if (pool.get("spec") or {}).get("warmupPlan") == plan:
+                self.kick(pool["metadata"]["name"])

@@ -1,0 +1,173 @@
+"""SmtpServer gathering: read and check every reference, and create the Secrets generated once.
+
+Reads come from the informers (`list_cached`, `find_cached`, `get_known`); the only writes are
+of objects generated once and never rewritten (DKIM keys, the /stats token, the VERP key, the
+cert-manager Certificate), made before the config that needs them is rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from pydantic import ValidationError
+
+from smtpinfra_api.meta import API_VERSION
+from smtpinfra_api.v1alpha1 import SmtpServerSpec, TenantSpec
+
+from ... import tenancy
+from ...builders import tenant as tenant_build
+from ...builders import verp, workload
+from ...builders.assignment import ReplicaKey
+from ...builders.keys import generate_dkim_key
+from ...builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress
+from ...kubeapi import KubeApi
+from ..ippool import IpPoolController, source_address
+from .decide import Gathered, MissingReference, selected
+
+log = logging.getLogger(__name__)
+
+
+class ServerGatherer:
+    """What one SmtpServer reconcile reads, through the given client and the pools' controller."""
+
+    def __init__(self, kube: KubeApi, pools: IpPoolController) -> None:
+        self.kube = kube
+        self.pools = pools
+
+    async def _gather_tenants(self, spec: SmtpServerSpec) -> tuple[list[ServedTenant], dict[str, str], list[str]]:
+        """Tenants this server serves, their `username:hash` lines, and the tenants left out for a conflict.
+
+        Only what `tenancy` allows is served, the same decisions each Tenant's Ready shows: a tenant
+        whose sender domain overlaps an older tenant's (else it could send as the other), whose
+        namespace it may not use, or whose credentials Secret fails the check is left out, rather
+        than the whole server failing to render. Tenants still without credentials wait.
+        """
+        served: list[ServedTenant] = []
+        credentials: dict[str, str] = {}
+        conflicts: list[str] = []
+        secrets = {
+            (s["metadata"]["namespace"], s["metadata"]["name"]): s
+            for s in await self.kube.list_cached("v1", "Secret", label_selector=tenant_build.TENANT_LABEL)
+        }
+        bodies = {t["metadata"]["name"]: t for t in await self.kube.list_cached(API_VERSION, "Tenant")}
+        everyone = tenancy.all_facts(bodies.values())
+        domains = tenancy.domain_conflicts(everyone)
+        operator_ns = tenancy.operator_namespace()
+        for facts in everyone:
+            name, body = facts.name, bodies[facts.name]
+            if not selected(spec, body):
+                continue
+            try:
+                tspec = TenantSpec.model_validate(body.get("spec") or {})
+            except ValidationError:
+                continue
+            if tspec.ip_pool and tspec.ip_pool not in spec.ip_pools:
+                continue  # a dedicated pool this server does not send from
+            if name in domains and domains[name].with_older:
+                conflicts.append(f"Tenant {name} is not served: " + tenancy.describe_overlaps(domains[name].with_older))
+                continue
+            namespace = await self.kube.find_cached("v1", "Namespace", facts.namespace)
+            if tenancy.namespace_claim(facts, namespace, everyone, operator_ns) not in ("owned", "adopted"):
+                continue
+            secret = secrets.get((facts.namespace, tenant_build.CREDENTIALS_SECRET))
+            if secret is None or not tenancy.secret_belongs(secret, name):
+                continue
+            checked = tenancy.check_credentials(name, secret)
+            if checked.line is None:
+                continue
+            served.append(ServedTenant(name=name, spec=tspec, pool=tspec.ip_pool or spec.ip_pools[0]))
+            credentials[name] = checked.line
+        return served, credentials, conflicts
+
+
+    async def _gather_tls(self, owner: workload.Owner, spec: SmtpServerSpec) -> str | None:
+        if spec.tls is None:
+            return None
+        if spec.tls.secret_name:
+            if await self.kube.get_known("v1", "Secret", spec.tls.secret_name, owner.namespace) is None:
+                raise MissingReference("TlsSecretNotFound",
+                                       f"Secret {owner.namespace}/{spec.tls.secret_name} (spec.tls.secretName) "
+                                       "not found")
+            return spec.tls.secret_name
+        issuer = spec.tls.issuer_ref
+        assert issuer is not None
+        if not await self.kube.kind_exists("cert-manager.io/v1", "Certificate"):
+            raise MissingReference("CertManagerNotInstalled",
+                                   f"spec.tls.issuerRef names {issuer.kind.value} {issuer.name}, but cert-manager's "
+                                   "Certificate kind is not installed")
+        issuer_ns = owner.namespace if issuer.kind.value == "Issuer" else None
+        if await self.kube.get("cert-manager.io/v1", issuer.kind.value, issuer.name, issuer_ns) is None:
+            raise MissingReference("IssuerNotFound",
+                                   f"{issuer.kind.value} {issuer.name} (spec.tls.issuerRef) not found")
+        secret_name = f"{owner.name}-tls"
+        await self.kube.apply(workload.certificate(owner, spec, secret_name))
+        if await self.kube.get_known("v1", "Secret", secret_name, owner.namespace) is None:
+            raise MissingReference("CertificatePending", f"waiting for cert-manager to issue Secret {secret_name}")
+        return secret_name
+
+
+    async def _ensure_dkim(self, owner: workload.Owner, spec: SmtpServerSpec) -> None:
+        """Generate each missing DKIM key once; explicit Secrets must exist."""
+        for key in spec.dkim.keys:
+            name = workload.dkim_secret_name(owner.name, key)
+            if key.secret_name:
+                if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None:
+                    raise MissingReference("DkimSecretNotFound",
+                                           f"Secret {owner.namespace}/{name} for DKIM {key.selector}._domainkey."
+                                           f"{key.domain} not found")
+                continue
+            if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None:
+                private, dns_value = generate_dkim_key(key.algorithm, key.rsa_key_size or 2048)
+                if await self.kube.create(workload.dkim_secret(owner, key, private, dns_value)) is None:
+                    log.info("generated DKIM key %s._domainkey.%s", key.selector, key.domain)
+
+
+    async def _ensure_stats_token(self, owner: workload.Owner) -> None:
+        """Create the /stats bearer token Secret once (never rewritten; delete it to rotate)."""
+        name = workload.stats_token_secret_name(owner.name)
+        if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None:
+            await self.kube.create(workload.stats_token_secret(owner, secrets.token_urlsafe(32)))
+
+
+    async def _ensure_verp(self, owner: workload.Owner) -> None:
+        """Create the server's VERP key Secret once; rotation (``smtp-infra verp rotate``) edits it, we never do."""
+        name = verp.secret_name(owner.name)
+        if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None and \
+                await self.kube.create(verp.secret(owner, workload.labels(owner.name), verp.new_key())) is None:
+            log.info("generated VERP key Secret %s/%s", owner.namespace, name)
+
+
+    async def gather(self, owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:
+        """Read and check every reference; raises MissingReference naming the first missing one."""
+        addresses: dict[int, list[SourceAddress]] = {i: [] for i in range(spec.replicas)}
+        shortfall: list[str] = []
+        for pool_name in spec.ip_pools:
+            state = await self.pools.read_pool(pool_name, (owner.namespace, owner.name, spec.replicas))
+            if state is None:
+                raise MissingReference("IpPoolNotFound", f"IpPool {pool_name} (spec.ipPools) not found")
+            self.pools.note_view(state, owner.namespace, owner.name, spec.replicas)
+            if state.problem is not None:
+                raise MissingReference(state.problem.reason, f"IpPool {pool_name}: {state.problem.message}")
+            for ordinal in range(spec.replicas):
+                address = state.assignment.address_of(ReplicaKey(owner.namespace, owner.name, ordinal))
+                if address is None:
+                    shortfall.append(f"IpPool {pool_name} has no free address for replica {ordinal}")
+                    addresses.pop(ordinal, None)
+                    continue
+                if ordinal in addresses:
+                    addresses[ordinal].append(source_address(state, pool_name, address))
+        # Only a contiguous prefix of ordinals can run in a StatefulSet.
+        replicas = 0
+        while replicas in addresses:
+            replicas += 1
+        runnable = {i: addresses[i] for i in range(replicas)}
+        tls_secret = await self._gather_tls(owner, spec)
+        await self._ensure_dkim(owner, spec)
+        await self._ensure_stats_token(owner)
+        await self._ensure_verp(owner)
+        tenants, credentials, conflicts = await self._gather_tenants(spec)
+        inputs = ServerInputs(name=owner.name, namespace=owner.namespace, spec=spec, tenants=tenants,
+                              replica_addresses=runnable)
+        return Gathered(inputs=inputs, credentials=credentials, tls_secret=tls_secret, replicas=replicas,
+                        pool_shortfall=shortfall, tenant_conflicts=conflicts, served=len(tenants))

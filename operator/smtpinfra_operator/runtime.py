@@ -1,0 +1,176 @@
+"""The operator, built in one place: the gate, the client, the controllers, the usage collector and the resync.
+
+`Runtime` constructs every part at start-up and hands each controller its dependencies (the
+Kubernetes client, the status writer, the metrics, the peering gate, the clock). Event sources
+only put keys on queues: Kopf's watches (registered here, on a registry of this runtime, not
+Kopf's global one), the informers of children, pods, pools and Secrets (`start_watches`), and
+the resync. Nothing of it is module state, so two runtimes (e.g. in a test) do not share any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable
+from typing import Any
+
+import kopf
+from prometheus_client import CollectorRegistry
+
+from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
+from smtpinfra_api.v1alpha1 import IpPool, SmtpServer, Tenant, WarmupPlan
+
+from .controller import Clock, Deps
+from .controllers.dns import DnsPublisher, uses_rfc2136
+from .controllers.ippool import IpPoolController
+from .controllers.pending import PENDING_KINDS, PendingController
+from .controllers.smtpserver import SmtpServerController
+from .controllers.tenant import TenantController
+from .controllers.warmupplan import WarmupPlanController
+from .kubeapi import KubeApi, ModuleKube
+from .metrics import RuntimeMetrics
+from .peering import PEERING_GROUP, Gate, Peering
+from .resync import Resync, Source
+from .settings import RESYNC_SECONDS
+from .statuswriter import StatusWriter
+from .usage import UsageCollector
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Every part of one operator process, and the Kopf registry whose handlers feed its queues."""
+
+    def __init__(self, peering: Peering | None = None, *, kube: KubeApi | None = None,
+                 metrics_registry: CollectorRegistry | None = None, clock: Clock | None = None,
+                 resync_seconds: float = RESYNC_SECONDS) -> None:
+        self.kube = kube or ModuleKube()
+        self.gate = Gate(peering)
+        self.clock = clock or Clock()
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = RuntimeMetrics(self.metrics_registry)
+        self.metrics.track_active(peering.name if peering else "", lambda: not self.gate.paused())
+        self.status = StatusWriter(self.kube)
+        deps = Deps(kube=self.kube, status=self.status, metrics=self.metrics, paused=self.gate.paused,
+                    clock=self.clock)
+        self.usage = UsageCollector(self.kube)
+        self.plans = WarmupPlanController(deps)
+        self.pools = IpPoolController(deps, usage=self.usage.latest)
+        self.dns = DnsPublisher(self.kube, self.status, self.clock.monotonic, self.pools.note_ptr_checks)
+        self.servers = SmtpServerController(deps, self.pools, self.dns)
+        self.tenants = TenantController(deps, kick_server=self.servers.kick, usage=self.usage.latest)
+        self.pending = PendingController(deps)
+        self.resync = Resync(self._resync_sources(), paused=self.gate.paused, period=resync_seconds,
+                             before=self.usage.collect)
+        self.registry = kopf.OperatorRegistry()
+        self._register(self.registry)
+
+    # ---------------------------------------------------------------------------- resync
+
+    def _resync_sources(self) -> list[Source]:
+        """Each kind's keys from its informer (names are all we need), onto its queue as background keys."""
+
+        async def names(kind: str) -> list[Hashable]:
+            return [o["metadata"]["name"] for o in await self.kube.list_cached(API_VERSION, kind)]
+
+        async def plans() -> list[Hashable]:
+            return await names("WarmupPlan")
+
+        async def tenants() -> list[Hashable]:
+            return await names("Tenant")
+
+        async def pools() -> list[Hashable]:
+            return await names("IpPool")
+
+        async def servers() -> list[Hashable]:
+            keys = [(s["metadata"]["namespace"], s["metadata"]["name"])
+                    for s in await self.kube.list_cached(API_VERSION, "SmtpServer")]
+            return [k for k in keys if self.servers.wants_resync(k)]
+
+        def background(queue: Any) -> Any:
+            return lambda key: queue.kick(key, background=True)
+
+        return [Source(plans, background(self.plans)), Source(tenants, background(self.tenants)),
+                Source(pools, background(self.pools)), Source(servers, background(self.servers))]
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start watching the peering, the children and pods, and the resync (in the running loop).
+
+        The peering object is created when missing: Kopf only patches it, and without it the
+        keep-alives fail silently and every replica believes it is alone.
+        """
+        self.gate.start(self.kube)
+        if self.gate.me is not None:
+            await self.kube.create_if_absent({"apiVersion": PEERING_GROUP, "kind": "ClusterKopfPeering",
+                                              "metadata": {"name": self.gate.me.name}})
+        self.servers.start_watches(asyncio.get_running_loop())
+        self.resync.start()
+
+    def stop(self) -> None:
+        """Stop the resync (the queues' tasks end with the loop)."""
+        self.resync.stop()
+
+    # -------------------------------------------------------------------- Kopf's watches
+
+    def _register(self, registry: kopf.OperatorRegistry) -> None:
+        """Kopf's watches of our kinds, each of which only puts keys on a controller's queue.
+
+        Handler ids are fixed (Kopf keeps per-handler progress in status.kopf under them).
+        """
+
+        # A registry of our own has none of the login handlers Kopf's default one brings along.
+        kopf.on.login(registry=registry, id="login_via_client")(kopf.login_via_client)
+
+        @kopf.on.startup(registry=registry, id="start_runtime")
+        async def start(**_: Any) -> None:
+            await self.start()
+
+        @kopf.on.cleanup(registry=registry, id="stop_runtime")
+        async def stop(**_: Any) -> None:
+            self.stop()
+
+        @kopf.on.event(GROUP, VERSION, SmtpServer.plural, id="on_server", registry=registry)
+        async def on_server(namespace: str | None, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+            assert namespace is not None
+            self.servers.on_event(namespace, name, body, type)
+
+        @kopf.on.delete(GROUP, VERSION, SmtpServer.plural, when=uses_rfc2136, id="dns-records", registry=registry)
+        async def on_server_deleted(body: kopf.Body, namespace: str | None, name: str, retry: int,
+                                    **_: Any) -> None:
+            await self.dns.on_server_deleted(body, namespace, name, retry)
+
+        @kopf.on.event(GROUP, VERSION, Tenant.plural, id="on_tenant", registry=registry)
+        async def on_tenant(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+            self.tenants.on_event(name, body, type)
+
+        for register in (kopf.on.resume, kopf.on.create):
+            register(GROUP, VERSION, IpPool.plural, id="on_pool", registry=registry)(self._on_pool)
+            register(GROUP, VERSION, WarmupPlan.plural, id="reconcile", registry=registry)(self._on_plan)
+        kopf.on.update(GROUP, VERSION, IpPool.plural, field="spec", id="on_pool", registry=registry)(self._on_pool)
+        kopf.on.delete(GROUP, VERSION, IpPool.plural, optional=True, id="on_pool", registry=registry)(self._on_pool)
+        kopf.on.update(GROUP, VERSION, WarmupPlan.plural, field="spec", id="reconcile",
+                       registry=registry)(self._on_plan)
+
+        @kopf.on.event(GROUP, VERSION, WarmupPlan.plural, id="on_plan_event", registry=registry)
+        async def on_plan_event(name: str, type: str | None, **_: Any) -> None:
+            if type is not None:
+                await self.pools.plan_changed(name)
+
+        for kind in PENDING_KINDS:
+            async def observe(name: str, namespace: str | None, kind_name: str = kind.kind, **_: Any) -> None:
+                self.pending.kick((kind_name, namespace or "", name), delay=0.0)
+
+            handler_id = f"observe-{kind.singular()}"
+            kopf.on.resume(GROUP, VERSION, kind.plural, id=handler_id, registry=registry)(observe)
+            kopf.on.create(GROUP, VERSION, kind.plural, id=handler_id, registry=registry)(observe)
+            kopf.on.update(GROUP, VERSION, kind.plural, field="spec", id=handler_id, registry=registry)(observe)
+
+    async def _on_pool(self, name: str, **_: Any) -> None:
+        """A pool appeared, changed or went: re-assign (the servers follow its status)."""
+        self.pools.kick(name, delay=0.0)
+
+    async def _on_plan(self, name: str, **_: Any) -> None:
+        """A plan's spec changed (or the operator started): a key on the plans' queue."""
+        self.plans.kick(name, delay=0.0)
