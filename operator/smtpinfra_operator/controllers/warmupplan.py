@@ -29,7 +29,11 @@ class WarmupPlanController(Controller[str]):
     kind = "WarmupPlan"
 
     async def reconcile(self, key: str) -> None:
-        """Derive one plan's status from the informer's copy (every event source and the resync end here)."""
-        body = await self.kube.get_cached(API_VERSION, "WarmupPlan", key)
+        """Derive one plan's status from a fresh read (every event source and the resync end here).
+
+        Fresh, not from the informer: the informer does not keep a plan's status, which `publish`
+        compares with (plans are few, and change rarely).
+        """
+        body = await self.kube.get(API_VERSION, "WarmupPlan", key)
         if body is not None and not body["metadata"].get("deletionTimestamp"):
             await self.deps.status.publish(WarmupPlan, body, plan_outcome(body.get("spec") or {}))
