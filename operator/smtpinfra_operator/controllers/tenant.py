@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -96,6 +97,7 @@ class TenantController(Controller[str]):
         if before == state:
             return  # our status write, or metadata we do not read
         self._seen[name] = state
+        self.kube.remember(copy.deepcopy(dict(body)))  # the reconcile reads it from the informer, no GET
         old_labels, related = self._follow.get(name, (None, False))
         self._follow[name] = (old_labels if old_labels is not None else
                               (dict(before[1]) if before is not None else None),

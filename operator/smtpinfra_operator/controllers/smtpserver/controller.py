@@ -14,6 +14,7 @@ the resync) only puts keys on them.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -258,6 +259,9 @@ class SmtpServerController(Controller[Key]):
         if meta.get("deletionTimestamp") or self._seen_generation.get(key, -1) == generation:
             return
         self._seen_generation[key] = generation
+        # The event's object is at least as new as the informer's copy (which Kopf's own watch may
+        # be ahead of): handed to the informers, the reconcile reads it there instead of a GET.
+        self.kube.remember(copy.deepcopy(dict(body)))
         self.kick(key, delay=0.0)
 
     def start_watches(self, loop: asyncio.AbstractEventLoop) -> None:
