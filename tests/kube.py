@@ -101,7 +101,9 @@ class OperatorProcess:
         self.cp = cp
         self.log_path = log_path
         self.kubeconfig = kubeconfig or Path(cp.kubeconfig)
-        self.env = {**os.environ, "SMTP_INFRA_RESYNC_SECONDS": "2", **(env or {})}
+        # No metrics endpoint: it listens on every address, and the local pod runner's MTAs (processes
+        # in this network namespace) serve their own HTTP port 8080 on their pod addresses.
+        self.env = {**os.environ, "SMTP_INFRA_RESYNC_SECONDS": "2", "SMTP_INFRA_METRICS_PORT": "0", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -86,7 +86,8 @@ def operator_run(
         help="Peering priority: the live replica with the highest one works, the others wait. Default: derived "
              "from the pod name (POD_ID) or host and the pid, so replicas differ (a tie pauses them all).")] = None,
     metrics_port: Annotated[int, typer.Option(
-        help="Port of the Prometheus metrics endpoint (/metrics); 0 turns it off.")] = 8080,
+        envvar="SMTP_INFRA_METRICS_PORT",
+        help="Port of the Prometheus metrics endpoint (/metrics, on every address); 0 turns it off.")] = 8080,
 ) -> None:
     """Run the operator against the cluster."""
     if kubeconfig is not None:
