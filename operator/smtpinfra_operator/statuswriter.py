@@ -17,7 +17,7 @@ from urllib.parse import quote
 from smtpinfra_api.meta import GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Kind
 
-from .conditions import READY, Outcome, build_status, get_condition, now_rfc3339, status_patch
+from .conditions import READY, RECONCILING, STALLED, Outcome, build_status, get_condition, now_rfc3339, status_patch
 from .kubeapi import KubeApi
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,7 @@ class StatusWriter:
         await self._patch_status(kind, name, namespace, patch)
         after = get_condition(desired, READY)
         previous_status = before["status"] if before else None
-        # A new object still converging (pods starting) is not a transition worth an Event; the
-        # Event comes when it becomes Ready, or when it is stuck.
-        first_progress = before is None and outcome.reconciling and not outcome.stalled
-        if after and after["status"] != previous_status and not first_progress:
+        if after and after["status"] != previous_status and not _routine(current, before, outcome):
             self._event(body, after)
         log.info("%s %s/%s: Ready=%s (%s)", kind.kind, namespace or "", name, outcome.ready, outcome.reason)
         return True
@@ -112,6 +109,25 @@ class StatusWriter:
                               body=event)
         except Exception:
             log.exception("could not post event %s for %s", event["reason"], name)
+
+
+def _routine(current: Mapping[str, Any], before: Mapping[str, Any] | None, outcome: Outcome) -> bool:
+    """Whether a change of Ready is the normal course of a new object converging (pure).
+
+    A new object that starts converging (pods starting) gets no Event, and neither does the end of
+    that first convergence (Ready at last): `lastTransitionTime` records both, and an Event per new
+    server in a burst of 200 was one more write each for nothing a human acts on. The first state
+    is recognised by Ready having stayed False since the first status (its lastTransitionTime is
+    Stalled's, set together then and not changed since). Every other change of Ready gets its
+    Event: failures, stalls, recoveries from them, a Ready object that stops being Ready.
+    """
+    if before is None:
+        return outcome.reconciling and not outcome.stalled
+    reconciling, stalled = get_condition(current, RECONCILING) or {}, get_condition(current, STALLED) or {}
+    first_state = before.get("lastTransitionTime") is not None and \
+        before.get("lastTransitionTime") == stalled.get("lastTransitionTime")
+    return (before["status"] != "True" and reconciling.get("status") == "True" and stalled.get("status") != "True"
+            and first_state and outcome.ready == "True")
 
 
 def _event_body(body: Mapping[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
