@@ -50,7 +50,7 @@ class Runtime:
         self.metrics_registry = metrics_registry or CollectorRegistry()
         self.metrics = RuntimeMetrics(self.metrics_registry)
         self.metrics.track_active(peering.name if peering else "", lambda: not self.gate.paused())
-        self.status = StatusWriter(self.kube)
+        self.status = StatusWriter(self.kube, self.clock.now)
         deps = Deps(kube=self.kube, status=self.status, metrics=self.metrics, paused=self.gate.paused,
                     clock=self.clock)
         self.usage = UsageCollector(self.kube)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -17,10 +17,12 @@ from urllib.parse import quote
 from smtpinfra_api.meta import GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Kind
 
-from .conditions import READY, RECONCILING, STALLED, Outcome, build_status, get_condition, now_rfc3339, status_patch
+from .conditions import READY, RECONCILING, STALLED, Outcome, build_status, get_condition, status_patch
 from .kubeapi import KubeApi
 
 log = logging.getLogger(__name__)
+RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+"""How metav1.Time serialises (second precision, Z)."""
 
 
 class StatusWriter:
@@ -28,8 +30,10 @@ class StatusWriter:
 
     EVENT_CONCURRENCY = 4
 
-    def __init__(self, kube: KubeApi) -> None:
+    def __init__(self, kube: KubeApi, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.kube = kube
+        self._now = now
+        """The clock of every timestamp written (conditions' lastTransitionTime, Events)."""
         self._event_slots = asyncio.Semaphore(self.EVENT_CONCURRENCY)
         self._event_tasks: set[asyncio.Task[None]] = set()
 
@@ -61,7 +65,7 @@ class StatusWriter:
         generation = meta.get("generation")
         current: dict[str, Any] = dict(body.get("status") or {})
         before = get_condition(current, READY)
-        now = now_rfc3339()
+        now = self._now().strftime(RFC3339)
         desired = build_status(current, outcome, generation, now)
         patch = status_patch(current, desired)
         if not patch:
@@ -85,7 +89,7 @@ class StatusWriter:
         Two or three Events per new SmtpServer, posted inline, sat on the path to its status write;
         a few at a time in the background keep a burst of Events from crowding out reconciles.
         """
-        event, name = _event_body(body, type_, reason, message), body["metadata"]["name"]
+        event, name = _event_body(body, type_, reason, message, self._now()), body["metadata"]["name"]
 
         async def post() -> None:
             async with self._event_slots:
@@ -101,7 +105,7 @@ class StatusWriter:
         Written directly rather than through kopf.event(), because reconciles run outside
         Kopf's handler context (queues, resync).
         """
-        self._post(_event_body(body, type_, reason, message), body["metadata"]["name"])
+        self._post(_event_body(body, type_, reason, message, self._now()), body["metadata"]["name"])
 
     def _post(self, event: dict[str, Any], name: str) -> None:
         try:
@@ -111,7 +115,7 @@ class StatusWriter:
             log.exception("could not post event %s for %s", event["reason"], name)
 
 
-def _routine(current: Mapping[str, Any], before: Mapping[str, Any] | None, outcome: Outcome) -> bool:
+def _routine(current: dict[str, Any], before: Mapping[str, Any] | None, outcome: Outcome) -> bool:
     """Whether a change of Ready is the normal course of a new object converging (pure).
 
     A new object that starts converging (pods starting) gets no Event, and neither does the end of
@@ -130,10 +134,10 @@ def _routine(current: Mapping[str, Any], before: Mapping[str, Any] | None, outco
             and first_state and outcome.ready == "True")
 
 
-def _event_body(body: Mapping[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
+def _event_body(body: Mapping[str, Any], type_: str, reason: str, message: str, at: datetime) -> dict[str, Any]:
     meta = body["metadata"]
     namespace = meta.get("namespace") or "default"
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = at.strftime(RFC3339)
     involved = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "name": meta["name"],
                 "namespace": meta.get("namespace"), "uid": meta.get("uid"),
                 "resourceVersion": meta.get("resourceVersion")}
