@@ -64,6 +64,9 @@ class TenantController(Controller[str]):
     """Keys are tenant names; the servers that serve a tenant re-render through their own queue."""
 
     kind = "Tenant"
+    CONCURRENCY = 32
+    """As many as Kopf ran the Tenant's event handler with when it reconciled inline (a bulk apply of
+    1,000 tenants is mostly waiting for creates of namespaces and Secrets)."""
 
     def __init__(self, deps: Deps, kick_server: Callable[[tuple[str, str]], None],
                  usage: Callable[[], Snapshot | None]) -> None:
