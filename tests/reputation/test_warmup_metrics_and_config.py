@@ -12,7 +12,7 @@ from smtpinfra_api.v1alpha1 import IpPoolSpec, MailboxProvider, SmtpServerSpec, 
 from smtpinfra_mta.config import FAKE_TIME_ENV
 from smtpinfra_operator.builders.assignment import Assignment, ReplicaKey
 from smtpinfra_operator.builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress, replica_config
-from smtpinfra_operator.handlers.ippool import PoolState, source_address
+from smtpinfra_operator.controllers.ippool import PoolState, source_address
 from smtpinfra_operator.reputation.warmup_metrics import WarmupMetrics
 from smtpinfra_operator.reputation.warmup_status import wall_now
 
