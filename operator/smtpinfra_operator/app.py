@@ -94,6 +94,26 @@ async def more_threads(**_: Any) -> None:
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="kube"))
 
 
+@kopf.on.startup()
+async def start_dnsbl_monitor(**_: Any) -> None:
+    """Start the blocklist monitor; it puts pools on the IpPool queue when its results change."""
+    from prometheus_client import REGISTRY
+
+    from .handlers.ippool import dnsbl_monitor, pool_kicker
+    from .reputation.dnsbl_kube import monitor
+
+    dnsbl_monitor.monitor = monitor(pool_kicker.kick, REGISTRY)
+    dnsbl_monitor.monitor.start()
+
+
+@kopf.on.cleanup()
+async def stop_dnsbl_monitor(**_: Any) -> None:
+    from .handlers.ippool import dnsbl_monitor
+
+    if dnsbl_monitor.monitor is not None:
+        await dnsbl_monitor.monitor.stop()
+
+
 def _tame_malloc() -> None:
     """Keep glibc from hoarding freed memory (RSS grew to 2-3x the live heap in the scale bench).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +34,8 @@ from ..builders.assignment import Assignment, ReplicaKey, assign, expand_address
 from ..builders.mtaconfig import SourceAddress
 from ..conditions import FALSE, TRUE, Outcome
 from ..kicker import Kicker, Locks
+from ..reputation import dnsbl_status
+from ..reputation.dnsbl_monitor import DnsblMonitor
 from ..reputation.warmup import DayFigures, DayVerdict, caps_for_day
 from ..reputation.warmup_status import can_send, needs_event, pool_figures, wall_now, warmup_fields
 from ..statuswriter import post_event, publish
@@ -167,7 +169,9 @@ def _plan_problem(name: str, plan_body: dict[str, Any] | None) -> tuple[WarmupPl
 
 def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[dict[str, Any]],
            plan_body: dict[str, Any] | None, ptr_checks: dict[str, bool], now: datetime,
-           figures: Mapping[str, Mapping[str, DayFigures]] | None = None) -> tuple[PoolState, Outcome]:
+           figures: Mapping[str, Mapping[str, DayFigures]] | None = None,
+           blocklists: tuple[dnsbl_status.PoolConfig, dnsbl_status.PoolView] | None = None,
+           ) -> tuple[PoolState, Outcome]:
     """The pool's assignment, per-address status and Ready outcome from what was read (pure).
 
     The IpPool controller publishes it; a server's reconcile derives the same from the same reads
@@ -179,8 +183,15 @@ def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[di
     assignment = assign(addresses, replicas, {a: p.get("assignedTo", "") for a, p in previous.items()})
     plan, problem = _plan_problem(spec.warmup_plan, plan_body) if spec.warmup_plan else (None, None)
     verdicts: list[tuple[str, DayVerdict]] = []
+    if blocklists is not None:  # the blocklist monitor's decisions (listings, quarantine) decide the state too
+        config, view = blocklists
+        checked = {a: f for a in addresses if (f := dnsbl_status.address_fields(config, view, a))}
+        previous = {**previous, **{a: {"address": a, **previous.get(a, {}), **f} for a, f in checked.items()}}
     statuses = address_status(spec, name, assignment, previous, plan, now, ptr_checks, figures, verdicts)
-    fields = {"total": len(addresses), "assigned": len(assignment.by_address), "addresses": statuses}
+    fields: dict[str, Any] = {"total": len(addresses), "assigned": len(assignment.by_address), "addresses": statuses}
+    if blocklists is not None:  # and their details (each zone's state, last check, zone health)
+        statuses[:] = [{**s, **dnsbl_status.address_fields(config, view, s["address"])} for s in statuses]
+        fields["blocklistZones"] = dnsbl_status.zone_fields(view)
     if problem is not None:
         outcome = Outcome(ready=problem.ready, reason=problem.reason, message=problem.message,
                           stalled=True, fields=fields)
@@ -195,6 +206,8 @@ def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[di
     else:
         outcome = Outcome(ready=TRUE, reason="AddressesAvailable", fields=fields,
                           message=f"{len(assignment.by_address)} of {len(addresses)} addresses assigned")
+    if blocklists is not None:
+        outcome = replace(outcome, extra_conditions=(*outcome.extra_conditions, dnsbl_status.degraded(blocklists[1])))
     return PoolState(name=name, spec=spec, assignment=assignment, addresses=statuses, problem=problem, plan=plan,
                      verdicts=tuple(verdicts)), outcome
 
@@ -237,8 +250,12 @@ async def _read(name: str, requesters: Iterable[Requester]) -> tuple[dict[str, A
     spec = IpPoolSpec.model_validate(body.get("spec") or {})
     servers = await _servers(requesters)
     plan_body = await kube.get_cached(API_VERSION, "WarmupPlan", spec.warmup_plan) if spec.warmup_plan else None
+    monitor = dnsbl_monitor.get()
+    if monitor is not None:
+        monitor.configure(name, spec, body.get("status"))
     state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body,
-                            _ptr_checks.get(name, {}), wall_now(), _figures(name, spec))
+                            _ptr_checks.get(name, {}), wall_now(), _figures(name, spec),
+                            monitor.view(name) if monitor is not None else None)
     return body, spec, state, outcome
 
 
@@ -273,6 +290,8 @@ async def reconcile_pool(name: str) -> PoolState | None:
                                                     stalled=True))
             return None
         if found is None:
+            if (monitor := dnsbl_monitor.get()) is not None:
+                monitor.forget(name)
             return None
         body, _, state, outcome = found
         await publish(IpPool, body, outcome)
@@ -325,8 +344,21 @@ def stale_views(pool: str, state: PoolState | None, servers: list[dict[str, Any]
 
 pool_kicker: Kicker[str] = Kicker(reconcile_pool)
 """Reconciles of pools: from Kopf's watch of IpPools, the servers that use them (new replicas, PTR
-checks), their warm-up plans and the resync. The servers learn of a new status through their own
-watch of the pools (`smtpserver.start_watches`), not from here."""
+checks), their warm-up plans, the blocklist monitor and the resync. The servers learn of a new
+status through their own watch of the pools (`smtpserver.start_watches`), not from here."""
+
+
+class MonitorSlot:
+    """Where the running operator keeps its blocklist monitor (`app.start_dnsbl_monitor`); empty in
+    unit tests. Its results reach the pools' status through `reconcile_pool`."""
+
+    monitor: DnsblMonitor | None = None
+
+    def get(self) -> DnsblMonitor | None:
+        return self.monitor
+
+
+dnsbl_monitor = MonitorSlot()
 
 
 @kopf.on.resume(GROUP, VERSION, IpPool.plural)
