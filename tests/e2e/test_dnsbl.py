@@ -193,7 +193,7 @@ def test_delisted_address_is_released_after_release_after(cp: Any, knot: DnsblKn
     clock.advance(timedelta(hours=1))
     pool = pool_when(cp, lambda p: blocklist(p, LISTED)[GOOD]["state"] == "Releasing", "the listing seen gone")
     assert address(pool, LISTED)["quarantined"] is True  # gone for less than releaseAfter
-    assert condition(pool, "Degraded")["status"] == "True"  # type: ignore[index]
+    assert (condition(pool, "Degraded") or {}).get("status") == "True"
 
     clock.advance(timedelta(hours=2))
     pool = pool_when(cp, lambda p: not address(p, LISTED).get("quarantined"), "the address released")

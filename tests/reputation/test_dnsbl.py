@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import dns.message
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from smtpinfra_operator.reputation.dnsbl import (
     self_test,
     step,
 )
+from smtpinfra_operator.reputation.dnsbl_monitor import question_wire
 from smtpinfra_operator.reputation.dnsbl_status import (
     PoolView,
     address_fields,
@@ -90,6 +92,7 @@ def test_known_error_codes_follow_the_zone_operator() -> None:
     assert error_codes("notspamhaus.org") == frozenset()
 
 
+@settings(deadline=None)
 @given(st.integers(0, 2**32 - 1))
 def test_any_answer_is_listed_only_inside_the_listing_range(value: int) -> None:
     import ipaddress
@@ -155,7 +158,7 @@ def test_release_only_after_the_listing_was_gone_for_release_after() -> None:
 answer = st.sampled_from([LISTED, CLEAN, TIMEOUT, ERROR, UNUSABLE])
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(answer, max_size=40), st.integers(1, 4), st.integers(0, 6))
 def test_hysteresis_properties(answers: list[Classified], confirmations: int, release_hours: int) -> None:
     release = timedelta(hours=release_hours)
@@ -231,3 +234,10 @@ def test_restart_resumes_from_published_status() -> None:
     resumed = restore(config, published)
     assert resumed.quarantined("127.0.20.1")
     assert resumed.states["127.0.20.1"]["bl.test"].since == T0
+
+
+@settings(deadline=None)
+@given(st.ip_addresses(), st.sampled_from(["bl.test", "zen.spamhaus.org", "a-b.c.d.test"]))
+def test_the_query_question_is_the_one_dnspython_writes(address: object, zone: str) -> None:
+    name = query_name(str(address), zone)
+    assert question_wire(name) == dns.message.make_query(name, "A").to_wire()[12:]

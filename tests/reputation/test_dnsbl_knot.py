@@ -60,7 +60,14 @@ def silent() -> Iterator[SilentUdp]:
 
 
 def ask(server: str, name: str, timeout: float = 2.0) -> Lookup:
-    return asyncio.run(DnsResolver(server, timeout).lookup(name))
+    async def one() -> Lookup:
+        resolver = DnsResolver(server, timeout)
+        try:
+            return await resolver.lookup(name)
+        finally:
+            resolver.close()
+
+    return asyncio.run(one())
 
 
 @pytest.mark.parametrize(("address", "zone", "key", "result", "code"), [
@@ -106,6 +113,10 @@ class Routed:
 
     async def lookup(self, name: str) -> Lookup:
         return await (self.silent if name.endswith(f".{TIMEOUT_ZONE}.") else self.knot).lookup(name)
+
+    def close(self) -> None:
+        self.knot.close()
+        self.silent.close()
 
 
 def pool_spec(dnsbl_zones: list[str], **quarantine: object) -> IpPoolSpec:

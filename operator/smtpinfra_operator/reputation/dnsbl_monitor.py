@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import dns.asyncquery
+import dns.entropy
 import dns.exception
 import dns.flags
 import dns.message
@@ -83,9 +85,62 @@ def clock_from_env() -> Clock:
 class Resolver(Protocol):
     async def lookup(self, name: str) -> Lookup: ...
 
+    def close(self) -> None: ...
+
+
+def question_wire(name: str) -> bytes:
+    """The question section of an A/IN query for `name` (RFC 1035 §4.1.2), uncompressed."""
+    labels = [label.encode("ascii") for label in name.rstrip(".").split(".")]
+    return b"".join(bytes([len(label)]) + label for label in labels) + b"\x00\x00\x01\x00\x01"
+
+
+_QUERY_FLAGS = 0x0100  # RD: a resolver the pool names recurses; an authoritative server ignores it
+_TRUNCATED = Lookup(AnswerKind.FAILURE, detail="truncated")
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    """One UDP socket for every query of a check: an answer goes to the query waiting for its id and question.
+
+    `dns.asyncquery.udp` opens a socket per query and dnspython builds and parses every message in
+    full; for 5,000 queries a check that cost 5-10x the DNS itself (bench/dnsbl_monitor.py). Here a
+    query is its 12-byte header plus the question, the usual NXDOMAIN answer is read from its header
+    (id, QR, RCODE) and echoed question, and dnspython parses every other answer.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, tuple[bytes, asyncio.Future[Lookup]]] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # not a subclass in Python 3.11
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if len(data) < 12:
+            return
+        waiting = self.waiting.get(int.from_bytes(data[:2], "big"))
+        if waiting is None or waiting[1].done() or not data[2] & 0x80:
+            return  # late (timed out), foreign or not a response: ignored, as dnspython's receive_udp does
+        question, future = waiting
+        if data[4:6] != b"\x00\x01" or data[12:12 + len(question)].lower() != question.lower():
+            return
+        if data[2] & 0x02:  # TC
+            future.set_result(_TRUNCATED)
+        elif data[3] & 0x0F == dns.rcode.NXDOMAIN:
+            future.set_result(Lookup(AnswerKind.NXDOMAIN))
+        else:
+            try:
+                future.set_result(_lookup(dns.message.from_wire(data)))
+            except dns.exception.DNSException as error:  # malformed: no answer
+                future.set_result(Lookup(AnswerKind.FAILURE, detail=f"malformed answer: {error}"))
+
+    def error_received(self, exc: Exception) -> None:
+        for _, future in self.waiting.values():  # e.g. ICMP port unreachable: every query fails now
+            if not future.done():
+                future.set_exception(exc)
+
 
 class DnsResolver:
-    """A-record lookups straight to one resolver with dnspython's async UDP (TCP when truncated).
+    """A-record lookups straight to one resolver over one UDP socket (TCP with dnspython when truncated).
 
     No cache and no search list: every check asks afresh. A referral (an authoritative server that
     does not recurse answering for another zone) is a failure, not "not listed".
@@ -99,23 +154,54 @@ class DnsResolver:
             self.host, self.port = str(system.nameservers[0]), int(system.port)
         self.timeout = timeout
         self.retries = retries
+        self._protocol: _Datagrams | None = None
+        self._opening: asyncio.Lock | None = None
+
+    async def _endpoint(self) -> _Datagrams:
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._protocol is None or self._protocol.transport is None or self._protocol.transport.is_closing():
+                _, self._protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+                    _Datagrams, remote_addr=(self.host, self.port))
+            return self._protocol
+
+    async def _udp(self, question: bytes) -> Lookup:
+        endpoint = await self._endpoint()
+        qid = dns.entropy.random_16()
+        while qid in endpoint.waiting:
+            qid = dns.entropy.random_16()
+        future: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
+        endpoint.waiting[qid] = (question, future)
+        try:
+            assert endpoint.transport is not None
+            endpoint.transport.sendto(struct.pack("!HHHHHH", qid, _QUERY_FLAGS, 1, 0, 0, 0) + question)
+            return await asyncio.wait_for(future, self.timeout)
+        finally:
+            endpoint.waiting.pop(qid, None)
 
     async def lookup(self, name: str) -> Lookup:
-        query = dns.message.make_query(name, dns.rdatatype.A)
+        question = question_wire(name)
         detail = ""
         for _ in range(self.retries + 1):
             try:
-                response = await dns.asyncquery.udp(query, self.host, timeout=self.timeout, port=self.port)
-                if response.flags & dns.flags.TC:
-                    response = await dns.asyncquery.tcp(query, self.host, timeout=self.timeout, port=self.port)
-            except dns.exception.Timeout:
+                found = await self._udp(question)
+                if found is _TRUNCATED:
+                    query = dns.message.make_query(name, dns.rdatatype.A)
+                    found = _lookup(await dns.asyncquery.tcp(query, self.host, timeout=self.timeout, port=self.port))
+            except (TimeoutError, dns.exception.Timeout):
                 detail = f"timeout after {self.timeout:g}s"
                 continue
             except (OSError, dns.exception.DNSException) as error:
                 detail = f"{type(error).__name__}: {error}"
                 continue
-            return _lookup(response)
+            return found
         return Lookup(AnswerKind.FAILURE, detail=detail)
+
+    def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None
 
 
 def _lookup(response: dns.message.Message) -> Lookup:
@@ -188,12 +274,14 @@ PostEvent = Callable[[str, Event], None]
 class DnsblMonitor:
     """Every pool address in every zone, each pool on its own interval, a bounded number of queries in flight."""
 
+    CONCURRENCY = 50
+    """Queries in flight at once (per check); more only filled the socket's receive buffer."""
     TICK = 1.0
     """How often (real seconds) the loop looks for pools that are due on the monitor's clock."""
 
     def __init__(self, *, clock: Clock, on_change: Callable[[str], None], metrics: DnsblMetrics,
                  resolver_factory: ResolverFactory = DnsResolver, read_secret: ReadSecret | None = None,
-                 post_event: PostEvent | None = None, concurrency: int = 200,
+                 post_event: PostEvent | None = None, concurrency: int | None = None,
                  paused: Callable[[], bool] = lambda: False) -> None:
         self._clock = clock
         self._on_change = on_change
@@ -201,7 +289,7 @@ class DnsblMonitor:
         self._resolver_factory = resolver_factory
         self._read_secret = read_secret
         self._post_event = post_event
-        self._concurrency = concurrency
+        self._concurrency = concurrency or self.CONCURRENCY
         self._paused = paused
         """True while another replica of the peering works: this one checks nothing."""
         self._pools: dict[str, _Pool] = {}
@@ -260,6 +348,13 @@ class DnsblMonitor:
 
     async def _ask(self, config: PoolConfig) -> tuple[dict[str, SelfTest], dict[tuple[str, str], Classified]]:
         resolver = self._resolver_factory(config.resolver, config.timeout)
+        try:
+            return await self._ask_with(config, resolver)
+        finally:
+            resolver.close()
+
+    async def _ask_with(self, config: PoolConfig, resolver: Resolver) -> tuple[dict[str, SelfTest],
+                                                                               dict[tuple[str, str], Classified]]:
         slots = asyncio.Semaphore(self._concurrency)
 
         async def ask(qname: str) -> Lookup:
