@@ -241,3 +241,15 @@ def test_restart_resumes_from_published_status() -> None:
 def test_the_query_question_is_the_one_dnspython_writes(address: object, zone: str) -> None:
     name = query_name(str(address), zone)
     assert question_wire(name) == dns.message.make_query(name, "A").to_wire()[12:]
+
+
+def test_a_quarantine_changes_what_the_server_of_the_address_reads() -> None:
+    """The server's reconcile renders the MTA config (quarantined per address) when its view changes."""
+    from smtpinfra_operator.handlers.ippool import server_view
+    from tests.operator.test_pool_view import A, state
+
+    before = state({"127.0.30.1": A})
+    after = state({"127.0.30.1": A})
+    after.addresses[0]["quarantined"] = True
+    assert server_view(before, "mail", "a", 1) != server_view(after, "mail", "a", 1)
+    assert "True" in server_view(after, "mail", "a", 1)
