@@ -75,8 +75,9 @@ def clock(tmp_path_factory: pytest.TempPathFactory) -> TestClock:
 
 
 @pytest.fixture(scope="module")
-def cp(crds: Any, clock: TestClock, knot: DnsblKnot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The control plane with an operator on the test clock, and the keyed zone's Secret."""
+def operator_proc(crds: Any, clock: TestClock, knot: DnsblKnot,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """An operator on the test clock with the chart's RBAC, and the keyed zone's Secret."""
     directory = tmp_path_factory.mktemp("dnsbl-operator")
     proc = OperatorProcess(crds, directory / "operator.log",
                            env={"SMTP_INFRA_FAKE_TIME_FILE": str(clock.path),
@@ -86,12 +87,18 @@ def cp(crds: Any, clock: TestClock, knot: DnsblKnot, tmp_path_factory: pytest.Te
                  f"--from-literal=key={QUERY_KEY}", check=False)
     proc.start()
     try:
-        yield crds
+        yield proc
     finally:
         crds.kubectl("delete", "ippool", POOL, "--wait=false", check=False)
         proc.stop()
         if proc.process and proc.process.returncode not in (0, -15):
             print(proc.log()[-5000:])
+
+
+@pytest.fixture(scope="module")
+def cp(operator_proc: OperatorProcess) -> Any:
+    """The control plane the operator works on."""
+    return operator_proc.cp
 
 
 def pool_manifest(resolver: str, **quarantine: Any) -> dict[str, Any]:
@@ -185,6 +192,21 @@ def test_error_and_broken_zones_never_quarantine_and_are_reported(cp: Any) -> No
                       ERRORS: ("Unknown", "Unusable"), EVERYTHING: ("Unknown", "Unusable"),
                       SILENT_ZONE: ("Unknown", "Unknown")}
     assert "BlocklistZoneUnusable" in {r for r, _ in events(cp)}
+
+
+def test_an_operator_restart_keeps_confirmed_listings(cp: Any, clock: TestClock,
+                                                      operator_proc: OperatorProcess) -> None:
+    before = get(cp, "ippool", POOL)
+    quarantined_events = [e for e in events(cp) if e[0] == "Quarantined"]
+    operator_proc.stop()
+    operator_proc.start()
+    clock.advance(timedelta(hours=1))
+    pool = pool_when(cp, lambda p: address(p, LISTED).get("lastCheck") == "2026-04-01T11:00:00Z",
+                     "a check by the restarted operator")
+    # still the same listing since the same time, still quarantined: nothing was forgotten
+    assert blocklist(pool, LISTED)[GOOD]["since"] == blocklist(before, LISTED)[GOOD]["since"]
+    assert address(pool, LISTED)["quarantined"] is True
+    assert [e for e in events(cp) if e[0] == "Quarantined"] == quarantined_events
 
 
 def test_delisted_address_is_released_after_release_after(cp: Any, knot: DnsblKnot, clock: TestClock) -> None:
