@@ -225,7 +225,7 @@ class AddressStatus(StatusModel):
     """namespace/server/replica using this address."""
     listings: Annotated[list[Annotated[str, Field(max_length=253)]], Field(json_schema_extra=SET_LIST)] = []
     """DNSBL zones whose listing of the address is confirmed and not yet released."""
-    blocklists: Annotated[list[BlocklistStatus], Field(json_schema_extra=map_list("zone"))] = []
+    blocklists: Annotated[list[BlocklistStatus], Field(json_schema_extra=map_list("zone"))] | None = None
     """The address in each zone: decided state, since when, the returned code, the last answer."""
     last_check: datetime | None = None
     """When the address was last looked up in the blocklists."""
