@@ -164,6 +164,8 @@ def test_a_listing_is_confirmed_then_quarantines(cp: Any, knot: DnsblKnot, clock
     pool = pool_when(cp, lambda p: address(p, LISTED).get("quarantined"), "the listed address quarantined")
     entry = address(pool, LISTED)
     assert entry["listings"] == [GOOD, KEYED]
+    assert entry["state"] == "Quarantined"  # in the same write as the decision
+    assert address(pool, CLEAN_ADDR)["state"] == "Warm"
     assert blocklist(pool, LISTED)[GOOD] | {"since": None} == {
         "zone": GOOD, "state": "Listed", "code": "127.0.0.3", "result": "Listed", "since": None}
     assert blocklist(pool, LISTED)[GOOD]["since"] == "2026-04-01T10:00:00Z"
@@ -220,6 +222,7 @@ def test_delisted_address_is_released_after_release_after(cp: Any, knot: DnsblKn
     clock.advance(timedelta(hours=2))
     pool = pool_when(cp, lambda p: not address(p, LISTED).get("quarantined"), "the address released")
     assert blocklist(pool, LISTED)[GOOD]["state"] == "Clean" and address(pool, LISTED)["listings"] == []
+    assert address(pool, LISTED)["state"] == "Warm"
     degraded = condition(pool, "Degraded")
     assert degraded is not None and degraded["status"] == "False"
     wait_for(lambda: {"Delisted", "QuarantineReleased"} <= {r for r, _ in events(cp)}, timeout=60,
