@@ -15,6 +15,7 @@ from typing import Any
 from smtpinfra_api.meta import parse_duration
 from smtpinfra_api.v1alpha1 import DkimKey, MailboxProvider, ShapingRule, SmtpServerSpec, TenantSpec
 from smtpinfra_mta.config import MtaConfig, dump_config, parse_config
+from smtpinfra_mta.config import Tenant as MtaTenant
 
 from ..dns.records import inputs_from_spec, mta_sts_policy_text
 
@@ -51,6 +52,13 @@ class ServedTenant:
     spec: TenantSpec
     pool: str
     """The IpPool its mail leaves from (its dedicated pool, or the server's first pool)."""
+    suspended_reason: str = ""
+    """Why the operator suspended the tenant (its complaint or bounce rate); empty: not suspended by it."""
+
+    @property
+    def suspended(self) -> bool:
+        """Suspended by its spec, or by the operator for its rates (`campaigns.suspension`)."""
+        return self.spec.suspended or bool(self.suspended_reason)
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,17 @@ def _quotas(t: ServedTenant, replicas: int, ordinal: int) -> dict[str, int | Non
     return out
 
 
+def _suspension_fields(t: ServedTenant) -> dict[str, Any]:
+    """The reason the MTA quotes in its 550 and the window it counts rates over (when its config has them)."""
+    fields = MtaTenant.model_fields
+    out: dict[str, Any] = {}
+    if "suspended_reason" in fields and t.suspended:
+        out["suspended_reason"] = t.suspended_reason or "suspended by the platform (spec.suspended)"
+    if "suspension_window" in fields:
+        out["suspension_window"] = parse_duration(t.spec.suspension.window)
+    return out
+
+
 def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
     """The MTA config of one replica (validated by the MTA's own model)."""
     spec = inputs.spec
@@ -227,7 +246,8 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
                 "credentials_file": str(credentials_path(t.name)),
                 "sender_domains": list(t.spec.sender_domains),
                 "quotas": _quotas(t, spec.replicas, ordinal),
-                "suspended": t.spec.suspended,
+                "suspended": t.suspended,
+                **_suspension_fields(t),
                 "pool": t.pool,
             }
             for t in inputs.tenants
