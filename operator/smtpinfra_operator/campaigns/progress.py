@@ -168,7 +168,10 @@ class Verdict:
 
 
 def decide(f: Facts) -> Verdict:
-    """The phase, in order of precedence: Completed (sticky), Failed, Scheduled, Paused, Completed, Sending, Pending."""
+    """The phase, in order of precedence: Completed (sticky), Failed, Scheduled, Completed, Paused, Sending, Pending.
+
+    A campaign whose every recipient has a final outcome is Completed even while suspended: nothing is left to pause.
+    """
     c = counters(f.progress, f.outcomes)
     done_msg = f"{final(c)} of {c['total']} recipients have a final outcome"
     if f.previous_phase == "Completed":
@@ -188,14 +191,14 @@ def decide(f: Facts) -> Verdict:
     if f.start_time is not None and f.now < f.start_time and not f.job.exists:
         return Verdict("Scheduled", "False", "Scheduled", f"starts at {f.start_time.isoformat()}", c,
                        reconciling=True)
+    if complete(f.progress, c):
+        return Verdict("Completed", "True", "Completed", done_msg, c, start_job=True)
     if f.tenant_suspended:
         return Verdict("Paused", "False", "TenantSuspended", f"the tenant is suspended: {f.tenant_suspended}", c,
                        start_job=True, pause_job=True, paused_reason="TenantSuspended")
     if f.suspend:
         return Verdict("Paused", "False", "Suspended", "paused by spec.suspend; set it to false to resume", c,
                        start_job=True, pause_job=True, paused_reason="Suspended")
-    if complete(f.progress, c):
-        return Verdict("Completed", "True", "Completed", done_msg, c, start_job=True)
     if f.job.exists:
         waiting = f.progress is not None and f.progress.done
         message = (f"all submitted; waiting for final outcomes: {done_msg}, {c['deferred']} deferred" if waiting
