@@ -23,6 +23,7 @@ from smtpinfra_api.meta import API_VERSION, GROUP
 from smtpinfra_api.v1alpha1 import CampaignSpec, SmtpServerSpec
 
 from ..builders.tenant import CREDENTIALS_SECRET
+from ..builders.workload import submission_service_name
 
 LEDGER_DIR = PurePosixPath("/var/lib/smtp-infra/campaign")
 LEDGER_URL = f"sqlite:///{LEDGER_DIR}/ledger.db"
@@ -133,8 +134,6 @@ def _meta(name: str, campaign: CampaignRef) -> dict[str, Any]:
 
 def submission_endpoint(server: ServerRef) -> tuple[str, int, str]:
     """(host, port, SMTP_TLS) of the server's submission Service: STARTTLS on 587, else implicit TLS."""
-    from ..builders.workload import submission_service_name
-
     host = f"{submission_service_name(server.name)}.{server.namespace}.svc"
     listeners = server.spec.listeners
     if listeners.submission.enabled:
