@@ -10,6 +10,8 @@ the counters through the same decision (tests/operator/test_campaign_decisions.p
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,10 +44,12 @@ def operator(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Op
 
 
 @pytest.fixture(scope="module")
-def cluster(operator: OperatorProcess) -> Iterator[Any]:
+def cluster(operator: OperatorProcess, tls_files: tuple[Any, Any]) -> Iterator[Any]:
     """A tenant, a server for it (its pods need not run) and a recipient list in the tenant's namespace."""
     cp = operator.cp
     cp.kubectl("create", "namespace", SERVER_NS, check=False)
+    cert, key = tls_files
+    cp.kubectl("-n", SERVER_NS, "create", "secret", "tls", "cmp-tls", f"--cert={cert}", f"--key={key}", check=False)
     apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "IpPool", "metadata": {"name": "cmp-pool"},
                "spec": {"addresses": ["127.0.31.1"], "ptrTemplate": "mta-{index}.cmp.example.test"}})
     apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "Tenant",
@@ -217,3 +221,22 @@ def test_sender_domain_outside_the_tenant_is_refused(cluster: Any) -> None:
     assert "bank.example.test" in condition(obj, "Ready")["message"]
     assert find(cp, "job", build.job_name("forged"), TENANT_NS) is None
     cp.kubectl("delete", "campaign", "forged", "-n", TENANT_NS, "--wait=false")
+
+
+def test_erase_names_every_pod_that_did_not_confirm(cluster: Any) -> None:
+    """`smtp-infra tenant erase` reaches the MTA pods of the servers serving the tenant; one that does not run
+    (here: never started) is named and the command fails, so the erasure is run again."""
+    cp = cluster
+    wait_for(lambda: find(cp, "pod", "cmp-out-0", SERVER_NS), timeout=120, what="the server's pod")
+
+    def erase(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "smtpinfra_cli", "tenant", "erase", *args, "--kubeconfig",
+                               str(cp.kubeconfig)], capture_output=True, text=True, timeout=120, check=False)
+
+    result = erase(TENANT, "ann@rcpt.example.test")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"NOT erased on {SERVER_NS}/cmp-out-0: not running" in result.stderr
+    missing = erase("no-such-tenant", "ann@rcpt.example.test")
+    assert missing.returncode == 1 and "Tenant no-such-tenant not found" in missing.stderr
+    bad = erase(TENANT, "ann@rcpt.example.test\r\nRCPT TO:<x@y>")
+    assert bad.returncode == 2 and "not an address" in bad.stderr
