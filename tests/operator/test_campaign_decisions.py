@@ -207,3 +207,31 @@ def test_assess_reads_the_condition_and_the_lift_annotation() -> None:
     body["metadata"]["annotations"][LIFT_ANNOTATION] = "2026-12-01T11:30:00Z"
     decision, condition = assess(body, THRESHOLDS, pods, NOW)
     assert not decision.suspended and condition[1] == "False"
+
+
+def test_campaign_outcomes_come_from_the_delivery_process_when_the_pod_splits_them() -> None:
+    """The pods run accepting and delivering as two processes; /stats of the delivering one has `campaigns`."""
+    import asyncio
+
+    from smtpinfra_operator.builders.mtaconfig import DELIVERY_HTTP_PORT, HTTP_PORT
+    from smtpinfra_operator.usage import read_pod_stats
+
+    answers: dict[int, dict[str, Any]] = {
+        HTTP_PORT: {"tenants": {"hour": "h"}, "campaigns": {}},
+        DELIVERY_HTTP_PORT: {"addresses": {}, "campaigns": {"ns/a": {"delivered": 2}}}}
+    asked: list[tuple[int, str | None]] = []
+
+    async def fetch(ip: str, port: int, token: str | None) -> dict[str, Any]:  # stands in for the pod's two ports
+        asked.append((port, token))
+        if port not in answers:
+            raise OSError("connection refused")
+        return answers[port]
+
+    tenants, _, campaigns = asyncio.run(read_pod_stats(fetch, "127.0.0.1", "t"))
+    assert tenants == {"hour": "h"} and campaigns == {"ns/a": {"delivered": 2}}
+    assert asked == [(HTTP_PORT, "t"), (DELIVERY_HTTP_PORT, "t")]
+    answers[HTTP_PORT] = {"tenants": {}, "addresses": {}, "campaigns": {"ns/a": {"delivered": 1}}}  # one process
+    assert asyncio.run(read_pod_stats(fetch, "127.0.0.1", "t"))[2] == {"ns/a": {"delivered": 1}}
+    answers[HTTP_PORT] = {"tenants": {}}
+    del answers[DELIVERY_HTTP_PORT]
+    assert asyncio.run(read_pod_stats(fetch, "127.0.0.1", "t"))[2] is None  # not read, never "no outcomes"

@@ -25,6 +25,11 @@ TLS_DIR = PurePosixPath("/etc/smtp-infra/tls")
 DKIM_DIR = PurePosixPath("/etc/smtp-infra/dkim")
 VERP_DIR = PurePosixPath("/etc/smtp-infra/verp")
 """The server's VERP key Secret (``builders/verp.py``): ``current`` signs, ``previous`` still verifies."""
+UNSUBSCRIBE_DIR = PurePosixPath("/etc/smtp-infra/unsubscribe")
+UNSUBSCRIBE_KEY_FILE = UNSUBSCRIBE_DIR / "key"
+"""The server's unsubscribe key Secret (``builders/unsubscribe.py``): signs the campaigns' unsubscribe links."""
+ERASURE_SALT_FILE = UNSUBSCRIBE_DIR / "erasure-salt"
+"""From the same Secret: the secret every replica derives a tenant's erasure-hash salt from."""
 SPOOL_DIR = PurePosixPath("/var/spool/smtp-infra")
 STATS_TOKEN_FILE = PurePosixPath("/etc/smtp-infra/stats/token")
 """The bearer token /stats requires, mounted from the operator-managed `<server>-stats-token` Secret."""
@@ -210,7 +215,7 @@ def _suspension_fields(t: ServedTenant) -> dict[str, Any]:
     fields = MtaTenant.model_fields
     out: dict[str, Any] = {}
     if "suspended_reason" in fields and t.suspended:
-        out["suspended_reason"] = t.suspended_reason or "suspended by the platform (spec.suspended)"
+        out["suspended_reason"] = (t.suspended_reason or "suspended by the platform (spec.suspended)")[:300]
     if "suspension_window" in fields:
         out["suspension_window"] = parse_duration(t.spec.suspension.window)
     return out
@@ -276,6 +281,8 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
                     # the signing key first; "previous" exists only after a rotation
                     "verp_key_files": [str(VERP_DIR / "current"), str(VERP_DIR / "previous")]},
     }
+    if "unsubscribe" in MtaConfig.model_fields:  # the server's key Secret (builders/unsubscribe.py)
+        data["unsubscribe"] = {"keys": [str(UNSUBSCRIBE_KEY_FILE)], "erasure_salt_file": str(ERASURE_SALT_FILE)}
     if spec.tls is not None:
         data["tls"] = {"cert_file": str(TLS_DIR / "tls.crt"), "key_file": str(TLS_DIR / "tls.key")}
     if spec.dns.mta_sts:

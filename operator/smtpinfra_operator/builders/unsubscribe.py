@@ -8,16 +8,17 @@ for the sender. Created once, never rewritten, like the VERP key.
 from __future__ import annotations
 
 import secrets
-from pathlib import PurePosixPath
 from typing import Any
 
+from .mtaconfig import ERASURE_SALT_FILE, UNSUBSCRIBE_DIR, UNSUBSCRIBE_KEY_FILE
+
+__all__ = ["ERASURE_SALT", "KEY", "UNSUBSCRIBE_DIR", "secret", "secret_name", "volume"]
 from .verp import Owner
 
-KEY = "key"
+KEY = UNSUBSCRIBE_KEY_FILE.name
+ERASURE_SALT = ERASURE_SALT_FILE.name
+"""A second secret in the same Secret: every replica derives the same per-tenant erasure-hash salt from it."""
 VOLUME = "unsubscribe"
-UNSUBSCRIBE_DIR = PurePosixPath("/etc/smtp-infra/unsubscribe")
-KEY_FILE = UNSUBSCRIBE_DIR / KEY
-"""Where the MTA pods read the key (the config's `unsubscribe.keys`)."""
 
 
 def secret_name(server: str) -> str:
@@ -32,7 +33,8 @@ def new_key() -> str:
 def secret(owner: Owner, labels: dict[str, str], key: str) -> dict[str, Any]:
     meta = {"name": secret_name(owner.name), "namespace": owner.namespace, "labels": labels,
             "ownerReferences": [owner.reference()]}
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta, "stringData": {KEY: key}}
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta,
+            "stringData": {KEY: key, ERASURE_SALT: secrets.token_hex(32)}}
 
 
 def volume(server: str) -> tuple[dict[str, Any], dict[str, Any]]:
