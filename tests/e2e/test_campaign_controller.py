@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from smtpinfra_operator.campaigns import job as build
+from smtpinfra_operator.campaigns.erasure import REQUEST_LABEL, STATUS_ANNOTATION
 from smtpinfra_operator.campaigns.progress import PROGRESS_ANNOTATION
 from tests.kube import OperatorProcess, apply, condition, find, get, operator_kubeconfig, wait_for
 
@@ -240,3 +241,14 @@ def test_erase_names_every_pod_that_did_not_confirm(cluster: Any) -> None:
     assert missing.returncode == 1 and "Tenant no-such-tenant not found" in missing.stderr
     bad = erase(TENANT, "ann@rcpt.example.test\r\nRCPT TO:<x@y>")
     assert bad.returncode == 2 and "not an address" in bad.stderr
+
+    # Declaratively: a labelled Secret in the tenant's namespace; kept (with its addresses) while a pod has
+    # not confirmed, the status annotation naming it.
+    apply(cp, {"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "erase-ann", "namespace": TENANT_NS, "labels": {REQUEST_LABEL: "gdpr-42"}},
+               "stringData": {"addresses": "ann@rcpt.example.test\n"}})
+    noted = wait_for(lambda: (s := find(cp, "secret", "erase-ann", TENANT_NS)) and
+                     (s["metadata"].get("annotations") or {}).get(STATUS_ANNOTATION) and s, timeout=60,
+                     what="erasure request processed")
+    assert f"not confirmed by {SERVER_NS}/cmp-out-0" in noted["metadata"]["annotations"][STATUS_ANNOTATION]
+    assert noted["data"]["addresses"]  # nothing emptied before every pod erased the address

@@ -221,3 +221,21 @@ def test_metrics_register_on_the_given_registry() -> None:
     metrics.forget_campaign("tenant-acme", "november", ["delivered", "deferred"])
     assert value("smtpinfra_operator_campaign_recipients",
                  {"namespace": "tenant-acme", "campaign": "november", "outcome": "delivered"}) is None
+
+
+def test_erasure_request_secret_is_read_and_emptied_only_when_every_pod_confirmed() -> None:
+    import base64
+
+    from smtpinfra_operator.campaigns.erasure import ErasureReport, erase_request, request_patch, requested_addresses
+
+    raw = base64.b64encode(b"ann@x.test\n\nbob@x.test\nann@x.test\nnot an address\n").decode()
+    assert requested_addresses({"data": {"addresses": raw}}) == ["ann@x.test", "bob@x.test"]
+    assert requested_addresses({"data": {}}) == []
+    assert erase_request("acme", " ann@x.test ") == b'{"tenant": "acme", "address": "ann@x.test"}'
+    done = request_patch([ErasureReport(erased=["m/a-0", "m/a-1"])], "T")
+    assert done == {"metadata": {"annotations": {"smtpinfra.com/erasure-status": "erased T"}},
+                    "data": {"addresses": None}}
+    partial = request_patch([ErasureReport(erased=["m/a-0"], failed={"m/a-1": "unreachable"})], "T")
+    assert "data" not in partial  # the addresses stay until every pod erased them
+    assert partial["metadata"]["annotations"]["smtpinfra.com/erasure-status"] == "pending T: not confirmed by m/a-1"
+    assert "data" not in request_patch([ErasureReport()], "T")  # no pod at all confirmed nothing

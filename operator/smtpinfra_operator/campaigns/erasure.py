@@ -4,6 +4,12 @@ Each MTA pod's erase endpoint (`POST /erase` on its HTTP port, the /stats bearer
 address from the pod's suppression list, keeping only the salted hash (`sha256:…`) so the address
 is never mailed again, and from what the pod keeps of it. `erase_request` is the request body (pure);
 `erase` finds the pods and calls each one, reporting every pod that did not confirm.
+
+Declaratively: a Secret in the tenant's namespace labelled `smtpinfra.com/erasure-request` (any value)
+with the addresses one per line under the key `addresses`. The resync erases them on every pod; once
+every pod confirmed, the operator empties the Secret (the addresses are personal data too) and notes
+`smtpinfra.com/erasure-status: erased <time>`; until then it notes which pods have not confirmed and
+tries again. A Secret, not the Tenant, so the addresses never sit in a cluster-scoped object's spec.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from ..builders import workload
 from ..builders.mtaconfig import HTTP_PORT
 
 ERASE_PATH = "/erase"
+REQUEST_LABEL = "smtpinfra.com/erasure-request"
+STATUS_ANNOTATION = "smtpinfra.com/erasure-status"
+ADDRESSES_KEY = "addresses"
 TIMEOUT = 10.0
 
 
@@ -91,3 +100,36 @@ async def erase(tenant: str, address: str) -> ErasureReport:
         else:
             report.failed[name] = f"answered {answer!r}"
     return report
+
+
+def requested_addresses(secret: Mapping[str, Any]) -> list[str]:
+    """The addresses an erasure-request Secret holds (pure): one per line, blank lines and duplicates dropped."""
+    raw = (secret.get("data") or {}).get(ADDRESSES_KEY)
+    if not raw:
+        return []
+    text = base64.b64decode(raw).decode("utf-8", errors="replace")
+    return list(dict.fromkeys(line.strip() for line in text.splitlines() if "@" in line))
+
+
+def request_patch(reports: list[ErasureReport], now: str) -> dict[str, Any]:
+    """The merge patch for an erasure-request Secret after one round (pure): emptied once every pod confirmed."""
+    failed = sorted({pod for r in reports for pod in r.failed})
+    if failed or not any(r.erased for r in reports):
+        waiting = ", ".join(failed[:5]) or "no running MTA pod serves the tenant"
+        return {"metadata": {"annotations": {STATUS_ANNOTATION: f"pending {now}: not confirmed by {waiting}"}}}
+    return {"metadata": {"annotations": {STATUS_ANNOTATION: f"erased {now}"}}, "data": {ADDRESSES_KEY: None}}
+
+
+async def process_requests(tenant_namespaces: Mapping[str, str], now: str) -> None:
+    """One round over every erasure-request Secret of a known tenant's namespace (the resync calls it)."""
+    owners = {namespace: tenant for tenant, namespace in tenant_namespaces.items()}
+    for secret in await kube.list_objects("v1", "Secret", label_selector=REQUEST_LABEL):
+        meta = secret["metadata"]
+        tenant = owners.get(meta["namespace"])
+        addresses = requested_addresses(secret)
+        if tenant is None or not addresses:
+            continue
+        reports = [await erase(tenant, address) for address in addresses]
+        path = kube._path("v1", "Secret", meta["namespace"], meta["name"])  # the module's own path rule
+        await asyncio.to_thread(kube.request, "PATCH", path, body=request_patch(reports, now),
+                                content_type="application/merge-patch+json")

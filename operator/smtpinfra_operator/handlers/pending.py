@@ -7,6 +7,8 @@ Events only put (namespace, name) on the queue; the periodic resync kicks every 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -14,19 +16,23 @@ from typing import Any
 
 import kopf
 from prometheus_client import REGISTRY
+from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Campaign, TenantSpec
 
 from .. import kube, usage
+from ..builders.tenant import namespace_name
+from ..campaigns import erasure, suspension
 from ..campaigns import job as build
-from ..campaigns import suspension
 from ..campaigns.api import ClusterApi
 from ..campaigns.controller import CampaignController, Key
 from ..campaigns.metrics import CampaignMetrics
+from ..conditions import now_rfc3339
 from ..kicker import Kicker
 from ..statuswriter import post_event_soon
 
+log = logging.getLogger(__name__)
 metrics = CampaignMetrics(REGISTRY)
 controller = CampaignController(ClusterApi(), settings=build.settings_from_env(os.environ), metrics=metrics)
 campaign_kicker: Kicker[Key] = Kicker(controller.reconcile)
@@ -47,9 +53,20 @@ async def on_sender_job_event(namespace: str | None, labels: Mapping[str, str], 
 
 
 async def kick_all(background: bool = True) -> None:
-    """Re-derive every Campaign (the resync)."""
+    """Re-derive every Campaign (the resync), and carry out the erasure requests of the tenants' namespaces."""
     for body in await kube.list_objects(API_VERSION, "Campaign"):
         campaign_kicker.kick((body["metadata"]["namespace"], body["metadata"]["name"]), background=background)
+    namespaces = {}
+    for tenant in await kube.list_cached(API_VERSION, "Tenant"):
+        with contextlib.suppress(ValidationError):
+            spec = TenantSpec.model_validate(tenant.get("spec") or {})
+            namespaces[tenant["metadata"]["name"]] = namespace_name(tenant["metadata"]["name"], spec)
+    try:
+        await erasure.process_requests(namespaces, now_rfc3339())
+    except kube.Paused:
+        raise
+    except Exception:  # one round failing (a pod list, a patch) is tried again next resync
+        log.exception("erasure requests failed; the next resync tries again")
 
 
 # --- tenant suspension (called by the Tenant's reconcile) -----------------------------------------
@@ -77,8 +94,6 @@ async def tenant_assessed(body: Mapping[str, Any], spec: TenantSpec, condition: 
     if was == now:
         return False
     post_event_soon(body, "Warning" if now else "Normal", "Suspended" if now else "SuspensionLifted", condition[3])
-    from ..builders.tenant import namespace_name
-
     for campaign in await kube.list_objects(API_VERSION, "Campaign", namespace_name(name, spec)):
         if campaign["spec"].get("tenant") == name:
             campaign_kicker.kick((campaign["metadata"]["namespace"], campaign["metadata"]["name"]))
