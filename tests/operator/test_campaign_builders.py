@@ -205,8 +205,11 @@ def test_a_tenant_suspended_for_its_rates_is_suspended_in_the_mta_config() -> No
     config = parse_config(replica_config(inputs, 0).model_dump(mode="json"))
     tenants = {t.name: t for t in config.tenants}
     assert tenants["acme"].suspended and not tenants["other"].suspended
-    if "suspended_reason" in type(tenants["acme"]).model_fields:  # the MTA quotes it in its 550
-        assert tenants["acme"].model_dump()["suspended_reason"] == "complaint rate 1.00%"
+    assert tenants["acme"].suspended_reason == "complaint rate 1.00%"  # the MTA quotes it in its 550
+    assert tenants["other"].suspended_reason == ""
+    assert tenants["acme"].suspension_window == 86400
+    assert [str(k) for k in config.unsubscribe.keys] == ["/etc/smtp-infra/unsubscribe/key"]
+    assert str(config.unsubscribe.erasure_salt_file) == "/etc/smtp-infra/unsubscribe/erasure-salt"
 
 
 def test_metrics_register_on_the_given_registry() -> None:

@@ -15,7 +15,6 @@ from typing import Any
 from smtpinfra_api.meta import parse_duration
 from smtpinfra_api.v1alpha1 import DkimKey, MailboxProvider, ShapingRule, SmtpServerSpec, TenantSpec
 from smtpinfra_mta.config import MtaConfig, dump_config, parse_config
-from smtpinfra_mta.config import Tenant as MtaTenant
 
 from ..dns.records import inputs_from_spec, mta_sts_policy_text
 
@@ -211,13 +210,10 @@ def _quotas(t: ServedTenant, replicas: int, ordinal: int) -> dict[str, int | Non
 
 
 def _suspension_fields(t: ServedTenant) -> dict[str, Any]:
-    """The reason the MTA quotes in its 550 and the window it counts rates over (when its config has them)."""
-    fields = MtaTenant.model_fields
-    out: dict[str, Any] = {}
-    if "suspended_reason" in fields and t.suspended:
+    """The reason the MTA quotes in its 550, and the window it counts the tenant's rates over."""
+    out: dict[str, Any] = {"suspension_window": parse_duration(t.spec.suspension.window)}
+    if t.suspended:
         out["suspended_reason"] = (t.suspended_reason or "suspended by the platform (spec.suspended)")[:300]
-    if "suspension_window" in fields:
-        out["suspension_window"] = parse_duration(t.spec.suspension.window)
     return out
 
 
@@ -281,8 +277,8 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
                     # the signing key first; "previous" exists only after a rotation
                     "verp_key_files": [str(VERP_DIR / "current"), str(VERP_DIR / "previous")]},
     }
-    if "unsubscribe" in MtaConfig.model_fields:  # the server's key Secret (builders/unsubscribe.py)
-        data["unsubscribe"] = {"keys": [str(UNSUBSCRIBE_KEY_FILE)], "erasure_salt_file": str(ERASURE_SALT_FILE)}
+    # the server's unsubscribe Secret (builders/unsubscribe.py): link key, erasure salt shared by the replicas
+    data["unsubscribe"] = {"keys": [str(UNSUBSCRIBE_KEY_FILE)], "erasure_salt_file": str(ERASURE_SALT_FILE)}
     if spec.tls is not None:
         data["tls"] = {"cert_file": str(TLS_DIR / "tls.crt"), "key_file": str(TLS_DIR / "tls.key")}
     if spec.dns.mta_sts:
