@@ -18,7 +18,7 @@ import pytest
 from smtpinfra_mta.campaign_contract import feedback_id
 from smtpinfra_operator.campaigns import job as build
 from smtpinfra_operator.campaigns.progress import PROGRESS_ANNOTATION
-from tests.e2e.common import NS, RCPT_DOMAIN, SENDER_DOMAIN
+from tests.e2e.common import NS, RCPT_DOMAIN, SENDER_DOMAIN, SINK_ADDR
 from tests.e2e.test_smtpserver import pods, server_manifest, tenant_password
 from tests.kube import OperatorProcess, apply, condition, find, operator_kubeconfig, wait_for
 
@@ -52,7 +52,7 @@ def submit(ip: str, password: str, to: str, campaign: str) -> subprocess.Complet
 
 def test_counters_follow_the_mta_and_completion_waits_for_delivery(platform, knot, sink_factory):
     cp = platform
-    sink = sink_factory()
+    sink = sink_factory(addr=SINK_ADDR)
     apply(cp, server_manifest("cmpmta", knot, sink.port, replicas=1))
     result = cp.kubectl("-n", NS, "wait", "--for=condition=Ready", "smtpserver/cmpmta", "--timeout=120s", check=False)
     assert result.returncode == 0, result.stderr
