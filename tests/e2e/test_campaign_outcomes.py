@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,6 +91,13 @@ def test_counters_follow_the_mta_and_completion_waits_for_delivery(platform, kno
         counters = done["status"]["counters"]
         assert (counters["delivered"], counters["sent"], counters["deferred"], counters["total"]) == (2, 2, 0, 2)
         assert done["status"]["progress"] == "100%" and condition(done, "Ready")["status"] == "True"
+
+        # GDPR erasure through the pod's own endpoint (its /stats token), confirmed by the one running pod.
+        erased = subprocess.run([sys.executable, "-m", "smtpinfra_cli", "tenant", "erase", TENANT, recipients[0],
+                                 "--kubeconfig", str(cp.kubeconfig)], capture_output=True, text=True, timeout=120,
+                                check=False)
+        assert erased.returncode == 0, erased.stdout + erased.stderr
+        assert f"erased on {NS}/cmpmta-0" in erased.stdout
     finally:
         cp.kubectl("-n", TENANT_NS, "delete", "campaign", "outcomes", "--wait=false", check=False)
         cp.kubectl("-n", NS, "delete", "smtpserver", "cmpmta", "--wait=false", check=False)
