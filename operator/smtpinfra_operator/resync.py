@@ -50,6 +50,9 @@ async def resync_once(spread: float = 0.0) -> None:
         key = (server["metadata"]["namespace"], server["metadata"]["name"])
         if wants_resync(key, time.monotonic()):
             kicks.append(functools.partial(server_kicker.kick, key, background=True))
+    from .handlers.pending import kick_all as kick_campaigns
+
+    await kick_campaigns()  # background kicks, after the tenants (whose suspension a campaign reads)
     pause = spread / len(kicks) if kicks else 0.0
     for kick in kicks:
         kick()

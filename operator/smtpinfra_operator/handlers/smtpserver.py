@@ -33,10 +33,11 @@ from smtpinfra_mta.config import ConfigError
 
 from .. import kube, tenancy
 from ..builders import tenant as tenant_build
-from ..builders import verp, workload
+from ..builders import unsubscribe, verp, workload
 from ..builders.assignment import ReplicaKey
 from ..builders.keys import generate_dkim_key
 from ..builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress, config_map_data, content_hash
+from ..campaigns.suspension import suspended_reason
 from ..conditions import FALSE, TRUE, UNKNOWN, Outcome
 from ..kicker import Kicker, Locks
 from ..settings import FULL_RESYNC_SECONDS
@@ -130,7 +131,8 @@ async def _gather_tenants(spec: SmtpServerSpec) -> tuple[list[ServedTenant], dic
         checked = tenancy.check_credentials(name, secret)
         if checked.line is None:
             continue
-        served.append(ServedTenant(name=name, spec=tspec, pool=tspec.ip_pool or spec.ip_pools[0]))
+        served.append(ServedTenant(name=name, spec=tspec, pool=tspec.ip_pool or spec.ip_pools[0],
+                                   suspended_reason=suspended_reason(body)))
         credentials[name] = checked.line
     return served, credentials, conflicts
 
@@ -188,6 +190,10 @@ async def _ensure_verp(owner: workload.Owner) -> None:
     if await kube.get_known("v1", "Secret", name, owner.namespace) is None and \
             await kube.create(verp.secret(owner, workload.labels(owner.name), verp.new_key())) is None:
         log.info("generated VERP key Secret %s/%s", owner.namespace, name)
+    name = unsubscribe.secret_name(owner.name)  # the same once-only rule for the unsubscribe key
+    if await kube.get_known("v1", "Secret", name, owner.namespace) is None and \
+            await kube.create(unsubscribe.secret(owner, workload.labels(owner.name), unsubscribe.new_key())) is None:
+        log.info("generated unsubscribe key Secret %s/%s", owner.namespace, name)
 
 
 async def gather(owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:

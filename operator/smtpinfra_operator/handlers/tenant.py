@@ -19,6 +19,7 @@ from ..builders.keys import generate_password
 from ..conditions import FALSE, TRUE, Outcome, get_condition
 from ..kicker import Kicker, Locks
 from ..statuswriter import publish
+from . import pending as campaigns
 
 log = logging.getLogger(__name__)
 _locks: Locks[str] = Locks()
@@ -122,23 +123,29 @@ async def reconcile_tenant(name: str, seen: Mapping[str, Any] | None = None) -> 
                                   "state": "Suspended" if spec.suspended else "Active"}
         tenant_usage = usage.tenant_usage(name, body["metadata"].get("labels") or {}, spec, usage.latest(),
                                           status.get("usage"))
+        rates, suspended = campaigns.assess_tenant(body, spec)
+        if suspended[1] == TRUE:
+            fields["state"] = "Suspended"
         if tenant_usage is not None:
-            fields["usage"] = tenant_usage
+            fields["usage"] = {**tenant_usage, **rates}
         if credentials.problem is not None:
             outcome = Outcome(ready=FALSE, reason=credentials.problem.reason, stalled=True, fields=fields,
-                              message=f"not served: {credentials.problem.message}", extra_conditions=(exclusive,))
+                              message=f"not served: {credentials.problem.message}",
+                              extra_conditions=(exclusive, suspended))
         elif domains.with_older:
             outcome = Outcome(ready=FALSE, reason="SenderDomainConflict", stalled=True, fields=fields,
                               message="not served: " + tenancy.describe_overlaps(domains.with_older),
-                              extra_conditions=(exclusive,))
+                              extra_conditions=(exclusive, suspended))
         else:
             message = (f"Namespace {namespace} and Secret {build.CREDENTIALS_SECRET} ready"
                        + ("; the tenant is suspended" if spec.suspended else "")
                        + ("; newer tenants are refused: " + tenancy.describe_overlaps(domains.with_newer)
                           if domains.with_newer else ""))
             outcome = Outcome(ready=TRUE, reason="CredentialsReady", message=message, fields=fields,
-                              extra_conditions=(exclusive,))
+                              extra_conditions=(exclusive, suspended))
         await _publish(body, outcome)
+        if await campaigns.tenant_assessed(body, spec, suspended):
+            await _kick_servers(body["metadata"].get("labels"))  # the MTA refuses (or serves again) its mail
 
 
 SENDER_DOMAINS_EXCLUSIVE = "SenderDomainsExclusive"
