@@ -35,6 +35,7 @@ LAZY_APPS: dict[str, LazyApp] = {
     "mta": LazyApp("smtpinfra_mta.cli", "mta", "The smtp-infra MTA."),
     "testenv": LazyApp("smtpinfra_testenv.cli", "testenv", "The local control plane."),
     "verp": LazyApp("smtpinfra_cli.verp", "operator", "VERP return-path keys of SmtpServers."),
+    "tenant": LazyApp("smtpinfra_cli.tenant", "operator", "Tenants: GDPR erasure of an address."),
     "report": LazyApp("smtpinfra_cli.report.cli", "operator",
                       "A summary of the cluster's smtp-infra resources and MTAs."),
 }

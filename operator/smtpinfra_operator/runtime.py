@@ -11,25 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import kopf
 from prometheus_client import CollectorRegistry
 
 from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
-from smtpinfra_api.v1alpha1 import IpPool, SmtpServer, Tenant, WarmupPlan
+from smtpinfra_api.v1alpha1 import Campaign, IpPool, SmtpServer, Tenant, WarmupPlan
 
+from .campaigns import job as campaign_job
 from .controller import Clock, Deps
+from .controllers.campaign import CampaignQueue
 from .controllers.dns import DnsPublisher, uses_rfc2136
 from .controllers.ippool import IpPoolController
-from .controllers.pending import PENDING_KINDS, PendingController
 from .controllers.smtpserver import SmtpServerController
 from .controllers.tenant import TenantController
 from .controllers.warmupplan import WarmupPlanController
 from .kubeapi import KubeApi, ModuleKube
 from .metrics import RuntimeMetrics
 from .peering import PEERING_GROUP, Gate, Peering
+from .reputation.dnsbl_kube import monitor as dnsbl_monitor
+from .reputation.warmup_status import wall_now
 from .resync import Resync, Source
 from .settings import RESYNC_SECONDS
 from .statuswriter import StatusWriter
@@ -46,7 +49,7 @@ class Runtime:
                  resync_seconds: float = RESYNC_SECONDS) -> None:
         self.kube = kube or ModuleKube()
         self.gate = Gate(peering)
-        self.clock = clock or Clock()
+        self.clock = clock or Clock(now=wall_now)  # the MTAs' clock too (SMTP_INFRA_FAKE_TIME_FILE in tests)
         self.metrics_registry = metrics_registry or CollectorRegistry()
         self.metrics = RuntimeMetrics(self.metrics_registry)
         self.metrics.track_active(peering.name if peering else "", lambda: not self.gate.paused())
@@ -56,10 +59,14 @@ class Runtime:
         self.usage = UsageCollector(self.kube)
         self.plans = WarmupPlanController(deps)
         self.pools = IpPoolController(deps, usage=self.usage.latest)
+        self.blocklists = dnsbl_monitor(self.kube, self.status, self.gate.paused, self.pools.kick,
+                                        self.metrics_registry)
+        self.pools.attach_monitor(self.blocklists)
         self.dns = DnsPublisher(self.kube, self.status, self.clock.monotonic, self.pools.note_ptr_checks)
         self.servers = SmtpServerController(deps, self.pools, self.dns)
-        self.tenants = TenantController(deps, kick_server=self.servers.kick, usage=self.usage.latest)
-        self.pending = PendingController(deps)
+        self.campaigns = CampaignQueue(deps, self.usage, self.metrics_registry)
+        self.tenants = TenantController(deps, kick_server=self.servers.kick, usage=self.usage.latest,
+                                        campaigns=self.campaigns)
         self.resync = Resync(self._resync_sources(), paused=self.gate.paused, period=resync_seconds,
                              before=self.usage.collect)
         self.registry = kopf.OperatorRegistry()
@@ -91,7 +98,9 @@ class Runtime:
             return lambda key: queue.kick(key, background=True)
 
         return [Source(plans, background(self.plans)), Source(tenants, background(self.tenants)),
-                Source(pools, background(self.pools)), Source(servers, background(self.servers))]
+                Source(pools, background(self.pools)), Source(servers, background(self.servers)),
+                # after the tenants, whose suspension a campaign reads
+                Source(self.campaigns.resync_keys, background(self.campaigns))]
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -106,11 +115,13 @@ class Runtime:
             await self.kube.create_if_absent({"apiVersion": PEERING_GROUP, "kind": "ClusterKopfPeering",
                                               "metadata": {"name": self.gate.me.name}})
         self.servers.start_watches(asyncio.get_running_loop())
+        self.blocklists.start()
         self.resync.start()
 
-    def stop(self) -> None:
-        """Stop the resync (the queues' tasks end with the loop)."""
+    async def stop(self) -> None:
+        """Stop the resync and the blocklist monitor (the queues' tasks end with the loop)."""
         self.resync.stop()
+        await self.blocklists.stop()
 
     # -------------------------------------------------------------------- Kopf's watches
 
@@ -129,7 +140,7 @@ class Runtime:
 
         @kopf.on.cleanup(registry=registry, id="stop_runtime")
         async def stop(**_: Any) -> None:
-            self.stop()
+            await self.stop()
 
         @kopf.on.event(GROUP, VERSION, SmtpServer.plural, id="on_server", registry=registry)
         async def on_server(namespace: str | None, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
@@ -158,14 +169,14 @@ class Runtime:
             if type is not None:
                 await self.pools.plan_changed(name)
 
-        for kind in PENDING_KINDS:
-            async def observe(name: str, namespace: str | None, kind_name: str = kind.kind, **_: Any) -> None:
-                self.pending.kick((kind_name, namespace or "", name), delay=0.0)
+        @kopf.on.event(GROUP, VERSION, Campaign.plural, id="on_campaign", registry=registry)
+        async def on_campaign(name: str, namespace: str | None, **_: Any) -> None:
+            self.campaigns.kick((namespace or "", name), delay=0.0)
 
-            handler_id = f"observe-{kind.singular()}"
-            kopf.on.resume(GROUP, VERSION, kind.plural, id=handler_id, registry=registry)(observe)
-            kopf.on.create(GROUP, VERSION, kind.plural, id=handler_id, registry=registry)(observe)
-            kopf.on.update(GROUP, VERSION, kind.plural, field="spec", id=handler_id, registry=registry)(observe)
+        @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/component": campaign_job.COMPONENT},
+                       id="on_sender_job", registry=registry)
+        async def on_sender_job(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+            self.campaigns.on_job_event(namespace, labels)
 
     async def _on_pool(self, name: str, **_: Any) -> None:
         """A pool appeared, changed or went: re-assign (the servers follow its status)."""

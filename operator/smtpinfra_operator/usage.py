@@ -73,6 +73,9 @@ class PodReport:
     addresses: Mapping[str, Any] | None = None
     """The delivering process's /stats `addresses` (figures per source address, provider and day); None:
     not read."""
+    campaigns: Mapping[str, Any] | None = None
+    """The delivering process's /stats `campaigns`: {"<namespace>/<campaign>": {"accepted": n, "delivered": n,
+    ...}}; None: not read."""
 
 
 @dataclass(frozen=True)
@@ -189,27 +192,38 @@ async def fetch_stats(ip: str, port: int, token: str | None = None) -> Mapping[s
 
 async def read_pod(fetch: Fetch, ip: str, token: str | None,
                    pod: str = "") -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
-    """(tenants, addresses) of one pod's /stats; None for what could not be read.
+    """(tenants, addresses) of one pod's /stats; None for what could not be read (see `read_pod_stats`)."""
+    tenants, addresses, _ = await read_pod_stats(fetch, ip, token, pod)
+    return tenants, addresses
 
-    The per-address figures live in the delivering process: on the main port when the pod runs one
-    process, else on the delivery process's own port (the accepting process reports no "addresses").
+
+async def read_pod_stats(fetch: Fetch, ip: str, token: str | None, pod: str = "") -> tuple[
+        Mapping[str, Any] | None, Mapping[str, Any] | None, Mapping[str, Any] | None]:
+    """(tenants, addresses, campaigns) of one pod's /stats; None for what could not be read.
+
+    The per-address figures and the per-campaign outcomes live in the delivering process: on the main
+    port when the pod runs one process, else on the delivery process's own port (the accepting process
+    reports no "addresses" and no campaigns).
     """
     try:
         stats = await fetch(ip, HTTP_PORT, token)
     except (OSError, TimeoutError, ValueError) as error:
         log.debug("no stats from pod %s (%s): %s", pod, ip, error)
-        return None, None
+        return None, None, None
     tenants = stats.get("tenants")
     tenants = tenants if isinstance(tenants, Mapping) else {}
     addresses = stats.get("addresses")
     if isinstance(addresses, Mapping):
-        return tenants, addresses
+        campaigns = stats.get("campaigns")
+        return tenants, addresses, campaigns if isinstance(campaigns, Mapping) else {}
     try:
-        addresses = (await fetch(ip, DELIVERY_HTTP_PORT, token)).get("addresses")
+        delivery = await fetch(ip, DELIVERY_HTTP_PORT, token)
     except (OSError, TimeoutError, ValueError) as error:
         log.debug("no delivery stats from pod %s (%s): %s", pod, ip, error)
-        return tenants, None
-    return tenants, addresses if isinstance(addresses, Mapping) else {}
+        return tenants, None, None
+    addresses, campaigns = delivery.get("addresses"), delivery.get("campaigns")
+    return (tenants, addresses if isinstance(addresses, Mapping) else {},
+            campaigns if isinstance(campaigns, Mapping) else {})
 
 
 def _selection(server: Mapping[str, Any]) -> ServerSelection:
@@ -255,9 +269,14 @@ class UsageCollector:
 
         async def read(namespace: str, name: str, server: str, ip: str) -> PodReport:
             async with slots:
-                tenants, addresses = await read_pod(fetch, ip, tokens.get((namespace, server)), f"{namespace}/{name}")
-                return PodReport(namespace, name, server, tenants, addresses)
+                tenants, addresses, campaigns = await read_pod_stats(fetch, ip, tokens.get((namespace, server)),
+                                                                     f"{namespace}/{name}")
+                return PodReport(namespace, name, server, tenants, addresses, campaigns)
 
         reports = await asyncio.gather(*(read(*p) for p in pods))
         self._latest = Snapshot(at=now_rfc3339(), servers=servers, reports=tuple(reports))
         return self._latest
+
+    def campaign_stats(self) -> list[Mapping[str, Any] | None]:
+        """Each pod's `campaigns` object in the latest snapshot (None for a pod that did not answer)."""
+        return [r.campaigns for r in self._latest.reports] if self._latest is not None else []

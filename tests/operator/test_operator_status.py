@@ -109,16 +109,20 @@ def apply_examples(cp: Any) -> None:
                 apply(cp, copy.deepcopy(doc))
 
 
-def test_campaign_is_pending_with_observed_generation(operator):
-    """Campaigns are not reconciled yet: Ready=Unknown (Pending), honestly."""
+def test_campaign_is_reconciled_with_observed_generation(operator):
+    """The example Campaign gets its sender Job and an honest status: Sending, not Ready until every
+    recipient has a final outcome (the sender's pod does not run here)."""
     cp = operator.cp
     apply_examples(cp)
-    obj = wait_for(lambda: (o := get(cp, "campaign", "november-newsletter", "tenant-acme")) and ready(o) and o,
-                   what="Campaign status", timeout=60)
-    assert ready(obj)["status"] == "Unknown"
-    assert ready(obj)["reason"] == "Pending"
+    obj = wait_for(lambda: (o := get(cp, "campaign", "november-newsletter", "tenant-acme")) and ready(o) and
+                   (o.get("status") or {}).get("phase") == "Sending" and o, what="Campaign status", timeout=60)
+    assert ready(obj)["status"] == "False"
+    assert ready(obj)["reason"] == "Sending"
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     assert condition(obj, "Reconciling")["status"] == "True"
+    assert condition(obj, "TemplatesValid")["status"] == "True"
+    assert get(cp, "job", obj["status"]["jobName"], "tenant-acme")["metadata"]["ownerReferences"][0]["uid"] == \
+        obj["metadata"]["uid"]
 
 
 def test_missing_tls_secret_is_named_and_recovers(operator, tls_files):

@@ -47,7 +47,9 @@ def test_every_part_is_built_once_with_the_injected_client() -> None:
     kube = cast(KubeApi, fake)
     runtime = Runtime(None, kube=kube, metrics_registry=CollectorRegistry())
     assert runtime.servers.kube is kube and runtime.pools.kube is kube and runtime.tenants.kube is kube
-    assert runtime.plans.kube is kube and runtime.pending.kube is kube
+    assert runtime.plans.kube is kube and runtime.campaigns.kube is kube
+    assert runtime.campaigns.campaigns.api.kube is kube  # type: ignore[attr-defined]
+    assert runtime.pools.monitor is runtime.blocklists
     assert runtime.dns.kube is kube and runtime.usage.kube is kube and runtime.status.kube is kube
     assert runtime.servers.pools is runtime.pools and runtime.servers.dns is runtime.dns
     # Two runtimes share no state: each has its own queues and registry.

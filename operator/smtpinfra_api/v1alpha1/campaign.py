@@ -164,28 +164,31 @@ class CampaignSpec(ApiModel):
     """Pause submission; resume by setting it back to false."""
 
 
+# --- status (written only by the Campaign controller, smtpinfra_operator.campaigns) ---------------
+
+
 class CampaignPhase(StrEnum):
     """Lifecycle phase of a campaign."""
 
     PENDING = "Pending"
     SCHEDULED = "Scheduled"
-    RUNNING = "Running"
-    SUSPENDED = "Suspended"
+    SENDING = "Sending"
+    PAUSED = "Paused"
     COMPLETED = "Completed"
     FAILED = "Failed"
 
 
 class CampaignCounters(StatusModel):
-    """Message counters of the campaign."""
+    """Recipients of the campaign by outcome (from the sender's progress and the MTAs' per-campaign stats)."""
 
-    queued: Annotated[int, Field(ge=0)] = 0
-    """Submitted to the MTA."""
+    total: Annotated[int, Field(ge=0)] = 0
+    """Rows in the recipient list (valid or not)."""
     sent: Annotated[int, Field(ge=0)] = 0
-    """Handed to a remote MX."""
+    """Submitted to the MTA and acknowledged with 250."""
     delivered: Annotated[int, Field(ge=0)] = 0
     """Accepted by the remote MX."""
     deferred: Annotated[int, Field(ge=0)] = 0
-    """Temporarily refused, being retried."""
+    """Temporarily refused and still queued for a retry."""
     bounced: Annotated[int, Field(ge=0)] = 0
     """Permanently refused."""
     complained: Annotated[int, Field(ge=0)] = 0
@@ -194,6 +197,19 @@ class CampaignCounters(StatusModel):
     """Unsubscribed through the campaign's headers."""
     suppressed: Annotated[int, Field(ge=0)] = 0
     """Not sent because the recipient is on the suppression list."""
+    invalid: Annotated[int, Field(ge=0)] = 0
+    """Malformed rows, skipped."""
+    failed: Annotated[int, Field(ge=0)] = 0
+    """Given up: refused at submission, or expired in the MTA's queue."""
+
+
+class InvalidRow(StatusModel):
+    """A malformed recipient row."""
+
+    row: Annotated[int, Field(ge=0)]
+    """Row number in the list (1 is the first data row)."""
+    reason: Annotated[str, Field(max_length=512)]
+    """What is wrong with it."""
 
 
 class CampaignStatus(CommonStatus):
@@ -202,13 +218,17 @@ class CampaignStatus(CommonStatus):
     phase: CampaignPhase | None = None
     """Lifecycle phase."""
     counters: CampaignCounters | None = None
-    """Message counters."""
+    """Recipients by outcome."""
+    progress: Annotated[str, Field(max_length=8)] | None = None
+    """Recipients with a final outcome, in percent of the total (e.g. 42%)."""
     job_name: Annotated[str, Field(max_length=253)] | None = None
     """The Job that submits the messages."""
     started_at: datetime | None = None
-    """When submission started."""
+    """When the sender Job was created."""
     completed_at: datetime | None = None
-    """When the last message was submitted."""
+    """When every recipient had a final outcome (or the campaign failed)."""
+    invalid_rows: Annotated[list[InvalidRow], Field(max_length=20)] | None = None
+    """The first malformed rows the sender skipped."""
 
 
 class Campaign(Kind):
@@ -222,6 +242,8 @@ class Campaign(Kind):
     columns = [
         PrinterColumn(name="Tenant", type="string", json_path=".spec.tenant", description="Tenant"),
         PrinterColumn(name="Phase", type="string", json_path=".status.phase", description="Lifecycle phase"),
+        PrinterColumn(name="Progress", type="string", json_path=".status.progress",
+                      description="Recipients with a final outcome"),
         PrinterColumn(name="Sent", type="integer", json_path=".status.counters.sent", description="Sent"),
         PrinterColumn(name="Bounced", type="integer", json_path=".status.counters.bounced", priority=1,
                       description="Bounced"),

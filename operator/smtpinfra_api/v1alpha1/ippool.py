@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -14,20 +14,63 @@ from ..meta import (
     Duration,
     Fqdn,
     ObjectName,
+    SecretKeyReference,
     StatusModel,
     cel,
 )
 from .common import SET_LIST, map_list
 from .kind import AGE_COLUMN, Kind, PrinterColumn, ready_columns
 
+IPV4 = Annotated[str, Field(max_length=15, pattern=r"^([0-9]{1,3}\.){3}[0-9]{1,3}$")]
+
+_RESOLVER_RULE = (
+    "isIP(self)"
+    " || (self.matches('^[0-9.]+:[0-9]{1,5}$') && isIP(self.substring(0, self.indexOf(':'))))"
+    " || (self.matches('^\\\\[[0-9a-fA-F:.]+\\\\]:[0-9]{1,5}$') && isIP(self.substring(1, self.indexOf(']'))))"
+)
+
+
+class DnsblZoneSettings(ApiModel):
+    """Per-zone settings: a query key (keyed zones such as Spamhaus DQS) and extra error codes."""
+
+    zone: Fqdn
+    """The zone these settings apply to (one of spec.dnsbl.zones)."""
+    key_secret_ref: SecretKeyReference | None = None
+    """Secret key (in the operator's namespace) holding the zone's query key; queries then go to
+    <reversed address>.<key>.<zone>, as Spamhaus DQS expects."""
+    error_codes: Annotated[list[IPV4], Field(max_length=32, json_schema_extra=SET_LIST)] = []
+    """Answers that mean an error, never a listing, besides the ones known for the zone's operator
+    (Spamhaus: 127.255.255.252, .254, .255)."""
+
 
 class DnsblSpec(ApiModel):
     """DNS blocklists to check the pool's addresses against."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.zoneSettings) || self.zoneSettings.all(s, has(self.zones) && s.zone in self.zones)",
+                    "spec.dnsbl.zoneSettings: each zone must be listed in spec.dnsbl.zones",
+                ),
+            ]
+        }
+    }
 
     zones: Annotated[list[Fqdn], Field(max_length=50, json_schema_extra=SET_LIST)] = []
     """DNSBL zones, e.g. zen.spamhaus.org."""
     check_interval: Duration = "1h"
     """How often each address is checked."""
+    resolver: Annotated[str, Field(max_length=64, json_schema_extra={"x-kubernetes-validations": [
+        cel(_RESOLVER_RULE, "spec.dnsbl.resolver must be an IP address, address:port or [IPv6]:port")]})] | None = None
+    """The resolver to ask ("address", "address:port" or "[IPv6]:port"); the operator's system resolver
+    when unset. Blocklists refuse public resolvers: name one of your own."""
+    confirmations: Annotated[int, Field(ge=1, le=10)] = 2
+    """Consecutive checks that must find a listing before it counts (a flapping answer moves nothing)."""
+    query_timeout: Duration = "3s"
+    """How long one query may take before its answer counts as unknown."""
+    zone_settings: Annotated[list[DnsblZoneSettings], Field(max_length=50, json_schema_extra=map_list("zone"))] = []
+    """Per-zone query keys and error codes."""
 
 
 class QuarantinePolicy(ApiModel):
@@ -39,6 +82,8 @@ class QuarantinePolicy(ApiModel):
     """Number of zones that must list an address before it is quarantined."""
     release_after: Duration = "24h"
     """How long an address stays quarantined after its last listing disappears."""
+    zones: Annotated[list[Fqdn], Field(max_length=50, json_schema_extra=SET_LIST)] = []
+    """Zones whose listings quarantine an address; every zone of spec.dnsbl when empty."""
 
 
 class Overflow(StrEnum):
@@ -67,6 +112,11 @@ class IpPoolSpec(ApiModel):
                 cel(
                     "!has(self.warmupPlan) || self.warmupPlan != ''",
                     "spec.warmupPlan must name a WarmupPlan",
+                ),
+                cel(
+                    "!has(self.quarantine) || !has(self.quarantine.zones) || self.quarantine.zones.all(z, "
+                    "has(self.dnsbl) && has(self.dnsbl.zones) && z in self.dnsbl.zones)",
+                    "spec.quarantine.zones: each zone must be listed in spec.dnsbl.zones",
                 ),
             ]
         }
@@ -130,6 +180,38 @@ class GateVerdict(StatusModel):
     """Why, e.g. the gate that failed with its rate."""
 
 
+class BlocklistStatus(StatusModel):
+    """One address in one DNSBL zone."""
+
+    zone: Annotated[str, Field(max_length=253)]
+    """The DNSBL zone."""
+    state: Literal["Unknown", "Clean", "Pending", "Listed", "Releasing"]
+    """Decided state: Pending until confirmed, Releasing until the listing has been gone for releaseAfter."""
+    since: datetime | None = None
+    """When the address entered this state."""
+    code: Annotated[str, Field(max_length=45)] | None = None
+    """The zone's return code of the listing (or of the last error)."""
+    result: Literal["Listed", "NotListed", "Error", "Unknown", "Unusable"] | None = None
+    """What the last answer meant; Error and Unknown answers and Unusable zones move no state."""
+    message: Annotated[str, Field(max_length=1024)] | None = None
+    """Details of an error or unknown answer."""
+
+
+class BlocklistZoneStatus(StatusModel):
+    """One DNSBL zone's health as the pool's checks see it (RFC 5782 §5 self-test)."""
+
+    zone: Annotated[str, Field(max_length=253)]
+    """The DNSBL zone."""
+    usable: bool | None = None
+    """False when the zone fails its self-test (its answers are then ignored); unset when it could not be tested."""
+    reason: Annotated[str, Field(max_length=128)] | None = None
+    """SelfTestPassed, SelfTestFailed, SelfTestError, SelfTestNoAnswer or QueryKeyMissing."""
+    message: Annotated[str, Field(max_length=1024)] | None = None
+    """What the self-test found."""
+    last_test: datetime | None = None
+    """When the zone was last self-tested."""
+
+
 class AddressStatus(StatusModel):
     """The observed state of one pool address."""
 
@@ -142,7 +224,11 @@ class AddressStatus(StatusModel):
     assigned_to: Annotated[str, Field(max_length=512)] | None = None
     """namespace/server/replica using this address."""
     listings: Annotated[list[Annotated[str, Field(max_length=253)]], Field(json_schema_extra=SET_LIST)] = []
-    """DNSBL zones currently listing the address."""
+    """DNSBL zones whose listing of the address is confirmed and not yet released."""
+    blocklists: Annotated[list[BlocklistStatus], Field(json_schema_extra=map_list("zone"))] | None = None
+    """The address in each zone: decided state, since when, the returned code, the last answer."""
+    last_check: datetime | None = None
+    """When the address was last looked up in the blocklists."""
     warmup_started: datetime | None = None
     """When the address started its warm-up plan (day 1)."""
     warmup_day: Annotated[int, Field(ge=0)] | None = None
@@ -176,6 +262,8 @@ class IpPoolStatus(CommonStatus):
     """Addresses assigned to replicas."""
     addresses: Annotated[list[AddressStatus], Field(json_schema_extra=map_list("address"))] = []
     """Per-address state."""
+    blocklist_zones: Annotated[list[BlocklistZoneStatus], Field(json_schema_extra=map_list("zone"))] = []
+    """Health of each DNSBL zone."""
 
 
 class IpPool(Kind):

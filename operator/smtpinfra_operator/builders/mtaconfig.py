@@ -24,6 +24,11 @@ TLS_DIR = PurePosixPath("/etc/smtp-infra/tls")
 DKIM_DIR = PurePosixPath("/etc/smtp-infra/dkim")
 VERP_DIR = PurePosixPath("/etc/smtp-infra/verp")
 """The server's VERP key Secret (``builders/verp.py``): ``current`` signs, ``previous`` still verifies."""
+UNSUBSCRIBE_DIR = PurePosixPath("/etc/smtp-infra/unsubscribe")
+UNSUBSCRIBE_KEY_FILE = UNSUBSCRIBE_DIR / "key"
+"""The server's unsubscribe key Secret (``builders/unsubscribe.py``): signs the campaigns' unsubscribe links."""
+ERASURE_SALT_FILE = UNSUBSCRIBE_DIR / "erasure-salt"
+"""From the same Secret: the secret every replica derives a tenant's erasure-hash salt from."""
 SPOOL_DIR = PurePosixPath("/var/spool/smtp-infra")
 STATS_TOKEN_FILE = PurePosixPath("/etc/smtp-infra/stats/token")
 """The bearer token /stats requires, mounted from the operator-managed `<server>-stats-token` Secret."""
@@ -51,6 +56,13 @@ class ServedTenant:
     spec: TenantSpec
     pool: str
     """The IpPool its mail leaves from (its dedicated pool, or the server's first pool)."""
+    suspended_reason: str = ""
+    """Why the operator suspended the tenant (its complaint or bounce rate); empty: not suspended by it."""
+
+    @property
+    def suspended(self) -> bool:
+        """Suspended by its spec, or by the operator for its rates (`campaigns.suspension`)."""
+        return self.spec.suspended or bool(self.suspended_reason)
 
 
 @dataclass(frozen=True)
@@ -197,6 +209,14 @@ def _quotas(t: ServedTenant, replicas: int, ordinal: int) -> dict[str, int | Non
     return out
 
 
+def _suspension_fields(t: ServedTenant) -> dict[str, Any]:
+    """The reason the MTA quotes in its 550, and the window it counts the tenant's rates over."""
+    out: dict[str, Any] = {"suspension_window": parse_duration(t.spec.suspension.window)}
+    if t.suspended:
+        out["suspended_reason"] = (t.suspended_reason or "suspended by the platform (spec.suspended)")[:300]
+    return out
+
+
 def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
     """The MTA config of one replica (validated by the MTA's own model)."""
     spec = inputs.spec
@@ -227,7 +247,8 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
                 "credentials_file": str(credentials_path(t.name)),
                 "sender_domains": list(t.spec.sender_domains),
                 "quotas": _quotas(t, spec.replicas, ordinal),
-                "suspended": t.spec.suspended,
+                "suspended": t.suspended,
+                **_suspension_fields(t),
                 "pool": t.pool,
             }
             for t in inputs.tenants
@@ -256,6 +277,8 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
                     # the signing key first; "previous" exists only after a rotation
                     "verp_key_files": [str(VERP_DIR / "current"), str(VERP_DIR / "previous")]},
     }
+    # the server's unsubscribe Secret (builders/unsubscribe.py): link key, erasure salt shared by the replicas
+    data["unsubscribe"] = {"keys": [str(UNSUBSCRIBE_KEY_FILE)], "erasure_salt_file": str(ERASURE_SALT_FILE)}
     if spec.tls is not None:
         data["tls"] = {"cert_file": str(TLS_DIR / "tls.crt"), "key_file": str(TLS_DIR / "tls.key")}
     if spec.dns.mta_sts:

@@ -16,7 +16,7 @@ from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import DkimKey, SmtpServerSpec
 from smtpinfra_mta.config import LISTEN_ADDRESS_ENV
 
-from . import verp
+from . import unsubscribe, verp
 from .mtaconfig import (
     CONFIG_DIR,
     CREDENTIALS_DIR,
@@ -253,6 +253,9 @@ def statefulset(
     verp_volume, verp_mount = verp.volume(owner.name)
     volumes.append(verp_volume)
     mounts.append(verp_mount)
+    unsubscribe_volume, unsubscribe_mount = unsubscribe.volume(owner.name)
+    volumes.append(unsubscribe_volume)
+    mounts.append(unsubscribe_mount)
     if tls_secret:
         volumes.append({"name": "tls", "secret": {"secretName": tls_secret}})
         mounts.append({"name": "tls", "mountPath": str(TLS_DIR), "readOnly": True})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,8 +33,10 @@ from ..builders.mtaconfig import SourceAddress
 from ..conditions import FALSE, TRUE, Outcome
 from ..controller import Controller, Deps
 from ..kicker import Locks
+from ..reputation import dnsbl_status
+from ..reputation.dnsbl_monitor import DnsblMonitor
 from ..reputation.warmup import DayFigures, DayVerdict, caps_for_day
-from ..reputation.warmup_status import can_send, needs_event, pool_figures, wall_now, warmup_fields
+from ..reputation.warmup_status import can_send, needs_event, pool_figures, warmup_fields
 from ..usage import Snapshot
 from ..warmup import check as check_plan
 
@@ -147,7 +149,9 @@ def _plan_problem(name: str, plan_body: dict[str, Any] | None) -> tuple[WarmupPl
 
 def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[dict[str, Any]],
            plan_body: dict[str, Any] | None, ptr_checks: dict[str, bool], now: datetime,
-           figures: Mapping[str, Mapping[str, DayFigures]] | None = None) -> tuple[PoolState, Outcome]:
+           figures: Mapping[str, Mapping[str, DayFigures]] | None = None,
+           blocklists: tuple[dnsbl_status.PoolConfig, dnsbl_status.PoolView] | None = None,
+           ) -> tuple[PoolState, Outcome]:
     """The pool's assignment, per-address status and Ready outcome from what was read (pure).
 
     The IpPool controller publishes it; a server's reconcile derives the same from the same reads
@@ -159,8 +163,15 @@ def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[di
     assignment = assign(addresses, replicas, {a: p.get("assignedTo", "") for a, p in previous.items()})
     plan, problem = _plan_problem(spec.warmup_plan, plan_body) if spec.warmup_plan else (None, None)
     verdicts: list[tuple[str, DayVerdict]] = []
+    if blocklists is not None:  # the blocklist monitor's decisions (listings, quarantine) decide the state too
+        config, view = blocklists
+        checked = {a: f for a in addresses if (f := dnsbl_status.address_fields(config, view, a))}
+        previous = {**previous, **{a: {"address": a, **previous.get(a, {}), **f} for a, f in checked.items()}}
     statuses = address_status(spec, name, assignment, previous, plan, now, ptr_checks, figures, verdicts)
-    fields = {"total": len(addresses), "assigned": len(assignment.by_address), "addresses": statuses}
+    fields: dict[str, Any] = {"total": len(addresses), "assigned": len(assignment.by_address), "addresses": statuses}
+    if blocklists is not None:  # and their details (each zone's state, last check, zone health)
+        statuses[:] = [{**s, **dnsbl_status.address_fields(config, view, s["address"])} for s in statuses]
+        fields["blocklistZones"] = dnsbl_status.zone_fields(view)
     if problem is not None:
         outcome = Outcome(ready=problem.ready, reason=problem.reason, message=problem.message,
                           stalled=True, fields=fields)
@@ -175,6 +186,8 @@ def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[di
     else:
         outcome = Outcome(ready=TRUE, reason="AddressesAvailable", fields=fields,
                           message=f"{len(assignment.by_address)} of {len(addresses)} addresses assigned")
+    if blocklists is not None:
+        outcome = replace(outcome, extra_conditions=(*outcome.extra_conditions, dnsbl_status.degraded(blocklists[1])))
     return PoolState(name=name, spec=spec, assignment=assignment, addresses=statuses, problem=problem, plan=plan,
                      verdicts=tuple(verdicts)), outcome
 
@@ -209,6 +222,9 @@ class IpPoolController(Controller[str]):
 
     def __init__(self, deps: Deps, usage: Callable[[], Snapshot | None]) -> None:
         super().__init__(deps)
+        self.monitor: DnsblMonitor | None = None
+        """The blocklist monitor (`attach_monitor`): its listings and quarantine decisions reach the
+        pool's status through this controller's reconcile; None in unit tests."""
         self._usage = usage
         """The latest /stats snapshot (the per-address figures warm-up days are judged by)."""
         self._locks: Locks[str] = Locks()
@@ -217,6 +233,10 @@ class IpPoolController(Controller[str]):
         pool's own reconcile writes them into its status (`note_ptr_checks`)."""
         self._views: dict[tuple[str, str, str], str] = {}
         """(pool, server namespace, server name) → the `server_view` that server's last reconcile rendered."""
+
+    def attach_monitor(self, monitor: DnsblMonitor) -> None:
+        """Publish the monitor's results (it kicks this queue when they change)."""
+        self.monitor = monitor
 
     def note_ptr_checks(self, pools: Iterable[str], ptr_ok: dict[str, bool]) -> None:
         """A server's DNS reconcile checked its addresses' PTRs: the pools publish it (they own their status)."""
@@ -259,9 +279,12 @@ class IpPoolController(Controller[str]):
         servers = await self._servers(requesters)
         plan_body = (await self.kube.get_cached(API_VERSION, "WarmupPlan", spec.warmup_plan)
                      if spec.warmup_plan else None)
+        if self.monitor is not None:
+            self.monitor.configure(name, spec, body.get("status"))
         state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body,
-                                self._ptr_checks.get(name, {}), wall_now(),
-                                pool_day_figures(self._usage(), name, spec))
+                                self._ptr_checks.get(name, {}), self.clock.now(),
+                                pool_day_figures(self._usage(), name, spec),
+                                self.monitor.view(name) if self.monitor is not None else None)
         return body, spec, state, outcome
 
     async def read_pool(self, name: str, requester: Requester | None = None) -> PoolState | None:
@@ -294,6 +317,8 @@ class IpPoolController(Controller[str]):
                                                                          message=str(error), stalled=True))
                 return
             if found is None:
+                if self.monitor is not None:
+                    self.monitor.forget(key)
                 return
             body, _, state, outcome = found
             await self.deps.status.publish(IpPool, body, outcome)

@@ -6,7 +6,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -60,6 +60,16 @@ def _may_serve(server: Mapping[str, Any], labels: list[dict[str, str]]) -> bool:
 
 
 
+class TenantSuspension(Protocol):
+    """What a Tenant's reconcile asks of the campaigns side (`controllers.campaign.CampaignQueue`)."""
+
+    def assess_tenant(self, body: Mapping[str, Any], spec: TenantSpec
+                      ) -> tuple[dict[str, str], tuple[str, str, str, str]]: ...
+
+    async def tenant_assessed(self, body: Mapping[str, Any], spec: TenantSpec,
+                              condition: tuple[str, str, str, str]) -> bool: ...
+
+
 class TenantController(Controller[str]):
     """Keys are tenant names; the servers that serve a tenant re-render through their own queue."""
 
@@ -69,10 +79,12 @@ class TenantController(Controller[str]):
     1,000 tenants is mostly waiting for creates of namespaces and Secrets)."""
 
     def __init__(self, deps: Deps, kick_server: Callable[[tuple[str, str]], None],
-                 usage: Callable[[], Snapshot | None]) -> None:
+                 usage: Callable[[], Snapshot | None], campaigns: TenantSuspension) -> None:
         super().__init__(deps)
         self._kick_server = kick_server
         self._usage = usage
+        self._campaigns = campaigns
+        """Suspension by complaint and bounce rates, and the tenant's campaigns (`CampaignQueue`)."""
         self._locks: Locks[str] = Locks()
         self._seen: dict[str, tuple[int | None, tuple[tuple[str, str], ...]]] = {}
         """Per Tenant, the generation and labels of its last event worth a reconcile."""
@@ -219,23 +231,29 @@ class TenantController(Controller[str]):
             fields: dict[str, Any] = {"namespace": namespace, "credentialsSecret": build.CREDENTIALS_SECRET,
                                       "state": "Suspended" if spec.suspended else "Active"}
             used = tenant_usage(name, body["metadata"].get("labels") or {}, spec, self._usage(), status.get("usage"))
+            rates, suspended = self._campaigns.assess_tenant(body, spec)
+            if suspended[1] == TRUE:
+                fields["state"] = "Suspended"
             if used is not None:
-                fields["usage"] = used
+                fields["usage"] = {**used, **rates}
             if credentials.problem is not None:
                 outcome = Outcome(ready=FALSE, reason=credentials.problem.reason, stalled=True, fields=fields,
-                                  message=f"not served: {credentials.problem.message}", extra_conditions=(exclusive,))
+                                  message=f"not served: {credentials.problem.message}",
+                                  extra_conditions=(exclusive, suspended))
             elif domains.with_older:
                 outcome = Outcome(ready=FALSE, reason="SenderDomainConflict", stalled=True, fields=fields,
                                   message="not served: " + tenancy.describe_overlaps(domains.with_older),
-                                  extra_conditions=(exclusive,))
+                                  extra_conditions=(exclusive, suspended))
             else:
                 message = (f"Namespace {namespace} and Secret {build.CREDENTIALS_SECRET} ready"
                            + ("; the tenant is suspended" if spec.suspended else "")
                            + ("; newer tenants are refused: " + tenancy.describe_overlaps(domains.with_newer)
                               if domains.with_newer else ""))
                 outcome = Outcome(ready=TRUE, reason="CredentialsReady", message=message, fields=fields,
-                                  extra_conditions=(exclusive,))
+                                  extra_conditions=(exclusive, suspended))
             await self._publish(body, outcome)
+            if await self._campaigns.tenant_assessed(body, spec, suspended):
+                await self._kick_servers(body["metadata"].get("labels"))  # the MTA refuses (or serves again) its mail
 
 
     async def _publish(self, body: Mapping[str, Any], outcome: Outcome) -> None:

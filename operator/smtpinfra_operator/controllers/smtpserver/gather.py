@@ -17,10 +17,11 @@ from smtpinfra_api.v1alpha1 import SmtpServerSpec, TenantSpec
 
 from ... import tenancy
 from ...builders import tenant as tenant_build
-from ...builders import verp, workload
+from ...builders import unsubscribe, verp, workload
 from ...builders.assignment import ReplicaKey
 from ...builders.keys import generate_dkim_key
 from ...builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress
+from ...campaigns.suspension import suspended_reason
 from ...kubeapi import KubeApi
 from ..ippool import IpPoolController, source_address
 from .decide import Gathered, MissingReference, selected
@@ -76,7 +77,8 @@ class ServerGatherer:
             checked = tenancy.check_credentials(name, secret)
             if checked.line is None:
                 continue
-            served.append(ServedTenant(name=name, spec=tspec, pool=tspec.ip_pool or spec.ip_pools[0]))
+            served.append(ServedTenant(name=name, spec=tspec, pool=tspec.ip_pool or spec.ip_pools[0],
+                                       suspended_reason=suspended_reason(body)))
             credentials[name] = checked.line
         return served, credentials, conflicts
 
@@ -136,6 +138,11 @@ class ServerGatherer:
         if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None and \
                 await self.kube.create(verp.secret(owner, workload.labels(owner.name), verp.new_key())) is None:
             log.info("generated VERP key Secret %s/%s", owner.namespace, name)
+        name = unsubscribe.secret_name(owner.name)  # the same once-only rule for the unsubscribe key
+        if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None and \
+                await self.kube.create(unsubscribe.secret(owner, workload.labels(owner.name),
+                                                          unsubscribe.new_key())) is None:
+            log.info("generated unsubscribe key Secret %s/%s", owner.namespace, name)
 
 
     async def gather(self, owner: workload.Owner, spec: SmtpServerSpec) -> Gathered:

@@ -1,0 +1,1 @@
+"""Campaigns: the sender Job, its status, and tenant suspension (pure decisions + one controller)."""

@@ -1,0 +1,310 @@
+"""A Campaign → the objects its sender runs with (pure functions, plain dicts).
+
+Everything lives in the campaign's namespace and is owned by the Campaign, so deleting the
+Campaign deletes the Job (and its running pod: the sender stops), the Secret, the ledger's
+PersistentVolumeClaim and the sender's RBAC. The command line, environment, Lease and paths are
+the sender's contract (``smtp-infra campaign send``).
+
+The only object outside the namespace is a ClusterRole + ClusterRoleBinding per tenant that lets
+the ServiceAccounts of the tenant's namespace read their own Tenant (a cluster-scoped object a
+Role cannot grant); it is owned by the Tenant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import PurePosixPath
+from typing import Any
+
+from smtpinfra_api.meta import API_VERSION, GROUP
+from smtpinfra_api.v1alpha1 import CampaignSpec, SmtpServerSpec
+
+from ..builders.tenant import CREDENTIALS_SECRET
+from ..builders.workload import submission_service_name
+
+LEDGER_DIR = PurePosixPath("/var/lib/smtp-infra/campaign")
+LEDGER_URL = f"sqlite:///{LEDGER_DIR}/ledger.db"
+"""The embedded ledger on the Job's PersistentVolumeClaim (the sender's default)."""
+UNSUBSCRIBE_DIR = PurePosixPath("/etc/smtp-infra/unsubscribe")
+UNSUBSCRIBE_KEY = "unsubscribe-key"
+LEDGER_DSN_KEY = "ledger-dsn"
+BAD_INPUT_EXIT_CODE = 2
+"""The sender's exit code for input that stops the campaign (e.g. a template error): no retry."""
+BACKOFF_LIMIT = 10
+"""Pod crashes retried before the Job fails; the ledger makes every restart safe."""
+SENDER_UID = 65532
+"""The operator image's user."""
+CONTAINER = "sender"
+CAMPAIGN_LABEL = "smtpinfra.com/campaign"
+COMPONENT = "campaign-sender"
+MANAGED_BY = "smtp-infra-operator"
+DEFAULT_LEDGER_SIZE = "1Gi"
+
+
+def _default_image() -> str:
+    try:
+        return f"smtp-infra/operator:{version('smtp-infra')}"
+    except PackageNotFoundError:  # running from a source tree without metadata
+        return "smtp-infra/operator:0.1.0"
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """Platform settings of every sender Job (from the operator's environment)."""
+
+    image: str = ""
+    """The operator image, which carries the sender; default smtp-infra/operator:<version>."""
+    ledger_dsn: str | None = None
+    """A PostgreSQL DSN for the ledger; unset: SQLite on the Job's PersistentVolumeClaim."""
+    ledger_size: str = DEFAULT_LEDGER_SIZE
+    storage_class_name: str | None = None
+
+    def sender_image(self) -> str:
+        return self.image or _default_image()
+
+
+@dataclass(frozen=True)
+class CampaignRef:
+    """The Campaign as the builders need it."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: CampaignSpec
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> CampaignRef:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""),
+                   spec=CampaignSpec.model_validate(body.get("spec") or {}))
+
+    def owner(self) -> dict[str, Any]:
+        return {"apiVersion": API_VERSION, "kind": "Campaign", "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+
+@dataclass(frozen=True)
+class ServerRef:
+    """The SmtpServer that sends the campaign."""
+
+    name: str
+    namespace: str
+    spec: SmtpServerSpec
+
+
+def _short(prefix: str, name: str, limit: int = 63) -> str:
+    """`prefix-name`, shortened with a digest when longer than `limit` (Job names end up in labels)."""
+    full = f"{prefix}-{name}"
+    if len(full) <= limit:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{full[:limit - 9].rstrip('-.')}-{digest}"
+
+
+def job_name(campaign: str) -> str:
+    return _short("campaign", campaign)
+
+
+def lease_name(campaign: str) -> str:
+    """The Lease the sender holds while it sends (contract: `campaign-<name>`)."""
+    return f"campaign-{campaign}"
+
+
+def resource_name(campaign: str) -> str:
+    """Name of the sender's ServiceAccount, Role, RoleBinding, Secret and ledger claim."""
+    return _short("campaign", campaign, 246) + "-sender"
+
+
+def label_value(campaign: str) -> str:
+    return campaign if len(campaign) <= 63 else _short("c", campaign)
+
+
+def labels(campaign: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "smtp-infra", "app.kubernetes.io/component": COMPONENT,
+            "app.kubernetes.io/managed-by": MANAGED_BY, CAMPAIGN_LABEL: label_value(campaign)}
+
+
+def _meta(name: str, campaign: CampaignRef) -> dict[str, Any]:
+    return {"name": name, "namespace": campaign.namespace, "labels": labels(campaign.name),
+            "ownerReferences": [campaign.owner()]}
+
+
+def submission_endpoint(server: ServerRef) -> tuple[str, int, str]:
+    """(host, port, SMTP_TLS) of the server's submission Service: STARTTLS on 587, else implicit TLS."""
+    host = f"{submission_service_name(server.name)}.{server.namespace}.svc"
+    listeners = server.spec.listeners
+    if listeners.submission.enabled:
+        return host, listeners.submission.port, "starttls" if server.spec.tls is not None else "none"
+    return host, listeners.implicit_tls.port, "implicit"
+
+
+def sender_secret(campaign: CampaignRef, unsubscribe_key: str, settings: SenderSettings) -> dict[str, Any]:
+    """The server's unsubscribe key (and the ledger DSN) copied into the campaign's namespace.
+
+    A Secret volume cannot reach across namespaces; the sender signs unsubscribe links with the key
+    the server's MTA pods verify with.
+    """
+    data = {UNSUBSCRIBE_KEY: unsubscribe_key}
+    if settings.ledger_dsn:
+        data[LEDGER_DSN_KEY] = settings.ledger_dsn
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(resource_name(campaign.name), campaign), "stringData": data}
+
+
+def ledger_claim(campaign: CampaignRef, settings: SenderSettings) -> dict[str, Any]:
+    """The PersistentVolumeClaim of the SQLite ledger; it outlives the Job's pods, not the Campaign."""
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": settings.ledger_size}}}
+    if settings.storage_class_name:
+        spec["storageClassName"] = settings.storage_class_name
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": _meta(resource_name(campaign.name), campaign), "spec": spec}
+
+
+def service_account(campaign: CampaignRef) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(resource_name(campaign.name), campaign)}
+
+
+def role(campaign: CampaignRef) -> dict[str, Any]:
+    """What the sender reads and holds: its Campaign, its recipient source, and its Lease."""
+    recipients = campaign.spec.recipients
+    rules: list[dict[str, Any]] = [
+        {"apiGroups": [GROUP], "resources": ["campaigns"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": [lease_name(campaign.name)], "verbs": ["get", "list", "watch", "update", "patch"]},
+    ]
+    if recipients.config_map_ref is not None:
+        rules.append({"apiGroups": [""], "resources": ["configmaps"],
+                      "resourceNames": [recipients.config_map_ref.name], "verbs": ["get"]})
+    if recipients.secret_ref is not None:
+        rules.append({"apiGroups": [""], "resources": ["secrets"],
+                      "resourceNames": [recipients.secret_ref.name], "verbs": ["get"]})
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": _meta(resource_name(campaign.name), campaign), "rules": rules}
+
+
+def role_binding(campaign: CampaignRef) -> dict[str, Any]:
+    name = resource_name(campaign.name)
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(name, campaign),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": campaign.namespace}]}
+
+
+def tenant_reader_name(tenant: str) -> str:
+    return _short("smtpinfra-tenant-reader", tenant, 253)
+
+
+def tenant_reader(tenant: str, tenant_uid: str, namespace: str) -> list[dict[str, Any]]:
+    """ClusterRole + ClusterRoleBinding: the ServiceAccounts of the tenant's namespace may read their Tenant."""
+    name = tenant_reader_name(tenant)
+    meta = {"name": name, "labels": {"app.kubernetes.io/name": "smtp-infra", "app.kubernetes.io/managed-by": MANAGED_BY,
+                                     "app.kubernetes.io/component": COMPONENT},
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": "Tenant", "name": tenant, "uid": tenant_uid,
+                                 "controller": True, "blockOwnerDeletion": True}]}
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta,
+         "rules": [{"apiGroups": [GROUP], "resources": ["tenants"], "resourceNames": [tenant],
+                    "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": dict(meta),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+         "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io",
+                       "name": f"system:serviceaccounts:{namespace}"}]},
+    ]
+
+
+def command(campaign: CampaignRef, settings: SenderSettings) -> list[str]:
+    """`smtp-infra campaign send …` exactly as the sender's contract has it."""
+    ledger = "$(SMTP_INFRA_LEDGER_DSN)" if settings.ledger_dsn else LEDGER_URL
+    return ["smtp-infra", "campaign", "send", "--namespace", campaign.namespace, "--name", campaign.name,
+            "--ledger", ledger, "--lease", lease_name(campaign.name)]
+
+
+def desired_job(campaign: CampaignRef, server: ServerRef, settings: SenderSettings,
+                suspend: bool = False) -> dict[str, Any]:
+    """The sender Job. `suspend` pauses it (Kubernetes stops its pod; the ledger resumes where it stopped).
+
+    Exit code 2 (bad input) fails the Job at once (podFailurePolicy); other crashes start a new pod,
+    up to BACKOFF_LIMIT. The tenant's SMTP login comes from its credentials Secret, which lives in
+    this namespace (the campaign's namespace is the tenant's).
+    """
+    secret = resource_name(campaign.name)
+    host, port, tls = submission_endpoint(server)
+    unsubscribe_url = campaign.spec.unsubscribe.url or ""
+    env: list[dict[str, Any]] = [
+        {"name": "SMTP_HOST", "value": host},
+        {"name": "SMTP_PORT", "value": str(port)},
+        {"name": "SMTP_USERNAME", "valueFrom": {"secretKeyRef": {"name": CREDENTIALS_SECRET, "key": "username"}}},
+        {"name": "SMTP_PASSWORD", "valueFrom": {"secretKeyRef": {"name": CREDENTIALS_SECRET, "key": "password"}}},
+        {"name": "SMTP_TLS", "value": tls},
+        {"name": "SMTP_INFRA_UNSUBSCRIBE_KEY_FILE", "value": str(UNSUBSCRIBE_DIR / UNSUBSCRIBE_KEY)},
+        {"name": "SMTP_INFRA_UNSUBSCRIBE_URL", "value": unsubscribe_url},
+    ]
+    if settings.ledger_dsn:
+        env.append({"name": "SMTP_INFRA_LEDGER_DSN",
+                    "valueFrom": {"secretKeyRef": {"name": secret, "key": LEDGER_DSN_KEY}}})
+    mounts: list[dict[str, Any]] = [
+        {"name": "unsubscribe", "mountPath": str(UNSUBSCRIBE_DIR), "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "unsubscribe", "secret": {"secretName": secret, "items": [{"key": UNSUBSCRIBE_KEY,
+                                                                              "path": UNSUBSCRIBE_KEY}]}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if not settings.ledger_dsn:
+        mounts.append({"name": "ledger", "mountPath": str(LEDGER_DIR)})
+        volumes.append({"name": "ledger", "persistentVolumeClaim": {"claimName": secret}})
+    container = {
+        "name": CONTAINER, "image": settings.sender_image(), "command": command(campaign, settings), "env": env,
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    return {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(job_name(campaign.name), campaign),
+        "spec": {
+            "suspend": suspend,
+            "backoffLimit": BACKOFF_LIMIT,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                      "values": [BAD_INPUT_EXIT_CODE]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": labels(campaign.name)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": secret,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": SENDER_UID, "runAsGroup": SENDER_UID,
+                                        "fsGroup": SENDER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def desired_objects(campaign: CampaignRef, server: ServerRef, settings: SenderSettings, unsubscribe_key: str,
+                    suspend: bool = False) -> list[dict[str, Any]]:
+    """Everything the sender needs in the campaign's namespace, the Job last (it needs the rest)."""
+    objects = [service_account(campaign), role(campaign), role_binding(campaign),
+               sender_secret(campaign, unsubscribe_key, settings)]
+    if not settings.ledger_dsn:
+        objects.append(ledger_claim(campaign, settings))
+    objects.append(desired_job(campaign, server, settings, suspend))
+    return objects
+
+
+def settings_from_env(environ: Mapping[str, str]) -> SenderSettings:
+    """SMTP_INFRA_CAMPAIGN_IMAGE, _LEDGER_DSN (PostgreSQL; unset: SQLite on a claim), _LEDGER_SIZE, _STORAGE_CLASS."""
+    return SenderSettings(image=environ.get("SMTP_INFRA_CAMPAIGN_IMAGE", ""),
+                          ledger_dsn=environ.get("SMTP_INFRA_CAMPAIGN_LEDGER_DSN") or None,
+                          ledger_size=environ.get("SMTP_INFRA_CAMPAIGN_LEDGER_SIZE") or DEFAULT_LEDGER_SIZE,
+                          storage_class_name=environ.get("SMTP_INFRA_CAMPAIGN_STORAGE_CLASS") or None)
