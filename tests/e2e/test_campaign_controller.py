@@ -226,9 +226,15 @@ def test_sender_domain_outside_the_tenant_is_refused(cluster: Any) -> None:
 
 def test_erase_names_every_pod_that_did_not_confirm(cluster: Any) -> None:
     """`smtp-infra tenant erase` reaches the MTA pods of the servers serving the tenant; one that does not run
-    (here: never started) is named and the command fails, so the erasure is run again."""
+    (here: a pod of the server bound to a node that does not exist, so it stays Pending) is named and the
+    command fails, so the erasure is run again."""
     cp = cluster
     wait_for(lambda: find(cp, "pod", "cmp-out-0", SERVER_NS), timeout=120, what="the server's pod")
+    server_pod = get(cp, "pod", "cmp-out-0", SERVER_NS)
+    apply(cp, {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "cmp-out-stray", "namespace": SERVER_NS,
+                            "labels": dict(server_pod["metadata"]["labels"])},
+               "spec": {"nodeName": "no-such-node", "containers": [{"name": "mta", "image": "example.test/none:1"}]}})
 
     def erase(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "smtpinfra_cli", "tenant", "erase", *args, "--kubeconfig",
@@ -236,7 +242,7 @@ def test_erase_names_every_pod_that_did_not_confirm(cluster: Any) -> None:
 
     result = erase(TENANT, "ann@rcpt.example.test")
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"NOT erased on {SERVER_NS}/cmp-out-0: not running" in result.stderr
+    assert f"NOT erased on {SERVER_NS}/cmp-out-stray: not running" in result.stderr
     missing = erase("no-such-tenant", "ann@rcpt.example.test")
     assert missing.returncode == 1 and "Tenant no-such-tenant not found" in missing.stderr
     bad = erase(TENANT, "ann@rcpt.example.test\r\nRCPT TO:<x@y>")
@@ -250,5 +256,7 @@ def test_erase_names_every_pod_that_did_not_confirm(cluster: Any) -> None:
     noted = wait_for(lambda: (s := find(cp, "secret", "erase-ann", TENANT_NS)) and
                      (s["metadata"].get("annotations") or {}).get(STATUS_ANNOTATION) and s, timeout=60,
                      what="erasure request processed")
-    assert f"not confirmed by {SERVER_NS}/cmp-out-0" in noted["metadata"]["annotations"][STATUS_ANNOTATION]
+    note = noted["metadata"]["annotations"][STATUS_ANNOTATION]
+    assert note.startswith("pending ") and f"{SERVER_NS}/cmp-out-stray" in note.partition("not confirmed by ")[2]
     assert noted["data"]["addresses"]  # nothing emptied before every pod erased the address
+    cp.kubectl("delete", "pod", "cmp-out-stray", "-n", SERVER_NS, "--grace-period=0", "--force", "--wait=false")
