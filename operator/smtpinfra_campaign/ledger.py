@@ -10,13 +10,15 @@ for platforms that run one. Both speak the same SQL through `SqlLedger`.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 
@@ -73,12 +75,25 @@ class Ledger(Protocol):
     def close(self) -> None: ...
 
 
+_T = TypeVar("_T")
+
+
+def _locked(method: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(method)
+    def wrapper(self: SqlLedger, *args: Any, **kw: Any) -> _T:
+        with self.lock:
+            return method(self, *args, **kw)
+    return wrapper
+
+
 class SqlLedger:
     """The ledger over a DB-API connection; `ph` is the driver's placeholder."""
 
     def __init__(self, conn: Any, ph: str) -> None:
         self.conn = conn
         self.ph = ph
+        self.lock = threading.RLock()
+        """One connection, used from the event loop and from worker threads, one method at a time."""
         for statement in _SCHEMA:
             self.conn.execute(statement)
         self.conn.commit()
@@ -86,6 +101,7 @@ class SqlLedger:
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.ph)
 
+    @_locked
     def claim(self, campaign: str, claims: Sequence[Claim], state: State = State.PENDING) -> list[Entry]:
         """Record each recipient as `state` unless it is already there; return every row as stored now.
 
@@ -112,6 +128,7 @@ class SqlLedger:
         self.conn.commit()
         return [found[n] for n in names]
 
+    @_locked
     def mark(self, campaign: str, recipient: str, state: State, reply: str | None = None) -> None:
         """Move one recipient to `state` and commit; `submitting` counts an attempt."""
         bump = 1 if state is State.SUBMITTING else 0
@@ -120,6 +137,7 @@ class SqlLedger:
                           (str(state), reply, bump, time.time(), campaign, recipient))
         self.conn.commit()
 
+    @_locked
     def counts(self, campaign: str) -> dict[State, int]:
         cur = self.conn.cursor()
         cur.execute(self._q("SELECT state, COUNT(*) FROM campaign_ledger WHERE campaign = ? GROUP BY state"),
@@ -130,6 +148,7 @@ class SqlLedger:
         self.conn.commit()
         return out
 
+    @_locked
     def entry(self, campaign: str, recipient: str) -> Entry | None:
         cur = self.conn.cursor()
         cur.execute(self._q("SELECT recipient, row_number, state, message_id, idempotency_key, attempts, reply"
@@ -138,6 +157,7 @@ class SqlLedger:
         self.conn.commit()
         return None if r is None else Entry(r[0], int(r[1]), State(r[2]), r[3], r[4], int(r[5]), r[6])
 
+    @_locked
     def invalid_rows(self, campaign: str, limit: int) -> list[tuple[int, str]]:
         cur = self.conn.cursor()
         cur.execute(self._q("SELECT row_number, reply FROM campaign_ledger WHERE campaign = ? AND state = ?"
@@ -146,6 +166,7 @@ class SqlLedger:
         self.conn.commit()
         return rows
 
+    @_locked
     def erase(self, address: str) -> int:
         """Remove an address from every campaign's ledger (GDPR erasure); returns the rows removed."""
         cur = self.conn.cursor()
@@ -161,7 +182,7 @@ class SqlLedger:
 def open_sqlite(path: Path) -> SqlLedger:
     """SQLite in WAL mode; `synchronous=FULL` so a committed state survives a power cut, not only a kill."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30, isolation_level="DEFERRED")
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level="DEFERRED", check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return SqlLedger(conn, "?")
