@@ -87,10 +87,13 @@ class LeaseHolder:
         self.duration = duration
         self.clock = clock
         self.current: dict[str, Any] | None = None
+        self.holder: str | None = None
+        """Who held the Lease when this sender last found it taken."""
 
     async def try_acquire(self, progress: str | None = None) -> bool:
         lease = await asyncio.to_thread(self.api.get_lease, self.namespace, self.name)
         if lease is not None and not is_free(lease, self.me, self.clock()):
+            self.holder = (lease.get("spec") or {}).get("holderIdentity")
             return False
         body = taken(lease, self.name, self.me, self.clock(), self.duration, progress)
         try:
@@ -106,8 +109,7 @@ class LeaseHolder:
         """Wait until this sender holds the Lease."""
         while not await self.try_acquire():
             if on_wait is not None:
-                holder = ((self.current or {}).get("spec") or {}).get("holderIdentity")
-                on_wait(str(holder or "another sender"))
+                on_wait(self.holder or "another sender")
             await asyncio.sleep(retry)
 
     async def renew(self, progress: str | None = None) -> None:

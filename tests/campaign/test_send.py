@@ -153,7 +153,7 @@ def test_a_recipient_left_submitting_is_resent_and_the_mta_does_not_deliver_it_t
 def test_two_senders_one_waits_on_the_lease(world):
     cp, mta, sink, sender = world
     name = _name()
-    n = 12
+    n = 40  # 20 s at 120/min: the second sender starts while the first is still sending
     create_campaign(cp, name, csv_list(n, prefix="two", bad_rows=False), rate={"messagesPerMinute": 120})
     first, second = sender(name, connections=1), None
     first.start()
