@@ -153,21 +153,24 @@ def test_a_recipient_left_submitting_is_resent_and_the_mta_does_not_deliver_it_t
 def test_two_senders_one_waits_on_the_lease(world):
     cp, mta, sink, sender = world
     name = _name()
-    n = 40  # 20 s at 120/min: the second sender starts while the first is still sending
-    create_campaign(cp, name, csv_list(n, prefix="two", bad_rows=False), rate={"messagesPerMinute": 120})
-    first, second = sender(name, connections=1), None
+    n = 40
+    # suspended at first, so the first sender holds the Lease for as long as the second takes to start
+    create_campaign(cp, name, csv_list(n, prefix="two", bad_rows=False), suspend=True)
+    first = sender(name, connections=2)
     first.start()
-    wait_for(lambda: (lease(cp, name) or {}).get("spec", {}).get("holderIdentity") == first.identity, timeout=60,
+    wait_for(lambda: (lease(cp, name) or {}).get("spec", {}).get("holderIdentity") == first.identity, timeout=120,
              what="the first sender holding the lease")
-    second = sender(name, ledger_url=first.ledger_url, connections=1)
+    second = sender(name, ledger_url=first.ledger_url, connections=2)
     second.start()
-    wait_for(lambda: "held by " + first.identity in second.log(), timeout=60, what="the second sender waiting")
+    wait_for(lambda: "held by " + first.identity in second.log(), timeout=120, what="the second sender waiting")
     assert second.process.poll() is None
+    cp.kubectl("patch", "campaign", name, "-n", NAMESPACE, "--type=merge", "-p", '{"spec":{"suspend":false}}')
     assert first.wait() == 0, first.log()
     assert second.wait() == 0, second.log()
     counts = delivered_by_recipient(sink, mta, n)
     assert counts == {f"two{i}@example.test": 1 for i in range(n)}
     assert progress(cp, name)["done"] is True
+    assert "holding lease" in second.log()  # it took over once the first released it, and found nothing to send
 
 
 def test_suspend_pauses_and_resume_continues_then_deletion_stops(world):
