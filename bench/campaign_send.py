@@ -5,7 +5,7 @@ Two measurements in one run, on the same machine:
 * the MTA's own rate: `bench/mta_throughput.py`'s ``mta`` side (``smtp-source``, 20 sessions, one
   message per connection, relayed to ``smtp-sink``), with messages of about the campaign's size;
 * the campaign path: the sender (`smtpinfra_campaign.sender.CampaignSender`, in this process) with a
-  20,000-row CSV list on disk, the SQLite ledger (WAL, synchronous=FULL) and pacing off
+  20,000-row CSV list on disk, the SQLite ledger (WAL) and pacing off
   (1,000,000/min), submitting over STARTTLS + AUTH to the same MTA configuration's submission
   listener, which delivers to ``smtp-sink``. The Campaign and Tenant objects and the Lease are served
   from memory (`MemoryCampaignApi` below): the bench measures the sending path, not an API server.

@@ -6,6 +6,13 @@ transaction starts and "submitted" after the 250, so a sender killed in between 
 recipient with the same Message-ID and idempotency key and the MTA's idempotency log answers 250
 without sending it twice. SQLite (WAL, on the sender's volume) needs no server; PostgreSQL is
 for platforms that run one. Both speak the same SQL through `SqlLedger`.
+
+Commits survive the sender's process being killed, but are not forced to disk one by one
+(SQLite `synchronous=NORMAL` in WAL mode, PostgreSQL `synchronous_commit=off`): an fsync per state
+change capped the sender at a few dozen messages a second on a busy disk. What a power cut can lose
+is the last state changes, which only makes a recipient go back to `pending`/`submitting`; it is
+then sent again with the same Message-ID and idempotency key, which the MTA's fsynced idempotency
+log answers with 250 and no second copy.
 """
 
 from __future__ import annotations
@@ -180,18 +187,21 @@ class SqlLedger:
 
 
 def open_sqlite(path: Path) -> SqlLedger:
-    """SQLite in WAL mode; `synchronous=FULL` so a committed state survives a power cut, not only a kill."""
+    """SQLite in WAL mode on the sender's volume (see the module docstring for `synchronous=NORMAL`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=30, isolation_level="DEFERRED", check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA synchronous=NORMAL")
     return SqlLedger(conn, "?")
 
 
 def open_postgres(dsn: str) -> SqlLedger:
     import psycopg
 
-    return SqlLedger(psycopg.connect(dsn), "%s")
+    conn = psycopg.connect(dsn)
+    conn.execute("SET synchronous_commit = off")
+    conn.commit()
+    return SqlLedger(conn, "%s")
 
 
 def open_ledger(url: str) -> SqlLedger:

@@ -173,18 +173,15 @@ class CampaignSender:
                    for _ in range(self.s.connections)]
         producer = asyncio.create_task(self._produce(spec, campaign, templates, queue))
         guards = [asyncio.create_task(self._renew()), asyncio.create_task(self._watch())]
+        finished: asyncio.Future[Any] = asyncio.gather(producer, *workers)
         try:
-            finished: asyncio.Future[Any] = asyncio.gather(producer, *workers)
             done, _ = await asyncio.wait([finished, *guards], return_when=asyncio.FIRST_COMPLETED)
             if finished in done:
                 finished.result()
-        except LeaseLost as exc:
-            log.error("stopped: %s", exc)
-            return EXIT_CRASH
         finally:
             for task in [producer, *workers, *guards]:
                 task.cancel()
-            await asyncio.gather(producer, *workers, *guards, return_exceptions=True)
+            await asyncio.gather(finished, *guards, return_exceptions=True)
         for guard in guards:
             if guard.done() and not guard.cancelled() and isinstance(guard.exception(), LeaseLost):
                 log.error("stopped: %s", guard.exception())
