@@ -14,7 +14,7 @@ def _claim(address: str, row: int) -> Claim:
     return Claim(address, row, f"<{address}.mid@alpha.test>", f"uid/{address}")
 
 
-def _exercise(ledger: SqlLedger, reopen) -> None:
+def assert_ledger_behaviour(ledger: SqlLedger, reopen) -> None:
     campaign = str(uuid.uuid4())
     entries = ledger.claim(campaign, [_claim("a@x.test", 2), _claim("b@x.test", 3), _claim("a@x.test", 4)])
     assert [(e.recipient, e.row, e.state) for e in entries] == [
@@ -43,13 +43,13 @@ def test_sqlite_ledger(tmp_path: Path):
     url = f"sqlite:///{tmp_path}/campaign/ledger.db"
     ledger = open_ledger(url)
     assert ledger.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    _exercise(ledger, lambda: open_ledger(url))
+    assert_ledger_behaviour(ledger, lambda: open_ledger(url))
     ledger.close()
 
 
 def test_postgres_ledger(postgres_url: str):
     ledger = open_ledger(postgres_url)
-    _exercise(ledger, lambda: open_ledger(postgres_url))
+    assert_ledger_behaviour(ledger, lambda: open_ledger(postgres_url))
     ledger.close()
 
 
