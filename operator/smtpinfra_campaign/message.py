@@ -93,7 +93,9 @@ def build_message(campaign: CampaignIdentity, compliance: Compliance, address: s
                   text: str | None, html: str | None) -> EmailMessage:
     """The complete message for `address`; text and HTML become multipart/alternative."""
     ids = identifiers(campaign, address, compliance.from_address)
-    link = unsubscribe_link(campaign, compliance, address)
+    token = contract.sign_unsubscribe(compliance.unsubscribe_key, campaign.tenant, campaign.namespace,
+                                      campaign.name, address)
+    link = contract.unsubscribe_url(compliance.unsubscribe_base_url, token)
     msg = EmailMessage(policy=SMTP)
     local, _, dom = compliance.from_address.rpartition("@")
     msg["From"] = Address(display_name=compliance.from_name or "", username=local, domain=dom)
@@ -103,7 +105,8 @@ def build_message(campaign: CampaignIdentity, compliance: Compliance, address: s
     msg["Subject"] = subject
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = ids.message_id
-    msg["List-Unsubscribe"] = f"<{link}>, <mailto:{compliance.unsubscribe_mailto}?subject=unsubscribe>"
+    # the MTA's inbound listener unsubscribes a message whose subject carries the token (the mailto: form)
+    msg["List-Unsubscribe"] = f"<{link}>, <mailto:{compliance.unsubscribe_mailto}?subject=unsubscribe%20{token}>"
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg[contract.FEEDBACK_ID_HEADER] = contract.feedback_id(campaign.name, campaign.tenant, campaign.namespace)
     msg[contract.IDEMPOTENCY_HEADER] = ids.idempotency_key

@@ -40,9 +40,9 @@ def test_every_compliance_header_and_both_bodies():
     assert msg["Feedback-ID"] == "november:alpha:tenant-alpha:smtpinfra"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     https, mailto = (part.strip() for part in msg["List-Unsubscribe"].split(","))
-    assert mailto == "<mailto:unsubscribe@alpha.test?subject=unsubscribe>"
     assert https.startswith("<https://u.alpha.test/unsubscribe/") and https.endswith(">")
     token = https[1:-1].rsplit("/", 1)[1]
+    assert mailto == f"<mailto:unsubscribe@alpha.test?subject=unsubscribe%20{token}>"
     assert contract.verify_unsubscribe([KEY], token) == contract.Unsubscribe(
         "alpha", "tenant-alpha", "november", "Ann@example.test")
     assert msg.get_content_type() == "multipart/alternative"

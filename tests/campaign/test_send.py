@@ -82,7 +82,7 @@ def test_every_recipient_exactly_once_with_compliance_headers(world):
     assert parsed["X-Idempotency-Key"] == contract.idempotency_key(uid, "once7@example.test")
     assert parsed["Feedback-ID"] == f"{name}:alpha:{NAMESPACE}:smtpinfra"
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert "<mailto:unsubscribe@alpha.test?subject=unsubscribe>" in parsed["List-Unsubscribe"]
+    assert "<mailto:unsubscribe@alpha.test?subject=unsubscribe%20" in parsed["List-Unsubscribe"]
     assert "<https://mta.alpha.test/unsubscribe/" in parsed["List-Unsubscribe"]
     text = parsed.get_body(("plain",)).get_content()
     assert "your code is 00007" in text and "Alpha Ltd, 1 Test Street" in text
