@@ -17,6 +17,10 @@ from email.utils import formatdate
 
 from smtpinfra_mta import campaign_contract as contract
 
+POLICY = SMTP.clone(max_line_length=998)
+"""CRLF; headers folded only past RFC 5322's 998: a long token-like value (the idempotency key) folded at 78
+would start its line with a space that readers which do not unfold it keep."""
+
 
 class SenderRefused(ValueError):
     """The campaign's From is not in one of the tenant's domains."""
@@ -74,12 +78,6 @@ def identifiers(campaign: CampaignIdentity, address: str, from_address: str) -> 
     )
 
 
-def unsubscribe_link(campaign: CampaignIdentity, compliance: Compliance, address: str) -> str:
-    token = contract.sign_unsubscribe(compliance.unsubscribe_key, campaign.tenant, campaign.namespace,
-                                      campaign.name, address)
-    return contract.unsubscribe_url(compliance.unsubscribe_base_url, token)
-
-
 def _text_footer(postal: str, link: str) -> str:
     return f"\n\n--\n{postal}\nUnsubscribe: {link}\n"
 
@@ -96,7 +94,7 @@ def build_message(campaign: CampaignIdentity, compliance: Compliance, address: s
     token = contract.sign_unsubscribe(compliance.unsubscribe_key, campaign.tenant, campaign.namespace,
                                       campaign.name, address)
     link = contract.unsubscribe_url(compliance.unsubscribe_base_url, token)
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=POLICY)
     local, _, dom = compliance.from_address.rpartition("@")
     msg["From"] = Address(display_name=compliance.from_name or "", username=local, domain=dom)
     msg["To"] = address
