@@ -18,7 +18,7 @@ import grimp
 
 PACKAGES = (
     "smtpinfra_api", "smtpinfra_kube", "smtpinfra_operator", "smtpinfra_mta", "smtpinfra_cli", "smtpinfra_testenv",
-    "smtpinfra_pulumi",
+    "smtpinfra_pulumi", "smtpinfra_campaign",
 )
 
 #: Cycles known today (none). Should one ever have to be allowed, list it here; a listed cycle

@@ -38,6 +38,7 @@ LAZY_APPS: dict[str, LazyApp] = {
     "tenant": LazyApp("smtpinfra_cli.tenant", "operator", "Tenants: GDPR erasure of an address."),
     "report": LazyApp("smtpinfra_cli.report.cli", "operator",
                       "A summary of the cluster's smtp-infra resources and MTAs."),
+    "campaign": LazyApp("smtpinfra_campaign.cli", "operator", "Campaign sending (the Campaign Job's command)."),
 }
 
 app = typer.Typer(help="Self-hosted SMTP infrastructure on Kubernetes.", no_args_is_help=True)

@@ -167,7 +167,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     # Campaign
     ("Campaign", {"spec.sender.address": "not-an-email"}, "spec.sender.address"),
     ("Campaign", {"spec.recipients.configMapRef": {"name": "list", "key": "csv"}},
-     "spec.recipients: set exactly one of inline, configMapRef or secretRef"),
+     "spec.recipients: set exactly one of inline, configMapRef, secretRef or file"),
     ("Campaign", {"spec.templates": {}}, "spec.templates: set text, html or both"),
     ("Campaign", {"spec.subject": ""}, "spec.subject"),
     ("Campaign", {"spec.unsubscribe.url": "http://insecure.example.com/u"}, "spec.unsubscribe.url"),

@@ -101,11 +101,21 @@ def test_mta_entry_points_run_with_only_the_mta_extra(argv):
 
 def test_operator_entry_point_runs_with_only_the_operator_extra():
     blocked = not_installed_by("operator", "smtpinfra_testenv")
-    assert {"pulumi", "aiosmtpd", "dkim", "uvloop", "psycopg", "pytest"} <= set(blocked[0])
+    assert {"pulumi", "aiosmtpd", "dkim", "uvloop", "pytest"} <= set(blocked[0])
     result = probe(blocked, ["smtpinfra_operator"], ["operator", "run", "--help"])
     assert result.returncode == 0, result.stderr
     assert "smtpinfra_operator.app" in result.stdout.splitlines()[0]
     assert "Usage: smtp-infra operator run" in result.stdout
+
+
+def test_campaign_sender_runs_with_only_the_operator_extra():
+    """The Campaign Job runs `smtp-infra campaign send` in the operator image."""
+    blocked = not_installed_by("operator", "smtpinfra_testenv", "smtpinfra_operator")
+    assert {"pulumi", "aiosmtpd", "kopf"} & set(blocked[0]) == {"pulumi", "aiosmtpd"}
+    result = probe(blocked, ["smtpinfra_campaign"], ["campaign", "send", "--help"])
+    assert result.returncode == 0, result.stderr
+    assert "smtpinfra_campaign.sender" in result.stdout.splitlines()[0]
+    assert "Usage: smtp-infra campaign send" in result.stdout
 
 
 def test_the_blocker_refuses_what_it_blocks():

@@ -64,6 +64,28 @@ class ConfigMapKeyReference(ApiModel):
     """Key holding the recipients as CSV with an `email` column."""
 
 
+class RecipientsFormat(StrEnum):
+    """How a recipient list is written."""
+
+    CSV = "csv"
+    """Comma-separated values; the header row names the variables and has one `email` column."""
+    JSONL = "jsonl"
+    """JSON lines: one object per line with an `email` key; the other keys are variables."""
+
+
+#: A path inside the recipients volume: relative, no `..` segment, no leading slash.
+RECIPIENTS_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$"
+
+
+class RecipientsFile(ApiModel):
+    """A list on a PersistentVolumeClaim, for lists too large for a ConfigMap (1 MiB)."""
+
+    claim_name: ObjectName
+    """PersistentVolumeClaim in the campaign's namespace; mounted read-only at /var/lib/smtp-infra/recipients/."""
+    path: Annotated[str, Field(pattern=RECIPIENTS_PATH_PATTERN, max_length=1024)]
+    """Path of the list inside the claim, relative (e.g. lists/november.csv)."""
+
+
 class Recipients(ApiModel):
     """Where the recipient list comes from."""
 
@@ -71,8 +93,9 @@ class Recipients(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel(
-                    "[has(self.inline), has(self.configMapRef), has(self.secretRef)].filter(x, x).size() == 1",
-                    "spec.recipients: set exactly one of inline, configMapRef or secretRef",
+                    "[has(self.inline), has(self.configMapRef), has(self.secretRef), has(self.file)]"
+                    ".filter(x, x).size() == 1",
+                    "spec.recipients: set exactly one of inline, configMapRef, secretRef or file",
                 ),
             ]
         }
@@ -84,6 +107,10 @@ class Recipients(ApiModel):
     """A CSV in a ConfigMap."""
     secret_ref: SecretKeyReference | None = None
     """A CSV in a Secret (for lists that are personal data)."""
+    file: RecipientsFile | None = None
+    """A file on a PersistentVolumeClaim (large lists)."""
+    format: RecipientsFormat = RecipientsFormat.CSV
+    """Format of a configMapRef, secretRef or file list: csv or jsonl."""
 
 
 class Unsubscribe(ApiModel):
@@ -99,6 +126,11 @@ class Unsubscribe(ApiModel):
                 cel(
                     "!self.enabled || !self.oneClick || has(self.url)",
                     "spec.unsubscribe.url is required for oneClick (RFC 8058 needs an https URL)",
+                ),
+                cel(
+                    "self.enabled && has(self.mailto)",
+                    "spec.unsubscribe.mailto is required and unsubscribe must stay enabled: every campaign "
+                    "message carries List-Unsubscribe with an https link and a mailto (Gmail/Yahoo bulk rules)",
                 ),
             ]
         }
@@ -157,7 +189,7 @@ class CampaignSpec(ApiModel):
     rate: RateSpec = RateSpec()
     """Submission rate."""
     unsubscribe: Unsubscribe
-    """Unsubscribe headers; bulk mail must offer an unsubscribe (set enabled: false only for tests)."""
+    """Unsubscribe headers; required: every campaign message offers an https one-click link and a mailto."""
     postal_address: Annotated[str, Field(min_length=5, max_length=512)]
     """The sender's physical postal address, required in bulk mail (CAN-SPAM)."""
     suspend: bool = False

@@ -1,0 +1,84 @@
+"""`smtp-infra campaign send`: the command the Campaign controller's Job runs.
+
+Settings come from the environment the Job sets (contract with the controller): SMTP_HOST,
+SMTP_PORT, SMTP_USERNAME, SMTP_PASSWORD, SMTP_TLS (none|starttls|implicit),
+SMTP_INFRA_UNSUBSCRIBE_KEY_FILE, SMTP_INFRA_UNSUBSCRIBE_URL and SMTP_INFRA_LEDGER_DSN (overrides
+--ledger). Optional: SMTP_TLS_CA_FILE (CA bundle for the listener's certificate) and
+SMTP_TLS_VERIFY=false (skip verification, for listeners with a self-signed certificate),
+SMTP_INFRA_RECIPIENTS_DIR (where the recipients volume is mounted).
+Exit codes: 0 done (or the Campaign deleted), 2 bad input that stops the campaign, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .sources import RECIPIENTS_DIR
+
+app = typer.Typer(help="Campaign sending.", no_args_is_help=True)
+
+DEFAULT_LEDGER = "sqlite:////var/lib/smtp-infra/campaign/ledger.db"
+
+
+def _env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None:
+        typer.echo(f"environment variable {name} is required", err=True)
+        raise typer.Exit(2)
+    return value
+
+
+@app.command("send")
+def send(
+    namespace: Annotated[str, typer.Option(help="Namespace of the Campaign.")],
+    name: Annotated[str, typer.Option(help="Name of the Campaign.")],
+    ledger: Annotated[str, typer.Option(help="sqlite:////path.db or postgresql://… (SMTP_INFRA_LEDGER_DSN wins).")]
+    = DEFAULT_LEDGER,
+    lease: Annotated[str | None, typer.Option(help="Lease name; campaign-<name> when unset.")] = None,
+    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig; in-cluster config when unset.")] = None,
+    connections: Annotated[int, typer.Option(min=1, max=64, help="SMTP connections in parallel.")] = 4,
+    identity: Annotated[str | None, typer.Option(help="Lease holder identity; host name and pid when unset.")]
+    = None,
+) -> None:
+    """Render and submit a Campaign's messages exactly once per recipient."""
+    from .kube import KubeApi
+    from .ledger import open_ledger
+    from .sender import CampaignSender, SenderSettings
+    from .submission import SmtpSettings, TlsMode
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        tls = TlsMode(_env("SMTP_TLS", "starttls"))
+    except ValueError:
+        typer.echo("SMTP_TLS must be none, starttls or implicit", err=True)
+        raise typer.Exit(2) from None
+    smtp = SmtpSettings(
+        host=_env("SMTP_HOST"), port=int(_env("SMTP_PORT")), username=os.environ.get("SMTP_USERNAME"),
+        password=os.environ.get("SMTP_PASSWORD"), tls=tls,
+        verify=os.environ.get("SMTP_TLS_VERIFY", "true").lower() not in ("false", "0", "no"),
+        ca_file=os.environ.get("SMTP_TLS_CA_FILE") or None,
+    )
+    key_file = os.environ.get("SMTP_INFRA_UNSUBSCRIBE_KEY_FILE")
+    if not key_file:
+        typer.echo("SMTP_INFRA_UNSUBSCRIBE_KEY_FILE is required (the server's unsubscribe key)", err=True)
+        raise typer.Exit(2)
+    settings = SenderSettings(
+        namespace=namespace, name=name, smtp=smtp, unsubscribe_key=Path(key_file).read_bytes().strip(),
+        unsubscribe_url=os.environ.get("SMTP_INFRA_UNSUBSCRIBE_URL") or None, lease=lease,
+        connections=connections,
+        recipients_dir=Path(os.environ.get("SMTP_INFRA_RECIPIENTS_DIR") or RECIPIENTS_DIR),
+    )
+    if identity:
+        settings.identity = identity
+    store = open_ledger(os.environ.get("SMTP_INFRA_LEDGER_DSN") or ledger)
+    try:
+        code = asyncio.run(CampaignSender(settings, KubeApi(kubeconfig), store).run())
+    finally:
+        store.close()
+    raise typer.Exit(code)
