@@ -89,7 +89,7 @@ def operator_run(
              "from the pod name (POD_ID) or host and the pid, so replicas differ (a tie pauses them all).")] = None,
     metrics_port: Annotated[int, typer.Option(
         envvar="SMTP_INFRA_METRICS_PORT",
-        help="Port of the Prometheus metrics endpoint (/metrics, on every address); 0 turns it off.")] = 8080,
+        help="Port of the Prometheus metrics endpoint (/metrics, on every address); 0 turns it off.")] = 9090,
 ) -> None:
     """Run the operator against the cluster."""
     if kubeconfig is not None:

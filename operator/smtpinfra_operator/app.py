@@ -16,7 +16,7 @@ from smtpinfra_api.meta import GROUP
 PEERING_NAME = "smtp-infra"
 REQUEST_THREADS = 48
 """Threads for blocking API requests (`asyncio.to_thread`); `kube.CONNECTIONS` keeps as many alive."""
-DEFAULT_METRICS_PORT = 8080
+DEFAULT_METRICS_PORT = 9090
 PEERING_LIFETIME = int(os.environ.get("SMTP_INFRA_PEERING_LIFETIME", "60"))
 """Seconds a replica's keep-alive counts; a replica killed without notice is replaced after this."""
 

@@ -32,6 +32,7 @@ from .kubeapi import KubeApi, ModuleKube
 from .metrics import RuntimeMetrics
 from .peering import PEERING_GROUP, Gate, Peering
 from .reputation.dnsbl_kube import monitor as dnsbl_monitor
+from .reputation.warmup_metrics import WarmupMetrics
 from .reputation.warmup_status import wall_now
 from .resync import Resync, Source
 from .settings import RESYNC_SECONDS
@@ -58,7 +59,8 @@ class Runtime:
                     clock=self.clock)
         self.usage = UsageCollector(self.kube)
         self.plans = WarmupPlanController(deps)
-        self.pools = IpPoolController(deps, usage=self.usage.latest)
+        self.pools = IpPoolController(deps, usage=self.usage.latest,
+                                      warmup_metrics=WarmupMetrics(self.metrics_registry))
         self.blocklists = dnsbl_monitor(self.kube, self.status, self.gate.paused, self.pools.kick,
                                         self.metrics_registry)
         self.pools.attach_monitor(self.blocklists)

@@ -73,6 +73,8 @@ def test_values_schema_types_and_describes_every_value():
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     ("replicaCont=2", "replicaCont"),
     ("resyncSeconds=soon", "/resyncSeconds"),
+    ("metricsPort=70000", "/metricsPort"),
+    ("monitoring.serviceMonitor.interval=often", "/monitoring/serviceMonitor/interval"),
 ])
 def test_schema_refuses_bad_values(control_plane, setting, complaint):
     result = helm(control_plane, "lint", str(CHART), "--set", setting, check=False)
@@ -197,3 +199,33 @@ def test_upgrade_from_the_previous_chart_keeps_every_resource(control_plane, tmp
         assert "STATUS: deployed" in helm(cp, "status", release, "--namespace", namespace).stdout
     finally:
         helm(cp, "uninstall", release, "--namespace", namespace, check=False)
+
+
+def test_metrics_on_their_own_port_with_a_service_and_a_servicemonitor(control_plane):
+    """/metrics on 9090 (8080 is Kopf's liveness and the MTAs' port), a Service, and a ServiceMonitor
+    only where Prometheus Operator's API exists."""
+    docs = render(control_plane)
+    (container,) = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--metrics-port") + 1] == "9090"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": 8080, "metrics": 9090}
+    service = only(docs, "Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    assert service["spec"]["selector"] == only(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert not [d for d in docs if d["kind"] == "ServiceMonitor"]
+
+    with_crd = render(control_plane, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+                      "--set", "monitoring.serviceMonitor.labels.release=kube-prometheus-stack")
+    monitor = only(with_crd, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= only(with_crd, "Service")["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["x-ns"]}
+    assert not [d for d in render(control_plane, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+                                  "--set", "monitoring.serviceMonitor.enabled=false") if d["kind"] == "ServiceMonitor"]
+
+    off = render(control_plane, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor", "--set", "metricsPort=0")
+    assert not [d for d in off if d["kind"] in {"Service", "ServiceMonitor"}]
+    (container,) = only(off, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["args"][container["args"].index("--metrics-port") + 1] == "0"
+    assert [p["name"] for p in container["ports"]] == ["health"]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.observability.operator_metrics import operator_families
 from tests.observability.promql import EXTERNAL_SERIES, families, ksm_series, metric_names
 from tests.observability.tools import helm_template, promtool
 
@@ -81,21 +82,30 @@ def test_thresholds_come_from_values() -> None:
                         "--set", "monitoring.prometheusRule.thresholds.tenantWindow=6h")
     assert obj is not None
     assert alerts(obj)["SmtpQueueDeep"]["expr"] == "smtpinfra_mta_queue_messages > 123"
+    operator = rendered_rule(*WITH_CRD, "--set", "monitoring.prometheusRule.thresholds.reconcileErrorsPerMinute=2",
+                             "--set", "monitoring.prometheusRule.thresholds.warmupHeldFor=3d")
+    assert operator is not None
+    assert alerts(operator)["SmtpOperatorReconcileErrors"]["expr"].endswith("* 60 > 2")
+    assert alerts(operator)["SmtpWarmupHeld"]["for"] == "3d"
     recorded = {r["record"]: r["expr"] for g in obj["spec"]["groups"] for r in g["rules"] if "record" in r}
     assert "[6h]" in recorded["tenant:smtpinfra_mta_delivered:increase_window"]
 
 
 def test_every_series_is_really_exposed(rule: dict[str, Any], tmp_path: Path, tls_files: Any,
                                         password_hashes: dict[str, str], mta_factory: Any) -> None:
-    """Each name an expression reads is recorded by the rules, served by a real MTA's /metrics,
-    in the kube-state-metrics configuration the chart ships, or a named external series."""
+    """Each name an expression reads is recorded by the rules, served by a real MTA's /metrics or
+    declared by the operator's runtime, in the kube-state-metrics configuration the chart ships,
+    or a named external series."""
     from tests.mta.conftest import base_config
     from tests.observability.test_dashboard import scrape
 
     mta = mta_factory(base_config(tmp_path, tls_files, password_hashes))
-    exposed = families(scrape(mta))
+    operator = operator_families()
+    exposed = families(scrape(mta)) | operator
     recorded = {r["record"] for g in rule["spec"]["groups"] for r in g["rules"] if "record" in r}
     known = exposed | ksm_series() | recorded | set(EXTERNAL_SERIES)
     used = {name for g in rule["spec"]["groups"] for r in g["rules"] for name in metric_names(r["expr"])}
     assert used - known == set()
     assert {n for n in used if n.startswith("smtpinfra_mta_")} <= exposed
+    assert {n for n in used if n.startswith("smtpinfra_operator_")} <= operator
+    assert {n for n in used if n.startswith("smtpinfra_operator_")}, "no alert reads the operator's own series"

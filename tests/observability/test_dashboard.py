@@ -1,6 +1,6 @@
 """The Grafana dashboard in the chart: a valid dashboard model, shipped for the sidecar, and every
-query reading series that really exist (scraped from a running MTA, or in the kube-state-metrics
-configuration the chart ships for the operator's resources)."""
+query reading series that really exist (scraped from a running MTA, declared by the operator's
+runtime, or in the kube-state-metrics configuration the chart ships for the operator's resources)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.observability.operator_metrics import operator_families
 from tests.observability.promql import CHART, EXTERNAL_SERIES, families, ksm_series, metric_names
 from tests.observability.tools import helm_template
 
@@ -79,7 +80,13 @@ def test_covers_what_a_mail_team_looks_at() -> None:
     for needle in ("by (tenant)", "by (pool)", "by (source_ip)", "by (provider)", "smtpinfra_mta_queue_messages",
                    "smtpinfra_mta_queue_oldest_age_seconds", "smtpinfra_mta_complained_total",
                    "smtpinfra_ippool_address_daily_cap", "smtpinfra_ippool_address_quarantined",
-                   "smtpinfra_campaign_delivered", "kube_deployment_status_replicas_available"):
+                   "smtpinfra_campaign_delivered", "kube_deployment_status_replicas_available",
+                   'smtpinfra_operator_reconcile_total{result="error"}',
+                   "smtpinfra_operator_reconcile_duration_seconds", "smtpinfra_operator_queue_depth",
+                   "smtpinfra_operator_dnsbl_listed", "smtpinfra_operator_dnsbl_zone_usable",
+                   "smtpinfra_operator_address_state", "smtpinfra_operator_warmup_day",
+                   "smtpinfra_operator_warmup_daily_cap", "smtpinfra_operator_campaign_recipients",
+                   "smtpinfra_operator_tenant_suspended"):
         assert needle in text, needle
 
 
@@ -91,7 +98,9 @@ def test_every_query_reads_series_that_exist(tmp_path: Path, tls_files: Any, pas
     assert submit(mta).has("250")  # the labelled families now carry samples too
     exposed = families(scrape(mta))
     assert "smtpinfra_mta_accepted_total" in exposed and "smtpinfra_mta_bounced_total" in exposed
-    known = exposed | ksm_series() | set(EXTERNAL_SERIES)
+    operator = operator_families()
+    known = exposed | operator | ksm_series() | set(EXTERNAL_SERIES)
+    assert {n for e in expressions(dashboard()) for n in metric_names(e) if n.startswith("smtpinfra_operator_")}
     unknown = {name: expr for expr in expressions(dashboard()) for name in metric_names(expr) if name not in known}
     assert unknown == {}
 

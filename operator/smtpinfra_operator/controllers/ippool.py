@@ -36,6 +36,7 @@ from ..kicker import Locks
 from ..reputation import dnsbl_status
 from ..reputation.dnsbl_monitor import DnsblMonitor
 from ..reputation.warmup import DayFigures, DayVerdict, caps_for_day
+from ..reputation.warmup_metrics import WarmupMetrics
 from ..reputation.warmup_status import can_send, needs_event, pool_figures, warmup_fields
 from ..usage import Snapshot
 from ..warmup import check as check_plan
@@ -220,8 +221,11 @@ class IpPoolController(Controller[str]):
 
     kind = "IpPool"
 
-    def __init__(self, deps: Deps, usage: Callable[[], Snapshot | None]) -> None:
+    def __init__(self, deps: Deps, usage: Callable[[], Snapshot | None],
+                 warmup_metrics: WarmupMetrics | None = None) -> None:
         super().__init__(deps)
+        self.warmup_metrics = warmup_metrics
+        """Gauges of each address's state, warm-up day and cap, set from the status this controller publishes."""
         self.monitor: DnsblMonitor | None = None
         """The blocklist monitor (`attach_monitor`): its listings and quarantine decisions reach the
         pool's status through this controller's reconcile; None in unit tests."""
@@ -319,9 +323,13 @@ class IpPoolController(Controller[str]):
             if found is None:
                 if self.monitor is not None:
                     self.monitor.forget(key)
+                if self.warmup_metrics is not None:
+                    self.warmup_metrics.forget(key)
                 return
             body, _, state, outcome = found
             await self.deps.status.publish(IpPool, body, outcome)
+            if self.warmup_metrics is not None:
+                self.warmup_metrics.observe(key, state.addresses)
             for address, verdict in state.verdicts:
                 if (event := needs_event(verdict)) is not None:
                     await asyncio.to_thread(self.deps.status.post_event, body, "Warning", event[0],

@@ -35,5 +35,12 @@ class WarmupMetrics:
             elif (pool, address) in self._cap_labels():
                 self.cap.remove(pool, address)  # warm: no cap any more
 
+    def forget(self, pool: str) -> None:
+        """Drop every series of a pool that is gone (a deleted pool must not stay Held on a dashboard)."""
+        for gauge in (self.state, self.day, self.cap):
+            for labels in {tuple(s.labels.values()) for m in gauge.collect() for s in m.samples
+                           if s.labels.get("pool") == pool}:
+                gauge.remove(*labels)
+
     def _cap_labels(self) -> set[tuple[str, str]]:
         return {(s.labels["pool"], s.labels["address"]) for m in self.cap.collect() for s in m.samples}
