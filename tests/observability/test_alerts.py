@@ -87,6 +87,10 @@ def test_thresholds_come_from_values() -> None:
     assert operator is not None
     assert alerts(operator)["SmtpOperatorReconcileErrors"]["expr"].endswith("* 60 > 2")
     assert alerts(operator)["SmtpWarmupHeld"]["for"] == "3d"
+    # Without the operator's metrics endpoint, no alert reads its series (none would ever resolve).
+    unscraped = rendered_rule(*WITH_CRD, "--set", "metricsPort=0")
+    assert unscraped is not None and "SmtpOperatorDown" in alerts(unscraped)
+    assert not {"SmtpOperatorNotActive", "SmtpOperatorReconcileErrors", "SmtpWarmupHeld"} & set(alerts(unscraped))
     recorded = {r["record"]: r["expr"] for g in obj["spec"]["groups"] for r in g["rules"] if "record" in r}
     assert "[6h]" in recorded["tenant:smtpinfra_mta_delivered:increase_window"]
 
