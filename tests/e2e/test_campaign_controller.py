@@ -76,7 +76,9 @@ def campaign(name: str, **overrides: Any) -> dict[str, Any]:
         "sender": {"address": "news@cmp-acme.example.test"}, "subject": "News for {{ first_name }}",
         "templates": {"text": "Hello {{ first_name }}\n{{ postal_address }}"},
         "recipients": {"configMapRef": {"name": "list", "key": "rows.csv"}},
-        "unsubscribe": {"url": "https://mta.cmp.example.test/u"}, "postalAddress": "1 Main Street, Springfield",
+        "unsubscribe": {"url": "https://mta.cmp.example.test/u",
+                        "mailto": "unsubscribe@cmp.example.test"},
+        "postalAddress": "1 Main Street, Springfield",
     }
     spec.update(overrides)
     return {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "Campaign",

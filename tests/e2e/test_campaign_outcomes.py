@@ -63,7 +63,8 @@ def test_counters_follow_the_mta_and_completion_waits_for_delivery(platform, kno
                "spec": {"tenant": TENANT, "serverRef": {"name": "cmpmta", "namespace": NS},
                         "sender": {"address": f"news@{SENDER_DOMAIN}"}, "subject": "news",
                         "templates": {"text": "Hello\n{{ postal_address }}"}, "recipients": {"inline": recipients},
-                        "unsubscribe": {"url": "https://smtp.e2e.example.test/u"},
+                        "unsubscribe": {"url": "https://smtp.e2e.example.test/u",
+                                        "mailto": "unsubscribe@e2e.example.test"},
                         "postalAddress": "1 Main Street, Springfield"}})
     try:
         wait_for(lambda: find(cp, "job", build.job_name("outcomes"), TENANT_NS), timeout=60, what="sender Job")

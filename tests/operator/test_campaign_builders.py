@@ -26,7 +26,8 @@ def campaign_spec(**overrides: Any) -> dict[str, Any]:
         "sender": {"address": "news@acme.example"}, "subject": "Hello {{ first_name }}",
         "templates": {"text": "Hi {{ first_name }}, {{ postal_address }}", "html": "<p>{{ first_name }}</p>"},
         "recipients": {"configMapRef": {"name": "list", "key": "rows.csv"}},
-        "unsubscribe": {"url": "https://u.acme.example/u"}, "postalAddress": "1 Main Street, Springfield",
+        "unsubscribe": {"url": "https://u.acme.example/u", "mailto": "unsubscribe@acme.example"},
+        "postalAddress": "1 Main Street, Springfield",
     }
     spec.update(overrides)
     return spec
