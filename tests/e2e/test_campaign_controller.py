@@ -74,7 +74,7 @@ def campaign(name: str, **overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "tenant": TENANT, "serverRef": {"name": "cmp-out", "namespace": SERVER_NS},
         "sender": {"address": "news@cmp-acme.example.test"}, "subject": "News for {{ first_name }}",
-        "templates": {"text": "Hello {{ first_name }}\n{{ postal_address }}"},
+        "templates": {"text": "Hello {{ first_name }}"},
         "recipients": {"configMapRef": {"name": "list", "key": "rows.csv"}},
         "unsubscribe": {"url": "https://mta.cmp.example.test/u",
                         "mailto": "unsubscribe@cmp.example.test"},
@@ -170,7 +170,7 @@ def test_campaign_gets_its_sender_and_follows_the_lease(cluster: Any) -> None:
 
 
 @pytest.mark.parametrize(("name", "templates", "expected"), [
-    ("syntax", {"text": "Hello {{ first_name }"}, "text template, line 1"),
+    ("syntax", {"text": "Hello {{ first_name }"}, "spec.templates.text line 1"),
     ("undefined", {"text": "Hello {{ last_name }}"}, "'last_name' is undefined"),
 ])
 def test_template_error_sends_nothing(cluster: Any, name: str, templates: dict[str, str], expected: str) -> None:

@@ -3,19 +3,20 @@ against sample rows, the unsubscribe key Secret and its mount, the MTA config of
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from smtpinfra_api.v1alpha1 import CampaignSpec, SmtpServerSpec, TenantSpec
+from smtpinfra_campaign.templates import validate_templates
 from smtpinfra_mta.config import parse_config
 from smtpinfra_operator.builders import unsubscribe, workload
 from smtpinfra_operator.builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress, replica_config
 from smtpinfra_operator.campaigns import job as build
 from smtpinfra_operator.campaigns.metrics import CampaignMetrics
 from smtpinfra_operator.campaigns.recipients import inline_sample, sample
-from smtpinfra_operator.campaigns.templates import template_error
 
 pytestmark = pytest.mark.operator
 
@@ -24,7 +25,7 @@ def campaign_spec(**overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "tenant": "acme", "serverRef": {"name": "out", "namespace": "mail"},
         "sender": {"address": "news@acme.example"}, "subject": "Hello {{ first_name }}",
-        "templates": {"text": "Hi {{ first_name }}, {{ postal_address }}", "html": "<p>{{ first_name }}</p>"},
+        "templates": {"text": "Hi {{ first_name }}", "html": "<p>{{ first_name }}</p>"},
         "recipients": {"configMapRef": {"name": "list", "key": "rows.csv"}},
         "unsubscribe": {"url": "https://u.acme.example/u", "mailto": "unsubscribe@acme.example"},
         "postalAddress": "1 Main Street, Springfield",
@@ -108,6 +109,37 @@ def test_sqlite_ledger_gets_a_claim_owned_by_the_campaign() -> None:
     assert [o["kind"] for o in objects][-1] == "Job"
 
 
+def test_sender_trusts_the_ca_of_the_servers_tls_secret() -> None:
+    ca, leaf = base64.b64encode(b"CA PEM").decode(), base64.b64encode(b"LEAF PEM").decode()
+    assert build.tls_ca({"data": {"ca.crt": ca, "tls.crt": leaf}}) == "CA PEM"
+    assert build.tls_ca({"data": {"tls.crt": leaf}}) == "LEAF PEM"  # self-signed: its own anchor
+    assert build.tls_ca(None) is None
+    assert build.tls_secret_name(server()) == "t"
+    assert build.tls_secret_name(server(tls={"issuerRef": {"name": "le"}})) == "out-tls"
+    objects = build.desired_objects(campaign(), server(), build.SenderSettings(), "k", ca_pem="CA PEM")
+    secret, job = objects[3], objects[-1]
+    assert secret["stringData"]["tls-ca.crt"] == "CA PEM"
+    assert env_of(job)["SMTP_TLS_CA_FILE"] == "/etc/smtp-infra/tls-ca/tls-ca.crt"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "tls-ca", "mountPath": "/etc/smtp-infra/tls-ca", "readOnly": True} in container["volumeMounts"]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls-ca"]["secret"] == {"secretName": build.resource_name("november"),
+                                           "items": [{"key": "tls-ca.crt", "path": "tls-ca.crt"}]}
+    assert "SMTP_TLS_CA_FILE" not in env_of(build.desired_job(campaign(), server(), build.SenderSettings()))
+
+
+def test_recipients_file_claim_is_mounted_where_the_sender_reads_it() -> None:
+    spec = campaign(recipients={"file": {"claimName": "lists", "path": "november.csv"}})
+    job = build.desired_job(spec, server(), build.SenderSettings())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "recipients", "mountPath": "/var/lib/smtp-infra/recipients",
+            "readOnly": True} in container["volumeMounts"]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["recipients"]["persistentVolumeClaim"] == {"claimName": "lists", "readOnly": True}
+    plain = build.desired_job(campaign(), server(), build.SenderSettings())
+    assert "recipients" not in {v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]}
+
+
 def test_implicit_tls_when_submission_is_off() -> None:
     host, port, tls = build.submission_endpoint(server(listeners={"submission": {"enabled": False},
                                                                   "implicitTls": {"enabled": True}}))
@@ -147,27 +179,27 @@ def test_long_names_fit_a_job_label() -> None:
 def test_templates_render_against_the_sample_rows() -> None:
     spec = CampaignSpec.model_validate(campaign_spec())
     rows = sample("email,first_name\na@x.test,Ann\nb@x.test,Bob\n").rows
-    assert template_error(spec, rows) is None
+    assert validate_templates(spec, rows) is None
     missing = sample("email,last_name\na@x.test,Smith\n").rows
-    error = template_error(spec, missing)
-    assert error is not None and "'first_name' is undefined" in error and "row 1" in error
+    error = validate_templates(spec, missing)
+    assert error is not None and "'first_name' is undefined" in error and "recipient 1 (a@x.test)" in error
 
 
 @pytest.mark.parametrize(("templates", "expected"), [
-    ({"text": "Hi {{ first_name }"}, "text template, line 1"),
-    ({"html": "{{ ''.__class__.__mro__ }}"}, "html template, sample row 1"),
-    ({"text": "{{ first_name.upper.__globals__ }}"}, "text template, sample row 1"),
+    ({"text": "Hi {{ first_name }"}, "spec.templates.text line 1"),
+    ({"html": "{{ ''.__class__.__mro__ }}"}, "recipient 1 (a@x.test): spec.templates.html"),
+    ({"text": "{{ first_name.upper.__globals__ }}"}, "recipient 1 (a@x.test): spec.templates.text"),
 ])
 def test_template_errors_are_precise(templates: dict[str, str], expected: str) -> None:
     spec = CampaignSpec.model_validate(campaign_spec(templates=templates))
-    error = template_error(spec, [{"email": "a@x.test", "first_name": "Ann"}])
+    error = validate_templates(spec, [{"email": "a@x.test", "first_name": "Ann"}])
     assert error is not None and error.startswith(expected), error
 
 
 def test_subject_rendering_a_line_break_is_refused() -> None:
     spec = CampaignSpec.model_validate(campaign_spec(subject="Hi {{ first_name }}"))
-    error = template_error(spec, [{"email": "a@x.test", "first_name": "Ann\r\nBcc: x@evil.test"}])
-    assert error is not None and "CR/LF" in error
+    error = validate_templates(spec, [{"email": "a@x.test", "first_name": "Ann\r\nBcc: x@evil.test"}])
+    assert error is not None and "not a single line" in error
 
 
 def test_sample_reads_csv_and_json_lines_and_reports_bad_rows() -> None:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import CampaignSpec, SmtpServerSpec, TenantSpec
+from smtpinfra_campaign.templates import validate_templates
 
 from ..builders import unsubscribe
 from ..builders.tenant import namespace_name
@@ -27,7 +28,6 @@ from . import recipients, suspension
 from .api import CampaignApi
 from .metrics import CampaignMetrics
 from .progress import Facts, JobState, Verdict, decide, job_state, parse_progress, percent, sum_outcomes
-from .templates import template_error
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class CampaignController:
         sample, unreadable = await self._sample(namespace, spec)
         rendering = None
         if sample is not None:
-            rendering = template_error(spec, sample.rows)
+            rendering = validate_templates(spec, sample.rows)
         elif problem is None and unreadable is not None:
             problem = ("RecipientsNotFound", unreadable)
         job_body = await self.api.get("batch/v1", "Job", build.job_name(name), namespace)
@@ -186,7 +186,10 @@ class CampaignController:
         if tenant is not None:
             for obj in build.tenant_reader(campaign.spec.tenant, tenant["metadata"].get("uid", ""), meta["namespace"]):
                 await self.api.apply(obj)
-        for obj in build.desired_objects(campaign, server_ref, self.settings, key, suspend=verdict.pause_job):
+        tls_secret = build.tls_secret_name(server_ref)
+        ca_pem = build.tls_ca(await self.api.get("v1", "Secret", tls_secret, sref["namespace"])) if tls_secret else None
+        for obj in build.desired_objects(campaign, server_ref, self.settings, key, suspend=verdict.pause_job,
+                                         ca_pem=ca_pem):
             if obj["kind"] in ("Job", "PersistentVolumeClaim"):
                 await self.api.create(obj)  # created once: their specs are (mostly) immutable
             else:

@@ -12,6 +12,7 @@ Role cannot grant); it is owned by the Tenant.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,11 @@ LEDGER_URL = f"sqlite:///{LEDGER_DIR}/ledger.db"
 UNSUBSCRIBE_DIR = PurePosixPath("/etc/smtp-infra/unsubscribe")
 UNSUBSCRIBE_KEY = "unsubscribe-key"
 LEDGER_DSN_KEY = "ledger-dsn"
+TLS_CA_DIR = PurePosixPath("/etc/smtp-infra/tls-ca")
+TLS_CA_KEY = "tls-ca.crt"
+"""The server's CA (its TLS Secret's ca.crt, else tls.crt) copied into the sender's Secret."""
+RECIPIENTS_DIR = PurePosixPath("/var/lib/smtp-infra/recipients")
+"""Where a `spec.recipients.file` claim is mounted (the sender's contract)."""
 BAD_INPUT_EXIT_CODE = 2
 """The sender's exit code for input that stops the campaign (e.g. a template error): no retry."""
 BACKOFF_LIMIT = 10
@@ -141,15 +147,39 @@ def submission_endpoint(server: ServerRef) -> tuple[str, int, str]:
     return host, listeners.implicit_tls.port, "implicit"
 
 
-def sender_secret(campaign: CampaignRef, unsubscribe_key: str, settings: SenderSettings) -> dict[str, Any]:
-    """The server's unsubscribe key (and the ledger DSN) copied into the campaign's namespace.
+def tls_secret_name(server: ServerRef) -> str | None:
+    """The Secret holding the server's certificate: spec.tls.secretName, or the one cert-manager issues."""
+    tls = server.spec.tls
+    if tls is None:
+        return None
+    return tls.secret_name or f"{server.name}-tls"
+
+
+def tls_ca(secret: Mapping[str, Any] | None) -> str | None:
+    """The PEM the sender trusts for the server: the Secret's ca.crt when it has one, else tls.crt.
+
+    A self-signed certificate (no ca.crt) is its own trust anchor; a certificate issued by a CA
+    is verified against that CA, as any client of the server would.
+    """
+    data = (secret or {}).get("data") or {}
+    for key in ("ca.crt", "tls.crt"):
+        if data.get(key):
+            return base64.b64decode(data[key]).decode()
+    return None
+
+
+def sender_secret(campaign: CampaignRef, unsubscribe_key: str, settings: SenderSettings,
+                  ca_pem: str | None = None) -> dict[str, Any]:
+    """The server's unsubscribe key, its TLS CA (and the ledger DSN) copied into the campaign's namespace.
 
     A Secret volume cannot reach across namespaces; the sender signs unsubscribe links with the key
-    the server's MTA pods verify with.
+    the server's MTA pods verify with, and verifies the server's certificate against its CA.
     """
     data = {UNSUBSCRIBE_KEY: unsubscribe_key}
     if settings.ledger_dsn:
         data[LEDGER_DSN_KEY] = settings.ledger_dsn
+    if ca_pem:
+        data[TLS_CA_KEY] = ca_pem
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": _meta(resource_name(campaign.name), campaign), "stringData": data}
 
@@ -224,12 +254,13 @@ def command(campaign: CampaignRef, settings: SenderSettings) -> list[str]:
 
 
 def desired_job(campaign: CampaignRef, server: ServerRef, settings: SenderSettings,
-                suspend: bool = False) -> dict[str, Any]:
+                suspend: bool = False, has_ca: bool = False) -> dict[str, Any]:
     """The sender Job. `suspend` pauses it (Kubernetes stops its pod; the ledger resumes where it stopped).
 
     Exit code 2 (bad input) fails the Job at once (podFailurePolicy); other crashes start a new pod,
     up to BACKOFF_LIMIT. The tenant's SMTP login comes from its credentials Secret, which lives in
-    this namespace (the campaign's namespace is the tenant's).
+    this namespace (the campaign's namespace is the tenant's). `has_ca`: the sender's Secret holds
+    the server's CA (SMTP_TLS_CA_FILE). A `spec.recipients.file` claim is mounted read-only.
     """
     secret = resource_name(campaign.name)
     host, port, tls = submission_endpoint(server)
@@ -258,6 +289,16 @@ def desired_job(campaign: CampaignRef, server: ServerRef, settings: SenderSettin
     if not settings.ledger_dsn:
         mounts.append({"name": "ledger", "mountPath": str(LEDGER_DIR)})
         volumes.append({"name": "ledger", "persistentVolumeClaim": {"claimName": secret}})
+    if has_ca and tls != "none":
+        env.append({"name": "SMTP_TLS_CA_FILE", "value": str(TLS_CA_DIR / TLS_CA_KEY)})
+        mounts.append({"name": "tls-ca", "mountPath": str(TLS_CA_DIR), "readOnly": True})
+        volumes.append({"name": "tls-ca", "secret": {"secretName": secret, "items": [{"key": TLS_CA_KEY,
+                                                                                    "path": TLS_CA_KEY}]}})
+    source = campaign.spec.recipients.file
+    if source is not None:
+        mounts.append({"name": "recipients", "mountPath": str(RECIPIENTS_DIR), "readOnly": True})
+        volumes.append({"name": "recipients", "persistentVolumeClaim": {"claimName": source.claim_name,
+                                                                        "readOnly": True}})
     container = {
         "name": CONTAINER, "image": settings.sender_image(), "command": command(campaign, settings), "env": env,
         "volumeMounts": mounts,
@@ -292,13 +333,13 @@ def desired_job(campaign: CampaignRef, server: ServerRef, settings: SenderSettin
 
 
 def desired_objects(campaign: CampaignRef, server: ServerRef, settings: SenderSettings, unsubscribe_key: str,
-                    suspend: bool = False) -> list[dict[str, Any]]:
+                    suspend: bool = False, ca_pem: str | None = None) -> list[dict[str, Any]]:
     """Everything the sender needs in the campaign's namespace, the Job last (it needs the rest)."""
     objects = [service_account(campaign), role(campaign), role_binding(campaign),
-               sender_secret(campaign, unsubscribe_key, settings)]
+               sender_secret(campaign, unsubscribe_key, settings, ca_pem)]
     if not settings.ledger_dsn:
         objects.append(ledger_claim(campaign, settings))
-    objects.append(desired_job(campaign, server, settings, suspend))
+    objects.append(desired_job(campaign, server, settings, suspend, has_ca=bool(ca_pem)))
     return objects
 
 

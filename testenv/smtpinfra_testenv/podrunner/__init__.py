@@ -17,7 +17,10 @@ stages skip exactly those pods), this runner does what a kubelet does, with loca
   expansion exactly like the kubelet) and runs each container's command+args (or the image's
   known ENTRYPOINT/CMD, ``IMAGE_DEFAULTS``) inside a private mount+UTS namespace where every
   volume is bind-mounted at its ``mountPath`` (read-only remount for ``readOnly``), with the pod's
-  hostname and an /etc/hosts naming the pod IP; stdout/stderr go to
+  hostname and an /etc/hosts naming the pod IP and every Service with a selector (``name`` in
+  the pod's namespace, ``name.ns``, ``name.ns.svc``, ``name.ns.svc.cluster.local``) mapped to one
+  ready pod it selects, rewritten as pods and Services change: the stand-in for cluster DNS and
+  kube-proxy (``servicedns``); stdout/stderr go to
   ``<state>/logs/<namespace>/<pod>/<container>.log``;
 * reports status like the kubelet (podIP(s), hostIP, phase, containerStatuses, conditions) with
   Ready driven by the real readiness probe (httpGet, tcpSocket, exec), restarts on liveness
@@ -37,7 +40,8 @@ bind-mounted as is; image changes of a running pod are not acted upon.
 Layout: ``runner`` (the watches and the worker per pod), ``claims`` (PVCs bound to hostPath PVs),
 ``worker`` and its layers ``state``, ``volumes``, ``processes``, ``status``, ``probes``,
 ``supervision``; ``kube`` (what it catches of API access, which is ``smtpinfra_kube``), ``files`` (atomic writer),
-``ipalloc`` (pod IPs), ``images`` and ``expansion``. Every public name is re-exported here.
+``ipalloc`` (pod IPs), ``servicedns`` (Service names), ``images`` and ``expansion``. Every public name is
+re-exported here.
 """
 
 from __future__ import annotations

@@ -103,6 +103,31 @@ class PodProcesses(PodVolumes):
             raise NotReadyError("RunContainerError", f"container {c.name}: no command and no known entrypoint")
         return argv
 
+    def refresh_hosts(self, pod: Obj, force: bool = False) -> None:
+        """Write the pod's /etc/hosts: the host's, the pod's own name, and the cluster's Service names.
+
+        The Service names stand in for cluster DNS + kube-proxy (see ``servicedns``). The file is
+        rewritten in place (same inode), so the bind mount in a running pod sees the new content.
+        """
+        version = self.runner.hosts_version
+        if not force and version == self.hosts_seen:
+            return
+        self.hosts_seen = version
+        host_hosts = ""
+        with contextlib.suppress(OSError):
+            host_hosts = Path("/etc/hosts").read_text()
+        services = "".join(f"{line}\n" for line in self.runner.service_hosts(self.namespace))
+        text = (f"# managed by the smtp-infra pod runner\n{host_hosts.rstrip()}\n"
+                f"{self.pod_ip}\t{self._hostname(pod)}\n# Services (cluster DNS + kube-proxy stand-in)\n{services}")
+        hosts = self.dir / "etc-hosts"
+        with contextlib.suppress(OSError):
+            if hosts.read_text() == text:
+                return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with hosts.open("r+" if hosts.exists() else "w") as fh:
+            fh.write(text)
+            fh.truncate()
+
     def _mount_script(self, pod: Obj, c: Container, env: dict[str, str]) -> str:
         """Shell run inside the new mount+UTS namespace: bind volumes, set the hostname, exec."""
         vols = {v["name"]: v for v in pod["spec"].get("volumes") or []}
@@ -121,15 +146,16 @@ class PodProcesses(PodVolumes):
                 src = src.resolve()
             mounts.append((str(vm["mountPath"]), src, bool(vm.get("readOnly"))))
         if not any(m[0] == "/etc/hosts" for m in mounts):
-            hosts = self.dir / "etc-hosts"
-            host_hosts = ""
-            with contextlib.suppress(OSError):
-                host_hosts = Path("/etc/hosts").read_text()
-            hosts.write_text(f"# managed by the smtp-infra pod runner\n{host_hosts.rstrip()}\n"
-                             f"{self.pod_ip}\t{self._hostname(pod)}\n")
-            mounts.append(("/etc/hosts", hosts, False))
-        for dst, src, ro in sorted(mounts, key=lambda m: m[0].rstrip("/").count("/")):
-            q_dst, q_src = shlex.quote(dst), shlex.quote(str(src))
+            self.refresh_hosts(pod, force=True)
+            mounts.append(("/etc/hosts", self.dir / "etc-hosts", False))
+        ordered = sorted(mounts, key=lambda m: m[0].rstrip("/").count("/"))
+        # Every source is opened before anything is mounted and bound through /proc/self/fd: a
+        # volume mounted at e.g. /tmp would otherwise hide the sources that live under it (the
+        # runner's state directory may be there).
+        for index, (_, src, _) in enumerate(ordered):
+            lines.append(f"exec {{src{index}}}<{shlex.quote(str(src))}")
+        for index, (dst, src, ro) in enumerate(ordered):
+            q_dst, q_src = shlex.quote(dst), f"/proc/self/fd/$src{index}"
             if src.is_dir():
                 lines.append(f"[ -d {q_dst} ] || mkdir -p {q_dst}")
             else:
@@ -137,6 +163,7 @@ class PodProcesses(PodVolumes):
             lines.append(f"mount --bind {q_src} {q_dst}")
             if ro:
                 lines.append(f"mount -o remount,bind,ro {q_dst}")
+        lines.extend(f"exec {{src{index}}}<&-" for index in range(len(ordered)))
         lines.append(f"hostname {shlex.quote(self._hostname(pod))} 2>/dev/null || true")
         workdir = c.spec.get("workingDir") or "/"
         lines.append(f"cd {shlex.quote(workdir)}")

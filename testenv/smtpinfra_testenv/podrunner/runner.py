@@ -18,6 +18,7 @@ from .claims import ClaimBinder, claim_names
 from .config import RunnerConfig
 from .images import is_local_pod
 from .ipalloc import IpAllocator
+from .servicedns import hosts_lines, service_endpoints
 from .worker import PodWorker
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class PodRunner:
         self.claims = self.client.collection("/api/v1/persistentvolumeclaims", name="pvcs",
                                              listener=self.binder.on_claim)
         self.nodes = self.client.collection("/api/v1/nodes", name="nodes", listener=self._on_node)
+        self.services = self.client.collection("/api/v1/services", name="services", listener=self._on_service)
+        self.hosts_version = 0
+        """Bumped when a Service or pod changes: workers then rewrite the Service names in /etc/hosts."""
 
     # -- lifecycle
 
@@ -62,10 +66,10 @@ class PodRunner:
         server = self.client.server
         log.info("pod runner: API %s, images %s, pod CIDR %s, state %s", server,
                  ",".join(self.config.image_prefixes), self.config.pod_cidr, self.state_dir)
-        for r in (self.nodes, self.configmaps, self.secrets, self.claims):
+        for r in (self.nodes, self.configmaps, self.secrets, self.claims, self.services):
             r.start()
         deadline = time.monotonic() + timeout
-        for r in (self.nodes, self.configmaps, self.secrets, self.claims):
+        for r in (self.nodes, self.configmaps, self.secrets, self.claims, self.services):
             if not r.synced.wait(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError(f"{r.name} did not sync within {timeout}s")
         self.binder.start()
@@ -82,7 +86,7 @@ class PodRunner:
             w.wake()
         for w in workers:
             w.join(self.config.max_grace + 10)
-        for r in (self.pods, self.configmaps, self.secrets, self.claims, self.nodes):
+        for r in (self.pods, self.configmaps, self.secrets, self.claims, self.nodes, self.services):
             r.stop()
         self.client.close()
         if self._lock_fh is not None:
@@ -131,6 +135,7 @@ class PodRunner:
         return is_local_pod(pod, self.config.image_prefixes)
 
     def _on_pod(self, kind: str, pod: Obj) -> None:
+        self._bump_hosts()
         if not self._wants(pod):
             return
         uid = str(pod["metadata"]["uid"])
@@ -162,6 +167,17 @@ class PodRunner:
             workers = [w for w in self.workers.values() if w.namespace == ns]
         for w in workers:
             w.wake(resync=True)
+
+    def _on_service(self, kind: str, svc: Obj) -> None:
+        self._bump_hosts()
+
+    def _bump_hosts(self) -> None:
+        with self.lock:
+            self.hosts_version += 1
+
+    def service_hosts(self, namespace: str) -> list[str]:
+        """/etc/hosts lines for the Services of the cluster (the stand-in for cluster DNS + kube-proxy)."""
+        return hosts_lines(service_endpoints(self.services.items(), self.pods.items()), namespace)
 
     def _on_node(self, kind: str, node: Obj) -> None:
         for addr in node.get("status", {}).get("addresses") or []:

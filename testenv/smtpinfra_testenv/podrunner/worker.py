@@ -44,6 +44,7 @@ class PodWorker(PodSupervision, threading.Thread):
         self.last_status: Obj | None = None
         self.transitions: dict[str, tuple[str, str]] = {}
         self.failed_phase: str | None = None
+        self.hosts_seen = -1
         previous = {s["name"]: s for s in (pod.get("status", {}).get("containerStatuses") or [])}
         for c in self.containers:
             # A pod we ran before the runner restarted: its process is gone, count it as a restart.
@@ -104,6 +105,8 @@ class PodWorker(PodSupervision, threading.Thread):
                 self.next_volume_sync = now + 10.0
                 self._sync_volumes(pod)
             if self.volumes_ready and self.failed_phase is None:
+                if any(c.running for c in self.containers):
+                    self.refresh_hosts(pod)
                 self._step_containers(pod)
                 self._step_probes(pod)
             self._patch_status(pod)

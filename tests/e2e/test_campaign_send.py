@@ -1,0 +1,151 @@
+"""End to end: a Campaign → the operator's sender Job really runs (local pod runner) → the tenant's MTA pod →
+smtp-sink, exactly once per recipient, RFC 8058 headers DKIM-signed, and the Campaign Completed with the counters
+the sink saw.
+
+Nothing is simulated: the Job's pod runs `smtp-infra campaign send` (its image starts with ``smtp-infra/``), reads
+the ConfigMap list with its ServiceAccount, reaches the submission Service by name (the pod runner's /etc/hosts
+stands in for cluster DNS + kube-proxy), verifies the server's certificate with the CA the operator copied from
+the server's TLS Secret, and submits with the tenant's credentials. The MTA relays by MX (Knot) to smtp-sink.
+
+The list size is SMTP_INFRA_E2E_CAMPAIGN_RECIPIENTS (default 200; the issue's figure, 2,000, runs the same test).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import email
+import email.policy
+import os
+import re
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import dkim
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from smtpinfra_operator.campaigns import job as build
+from tests.e2e.common import NS, RCPT_DOMAIN, SENDER_DOMAIN, SINK_ADDR
+from tests.e2e.test_smtpserver import dkim_dns, server_manifest
+from tests.kube import apply, condition, find, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.operator]
+
+TENANT, TENANT_NS = "e2e-acme", "tenant-e2e-acme"
+SERVER, CAMPAIGN, LIST = "csend", "csend", "csend-list"
+COUNT = int(os.environ.get("SMTP_INFRA_E2E_CAMPAIGN_RECIPIENTS", "200"))
+
+
+def server_certificate(directory: Path, names: list[str]) -> tuple[Path, Path]:
+    """A self-signed certificate for the server's names (its Secret has no ca.crt: tls.crt is the anchor)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    return directory / "tls.crt", directory / "tls.key"
+
+
+def recipients_csv(count: int) -> str:
+    rows = ["email,first_name,code"] + [f"r{i:05d}@{RCPT_DOMAIN},Name{i},C{i:05d}" for i in range(count)]
+    return "\n".join(rows) + "\n"
+
+
+def text_part(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None, "no text/plain part"
+    return str(part.get_content())
+
+
+def signed_headers(raw: bytes) -> list[set[str]]:
+    """The h= lists of every DKIM-Signature of a message, lower-cased."""
+    parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
+    out = []
+    for value in parsed.get_all("DKIM-Signature") or []:
+        found = re.search(r"\bh=([^;]*)", re.sub(r"\s+", "", str(value)))
+        assert found, value
+        out.append({h.strip().lower() for h in found.group(1).split(":")})
+    return out
+
+
+def test_campaign_is_sent_by_its_job_exactly_once_per_recipient(platform: Any, knot: Any, sink_factory: Any,
+                                                                 pod_runner: Any, tmp_path: Path) -> None:
+    cp = platform
+    sink = sink_factory(addr=SINK_ADDR)
+    cert, key = server_certificate(tmp_path, ["smtp.e2e.example.test", f"{SERVER}-submission.{NS}.svc"])
+    cp.kubectl("-n", NS, "create", "secret", "tls", f"{SERVER}-tls", f"--cert={cert}", f"--key={key}", check=False)
+    manifest = server_manifest(SERVER, knot, sink.port, replicas=1)
+    manifest["spec"]["tls"] = {"secretName": f"{SERVER}-tls"}
+    apply(cp, manifest)
+    ready = cp.kubectl("-n", NS, "wait", "--for=condition=Ready", f"smtpserver/{SERVER}", "--timeout=180s",
+                       check=False)
+    assert ready.returncode == 0, ready.stderr
+    apply(cp, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": LIST, "namespace": TENANT_NS},
+               "data": {"rows.csv": recipients_csv(COUNT)}})
+    apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "Campaign",
+               "metadata": {"name": CAMPAIGN, "namespace": TENANT_NS},
+               "spec": {"tenant": TENANT, "serverRef": {"name": SERVER, "namespace": NS},
+                        "sender": {"address": f"news@{SENDER_DOMAIN}", "name": "ACME News"},
+                        "subject": "News for {{ first_name }}",
+                        "templates": {"text": "Hello {{ first_name }}, your code is {{ code }}.",
+                                      "html": "<p>Hello {{ first_name }}, your code is {{ code }}.</p>"},
+                        "recipients": {"configMapRef": {"name": LIST, "key": "rows.csv"}},
+                        "rate": {"messagesPerMinute": 1_000_000},
+                        "unsubscribe": {"url": "https://smtp.e2e.example.test/u",
+                                        "mailto": f"unsubscribe@{SENDER_DOMAIN}"},
+                        "postalAddress": "1 Main Street, Springfield"}})
+    try:
+        job = wait_for(lambda: find(cp, "job", build.job_name(CAMPAIGN), TENANT_NS), timeout=90, what="sender Job")
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"].startswith("smtp-infra/"), "the Job must run the project's image (pod runner)"
+        done = wait_for(lambda: (o := find(cp, "campaign", CAMPAIGN, TENANT_NS)) and
+                        (o.get("status") or {}).get("phase") in ("Completed", "Failed") and o,
+                        timeout=300 + COUNT * 0.5, interval=2, what="the Campaign finished")
+        assert done["status"]["phase"] == "Completed", done["status"]
+        assert condition(done, "TemplatesValid")["status"] == "True"
+
+        messages = sink.messages()
+        per_recipient = collections.Counter(r for m in messages for r in m.rcpts)
+        expected = {f"r{i:05d}@{RCPT_DOMAIN}" for i in range(COUNT)}
+        assert set(per_recipient) == expected
+        assert [r for r, n in per_recipient.items() if n != 1] == []
+        assert len(messages) == COUNT
+
+        records = dkim_dns(cp, SERVER)
+        for m in messages:
+            parsed = email.message_from_bytes(m.content, policy=email.policy.default)
+            assert isinstance(parsed, EmailMessage)
+            rcpt = m.rcpts[0]
+            index = int(rcpt[1:6])
+            assert f"Hello Name{index}, your code is C{index:05d}." in text_part(parsed)
+            assert str(parsed["Subject"]) == f"News for Name{index}"
+            unsubscribe = str(parsed["List-Unsubscribe"])
+            assert re.search(r"<https://smtp\.e2e\.example\.test/u/unsubscribe/[^>]+>", unsubscribe), unsubscribe
+            assert f"<mailto:unsubscribe@{SENDER_DOMAIN}" in unsubscribe, unsubscribe
+            assert str(parsed["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
+            assert len(parsed.get_all("Feedback-ID") or []) == 1
+            covered = signed_headers(m.content)
+            assert covered and all({"list-unsubscribe", "list-unsubscribe-post"} <= h for h in covered), covered
+            for idx in range(len(covered)):
+                assert dkim.DKIM(m.content).verify(idx=idx, dnsfunc=lambda name, timeout=5: records.get(name)), \
+                    f"signature {idx} of the message to {rcpt} does not verify"
+
+        counters = done["status"]["counters"]
+        assert (counters["total"], counters["sent"], counters["delivered"]) == (COUNT, len(messages), len(messages))
+        assert (counters["deferred"], counters["bounced"], counters["failed"], counters["invalid"]) == (0, 0, 0, 0)
+        assert done["status"]["progress"] == "100%"
+    finally:
+        cp.kubectl("-n", TENANT_NS, "delete", "campaign", CAMPAIGN, "--wait=false", check=False)
+        cp.kubectl("-n", NS, "delete", "smtpserver", SERVER, "--wait=false", check=False)
