@@ -129,7 +129,7 @@ class PodProcesses(PodVolumes):
             fh.truncate()
 
     def _mount_script(self, pod: Obj, c: Container, env: dict[str, str]) -> str:
-        """Shell run inside the new mount+UTS namespace: bind volumes, set the hostname, exec."""
+        """Bash run inside the new mount+UTS namespace: bind volumes, set the hostname, exec."""
         vols = {v["name"]: v for v in pod["spec"].get("volumes") or []}
         lines = ["set -e"]
         mounts: list[tuple[str, Path, bool]] = []
@@ -192,7 +192,7 @@ class PodProcesses(PodVolumes):
         with log_path.open("ab") as out:
             try:
                 c.proc = subprocess.Popen(  # preexec_fn only calls prctl
-                    [*unshare, "--", "/bin/sh", "-c", script, "sh", *argv],
+                    [*unshare, "--", "/bin/bash", "-c", script, "bash", *argv],
                     env=proc_env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
