@@ -18,6 +18,8 @@ import email
 import email.policy
 import os
 import re
+import urllib.parse
+import urllib.request
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -31,13 +33,13 @@ from cryptography.x509.oid import NameOID
 
 from smtpinfra_operator.campaigns import job as build
 from tests.e2e.common import NS, RCPT_DOMAIN, SENDER_DOMAIN, SINK_ADDR
-from tests.e2e.test_smtpserver import dkim_dns, server_manifest
+from tests.e2e.test_smtpserver import dkim_dns, pods, server_manifest
 from tests.kube import apply, condition, find, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.operator]
 
 TENANT, TENANT_NS = "e2e-acme", "tenant-e2e-acme"
-SERVER, CAMPAIGN, LIST = "csend", "csend", "csend-list"
+SERVER, UNSUB_SERVER, CAMPAIGN, LIST = "csend", "cunsub", "csend", "csend-list"
 COUNT = int(os.environ.get("SMTP_INFRA_E2E_CAMPAIGN_RECIPIENTS", "200"))
 
 
@@ -80,23 +82,25 @@ def signed_headers(raw: bytes) -> list[set[str]]:
     return out
 
 
-def test_campaign_is_sent_by_its_job_exactly_once_per_recipient(platform: Any, knot: Any, sink_factory: Any,
-                                                                 pod_runner: Any, tmp_path: Path) -> None:
-    cp = platform
-    sink = sink_factory(addr=SINK_ADDR)
-    cert, key = server_certificate(tmp_path, ["smtp.e2e.example.test", f"{SERVER}-submission.{NS}.svc"])
-    cp.kubectl("-n", NS, "create", "secret", "tls", f"{SERVER}-tls", f"--cert={cert}", f"--key={key}", check=False)
-    manifest = server_manifest(SERVER, knot, sink.port, replicas=1)
-    manifest["spec"]["tls"] = {"secretName": f"{SERVER}-tls"}
+def start_server(cp: Any, knot: Any, sink_port: int, directory: Path, server: str) -> None:
+    """The MTA (one pod) with a certificate naming its submission Service, Ready."""
+    cert, key = server_certificate(directory, ["smtp.e2e.example.test", f"{server}-submission.{NS}.svc"])
+    cp.kubectl("-n", NS, "delete", "secret", f"{server}-tls", "--ignore-not-found")
+    cp.kubectl("-n", NS, "create", "secret", "tls", f"{server}-tls", f"--cert={cert}", f"--key={key}")
+    manifest = server_manifest(server, knot, sink_port, replicas=1)
+    manifest["spec"]["tls"] = {"secretName": f"{server}-tls"}
     apply(cp, manifest)
-    ready = cp.kubectl("-n", NS, "wait", "--for=condition=Ready", f"smtpserver/{SERVER}", "--timeout=180s",
-                       check=False)
-    assert ready.returncode == 0, ready.stderr
+    wait_for(lambda: cp.kubectl("-n", NS, "wait", "--for=condition=Ready", f"smtpserver/{server}", "--timeout=60s",
+                                check=False).returncode == 0, timeout=240, interval=1, what="the SmtpServer Ready")
+
+
+def send_campaign(cp: Any, name: str, count: int, server: str = SERVER) -> dict[str, Any]:
+    """A campaign to the first `count` rows of the list; the Campaign once Completed or Failed."""
     apply(cp, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": LIST, "namespace": TENANT_NS},
-               "data": {"rows.csv": recipients_csv(COUNT)}})
+               "data": {"rows.csv": recipients_csv(count)}})
     apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "Campaign",
-               "metadata": {"name": CAMPAIGN, "namespace": TENANT_NS},
-               "spec": {"tenant": TENANT, "serverRef": {"name": SERVER, "namespace": NS},
+               "metadata": {"name": name, "namespace": TENANT_NS},
+               "spec": {"tenant": TENANT, "serverRef": {"name": server, "namespace": NS},
                         "sender": {"address": f"news@{SENDER_DOMAIN}", "name": "ACME News"},
                         "subject": "News for {{ first_name }}",
                         "templates": {"text": "Hello {{ first_name }}, your code is {{ code }}.",
@@ -106,13 +110,22 @@ def test_campaign_is_sent_by_its_job_exactly_once_per_recipient(platform: Any, k
                         "unsubscribe": {"url": "https://smtp.e2e.example.test/u",
                                         "mailto": f"unsubscribe@{SENDER_DOMAIN}"},
                         "postalAddress": "1 Main Street, Springfield"}})
+    job = wait_for(lambda: find(cp, "job", build.job_name(name), TENANT_NS), timeout=90, what="sender Job")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith("smtp-infra/"), "the Job must run the project's image (pod runner)"
+    done: dict[str, Any] = wait_for(lambda: (o := find(cp, "campaign", name, TENANT_NS)) and
+                                    (o.get("status") or {}).get("phase") in ("Completed", "Failed") and o,
+                                    timeout=300 + count * 0.5, interval=2, what=f"Campaign {name} finished")
+    return done
+
+
+def test_campaign_is_sent_by_its_job_exactly_once_per_recipient(platform: Any, knot: Any, sink_factory: Any,
+                                                                 pod_runner: Any, tmp_path: Path) -> None:
+    cp = platform
+    sink = sink_factory(addr=SINK_ADDR)
+    start_server(cp, knot, sink.port, tmp_path, SERVER)
     try:
-        job = wait_for(lambda: find(cp, "job", build.job_name(CAMPAIGN), TENANT_NS), timeout=90, what="sender Job")
-        container = job["spec"]["template"]["spec"]["containers"][0]
-        assert container["image"].startswith("smtp-infra/"), "the Job must run the project's image (pod runner)"
-        done = wait_for(lambda: (o := find(cp, "campaign", CAMPAIGN, TENANT_NS)) and
-                        (o.get("status") or {}).get("phase") in ("Completed", "Failed") and o,
-                        timeout=300 + COUNT * 0.5, interval=2, what="the Campaign finished")
+        done = send_campaign(cp, CAMPAIGN, COUNT)
         assert done["status"]["phase"] == "Completed", done["status"]
         assert condition(done, "TemplatesValid")["status"] == "True"
 
@@ -149,3 +162,39 @@ def test_campaign_is_sent_by_its_job_exactly_once_per_recipient(platform: Any, k
     finally:
         cp.kubectl("-n", TENANT_NS, "delete", "campaign", CAMPAIGN, "--wait=false", check=False)
         cp.kubectl("-n", NS, "delete", "smtpserver", SERVER, "--wait=false", check=False)
+
+
+def test_one_click_unsubscribe_makes_the_next_campaign_skip_the_address(platform: Any, knot: Any, sink_factory: Any,
+                                                                        pod_runner: Any, tmp_path: Path) -> None:
+    cp = platform
+    sink = sink_factory(addr=SINK_ADDR)
+    start_server(cp, knot, sink.port, tmp_path, UNSUB_SERVER)
+    try:
+        first = send_campaign(cp, "unsub-first", 3, UNSUB_SERVER)
+        assert first["status"]["phase"] == "Completed", first["status"]
+        messages = sink.messages()
+        target = next(m for m in messages if m.rcpts == [f"r00001@{RCPT_DOMAIN}"])
+        parsed = email.message_from_bytes(target.content, policy=email.policy.default)
+        link = re.search(r"<(https://[^>]+)>", str(parsed["List-Unsubscribe"]))
+        assert link, parsed["List-Unsubscribe"]
+        # The link's host is the public name; here the MTA pod's HTTP listener serves it.
+        path = urllib.parse.urlsplit(link.group(1)).path
+        assert "/unsubscribe/" in path
+        token_path = path[path.index("/unsubscribe/"):]
+        ip = pods(cp, UNSUB_SERVER)[f"{UNSUB_SERVER}-0"]
+        request = urllib.request.Request(f"http://{ip}:8080{token_path}", data=b"List-Unsubscribe=One-Click",
+                                         headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                         method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200
+        second = send_campaign(cp, "unsub-second", 3, UNSUB_SERVER)
+        assert second["status"]["phase"] == "Completed", second["status"]
+        counters = second["status"]["counters"]
+        assert (counters["total"], counters["suppressed"], counters["delivered"]) == (3, 1, 2), counters
+        received = collections.Counter(r for m in sink.messages() for r in m.rcpts)
+        assert received[f"r00001@{RCPT_DOMAIN}"] == 1  # the first campaign's message only
+        assert received[f"r00000@{RCPT_DOMAIN}"] == 2 and received[f"r00002@{RCPT_DOMAIN}"] == 2
+    finally:
+        for name in ("unsub-first", "unsub-second"):
+            cp.kubectl("-n", TENANT_NS, "delete", "campaign", name, "--wait=false", check=False)
+        cp.kubectl("-n", NS, "delete", "smtpserver", UNSUB_SERVER, "--wait=false", check=False)
