@@ -8,6 +8,7 @@ and the command exits 1: run it again until every pod confirmed.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -26,11 +27,13 @@ def erase(
     if "@" not in address or any(c in address for c in "\r\n\0"):
         typer.echo(f"not an address: {address!r}", err=True)
         raise typer.Exit(2)
-    from smtpinfra_kube import Client, KubeConfig
+    if kubeconfig is not None:
+        os.environ["KUBECONFIG"] = str(kubeconfig)
     from smtpinfra_operator.campaigns.erasure import erase as erase_everywhere
+    from smtpinfra_operator.kubeapi import ModuleKube
 
     try:
-        report = asyncio.run(erase_everywhere(Client(KubeConfig.load(kubeconfig)), tenant, address))
+        report = asyncio.run(erase_everywhere(ModuleKube(), tenant, address))
     except LookupError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error

@@ -15,7 +15,7 @@ from smtpinfra_api.meta import GROUP
 
 PEERING_NAME = "smtp-infra"
 REQUEST_THREADS = 48
-"""Threads for blocking API requests (`asyncio.to_thread`); the status writer's PATCHes and Kopf's own calls."""
+"""Threads for blocking API requests (`asyncio.to_thread`); `kube.CONNECTIONS` keeps as many alive."""
 DEFAULT_METRICS_PORT = 9090
 PEERING_LIFETIME = int(os.environ.get("SMTP_INFRA_PEERING_LIFETIME", "60"))
 """Seconds a replica's keep-alive counts; a replica killed without notice is replaced after this."""
@@ -91,6 +91,7 @@ def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: 
     With peering, the replica with the highest priority works and the others wait; `priority`
     defaults to one derived from the pod name and pid, so replicas never tie (a tie freezes all).
     """
+    from . import kube
     from .metrics import serve
     from .peering import Peering, default_priority, own_identity
     from .runtime import Runtime
@@ -102,7 +103,7 @@ def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: 
         me = Peering(name=peering_name, identity=identity, priority=priority)
     _tame_malloc()
     runtime = Runtime(me)
-    runtime.kube.identify(identity, None if standalone else runtime.gate.may_write)
+    kube.identify(identity, None if standalone else runtime.gate.may_write)
     serve(runtime.metrics_registry, metrics_port)
 
     kopf.configure(debug=os.environ.get("SMTP_INFRA_DEBUG") == "1", log_format=kopf.LogFormat.FULL, log_refkey="object")

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .kubeapi import Informer, KubeApi
+from .kube import Informer
+from .kubeapi import KubeApi
 
 log = logging.getLogger(__name__)
 PEERING_GROUP = "kopf.dev/v1"
@@ -91,7 +92,7 @@ class Gate:
         return self.blockers() != []
 
     def may_write(self, path: str) -> bool:
-        """The write guard `Client.identify` installs: only the peering's own coordination passes while paused.
+        """The write guard `kube.identify` installs: only the peering's own coordination passes while paused.
 
         Kopf's keep-alives (and the create of a missing peering object) are how replicas agree on
         who works; they are not reconciliation, so they are the one resource exempt.

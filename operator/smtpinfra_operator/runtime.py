@@ -28,7 +28,7 @@ from .controllers.ippool import IpPoolController
 from .controllers.smtpserver import SmtpServerController
 from .controllers.tenant import TenantController
 from .controllers.warmupplan import WarmupPlanController
-from .kubeapi import Client, KubeApi
+from .kubeapi import KubeApi, ModuleKube
 from .metrics import RuntimeMetrics
 from .peering import PEERING_GROUP, Gate, Peering
 from .reputation.dnsbl_kube import monitor as dnsbl_monitor
@@ -48,7 +48,7 @@ class Runtime:
     def __init__(self, peering: Peering | None = None, *, kube: KubeApi | None = None,
                  metrics_registry: CollectorRegistry | None = None, clock: Clock | None = None,
                  resync_seconds: float = RESYNC_SECONDS) -> None:
-        self.kube: KubeApi = kube if kube is not None else Client()  # KUBECONFIG or in-cluster
+        self.kube = kube or ModuleKube()
         self.gate = Gate(peering)
         self.clock = clock or Clock(now=wall_now)  # the MTAs' clock too (SMTP_INFRA_FAKE_TIME_FILE in tests)
         self.metrics_registry = metrics_registry or CollectorRegistry()

@@ -1,9 +1,9 @@
-"""`Client` is the operator's Kubernetes client: it implements the `KubeApi` Protocol the controllers take.
+"""`Client` is a drop-in for the operator's module-level Kubernetes functions.
 
 Statically: mypy checks the assignment of a `Client` to a `KubeApi` below (`make lint` runs mypy
-over the tests). At run time: every operation of the Protocol is a method of `Client` with the same
-parameters (names, kinds, defaults) and the same sync/async nature, and the operator names that
-same Protocol (no second client, no second Protocol).
+over the tests). At run time: `KubeApi` lists every public function of `smtpinfra_operator.kube`
+with the same parameters (names, kinds, defaults) and the same sync/async nature, and `Client`
+implements each of them that way.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from smtpinfra_kube import Client, KubeApi, KubeConfig
-from smtpinfra_operator import kubeapi
+from smtpinfra_operator import kube
 
 pytestmark = pytest.mark.kube
 
@@ -33,11 +33,12 @@ def test_a_client_is_a_kube_api():
     assert isinstance(api, Client)
 
 
-def test_the_operator_uses_the_client_packages_protocol_and_errors():
-    assert kubeapi.KubeApi is KubeApi
-    assert kubeapi.Client is Client
+def test_the_protocol_lists_every_public_function_of_the_operators_kube_module():
+    public = {name for name, function in inspect.getmembers(kube, inspect.isfunction)
+              if function.__module__ == kube.__name__ and not name.startswith("_")}
+    assert public == {*OPERATIONS}
     protocol = {name for name, _ in inspect.getmembers(KubeApi, inspect.isfunction) if not name.startswith("_")}
-    assert protocol == {*OPERATIONS}
+    assert protocol == public
 
 
 def parameters(function: object) -> list[tuple[str, object, object]]:
@@ -46,12 +47,12 @@ def parameters(function: object) -> list[tuple[str, object, object]]:
 
 
 @pytest.mark.parametrize("name", OPERATIONS)
-def test_each_method_has_the_protocols_signature(name: str):
-    expected = getattr(KubeApi, name)
-    candidate = getattr(client(), name)
-    assert inspect.iscoroutinefunction(candidate) == inspect.iscoroutinefunction(expected)
-    got = parameters(candidate)
-    want = parameters(expected)
-    assert got[:len(want)] == want, name
-    assert all(default is not inspect.Parameter.empty for _, _, default in got[len(want):]), \
-        f"{name}: extra parameters must be optional"
+def test_each_method_has_the_operators_signature(name: str):
+    expected = getattr(kube, name)
+    for candidate in (getattr(KubeApi, name), getattr(client(), name)):
+        assert inspect.iscoroutinefunction(candidate) == inspect.iscoroutinefunction(expected)
+        got = parameters(candidate)
+        want = parameters(expected)
+        assert got[:len(want)] == want, name
+        assert all(default is not inspect.Parameter.empty for _, _, default in got[len(want):]), \
+            f"{name}: extra parameters must be optional"

@@ -1,6 +1,6 @@
 """The Kubernetes calls the Campaign controller makes, as one small object it is given.
 
-`ClusterApi` is the real one (the runtime's `smtpinfra_kube.Client`, informers where they exist); tests of
+`ClusterApi` is the real one (the operator's `kube` module, informers where they exist); tests of
 the controller's decisions need none of it, the e2e tests run it against the local control plane.
 """
 
