@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from smtpinfra_kube import ApiException, Client, KubeConfig
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from .model import Report, StatsResult, build
 
@@ -78,36 +79,37 @@ def read_stats(pod: Mapping[str, Any], token: str | None, fetch: Fetch) -> Stats
 
 
 class Gatherer:
-    """Reads through the project's Kubernetes client (``smtpinfra_kube.Client``, plain REST reads)."""
+    """Reads through a Kubernetes API client (``kubernetes.client.ApiClient``)."""
 
-    def __init__(self, api_client: Client, stats: StatsOptions | None = None, fetch: Fetch = fetch_stats) -> None:
+    def __init__(self, api_client: Any, stats: StatsOptions | None = None, fetch: Fetch = fetch_stats) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
         self._api = api_client
         self._stats = stats or StatsOptions()
         self._fetch = fetch
 
     def _list(self, kind: str) -> list[dict[str, Any]]:
-        result = self._api.request("GET", f"/apis/{GROUP}/{VERSION}/{PLURALS[kind]}")
-        if not isinstance(result, dict):
+        result = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURALS[kind])
+        if not isinstance(result, dict):  # the custom objects API returns decoded JSON
             raise TypeError(f"unexpected answer listing {PLURALS[kind]}: {type(result).__name__}")
         return list(result.get("items") or [])
 
     def _token(self, namespace: str, server: str) -> str | None:
         try:
-            name = self._stats.token_secret.format(server=server)
-            secret = self._api.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+            secret = self._core.read_namespaced_secret(self._stats.token_secret.format(server=server), namespace)
         except ApiException as error:
             if error.status in (403, 404):
                 return None  # no token Secret (or no right to read it): ask without one
             raise
-        value = ((secret or {}).get("data") or {}).get(self._stats.token_key)
+        value = (secret.data or {}).get(self._stats.token_key)
         if not value:
             return None
         return base64.b64decode(value).decode().strip() or None
 
     def gather(self) -> Report:
         objects = {kind: self._list(kind) for kind in PLURALS}
-        pods = list((self._api.request("GET", "/api/v1/pods", query=[("labelSelector", MTA_POD_SELECTOR)])
-                     or {}).get("items") or [])
+        pods = [self._api.sanitize_for_serialization(p)
+                for p in self._core.list_pod_for_all_namespaces(label_selector=MTA_POD_SELECTOR).items]
         stats: dict[tuple[str, str], StatsResult] = {}
         warnings: list[str] = []
         if self._stats.enabled and pods:
@@ -131,6 +133,12 @@ class Gatherer:
         return build(now, objects, pods, stats, warnings)
 
 
-def api_client(kubeconfig: str | None) -> Client:
-    """A client from the kubeconfig given, else in-cluster config, else $KUBECONFIG / ~/.kube/config."""
-    return Client(KubeConfig.load(kubeconfig), start_informers=False)
+def api_client(kubeconfig: str | None) -> Any:
+    """A client from the kubeconfig given (or $KUBECONFIG / ~/.kube/config), else in-cluster config."""
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    try:
+        return config.new_client_from_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
