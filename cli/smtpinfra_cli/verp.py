@@ -9,7 +9,6 @@ once cannot silently lose a key.
 from __future__ import annotations
 
 import datetime
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -35,12 +34,9 @@ def rotate(
     that does not know it yet, so rotate when the old key is suspected, not on a tight schedule. Mail
     signed with the key before 'previous' no longer matches after this rotation.
     """
-    if kubeconfig is not None:
-        os.environ["KUBECONFIG"] = str(kubeconfig)
-    # after KUBECONFIG is set: the Kubernetes client reads it when it is imported
-    from kubernetes.client.exceptions import ApiException
+    from smtpinfra_kube import ApiException, Client, KubeConfig
 
-    from smtpinfra_operator import kube
+    kube = Client(KubeConfig.load(kubeconfig), start_informers=False)
 
     name = verp.secret_name(server)
     path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
