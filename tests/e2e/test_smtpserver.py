@@ -289,7 +289,7 @@ def test_operator_restart_resumes_without_duplicates(operator, platform, knot):
     again = {s["metadata"]["name"]: s["metadata"]["uid"]
              for s in json.loads(cp.kubectl("-n", NS, "get", "secrets", "-o", "json").stdout)["items"]
              if s["metadata"]["name"].startswith("restart-")}
-    assert len(uids) == 5  # two DKIM keys, the VERP key, the credentials and the /stats token Secrets
+    assert len(uids) == 6  # two DKIM keys, the VERP and unsubscribe keys, the credentials and the /stats token Secrets
     assert again == uids, "keys and credentials must not be regenerated"
     config = get(cp, "configmap", "restart-config", NS)
     assert config.get("data", {}) == {}  # zero replicas, nothing rendered
