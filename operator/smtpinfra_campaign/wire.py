@@ -35,7 +35,8 @@ _ADDR_SPEC = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
 
 def fold_header(name: str, value: str) -> bytes:
     """The header as the `email` policy writes it: folded, encoded words for non-ASCII, CRLF."""
-    return POLICY.fold(name, POLICY.header_store_parse(name, value)[1]).encode("ascii")
+    folded: str = POLICY.fold(name, POLICY.header_store_parse(name, value)[1])
+    return folded.encode("ascii")
 
 
 def header(name: str, value: str, plain: re.Pattern[str] = _PLAIN) -> bytes:
