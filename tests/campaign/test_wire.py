@@ -48,7 +48,7 @@ def _parts(msg: EmailMessage) -> list[tuple[str, dict[str, str], str, str]]:
             for p in parts]
 
 
-def _check_wire(raw: bytes) -> None:
+def assert_valid_on_the_wire(raw: bytes) -> None:
     assert b"\n" not in raw.replace(b"\r\n", b""), "bare LF"
     assert b"\r" not in raw.replace(b"\r\n", b""), "bare CR"
     assert raw.endswith(b"\r\n")
@@ -56,11 +56,11 @@ def _check_wire(raw: bytes) -> None:
     raw.decode("ascii")  # 7-bit on the wire: no SMTPUTF8 or 8BITMIME needed
 
 
-def _same(writer: MessageWriter, compliance: Compliance, address: str, subject: str, text: str | None,
+def assert_same_message(writer: MessageWriter, compliance: Compliance, address: str, subject: str, text: str | None,
           html: str | None) -> None:
     new = writer.write(address, subject, text, html)
     old = build_message(CAMPAIGN, compliance, address, subject, text, html).as_bytes()
-    _check_wire(new)
+    assert_valid_on_the_wire(new)
     a, b = _parse(new), _parse(old)
     assert not a.defects and all(not p.defects for p in a.walk())
     assert _headers(a) == _headers(b)
@@ -75,19 +75,19 @@ def _same(writer: MessageWriter, compliance: Compliance, address: str, subject: 
          which="both")
 def test_writer_matches_the_email_package(local: str, domain: str, subject: str, text: str, html: str,
                                           which: str) -> None:
-    _same(WRITER, COMPLIANCE, f"{local}@{domain}", subject, text if which != "html" else None,
+    assert_same_message(WRITER, COMPLIANCE, f"{local}@{domain}", subject, text if which != "html" else None,
           html if which != "text" else None)
 
 
 @settings(max_examples=30, deadline=None)
 @given(subject=subjects, text=bodies)
 def test_writer_without_display_name_or_reply_to(subject: str, text: str) -> None:
-    _same(PLAIN_WRITER, PLAIN, "b@example.test", subject, text, None)
+    assert_same_message(PLAIN_WRITER, PLAIN, "b@example.test", subject, text, None)
 
 
 def test_non_ascii_values_become_encoded_words() -> None:
     raw = WRITER.write("zoe@example.test", "Des nouvelles pour Zoë", "Bonjour Zoë", "<p>Zoë</p>")
-    _check_wire(raw)
+    assert_valid_on_the_wire(raw)
     assert b"=?utf-8?" in raw.split(b"\r\n\r\n", 1)[0]
     msg = _parse(raw)
     assert msg["Subject"] == "Des nouvelles pour Zoë"
@@ -98,5 +98,5 @@ def test_non_ascii_values_become_encoded_words() -> None:
 
 def test_long_body_lines_are_soft_broken() -> None:
     raw = WRITER.write("a@example.test", "s", "y" * 5000, None)
-    _check_wire(raw)
+    assert_valid_on_the_wire(raw)
     assert _parse(raw).get_content().replace("\r\n", "\n").startswith("y" * 5000 + "\n")
