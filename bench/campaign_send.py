@@ -14,16 +14,18 @@ Prints the sender's rate (all rows in the ledger as submitted), the end-to-end r
 every message) and the MTA's own rate; the last line is JSON with ``campaign_share`` = end-to-end
 campaign rate / MTA's own rate (target >= 0.9).
 
-    .venv/bin/python bench/campaign_send.py [--recipients 20000] [--connections 8]
+    .venv/bin/python bench/campaign_send.py [--recipients 20000] [--connections 8] [--profile 25]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import datetime
 import json
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -147,9 +149,15 @@ def run_campaign(procs: mt.Processes, work: Path, args: argparse.Namespace) -> d
             smtp=SmtpSettings(mt.MTA_ADDR, port, "bench", PASSWORD, TlsMode.STARTTLS, verify=False),
             connections=args.connections, recipients_dir=work)
         sender = CampaignSender(settings, MemoryCampaignApi(campaign, tenant), ledger)
+        profile = cProfile.Profile() if args.profile else None
         t0 = time.monotonic()
+        if profile is not None:
+            profile.enable()
         code = asyncio.run(sender.run())
         t_sender = time.monotonic()
+        if profile is not None:
+            profile.disable()
+            pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(args.profile)
         t_sink = sink.wait_for(args.recipients, max(300.0, args.recipients / 10))
         submitted = ledger.counts("bench-uid-1")[State.SUBMITTED]
         ledger.close()
@@ -170,6 +178,9 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=20, help="smtp-source sessions for the MTA's own rate")
     ap.add_argument("--size", type=int, default=2048, help="message size for the MTA's own rate (about a campaign "
                                                            "message)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="profile the sender (cProfile, in this process) and print its N costliest functions "
+                         "to stderr")
     ap.add_argument("--single-process", dest="separate_process", action="store_false")
     args = ap.parse_args()
     procs = mt.Processes()

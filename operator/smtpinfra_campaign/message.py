@@ -78,18 +78,22 @@ def identifiers(campaign: CampaignIdentity, address: str, from_address: str) -> 
     )
 
 
-def _text_footer(postal: str, link: str) -> str:
+def text_footer(postal: str, link: str) -> str:
     return f"\n\n--\n{postal}\nUnsubscribe: {link}\n"
 
 
-def _html_footer(postal: str, link: str) -> str:
+def html_footer(postal: str, link: str) -> str:
     return (f'\n<hr><p style="font-size:small">{html_lib.escape(postal)}<br>'
             f'<a href="{html_lib.escape(link, quote=True)}">Unsubscribe</a></p>\n')
 
 
 def build_message(campaign: CampaignIdentity, compliance: Compliance, address: str, subject: str,
                   text: str | None, html: str | None) -> EmailMessage:
-    """The complete message for `address`; text and HTML become multipart/alternative."""
+    """The complete message for `address`; text and HTML become multipart/alternative.
+
+    The object-model form, kept as the reference `wire.MessageWriter` (what the sender sends, written
+    without the object model for speed) is tested against.
+    """
     ids = identifiers(campaign, address, compliance.from_address)
     token = contract.sign_unsubscribe(compliance.unsubscribe_key, campaign.tenant, campaign.namespace,
                                       campaign.name, address)
@@ -108,8 +112,8 @@ def build_message(campaign: CampaignIdentity, compliance: Compliance, address: s
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg[contract.FEEDBACK_ID_HEADER] = contract.feedback_id(campaign.name, campaign.tenant, campaign.namespace)
     msg[contract.IDEMPOTENCY_HEADER] = ids.idempotency_key
-    text_body = (text or "") + _text_footer(compliance.postal_address, link) if text is not None else None
-    html_body = (html or "") + _html_footer(compliance.postal_address, link) if html is not None else None
+    text_body = (text or "") + text_footer(compliance.postal_address, link) if text is not None else None
+    html_body = (html or "") + html_footer(compliance.postal_address, link) if html is not None else None
     if text_body is not None:
         msg.set_content(text_body, cte="quoted-printable")
         if html_body is not None:

@@ -31,7 +31,6 @@ from .message import (
     CampaignIdentity,
     Compliance,
     SenderRefused,
-    build_message,
     check_sender_domain,
     identifiers,
 )
@@ -41,6 +40,7 @@ from .recipients import InvalidRow, ListError, Recipient, Row
 from .sources import RECIPIENTS_DIR, open_rows
 from .submission import Outcome, SmtpSettings, Submitter
 from .templates import CampaignTemplates, TemplateProblem, validate_templates
+from .wire import MessageWriter
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,8 @@ class CampaignSender:
             self.run_state.running.set()
         queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=self.s.connections * 4)
         bucket = TokenBucket(spec.rate.messages_per_minute)
-        workers = [asyncio.create_task(self._worker(queue, bucket, campaign, compliance, templates))
+        writer = MessageWriter(campaign, compliance)
+        workers = [asyncio.create_task(self._worker(queue, bucket, writer, templates))
                    for _ in range(self.s.connections)]
         producer = asyncio.create_task(self._produce(spec, campaign, templates, queue))
         guards = [asyncio.create_task(self._renew()), asyncio.create_task(self._watch())]
@@ -256,8 +257,8 @@ class CampaignSender:
             self.ledger.claim(self.uid, invalid, State.INVALID)
         return out
 
-    async def _worker(self, queue: asyncio.Queue[_Work | None], bucket: TokenBucket, campaign: CampaignIdentity,
-                      compliance: Compliance, templates: CampaignTemplates) -> None:
+    async def _worker(self, queue: asyncio.Queue[_Work | None], bucket: TokenBucket, writer: MessageWriter,
+                      templates: CampaignTemplates) -> None:
         submitter = Submitter(self.s.smtp)
         key = None
         try:
@@ -268,8 +269,7 @@ class CampaignSender:
                 except TemplateProblem as exc:
                     self.ledger.mark(self.uid, key, State.INVALID, f"row {work.recipient.row}: {exc}"[:512])
                     continue
-                data = build_message(campaign, compliance, work.recipient.email, rendered.subject, rendered.text,
-                                     rendered.html).as_bytes()
+                data = writer.write(work.recipient.email, rendered.subject, rendered.text, rendered.html)
                 await self._submit(submitter, bucket, key, work, data)
         finally:
             await submitter.close()
