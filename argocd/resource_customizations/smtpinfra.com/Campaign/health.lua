@@ -49,7 +49,7 @@ end
 -- generation, whether or not it reports a Suspended condition (or phase) of its own.
 local suspended = condition(obj, "Suspended")
 if (obj.spec ~= nil and obj.spec.suspend == true) or (suspended ~= nil and suspended.status == "True")
-    or obj.status.phase == "Suspended" then
+    or obj.status.phase == "Paused" then
   hs.status = "Suspended"
   hs.message = text(suspended, "Campaign suspended (spec.suspend)")
   return hs
