@@ -10,6 +10,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -30,6 +31,13 @@ _PR_SET_PDEATHSIG = 1
 def die_with_runner() -> None:
     """preexec_fn: the process gets SIGKILL if the runner dies without cleaning up."""
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def image_roots() -> list[Path]:
+    """What a local image consists of here: the checkout the runner runs from and its interpreter's prefix."""
+    checkout = Path(__file__).resolve().parents[3]
+    prefix = Path(sys.prefix).resolve()
+    return [checkout] if prefix.is_relative_to(checkout) else [checkout, prefix]
 
 
 class PodProcesses(PodVolumes):
@@ -163,6 +171,18 @@ class PodProcesses(PodVolumes):
             lines.append(f"mount --bind {q_src} {q_dst}")
             if ro:
                 lines.append(f"mount -o remount,bind,ro {q_dst}")
+        # The image of a local pod is this checkout and its interpreter: a volume mounted over a path
+        # that holds them (an emptyDir at /tmp when the checkout is under /tmp) would hide the very
+        # program the container runs, so they are bound back on top, as a container runtime's image
+        # layers would never be hidden by a volume elsewhere.
+        hidden = [root for root in image_roots() if any(
+            m[0] != "/etc/hosts" and (str(root) + "/").startswith(m[0].rstrip("/") + "/") for m in ordered)]
+        for index, root in enumerate(hidden):
+            lines.insert(1 + index, f"exec {{img{index}}}<{shlex.quote(str(root))}")
+        for index, root in enumerate(hidden):
+            lines.append(f"mkdir -p {shlex.quote(str(root))}")
+            lines.append(f"mount --bind /proc/self/fd/$img{index} {shlex.quote(str(root))}")
+        lines.extend(f"exec {{img{index}}}<&-" for index in range(len(hidden)))
         lines.extend(f"exec {{src{index}}}<&-" for index in range(len(ordered)))
         lines.append(f"hostname {shlex.quote(self._hostname(pod))} 2>/dev/null || true")
         workdir = c.spec.get("workingDir") or "/"
