@@ -168,7 +168,7 @@ class PodProcesses(PodVolumes):
                 lines.append(f"[ -d {q_dst} ] || mkdir -p {q_dst}")
             else:
                 lines.append(f"[ -e {q_dst} ] || {{ mkdir -p \"$(dirname {q_dst})\"; : > {q_dst}; }}")
-            lines.append(f"mount --bind {q_src} {q_dst}")
+            lines.append(f"mount --no-canonicalize --bind {q_src} {q_dst}")
             if ro:
                 lines.append(f"mount -o remount,bind,ro {q_dst}")
         # The image of a local pod is this checkout and its interpreter: a volume mounted over a path
@@ -181,7 +181,7 @@ class PodProcesses(PodVolumes):
             lines.insert(1 + index, f"exec {{img{index}}}<{shlex.quote(str(root))}")
         for index, root in enumerate(hidden):
             lines.append(f"mkdir -p {shlex.quote(str(root))}")
-            lines.append(f"mount --bind /proc/self/fd/$img{index} {shlex.quote(str(root))}")
+            lines.append(f"mount --no-canonicalize --bind /proc/self/fd/$img{index} {shlex.quote(str(root))}")
         lines.extend(f"exec {{img{index}}}<&-" for index in range(len(hidden)))
         lines.extend(f"exec {{src{index}}}<&-" for index in range(len(ordered)))
         lines.append(f"hostname {shlex.quote(self._hostname(pod))} 2>/dev/null || true")
