@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,27 @@ def scrub_quarantine(directory: Path, address: str) -> int:
     return removed
 
 
+ADDRESS_STATS_FILE = "addresses.sqlite"
+"""The per-source-address figures (`addrstats`), which remember who each address last sent to."""
+
+
+def scrub_address_stats(path: Path, address: str) -> int:
+    """Forget which source address last sent to ``address`` (late reports for it then count nowhere)."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(str(path), timeout=5)
+    try:
+        db.execute("PRAGMA secure_delete=ON")
+        removed = db.execute("DELETE FROM recipients WHERE rcpt=?", (address.strip().lower(),)).rowcount
+        db.commit()
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+    except sqlite3.Error:  # no such table yet: nothing remembered
+        return 0
+    finally:
+        db.close()
+
+
 async def erase(store: SuppressionStore, spool_dir: Path, tenant: str, address: str,
                 outcomes: OutcomeStore | None = None) -> Erased:
     """Erase ``address`` of ``tenant``: the hash is written first, so the address is never unsuppressed."""
@@ -96,5 +118,6 @@ async def erase(store: SuppressionStore, spool_dir: Path, tenant: str, address: 
     removed = scrub_quarantine(spool_dir / QUARANTINE_DIR, address)
     if outcomes is not None:
         outcomes.erase(address)
+    scrub_address_stats(spool_dir / ADDRESS_STATS_FILE, address)
     log.info("address erased", extra={"tenant": tenant, "suppression_entry": had, "quarantined_reports": removed})
     return Erased(tenant=tenant, suppression_entry=had, quarantined_reports=removed)
