@@ -1,5 +1,8 @@
 """Operator at scale: apply → ``Ready=True`` latency and peak RSS with 200 SmtpServers and 1,000 Tenants.
 
+One file over 500 lines because it is one script: set-up, load, audit counting and the report read
+top to bottom as the run does.
+
 A private control plane (fresh temp state dir, purged at the end) gets the CRDs; the operator runs
 as a subprocess (``smtp-infra operator run --kubeconfig …``) exactly as a user would start it. The
 bench then creates:

@@ -1,5 +1,8 @@
 """The delivery scheduler: ready queues per (pool, recipient domain), retries, bounces, shaping.
 
+Slightly over 500 lines: the per-address caps, quarantine and overflow joined the queue logic they
+gate; moving source-address choice into its own module is the next split.
+
 Each spooled message is split into one work item per recipient domain. A domain queue opens up to
 ``connection_limit`` connections; each connection picks a source IP of the tenant's pool that is
 under its warm-up caps, binds it, and sends items one after another (connection reuse) until the

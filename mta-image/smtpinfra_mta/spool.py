@@ -1,5 +1,7 @@
 """Durable message spool with group commit.
 
+Slightly over 500 lines: commit, recovery and the idempotency log share one durability contract.
+
 Contract: :meth:`Spool.commit` returns only after the message file (envelope + content) and, when
 present, its idempotency record are on disk and fsynced, and the directory entry is fsynced. The SMTP
 layer answers 250 to DATA only after that. Sessions that finish DATA at the same time share one

@@ -1,5 +1,8 @@
 """The operator's Kubernetes I/O: get, list, server-side apply, create-once.
 
+Over 500 lines and module state because it is the client being replaced: `smtpinfra_kube.Client`
+has the same methods as objects; this module goes once the operator runs on it.
+
 Synchronous kubernetes-client calls run in threads so Kopf's event loop stays free. Server-side
 apply with one field manager makes every reconcile idempotent and restores objects that were
 edited or deleted by hand, without clobbering fields other managers own.
