@@ -13,6 +13,10 @@ K8S_VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$
 cache=${1:-${SMTP_INFRA_CACHE:-$HOME/.cache/smtp-infra}}
 bin="$cache/controlplane-$K8S_VERSION/bin"
 mkdir -p "$bin"
+# One build at a time per cache: a second caller (a test session started while the build that
+# make test began in the background still runs) waits for it, then finds the binaries there.
+exec 9>"$bin/.build.lock"
+flock 9
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
 need() { for b in "$@"; do [ -x "$bin/$b" ] || return 0; done; return 1; }

@@ -12,8 +12,10 @@ dependencies.
   deterministic `Message-ID`, so a retried submission is recognised by the MTA's idempotency log.
 - Unsubscribe token: `<payload>.<mac>`, both base64url without padding; payload is
   `v1\\0<tenant>\\0<namespace>/<campaign>\\0<address>` (UTF-8), mac the first 16 bytes of
-  HMAC-SHA256 over the payload with the server's unsubscribe key. The link is
-  `<base url>/unsubscribe/<token>`.
+  HMAC-SHA256 over the payload with the *sender key* of that tenant and namespace: a key derived
+  from the server's unsubscribe key (`sender_key`). Only the derived key leaves the server's
+  namespace (into the campaign's), so a tenant that reads it can sign links for its own
+  recipients only, never another tenant's. The link is `<base url>/unsubscribe/<token>`.
 - Erasure: a suppressed address may be kept only as `sha256:<hex of HMAC-SHA256(salt, address)>`,
   the salt per tenant; the suppression check compares both forms.
 """
@@ -100,30 +102,35 @@ class Unsubscribe:
     address: str
 
 
+def sender_key(server_key: bytes, tenant: str, namespace: str) -> bytes:
+    """The key a campaign of `tenant` in `namespace` signs its unsubscribe links with (hex, ASCII)."""
+    label = "\0".join([TOKEN_VERSION, "sender", tenant, namespace]).encode("utf-8")
+    return hmac.new(server_key, label, hashlib.sha256).hexdigest().encode("ascii")
+
+
 def sign_unsubscribe(key: bytes, tenant: str, namespace: str, campaign: str, address: str) -> str:
-    """The token of one recipient's unsubscribe link."""
+    """The token of one recipient's unsubscribe link; `key` is the sender key (`sender_key`)."""
     payload = "\0".join([TOKEN_VERSION, tenant, f"{namespace}/{campaign}", normalise_address(address)]).encode()
     mac = hmac.new(key, payload, hashlib.sha256).digest()[:MAC_BYTES]
     return f"{_b64(payload)}.{_b64(mac)}"
 
 
 def verify_unsubscribe(keys: list[bytes], token: str) -> Unsubscribe | None:
-    """The request a token stands for, if one of `keys` (current and previous) signed it; else None."""
+    """The request a token stands for, if the sender key of the tenant and namespace it names, derived
+    from one of the server's `keys` (current and previous), signed it; else None."""
     if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
         return None
     payload_text, mac_text = token.split(".")
     try:
         payload, mac = _unb64(payload_text), _unb64(mac_text)
-    except (binascii.Error, ValueError):
-        return None
-    if not any(hmac.compare_digest(hmac.new(k, payload, hashlib.sha256).digest()[:MAC_BYTES], mac) for k in keys):
-        return None
-    try:
         version, tenant, campaign_ref, address = payload.decode("utf-8").split("\0")
-    except (UnicodeDecodeError, ValueError):
+    except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
     namespace, sep, campaign = campaign_ref.partition("/")
     if version != TOKEN_VERSION or not sep or not (tenant and namespace and campaign and "@" in address):
+        return None
+    if not any(hmac.compare_digest(hmac.new(sender_key(k, tenant, namespace), payload, hashlib.sha256)
+                                   .digest()[:MAC_BYTES], mac) for k in keys):
         return None
     return Unsubscribe(tenant=tenant, namespace=namespace, campaign=campaign, address=address)
 

@@ -17,7 +17,9 @@ from smtpinfra_campaign.message import (
 from smtpinfra_mta import campaign_contract as contract
 
 CAMPAIGN = CampaignIdentity("november", "tenant-alpha", "9f0c-uid", "alpha")
-KEY = b"unsubscribe-key"
+SERVER_KEY = b"unsubscribe-key"
+KEY = contract.sender_key(SERVER_KEY, "alpha", "tenant-alpha")
+"""What the operator gives this campaign's sender; the MTA pods hold SERVER_KEY."""
 COMPLIANCE = Compliance(from_address="news@alpha.test", from_name="Alpha, News", reply_to="help@alpha.test",
                         postal_address="Alpha Ltd, 1 Test Street", unsubscribe_base_url="https://u.alpha.test/",
                         unsubscribe_mailto="unsubscribe@alpha.test", unsubscribe_key=KEY)
@@ -43,7 +45,7 @@ def test_every_compliance_header_and_both_bodies():
     assert https.startswith("<https://u.alpha.test/unsubscribe/") and https.endswith(">")
     token = https[1:-1].rsplit("/", 1)[1]
     assert mailto == f"<mailto:unsubscribe@alpha.test?subject=unsubscribe%20{token}>"
-    assert contract.verify_unsubscribe([KEY], token) == contract.Unsubscribe(
+    assert contract.verify_unsubscribe([SERVER_KEY], token) == contract.Unsubscribe(
         "alpha", "tenant-alpha", "november", "Ann@example.test")
     assert msg.get_content_type() == "multipart/alternative"
     text = msg.get_body(("plain",)).get_content()

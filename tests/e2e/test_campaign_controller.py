@@ -9,6 +9,7 @@ the counters through the same decision (tests/operator/test_campaign_decisions.p
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from smtpinfra_campaign.keys import sender_key
 from smtpinfra_operator.campaigns import job as build
 from smtpinfra_operator.campaigns.erasure import REQUEST_LABEL, STATUS_ANNOTATION
 from smtpinfra_operator.campaigns.progress import PROGRESS_ANNOTATION
@@ -132,9 +134,10 @@ def test_campaign_gets_its_sender_and_follows_the_lease(cluster: Any) -> None:
     assert can("update", "leases.coordination.k8s.io/campaign-welcome")
     assert can("get", f"tenants.smtpinfra.com/{TENANT}")
     assert not can("get", "secrets/smtp-credentials") and not can("delete", "jobs")
-    # The key the MTA pods verify unsubscribe links with, copied for the sender.
-    copied = get(cp, "secret", sender, TENANT_NS)["data"][build.UNSUBSCRIBE_KEY]
-    assert copied == get(cp, "secret", "cmp-out-unsubscribe", SERVER_NS)["data"]["key"]
+    # Not the key the MTA pods hold: the one derived from it for this tenant and namespace.
+    copied = base64.b64decode(get(cp, "secret", sender, TENANT_NS)["data"][build.UNSUBSCRIBE_KEY]).decode()
+    server_key = base64.b64decode(get(cp, "secret", "cmp-out-unsubscribe", SERVER_NS)["data"]["key"]).decode()
+    assert copied != server_key and copied == sender_key(server_key, TENANT, TENANT_NS)
 
     sending = wait_for(lambda: phase_is(cp, "welcome", "Sending"), timeout=60, what="phase Sending")
     assert condition(sending, "TemplatesValid")["status"] == "True"

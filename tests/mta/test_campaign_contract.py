@@ -7,17 +7,29 @@ from hypothesis import strategies as st
 
 from smtpinfra_mta import campaign_contract as cc
 
+ACME = cc.sender_key(b"k1", "acme", "mail")
+"""What acme's campaigns in namespace mail sign with; the server holds k1."""
+
 
 def test_unsubscribe_token_round_trips_and_names_the_recipient() -> None:
-    token = cc.sign_unsubscribe(b"k1", "acme", "mail", "spring", "Ann@Example.COM")
+    token = cc.sign_unsubscribe(ACME, "acme", "mail", "spring", "Ann@Example.COM")
     assert cc.verify_unsubscribe([b"old", b"k1"], token) == cc.Unsubscribe("acme", "mail", "spring", "Ann@example.com")
 
 
+def test_a_tenants_sender_key_signs_for_that_tenant_and_namespace_only() -> None:
+    """The sender key sits in the tenant's namespace; with it, no link of another tenant or namespace verifies."""
+    assert ACME not in (b"k1", cc.sender_key(b"k1", "beta", "mail"), cc.sender_key(b"k1", "acme", "other"))
+    for tenant, namespace in (("beta", "beta-mail"), ("beta", "mail"), ("acme", "other")):
+        forged = cc.sign_unsubscribe(ACME, tenant, namespace, "spring", "victim@example.com")
+        assert cc.verify_unsubscribe([b"k1"], forged) is None, (tenant, namespace)
+    assert cc.verify_unsubscribe([b"k1"], cc.sign_unsubscribe(b"k1", "acme", "mail", "spring", "a@example.com")) is None
+
+
 def test_a_token_signed_with_another_key_or_altered_is_refused() -> None:
-    token = cc.sign_unsubscribe(b"k1", "acme", "mail", "spring", "ann@example.com")
+    token = cc.sign_unsubscribe(ACME, "acme", "mail", "spring", "ann@example.com")
     assert cc.verify_unsubscribe([b"k2"], token) is None
     payload, mac = token.split(".")
-    forged = cc.sign_unsubscribe(b"k1", "acme", "mail", "spring", "bob@example.com").split(".")[0]
+    forged = cc.sign_unsubscribe(ACME, "acme", "mail", "spring", "bob@example.com").split(".")[0]
     assert cc.verify_unsubscribe([b"k1"], f"{forged}.{mac}") is None
     assert cc.verify_unsubscribe([b"k1"], payload) is None
     assert cc.verify_unsubscribe([b"k1"], token + "x" * cc.MAX_TOKEN_LENGTH) is None

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from smtpinfra_mta.campaign_contract import sign_unsubscribe
+from smtpinfra_mta.campaign_contract import sender_key, sign_unsubscribe
 from smtpinfra_mta.unsubscribe import one_click
 
 from .conftest import MTA_ADDR, Dns, RunningMta, Sink, base_config, submit, swaks, wait_for
@@ -18,6 +18,11 @@ from .conftest import MTA_ADDR, Dns, RunningMta, Sink, base_config, submit, swak
 pytestmark = pytest.mark.mta
 
 CURRENT, PREVIOUS = b"unsubscribe-key-2026-12-current", b"unsubscribe-key-2026-11-previous"
+
+
+def _sign(server_key: bytes, tenant: str, namespace: str, campaign: str, address: str) -> str:
+    """A link as a campaign's sender signs it: with the key derived from the server's for its tenant."""
+    return sign_unsubscribe(sender_key(server_key, tenant, namespace), tenant, namespace, campaign, address)
 
 
 def _request(mta: RunningMta, method: str, path: str, body: bytes = b"",
@@ -64,7 +69,7 @@ def test_one_click_body_forms() -> None:
 
 def test_get_shows_a_page_and_post_unsubscribes(keyed_config: dict[str, Any], mta_factory: Any) -> None:
     mta: RunningMta = mta_factory(keyed_config)
-    token = sign_unsubscribe(PREVIOUS, "alpha", "shop", "spring", "Fan@Example.TEST")  # previous key still valid
+    token = _sign(PREVIOUS, "alpha", "shop", "spring", "Fan@Example.TEST")  # previous key still valid
     path = f"/unsubscribe/{token}"
 
     status, headers, page = _request(mta, "GET", path)
@@ -82,7 +87,7 @@ def test_get_shows_a_page_and_post_unsubscribes(keyed_config: dict[str, Any], mt
                     {"Content-Type": "application/x-www-form-urlencoded"})[0] == 200
     assert _stats(mta)["campaigns"]["shop/spring"]["unsubscribed"] == 1  # a second click is the same one
 
-    token2 = sign_unsubscribe(CURRENT, "alpha", "shop", "spring", "other@example.test")
+    token2 = _sign(CURRENT, "alpha", "shop", "spring", "other@example.test")
     body = b"--b0\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--b0--\r\n"
     status, _, _ = _request(mta, "POST", f"/unsubscribe/{token2}", body,
                             {"Content-Type": "multipart/form-data; boundary=b0"})
@@ -93,10 +98,10 @@ def test_get_shows_a_page_and_post_unsubscribes(keyed_config: dict[str, Any], mt
 def test_bad_tokens_and_bodies_change_nothing(keyed_config: dict[str, Any], mta_factory: Any) -> None:
     mta: RunningMta = mta_factory(keyed_config)
     form = {"Content-Type": "application/x-www-form-urlencoded"}
-    good = sign_unsubscribe(CURRENT, "alpha", "shop", "spring", "x@example.test")
+    good = _sign(CURRENT, "alpha", "shop", "spring", "x@example.test")
     payload, mac = good.split(".")
     forged = f"{payload}.{'A' if mac[0] != 'A' else 'B'}{mac[1:]}"
-    unknown_key = sign_unsubscribe(b"somebody-elses-key-0000000000", "alpha", "shop", "spring", "x@example.test")
+    unknown_key = _sign(b"somebody-elses-key-0000000000", "alpha", "shop", "spring", "x@example.test")
     for token in (forged, unknown_key, "garbage", "a.b", "x" * 5000):
         status, _, body = _request(mta, "POST", f"/unsubscribe/{token}", b"List-Unsubscribe=One-Click", form)
         assert status in (400, 404, 431) and len(body) < 32, (token[:20], status)
@@ -109,7 +114,7 @@ def test_bad_tokens_and_bodies_change_nothing(keyed_config: dict[str, Any], mta_
 def test_unsubscribe_answers_404_without_keys(tmp_path: Path, tls_files: Any, password_hashes: dict[str, str],
                                               mta_factory: Any) -> None:
     mta: RunningMta = mta_factory(base_config(tmp_path, tls_files, password_hashes))
-    token = sign_unsubscribe(CURRENT, "alpha", "shop", "spring", "x@example.test")
+    token = _sign(CURRENT, "alpha", "shop", "spring", "x@example.test")
     assert _request(mta, "POST", f"/unsubscribe/{token}", b"List-Unsubscribe=One-Click",
                     {"Content-Type": "application/x-www-form-urlencoded"})[0] == 404
 
@@ -121,7 +126,7 @@ def test_unsubscribed_address_is_suppressed_for_later_campaign_mail(
     keyed_config["delivery"]["port"] = sink.port
     keyed_config["delivery"]["resolver"] = {"address": dns_server.address, "port": dns_server.port, "timeout": "3s"}
     mta: RunningMta = mta_factory(keyed_config)
-    token = sign_unsubscribe(CURRENT, "alpha", "shop", "spring", "fan@example.test")
+    token = _sign(CURRENT, "alpha", "shop", "spring", "fan@example.test")
     assert _request(mta, "POST", f"/unsubscribe/{token}", b"List-Unsubscribe=One-Click",
                     {"Content-Type": "application/x-www-form-urlencoded"})[0] == 200
     tag = ["--add-header", "Feedback-ID: autumn:alpha:shop:smtpinfra"]
@@ -136,8 +141,8 @@ def test_unsubscribed_address_is_suppressed_for_later_campaign_mail(
 
 def test_mailto_unsubscribe_by_subject_token(keyed_config: dict[str, Any], mta_factory: Any) -> None:
     mta: RunningMta = mta_factory(keyed_config)
-    token = sign_unsubscribe(CURRENT, "alpha", "shop", "spring", "mailer@example.test")
-    forged = sign_unsubscribe(b"not-the-servers-key-000000000000", "alpha", "shop", "spring", "victim@example.test")
+    token = _sign(CURRENT, "alpha", "shop", "spring", "mailer@example.test")
+    forged = _sign(b"not-the-servers-key-000000000000", "alpha", "shop", "spring", "victim@example.test")
     for subject in (f"unsubscribe {forged}", f"Unsubscribe {token}"):
         r = swaks("--server", f"{MTA_ADDR}:{mta.inbound_port}", "--ehlo", "client.example.test",
                   "--from", "mailer@example.test", "--to", "unsubscribe@bounces.mta.test",

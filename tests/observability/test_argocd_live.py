@@ -127,8 +127,12 @@ def test_campaign_progressing_and_suspended(operator, tmp_path):
     capture("Campaign", "progressing", obj)
     cp.kubectl("-n", "tenant-acme", "patch", "campaign", "november-newsletter", "--type=merge",
                "-p", '{"spec": {"suspend": true}}')
-    obj = settle(cp, "campaign", "november-newsletter", "tenant-acme",
-                 lambda o: o["spec"].get("suspend") and (o.get("status") or {}).get("phase") == "Paused",
-                 "suspended generation observed")
-    assert verdict("Campaign", obj, tmp_path)[0] == "Suspended"
-    capture("Campaign", "suspended", obj)
+    try:
+        obj = settle(cp, "campaign", "november-newsletter", "tenant-acme",
+                     lambda o: o["spec"].get("suspend") and (o.get("status") or {}).get("phase") == "Paused",
+                     "suspended generation observed")
+        assert verdict("Campaign", obj, tmp_path)[0] == "Suspended"
+        capture("Campaign", "suspended", obj)
+    finally:  # the example campaign is shared by the session's later tests: leave it as the example has it
+        cp.kubectl("-n", "tenant-acme", "patch", "campaign", "november-newsletter", "--type=merge",
+                   "-p", '{"spec": {"suspend": null}}')

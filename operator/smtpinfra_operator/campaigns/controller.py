@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import CampaignSpec, SmtpServerSpec, TenantSpec
+from smtpinfra_campaign.keys import sender_key
 from smtpinfra_campaign.templates import validate_templates
 
 from ..builders import unsubscribe
@@ -188,6 +189,7 @@ class CampaignController:
                 await self.api.apply(obj)
         tls_secret = build.tls_secret_name(server_ref)
         ca_pem = build.tls_ca(await self.api.get("v1", "Secret", tls_secret, sref["namespace"])) if tls_secret else None
+        key = sender_key(key, campaign.spec.tenant, meta["namespace"])  # never the server's own key
         for obj in build.desired_objects(campaign, server_ref, self.settings, key, suspend=verdict.pause_job,
                                          ca_pem=ca_pem):
             if obj["kind"] in ("Job", "PersistentVolumeClaim"):

@@ -170,10 +170,12 @@ def tls_ca(secret: Mapping[str, Any] | None) -> str | None:
 
 def sender_secret(campaign: CampaignRef, unsubscribe_key: str, settings: SenderSettings,
                   ca_pem: str | None = None) -> dict[str, Any]:
-    """The server's unsubscribe key, its TLS CA (and the ledger DSN) copied into the campaign's namespace.
+    """The campaign's unsubscribe sender key, the server's TLS CA (and the ledger DSN) in its namespace.
 
-    A Secret volume cannot reach across namespaces; the sender signs unsubscribe links with the key
-    the server's MTA pods verify with, and verifies the server's certificate against its CA.
+    A Secret volume cannot reach across namespaces. The sender signs unsubscribe links with a key
+    derived for its tenant and namespace (``smtpinfra_campaign.keys``), which the server's MTA pods
+    derive again to verify: a tenant reading this Secret can sign links for its own recipients only.
+    It verifies the server's certificate against its CA.
     """
     data = {UNSUBSCRIBE_KEY: unsubscribe_key}
     if settings.ledger_dsn:
