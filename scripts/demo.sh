@@ -138,10 +138,8 @@ now = datetime.datetime.now(datetime.UTC)
 cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now)
         .not_valid_after(now + datetime.timedelta(days=90))
-        # The campaign sender Job connects to the submission Service by its cluster name and verifies it.
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("smtp.mail.example.com"),
-                                                    x509.DNSName("outbound-submission.default.svc")]),
-                       critical=False)
+        # The campaign sender Job connects through the submission Service and verifies this name.
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("smtp.mail.example.com")]), critical=False)
         .sign(key, hashes.SHA256()))
 d = Path(sys.argv[1])
 (d / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -193,7 +191,13 @@ PY
     what="the campaign's messages in the sink"
   fi
   for _ in $(seq 120); do [ "$(delivered)" -ge "$want" ] && break; sleep 1; done
-  [ "$(delivered)" -ge "$want" ] || { echo "no mail reached the sink within 2 minutes ($what)" >&2; exit 1; }
+  if [ "$(delivered)" -lt "$want" ]; then
+    echo "no mail reached the sink within 2 minutes ($what); the Campaign's status and the pods:" >&2
+    "$kubectl" -n tenant-acme get campaign november-newsletter -o jsonpath='{.status}' >&2 || true
+    echo >&2
+    "$kubectl" get pods -A -o wide >&2 || true
+    exit 1
+  fi
   note "$(delivered) message(s) delivered to the sink ($state/sink/m.*)"
   "$kubectl" -n tenant-acme get campaign november-newsletter >&2
 

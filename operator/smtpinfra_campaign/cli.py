@@ -5,6 +5,7 @@ SMTP_PORT, SMTP_USERNAME, SMTP_PASSWORD, SMTP_TLS (none|starttls|implicit),
 SMTP_INFRA_UNSUBSCRIBE_KEY_FILE, SMTP_INFRA_UNSUBSCRIBE_URL and SMTP_INFRA_LEDGER_DSN (overrides
 --ledger). Optional: SMTP_TLS_CA_FILE (CA bundle for the listener's certificate) and
 SMTP_TLS_VERIFY=false (skip verification, for listeners with a self-signed certificate),
+SMTP_TLS_SERVER_NAME (the name the certificate is verified for, when SMTP_HOST is not it),
 SMTP_INFRA_RECIPIENTS_DIR (where the recipients volume is mounted).
 Exit codes: 0 done (or the Campaign deleted), 2 bad input that stops the campaign, 1 anything else.
 """
@@ -63,6 +64,7 @@ def send(
         password=os.environ.get("SMTP_PASSWORD"), tls=tls,
         verify=os.environ.get("SMTP_TLS_VERIFY", "true").lower() not in ("false", "0", "no"),
         ca_file=os.environ.get("SMTP_TLS_CA_FILE") or None,
+        tls_name=os.environ.get("SMTP_TLS_SERVER_NAME") or None,
     )
     key_file = os.environ.get("SMTP_INFRA_UNSUBSCRIBE_KEY_FILE")
     if not key_file:

@@ -8,6 +8,8 @@ refused) concerns the whole campaign, so it pauses rather than failing every rec
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,6 +33,9 @@ class SmtpSettings:
     verify: bool = True
     ca_file: str | None = None
     timeout: float = 60.0
+    tls_name: str | None = None
+    """The name the server's certificate is verified for (its spec.hostname); None: `host`. The Job
+    reaches the server through its Service, whose cluster name a public certificate does not carry."""
 
 
 class Outcome(StrEnum):
@@ -76,15 +81,45 @@ class Submitter:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         s = self.settings
-        smtp = aiosmtplib.SMTP(
-            hostname=s.host, port=s.port, timeout=s.timeout,
-            use_tls=s.tls is TlsMode.IMPLICIT,
-            start_tls=s.tls is TlsMode.STARTTLS,
-            tls_context=self._tls_context() if s.tls is not TlsMode.NONE else None,
-            username=s.username or None, password=s.password or None,
-        )
-        await smtp.connect()
+        if s.tls is TlsMode.NONE or not s.tls_name:
+            smtp = aiosmtplib.SMTP(
+                hostname=s.host, port=s.port, timeout=s.timeout,
+                use_tls=s.tls is TlsMode.IMPLICIT,
+                start_tls=s.tls is TlsMode.STARTTLS,
+                tls_context=self._tls_context() if s.tls is not TlsMode.NONE else None,
+                username=s.username or None, password=s.password or None,
+            )
+        else:
+            # Connected here, so aiosmtplib's `hostname` is only the TLS name (SNI and verification).
+            smtp = aiosmtplib.SMTP(
+                hostname=s.tls_name, sock=await self._socket(), timeout=s.timeout,
+                use_tls=s.tls is TlsMode.IMPLICIT, start_tls=s.tls is TlsMode.STARTTLS,
+                tls_context=self._tls_context(), username=s.username or None, password=s.password or None,
+            )
+        try:
+            await smtp.connect()
+        except BaseException:
+            smtp.close()
+            if smtp.sock is not None:
+                smtp.sock.close()
+            raise
         return smtp
+
+    async def _socket(self) -> socket.socket:
+        """A TCP connection to (host, port), made without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.settings.host, self.settings.port, type=socket.SOCK_STREAM)
+        error: OSError | None = None
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, address), self.settings.timeout)
+                return sock
+            except OSError as exc:  # TimeoutError included
+                sock.close()
+                error = exc
+        raise error or OSError(f"{self.settings.host} has no address")
 
     async def close(self) -> None:
         if self.smtp is not None:

@@ -213,3 +213,30 @@ def test_bad_input_stops_with_exit_2_and_nothing_sent(world, changes, expected):
     assert progress(cp, name)["submitted"] == 0
     assert mta.call(lambda: mta.app.spool.queued_ids()) == []
     assert sink.messages() == []
+
+
+@pytest.mark.parametrize("mode", [TlsMode.STARTTLS, TlsMode.IMPLICIT], ids=["starttls", "implicit"])
+def test_certificate_is_verified_for_the_servers_name_not_the_address_dialled(
+        mode, tmp_path, tls_files, password_hashes, dns_server, sink_factory, mta_factory):
+    """The Job dials the submission Service; the certificate names the server (mta.test here): with
+    SMTP_TLS_SERVER_NAME the session verifies against that name and submits, without it the same
+    certificate is refused for the address dialled and nothing is accepted."""
+    sink = sink_factory()
+    mta = mta_factory(base_config(tmp_path, tls_files, password_hashes, dns=dns_server, sink_port=sink.port))
+    port = mta.submission_port if mode is TlsMode.STARTTLS else mta.smtps_port
+    cert, _ = tls_files
+    data = b"From: news@alpha.test\r\nTo: tls@example.test\r\nSubject: tls\r\n\r\nhello\r\n"
+
+    async def attempt(tls_name: str | None) -> Result:
+        submitter = Submitter(SmtpSettings(MTA_ADDR, port, "alice", PASSWORDS["alice"], mode, verify=True,
+                                           ca_file=str(cert), timeout=10, tls_name=tls_name))
+        try:
+            return await submitter.submit("news@alpha.test", "tls@example.test", data)
+        finally:
+            await submitter.close()
+
+    refused = asyncio.run(attempt(None))
+    assert refused.outcome is Outcome.RETRY and "CERTIFICATE_VERIFY_FAILED" in refused.reply, refused
+    assert asyncio.run(attempt("mta.test")).outcome is Outcome.ACCEPTED
+    [message] = sink.wait_messages(1, timeout=30)
+    assert message.rcpts == ["tls@example.test"]

@@ -139,8 +139,18 @@ def test_restart_changes_no_condition_and_restores_a_child_deleted_meanwhile(wor
     operator = RestartableOperator(cp, tmp_path / "operator.log", peering)
     operator.start()
     try:
-        wait_for(lambda: all(ready(c) for c in snapshot(cp).values()), timeout=120,
-                 what=f"server, pool and tenant Ready: {snapshot(cp)}")
+        last: list[dict[str, dict[str, tuple[str, ...]]]] = [{}]
+
+        def all_ready() -> bool:
+            last[0] = snapshot(cp)
+            return all(ready(c) for c in last[0].values())
+
+        try:
+            wait_for(all_ready, timeout=120, what="server, pool and tenant Ready")
+        except AssertionError as error:
+            pods = cp.kubectl("-n", NS, "get", "pods,pvc", "-o", "wide", check=False).stdout
+            raise AssertionError(f"{error}\nlast conditions: {last[0]}\n{pods}\n"
+                                 f"operator log (tail):\n{operator.log()[-6000:]}") from None
         wait_for(lambda: "Handler 'on_server' succeeded" in operator.log(), timeout=60,
                  what="the operator through its start")
         before = snapshot(cp)

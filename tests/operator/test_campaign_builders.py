@@ -61,6 +61,7 @@ def test_job_runs_the_sender_command_of_the_contract() -> None:
     env = env_of(job)
     assert env["SMTP_HOST"] == "out-submission.mail.svc" and env["SMTP_PORT"] == "587"
     assert env["SMTP_TLS"] == "starttls"
+    assert env["SMTP_TLS_SERVER_NAME"] == "mta.example.test"  # the certificate's name, not the Service's
     assert env["SMTP_USERNAME"] == {"secretKeyRef": {"name": "smtp-credentials", "key": "username"}}
     assert env["SMTP_PASSWORD"] == {"secretKeyRef": {"name": "smtp-credentials", "key": "password"}}
     assert env["SMTP_INFRA_UNSUBSCRIBE_KEY_FILE"] == "/etc/smtp-infra/unsubscribe/unsubscribe-key"

@@ -273,6 +273,8 @@ def desired_job(campaign: CampaignRef, server: ServerRef, settings: SenderSettin
         {"name": "SMTP_USERNAME", "valueFrom": {"secretKeyRef": {"name": CREDENTIALS_SECRET, "key": "username"}}},
         {"name": "SMTP_PASSWORD", "valueFrom": {"secretKeyRef": {"name": CREDENTIALS_SECRET, "key": "password"}}},
         {"name": "SMTP_TLS", "value": tls},
+        # the certificate names the server (spec.hostname), not the Service the Job connects through
+        {"name": "SMTP_TLS_SERVER_NAME", "value": server.spec.hostname},
         {"name": "SMTP_INFRA_UNSUBSCRIBE_KEY_FILE", "value": str(UNSUBSCRIBE_DIR / UNSUBSCRIBE_KEY)},
         {"name": "SMTP_INFRA_UNSUBSCRIBE_URL", "value": unsubscribe_url},
     ]
