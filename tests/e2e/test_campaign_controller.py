@@ -192,6 +192,28 @@ def test_template_error_sends_nothing(cluster: Any, name: str, templates: dict[s
     cp.kubectl("delete", "campaign", name, "-n", TENANT_NS, "--wait=false")
 
 
+def test_recipients_from_a_secret_are_checked_like_a_config_map(cluster: Any) -> None:
+    """The templates are rendered against the Secret's first rows (decoded), and a missing key is named."""
+    cp = cluster
+    rows = "email,nickname\nann@rcpt.example.test,Annie\n"
+    apply(cp, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "private-list", "namespace": TENANT_NS},
+               "stringData": {"rows.csv": rows}})
+    apply(cp, campaign("secret-list", recipients={"secretRef": {"name": "private-list", "key": "other.csv"}}))
+    missing = wait_for(lambda: phase_is(cp, "secret-list", "Pending", "RecipientsNotFound") or
+                       phase_is(cp, "secret-list", "Failed", "RecipientsNotFound"), timeout=60,
+                       what="the missing key named")
+    assert "Secret private-list has no key other.csv" in condition(missing, "Ready")["message"]
+    apply(cp, campaign("secret-list", recipients={"secretRef": {"name": "private-list", "key": "rows.csv"}}))
+    failed = wait_for(lambda: phase_is(cp, "secret-list", "Failed", "TemplateError"), timeout=60,
+                      what="the Secret's rows rendered: they have no first_name")
+    assert "'first_name' is undefined" in condition(failed, "TemplatesValid")["message"]
+    apply(cp, campaign("secret-list", recipients={"secretRef": {"name": "private-list", "key": "rows.csv"}},
+                       subject="News for {{ nickname }}", templates={"text": "Hello {{ nickname }}"}))
+    assert wait_for(lambda: find(cp, "job", build.job_name("secret-list"), TENANT_NS), timeout=60,
+                    what="Job once the templates render against the Secret's rows")
+    cp.kubectl("delete", "campaign", "secret-list", "-n", TENANT_NS, "--wait=false")
+
+
 def test_suspend_pauses_the_job_and_resumes_it(cluster: Any) -> None:
     cp = cluster
     apply(cp, campaign("paused", suspend=True))

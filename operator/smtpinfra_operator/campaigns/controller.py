@@ -65,24 +65,18 @@ class CampaignController:
         source = spec.recipients
         if source.inline:
             return recipients.inline_sample(list(source.inline)), None
-        if source.config_map_ref is not None:
-            ref = source.config_map_ref
-            found = await self.api.get("v1", "ConfigMap", ref.name, namespace)
+        for kind, field, ref, encoded in (("ConfigMap", "configMapRef", source.config_map_ref, False),
+                                          ("Secret", "secretRef", source.secret_ref, True)):
+            if ref is None:
+                continue
+            found = await self.api.get("v1", kind, ref.name, namespace)
             if found is None:
-                return None, f"ConfigMap {ref.name} (spec.recipients.configMapRef) not found"
-            text = (found.get("data") or {}).get(ref.key)
-            if text is None:
-                return None, f"ConfigMap {ref.name} has no key {ref.key} (spec.recipients.configMapRef.key)"
+                return None, f"{kind} {ref.name} (spec.recipients.{field}) not found"
+            value = (found.get("data") or {}).get(ref.key)
+            if value is None:
+                return None, f"{kind} {ref.name} has no key {ref.key} (spec.recipients.{field}.key)"
+            text = base64.b64decode(value).decode("utf-8", errors="replace") if encoded else value
             return recipients.sample(text), None
-        if source.secret_ref is not None:
-            sref = source.secret_ref
-            secret = await self.api.get("v1", "Secret", sref.name, namespace)
-            if secret is None:
-                return None, f"Secret {sref.name} (spec.recipients.secretRef) not found"
-            raw = (secret.get("data") or {}).get(sref.key)
-            if raw is None:
-                return None, f"Secret {sref.name} has no key {sref.key} (spec.recipients.secretRef.key)"
-            return recipients.sample(base64.b64decode(raw).decode("utf-8", errors="replace")), None
         return None, "spec.recipients names no list"
 
     async def _check(self, namespace: str, spec: CampaignSpec
