@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
+from smtpinfra_mta.campaign_contract import normalise_address
+
 
 class State(StrEnum):
     PENDING = "pending"
@@ -79,6 +81,7 @@ class Ledger(Protocol):
     def counts(self, campaign: str) -> dict[State, int]: ...
     def entry(self, campaign: str, recipient: str) -> Entry | None: ...
     def invalid_rows(self, campaign: str, limit: int) -> list[tuple[int, str]]: ...
+    def erase(self, address: str, campaigns: Sequence[str]) -> int: ...
     def close(self) -> None: ...
 
 
@@ -174,10 +177,16 @@ class SqlLedger:
         return rows
 
     @_locked
-    def erase(self, address: str) -> int:
-        """Remove an address from every campaign's ledger (GDPR erasure); returns the rows removed."""
+    def erase(self, address: str, campaigns: Sequence[str]) -> int:
+        """Remove an address from the ledgers of `campaigns` (uids; GDPR erasure of one tenant's
+        recipient: a shared ledger also holds other tenants' campaigns, which are not its to erase).
+        Returns the rows removed."""
+        if not campaigns:
+            return 0
         cur = self.conn.cursor()
-        cur.execute(self._q("DELETE FROM campaign_ledger WHERE recipient = ?"), (address,))
+        marks = ", ".join("?" * len(campaigns))
+        cur.execute(self._q(f"DELETE FROM campaign_ledger WHERE recipient = ? AND campaign IN ({marks})"),
+                    (normalise_address(address), *campaigns))
         n = int(cur.rowcount or 0)
         self.conn.commit()
         return n

@@ -10,6 +10,11 @@ with the addresses one per line under the key `addresses`. The resync erases the
 every pod confirmed, the operator empties the Secret (the addresses are personal data too) and notes
 `smtpinfra.com/erasure-status: erased <time>`; until then it notes which pods have not confirmed and
 tries again. A Secret, not the Tenant, so the addresses never sit in a cluster-scoped object's spec.
+
+With a PostgreSQL campaign ledger (`SMTP_INFRA_CAMPAIGN_LEDGER_DSN`) the address also leaves the
+ledger rows of the namespace's campaigns (`LedgerErase`), and the request counts as done only then.
+An SQLite ledger lives on its campaign's volume, where the operator cannot reach it: it goes with
+the Campaign (its claim is owned by it).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +37,11 @@ REQUEST_LABEL = "smtpinfra.com/erasure-request"
 STATUS_ANNOTATION = "smtpinfra.com/erasure-status"
 ADDRESSES_KEY = "addresses"
 TIMEOUT = 10.0
+LEDGER = "campaign ledger"
+"""The name a ledger failure is reported under, beside the pods'."""
+
+LedgerErase = Callable[[str, Sequence[str]], Awaitable[int]]
+"""Erase an address from the ledgers of these campaign uids; the rows removed."""
 
 
 def erase_request(tenant: str, address: str) -> bytes:
@@ -120,7 +130,8 @@ def request_patch(reports: list[ErasureReport], now: str) -> dict[str, Any]:
     return {"metadata": {"annotations": {STATUS_ANNOTATION: f"erased {now}"}}, "data": {ADDRESSES_KEY: None}}
 
 
-async def process_requests(kube: KubeApi, tenant_namespaces: Mapping[str, str], now: str) -> None:
+async def process_requests(kube: KubeApi, tenant_namespaces: Mapping[str, str], now: str,
+                           erase_ledger: LedgerErase | None = None) -> None:
     """One round over every erasure-request Secret of a known tenant's namespace (the resync calls it)."""
     owners = {namespace: tenant for tenant, namespace in tenant_namespaces.items()}
     for secret in await kube.list_objects("v1", "Secret", label_selector=REQUEST_LABEL):
@@ -130,6 +141,14 @@ async def process_requests(kube: KubeApi, tenant_namespaces: Mapping[str, str], 
         if tenant is None or not addresses:
             continue
         reports = [await erase(kube, tenant, address) for address in addresses]
+        if erase_ledger is not None:
+            campaigns = [c["metadata"]["uid"] for c in await kube.list_objects(API_VERSION, "Campaign",
+                                                                                namespace=meta["namespace"])]
+            for address, report in zip(addresses, reports, strict=True):
+                try:
+                    await erase_ledger(address, campaigns)
+                except Exception as error:  # the database down: the request stays pending, tried again
+                    report.failed[LEDGER] = f"{type(error).__name__}: {error}"[:200]
         path = f"/api/v1/namespaces/{meta['namespace']}/secrets/{meta['name']}"
         await asyncio.to_thread(kube.request, "PATCH", path, body=request_patch(reports, now),
                                 content_type="application/merge-patch+json")

@@ -8,10 +8,12 @@ asks of campaigns (is the tenant over its thresholds; pause or resume its campai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -19,6 +21,7 @@ from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import TenantSpec
+from smtpinfra_campaign.ledger import open_ledger
 
 from ..builders.tenant import namespace_name
 from ..campaigns import erasure, suspension
@@ -32,6 +35,18 @@ from ..kubeapi import Paused
 from ..usage import UsageCollector
 
 log = logging.getLogger(__name__)
+
+
+async def erase_from_ledger(dsn: str, address: str, campaigns: Sequence[str]) -> int:
+    """Remove the address from the shared PostgreSQL ledger rows of `campaigns` (a connection per
+    request: erasures are rare)."""
+    def run() -> int:
+        ledger = open_ledger(dsn)
+        try:
+            return ledger.erase(address, campaigns)
+        finally:
+            ledger.close()
+    return await asyncio.to_thread(run)
 
 
 class CampaignQueue(Controller[Key]):
@@ -69,8 +84,10 @@ class CampaignQueue(Controller[Key]):
             with contextlib.suppress(ValidationError):
                 spec = TenantSpec.model_validate(tenant.get("spec") or {})
                 namespaces[tenant["metadata"]["name"]] = namespace_name(tenant["metadata"]["name"], spec)
+        dsn = self.campaigns.settings.ledger_dsn
         try:
-            await erasure.process_requests(self.kube, namespaces, now_rfc3339())
+            await erasure.process_requests(self.kube, namespaces, now_rfc3339(),
+                                           functools.partial(erase_from_ledger, dsn) if dsn else None)
         except Paused:
             raise
         except Exception:  # one round failing (a pod list, a patch) is tried again next resync
