@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from smtpinfra_testenv.podrunner import PodRunner
 
 
+TEST_POD_CIDR = "127.67.0.0/16"
+"""The test session's pod IPs: not the pod runner's default (127.66.0.0/16), which the demo uses."""
+
+
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """A running Kubernetes control plane, started only for sessions that ask for it.
@@ -46,13 +50,16 @@ def pod_runner(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFac
     """
     import sys
 
-    from smtpinfra_testenv.podrunner import DEFAULT_POD_CIDR, PodRunner, RunnerConfig
+    from smtpinfra_testenv.podrunner import PodRunner, RunnerConfig
 
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
-    # Two test sessions on one machine (e.g. two work trees) must not hand out the same pod IPs.
+    # Pod IPs derive from namespace/name, so two runners on one machine must not share a CIDR: the
+    # session's pods (the examples' default/outbound-0, say) would take the addresses of the same pods
+    # of a demo (test_demo's, or a developer's) in the default CIDR. Two sessions (two work trees) set
+    # SMTP_INFRA_RUNNER_POD_CIDR apart.
     config = RunnerConfig(
         kubeconfig=control_plane.kubeconfig, state_dir=tmp_path_factory.mktemp("pod-runner"), path=path,
-        pod_cidr=os.environ.get("SMTP_INFRA_RUNNER_POD_CIDR") or DEFAULT_POD_CIDR,
+        pod_cidr=os.environ.get("SMTP_INFRA_RUNNER_POD_CIDR") or TEST_POD_CIDR,
     )
     runner = PodRunner(config)
     runner.start()

@@ -26,7 +26,6 @@ from smtpinfra_testenv.podrunner import PodRunner
 pytestmark = pytest.mark.testenv
 
 IMAGE = "smtp-infra/test:1"
-RUNNER_CIDR = ipaddress.ip_network(podrunner.DEFAULT_POD_CIDR)
 
 # The pod's program: an HTTP server bound to $(POD_IP) whose /readyz answers from a file of a
 # mounted ConfigMap, and that leaves traces (boots, SIGTERM) in $DATA_DIR when that is mounted.
@@ -286,7 +285,7 @@ def test_deployment_really_runs_with_env_volumes_and_readiness(
     ips = [p["status"]["podIP"] for p in pods]
     assert len(set(ips)) == 2
     for pod, ip in zip(pods, ips, strict=True):
-        assert ipaddress.ip_address(ip) in RUNNER_CIDR, ip
+        assert ipaddress.ip_address(ip) in ipaddress.ip_network(pod_runner.config.pod_cidr), ip
         assert [x["ip"] for x in pod["status"]["podIPs"]] == [ip]
         assert pod["status"]["hostIP"] == "127.0.0.1"
         assert pod["spec"]["nodeName"].startswith("kwok-node-")
@@ -530,7 +529,7 @@ def test_other_images_are_still_simulated_by_kwok(
 
 def test_pod_ip_is_really_local(pod_runner: PodRunner) -> None:
     """Premise: any address of the runner's CIDR can be bound (loopback on Linux)."""
-    address = str(RUNNER_CIDR[12345])
+    address = str(ipaddress.ip_network(pod_runner.config.pod_cidr)[12345])
     with socket.socket() as s:
         s.bind((address, 0))
         assert s.getsockname()[0] == address
