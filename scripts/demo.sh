@@ -196,6 +196,10 @@ PY
     "$kubectl" -n tenant-acme get campaign november-newsletter -o jsonpath='{.status}' >&2 || true
     echo >&2
     "$kubectl" get pods -A -o wide >&2 || true
+    echo "the MTAs' last deliveries, and who listens on the sink's and DNS server's addresses:" >&2
+    grep -h '"delivered"\|"deferred"\|"bounced"' "$state"/pod-runner/logs/default/outbound-*/mta.log 2>/dev/null \
+      | tail -4 >&2 || true
+    ss -ltnpu 2>/dev/null | grep -e "$sink_addr" -e "$dns_addr" >&2 || true
     exit 1
   fi
   note "$(delivered) message(s) delivered to the sink ($state/sink/m.*)"
