@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -22,6 +21,8 @@ import dns.query
 import dns.rcode
 import dns.tsig
 import dns.update
+
+from tests import ports
 
 KNOT_ADDR = "127.0.10.53"
 FORWARD_ZONE = "example.test"
@@ -39,17 +40,7 @@ FOREIGN_ZONE_RECORDS = [
 
 def free_port(host: str) -> int:
     """A port free for both TCP and UDP on `host`."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = int(t.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind((host, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
+    return ports.free_port(host, udp=True)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from smtpinfra_mta.config import MtaConfig, parse_config
 from smtpinfra_mta.dkim_sign import generate_key_file
 from smtpinfra_mta.passwords import hash_password
 from tests.dns.knot import free_port as free_udp_tcp_port  # a port free for TCP and UDP (DNS)
+from tests.ports import free_port as free_port  # re-exported: the suites import it from here
 
 MTA_ADDR = "127.0.0.10"
 SRC_A1, SRC_A2, SRC_B = "127.0.0.21", "127.0.0.22", "127.0.0.31"
@@ -44,10 +45,6 @@ DNS_ADDR = "127.0.0.53"
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2", "carol": "carol-secret-3"}
 
 
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 
