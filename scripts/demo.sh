@@ -200,6 +200,8 @@ PY
     grep -h '"delivered"\|"deferred"\|"bounced"' "$state"/pod-runner/logs/default/outbound-*/mta.log 2>/dev/null \
       | tail -4 >&2 || true
     ss -ltnpu 2>/dev/null | grep -e "$sink_addr" -e "$dns_addr" >&2 || true
+    echo "the sink's session counters (smtp-sink -c): $(tr '\r' ' ' <"$state/sink/counters" 2>/dev/null | tail -c 200)" >&2
+    ls -la "$state/sink" >&2 || true
     exit 1
   fi
   note "$(delivered) message(s) delivered to the sink ($state/sink/m.*)"
