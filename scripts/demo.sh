@@ -12,7 +12,8 @@ state=${SMTP_INFRA_DEMO_STATE:-$PWD/.state/demo}
 cli=$PWD/.venv/bin/smtp-infra
 py=$PWD/.venv/bin/python
 # Stand-ins for the Internet, on loopback: a DNS server with the recipients' MX records and the
-# sink those records point to (smtp-sink, one file per message under $state/sink/).
+# sink those records point to (smtp-sink, every message appended to $state/sink/messages: its one-file-
+# per-message dump (-d) gave two messages arriving together the same file name, and one was lost).
 dns_addr=${SMTP_INFRA_DEMO_DNS:-127.0.30.53}
 dns_port=10053
 sink_addr=${SMTP_INFRA_DEMO_SINK:-127.0.30.25}
@@ -60,12 +61,13 @@ start_sink() {
   local d=$state/sink
   mkdir -p "$d"
   if alive "$d/sink.pid"; then note "SMTP sink already running (pid $(cat "$d/sink.pid"))"; return; fi
-  nohup /usr/sbin/smtp-sink -u root -c -d "$d/m." "$sink_addr:$sink_port" 100 >"$d/counters" 2>/dev/null &
+  nohup /usr/sbin/smtp-sink -u root -c -D "$d/messages" "$sink_addr:$sink_port" 100 >"$d/counters" 2>/dev/null &
   echo $! >"$d/sink.pid"
-  note "SMTP sink started: smtp-sink on $sink_addr:$sink_port, one file per message in $d/"
+  note "SMTP sink started: smtp-sink on $sink_addr:$sink_port, every message appended to $d/messages"
 }
 
-delivered() { find "$state/sink" -maxdepth 1 -name 'm.*' 2>/dev/null | wc -l; }
+# Each message in the dump starts with smtp-sink's own X-Client-Addr record.
+delivered() { local n; n=$(grep -c '^X-Client-Addr: ' "$state/sink/messages" 2>/dev/null) || true; echo "${n:-0}"; }
 
 stop_pidfile() {
   if [ -f "$1" ]; then kill "$(cat "$1")" 2>/dev/null || true; rm -f "$1"; fi
@@ -204,7 +206,7 @@ PY
     ls -la "$state/sink" >&2 || true
     exit 1
   fi
-  note "$(delivered) message(s) delivered to the sink ($state/sink/m.*)"
+  note "$(delivered) message(s) delivered to the sink ($state/sink/messages)"
   "$kubectl" -n tenant-acme get campaign november-newsletter >&2
 
   step "Report (smtp-infra report)"
@@ -224,7 +226,7 @@ Ready in $(($(date +%s) - started)) s. Look around:
   $cli report --watch                             # live summary
   curl -s http://$mta_ip:8080/metrics | grep ^smtpinfra_mta_   # an MTA pod's metrics
   curl -s http://$operator_ip:8080/healthz                     # the operator's health
-  ls $state/sink/                                 # delivered messages, one file each
+  less $state/sink/messages                       # delivered messages, each after its X-Client-Addr line
   charts/smtp-infra/dashboards/smtp-infra.json    # the Grafana dashboard (import it in Grafana)
 Stop with: make demo-down   (run make demo again to bring back anything that died)
 EOF

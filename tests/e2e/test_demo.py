@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -43,7 +44,12 @@ def demo_state() -> Iterator[Path]:
 
 
 def sink_messages(state: Path) -> list[bytes]:
-    return [p.read_bytes() for p in sorted((state / "sink").glob("m.*"))]
+    """The messages the demo's sink appended to its dump, each from smtp-sink's X-Client-Addr record."""
+    path = state / "sink" / "messages"
+    if not path.exists():
+        return []
+    parts = re.split(rb"(?m)^(?=X-Client-Addr: )", path.read_bytes())
+    return [p for p in parts if p.startswith(b"X-Client-Addr: ")]
 
 
 def campaign(state: Path) -> dict[str, Any]:
