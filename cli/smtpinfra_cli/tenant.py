@@ -8,7 +8,6 @@ and the command exits 1: run it again until every pod confirmed.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -27,14 +26,12 @@ def erase(
     if "@" not in address or any(c in address for c in "\r\n\0"):
         typer.echo(f"not an address: {address!r}", err=True)
         raise typer.Exit(2)
-    if kubeconfig is not None:
-        os.environ["KUBECONFIG"] = str(kubeconfig)
+    from smtpinfra_kube import Client, ConfigError, KubeConfig
     from smtpinfra_operator.campaigns.erasure import erase as erase_everywhere
-    from smtpinfra_operator.kubeapi import ModuleKube
 
     try:
-        report = asyncio.run(erase_everywhere(ModuleKube(), tenant, address))
-    except LookupError as error:
+        report = asyncio.run(erase_everywhere(Client(KubeConfig.load(kubeconfig)), tenant, address))
+    except (LookupError, ConfigError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
     for pod in report.erased:

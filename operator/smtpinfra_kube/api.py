@@ -1,8 +1,7 @@
 """`KubeApi`: what the operator needs of a Kubernetes client, as a Protocol.
 
-The names and signatures are those of the operator's module-level functions
-(`smtpinfra_operator.kube`), so its controllers can take any object with them: a `Client` in
-production, a fake in a unit test. `tests/kube_client/test_api_protocol.py` has mypy check that
+The operator's controllers are typed against it, so they take any object with these methods: a
+`Client` in production, a fake in a unit test. `tests/kube_client/test_api_protocol.py` has mypy check that
 `Client` satisfies it.
 """
 

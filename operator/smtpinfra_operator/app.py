@@ -15,7 +15,7 @@ from smtpinfra_api.meta import GROUP
 
 PEERING_NAME = "smtp-infra"
 REQUEST_THREADS = 48
-"""Threads for blocking API requests (`asyncio.to_thread`); `kube.CONNECTIONS` keeps as many alive."""
+"""Threads for the blocking calls left (status patches, discovery, waits for an informer's first list)."""
 DEFAULT_METRICS_PORT = 9090
 PEERING_LIFETIME = int(os.environ.get("SMTP_INFRA_PEERING_LIFETIME", "60"))
 """Seconds a replica's keep-alive counts; a replica killed without notice is replaced after this."""
@@ -91,7 +91,8 @@ def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: 
     With peering, the replica with the highest priority works and the others wait; `priority`
     defaults to one derived from the pod name and pid, so replicas never tie (a tie freezes all).
     """
-    from . import kube
+    from smtpinfra_kube import Client, KubeConfig
+
     from .metrics import serve
     from .peering import Peering, default_priority, own_identity
     from .runtime import Runtime
@@ -102,7 +103,8 @@ def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: 
         priority = default_priority(identity) if priority is None else priority
         me = Peering(name=peering_name, identity=identity, priority=priority)
     _tame_malloc()
-    runtime = Runtime(me)
+    kube = Client(KubeConfig.load())
+    runtime = Runtime(me, kube=kube)
     kube.identify(identity, None if standalone else runtime.gate.may_write)
     serve(runtime.metrics_registry, metrics_port)
 
@@ -111,10 +113,9 @@ def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: 
         logging.getLogger(__name__).info("peering %s as %s with priority %s", peering_name, identity, priority)
 
     async def main() -> None:
-        # Blocking API calls run in threads: one per request in flight, which is mostly waiting. A
-        # burst of new servers has dozens of reconciles in flight, each with several concurrent
-        # writes, and a new Service's write waits seconds for its ClusterIP when the API server is
-        # busy; with 16 threads, requests queued in the operator while the API server had room.
+        # Status patches and Events are sync requests run in threads, one per request in flight,
+        # which is mostly waiting: a burst of new servers has dozens in flight at once, and with
+        # 16 threads they queued in the operator while the API server had room.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(REQUEST_THREADS,
                                                                            thread_name_prefix="kube"))
         await kopf.operator(

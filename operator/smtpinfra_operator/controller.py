@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+from smtpinfra_kube import KubeApi
+
 from .kicker import Kicker
-from .kubeapi import KubeApi
 from .metrics import RuntimeMetrics
 from .statuswriter import StatusWriter
 

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from . import kube
+from smtpinfra_kube import Paused
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Kicker(Generic[K]):
         started = time.perf_counter()
         try:
             await self._reconcile(key)
-        except kube.Paused:  # the gate closed while it ran: the rest waits for this replica's turn
+        except Paused:  # the gate closed while it ran: the rest waits for this replica's turn
             self._observe("parked", time.perf_counter() - started)
             self._park(key)
         except Exception:  # one bad object must not stop the others

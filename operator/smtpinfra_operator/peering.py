@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .kube import Informer
-from .kubeapi import KubeApi
+from smtpinfra_kube import Informer, KubeApi
 
 log = logging.getLogger(__name__)
 PEERING_GROUP = "kopf.dev/v1"
@@ -92,7 +91,7 @@ class Gate:
         return self.blockers() != []
 
     def may_write(self, path: str) -> bool:
-        """The write guard `kube.identify` installs: only the peering's own coordination passes while paused.
+        """The write guard `Client.identify` installs: only the peering's own coordination passes while paused.
 
         Kopf's keep-alives (and the create of a missing peering object) are how replicas agree on
         who works; they are not reconciliation, so they are the one resource exempt.

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Campaign, IpPool, SmtpServer, Tenant, WarmupPlan
+from smtpinfra_kube import KubeApi
 
 from .campaigns import job as campaign_job
 from .controller import Clock, Deps
@@ -28,7 +29,6 @@ from .controllers.ippool import IpPoolController
 from .controllers.smtpserver import SmtpServerController
 from .controllers.tenant import TenantController
 from .controllers.warmupplan import WarmupPlanController
-from .kubeapi import KubeApi, ModuleKube
 from .metrics import RuntimeMetrics
 from .peering import PEERING_GROUP, Gate, Peering
 from .reputation.dnsbl_kube import monitor as dnsbl_monitor
@@ -45,10 +45,10 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Every part of one operator process, and the Kopf registry whose handlers feed its queues."""
 
-    def __init__(self, peering: Peering | None = None, *, kube: KubeApi | None = None,
+    def __init__(self, peering: Peering | None = None, *, kube: KubeApi,
                  metrics_registry: CollectorRegistry | None = None, clock: Clock | None = None,
                  resync_seconds: float = RESYNC_SECONDS) -> None:
-        self.kube = kube or ModuleKube()
+        self.kube = kube
         self.gate = Gate(peering)
         self.clock = clock or Clock(now=wall_now)  # the MTAs' clock too (SMTP_INFRA_FAKE_TIME_FILE in tests)
         self.metrics_registry = metrics_registry or CollectorRegistry()

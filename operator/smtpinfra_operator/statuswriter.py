@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 from smtpinfra_api.meta import GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Kind
+from smtpinfra_kube import KubeApi
 
 from .conditions import READY, RECONCILING, STALLED, Outcome, build_status, get_condition, status_patch
-from .kubeapi import KubeApi
 
 log = logging.getLogger(__name__)
 RFC3339 = "%Y-%m-%dT%H:%M:%SZ"

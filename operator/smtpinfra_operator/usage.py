@@ -27,11 +27,11 @@ from typing import Any
 
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import TenantSpec
+from smtpinfra_kube import KubeApi
 
 from .builders import workload
 from .builders.mtaconfig import DELIVERY_HTTP_PORT, HTTP_PORT
 from .conditions import now_rfc3339
-from .kubeapi import KubeApi
 
 log = logging.getLogger(__name__)
 

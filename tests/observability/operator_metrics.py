@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from smtpinfra_operator.kubeapi import KubeApi
+from smtpinfra_kube import KubeApi
 from smtpinfra_operator.runtime import Runtime
 from tests.observability.promql import families
 

@@ -9,9 +9,9 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry
 
+from smtpinfra_kube import KubeApi
 from smtpinfra_operator.controller import Deps
 from smtpinfra_operator.controllers.ippool import IpPoolController
-from smtpinfra_operator.kubeapi import KubeApi
 from smtpinfra_operator.metrics import RuntimeMetrics
 from smtpinfra_operator.reputation.warmup_metrics import WarmupMetrics
 from smtpinfra_operator.statuswriter import StatusWriter

@@ -125,7 +125,7 @@ def test_a_paused_replica_parks_keys_and_runs_them_once_it_is_active() -> None:
 
 
 def test_a_reconcile_refused_mid_way_by_the_write_guard_is_parked_not_retried_as_a_failure() -> None:
-    from smtpinfra_operator.kube import Paused
+    from smtpinfra_kube import Paused
 
     paused = False
     calls: list[str] = []

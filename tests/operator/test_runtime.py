@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
-from smtpinfra_operator.kubeapi import KubeApi
+from smtpinfra_kube import KubeApi
 from smtpinfra_operator.peering import Peering
 from smtpinfra_operator.runtime import Runtime
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from smtpinfra_kube import Paused
 from smtpinfra_operator.kicker import Kicker
-from smtpinfra_operator.kube import Paused
 from smtpinfra_operator.metrics import RuntimeMetrics, serve
 
 

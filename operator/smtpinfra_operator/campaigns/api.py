@@ -12,9 +12,9 @@ from typing import Any, Protocol
 
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import Campaign
+from smtpinfra_kube import KubeApi
 
 from ..conditions import Outcome
-from ..kubeapi import KubeApi
 from ..statuswriter import StatusWriter
 from ..usage import UsageCollector
 

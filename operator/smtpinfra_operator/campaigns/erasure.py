@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smtpinfra_api.meta import API_VERSION
+from smtpinfra_kube import KubeApi
 
 from ..builders import workload
 from ..builders.mtaconfig import HTTP_PORT
-from ..kubeapi import KubeApi
 
 ERASE_PATH = "/erase"
 REQUEST_LABEL = "smtpinfra.com/erasure-request"

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import TenantSpec
 from smtpinfra_campaign.ledger import open_ledger
+from smtpinfra_kube import Paused
 
 from ..builders.tenant import namespace_name
 from ..campaigns import erasure, suspension
@@ -31,7 +32,6 @@ from ..campaigns.controller import CampaignController, Key
 from ..campaigns.metrics import CampaignMetrics
 from ..conditions import now_rfc3339
 from ..controller import Controller, Deps
-from ..kubeapi import Paused
 from ..usage import UsageCollector
 
 log = logging.getLogger(__name__)

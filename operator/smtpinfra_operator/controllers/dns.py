@@ -22,6 +22,7 @@ import kopf
 from pydantic import ValidationError
 
 from smtpinfra_api.v1alpha1 import DkimAlgorithm, DnsProvider, DnsRecordState, Rfc2136Spec, SmtpServer, SmtpServerSpec
+from smtpinfra_kube import ApiException, KubeApi
 
 from ..builders import workload
 from ..builders.mtaconfig import ServerInputs
@@ -40,7 +41,6 @@ from ..dns import (
     remove_owned,
     unmanaged_records,
 )
-from ..kubeapi import ApiException, KubeApi
 from ..statuswriter import StatusWriter
 from .dnsreport import (
     DELETE_RETRY_SECONDS,

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import Tenant, TenantSpec
+from smtpinfra_kube import ApiException, Paused
 from smtpinfra_mta.config import Scheme, hash_password
 
 from .. import tenancy
@@ -20,7 +21,6 @@ from ..builders.keys import generate_password
 from ..conditions import FALSE, TRUE, Outcome, get_condition
 from ..controller import Controller, Deps
 from ..kicker import Locks
-from ..kubeapi import ApiException, Paused
 from ..usage import Snapshot, tenant_usage
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from smtpinfra_api.meta import API_VERSION, SecretKeyReference
+from smtpinfra_kube import KubeApi
 
-from ..kubeapi import KubeApi
 from ..statuswriter import StatusWriter
 from ..tenancy import operator_namespace
 from .dnsbl_monitor import DnsblMetrics, DnsblMonitor, clock_from_env

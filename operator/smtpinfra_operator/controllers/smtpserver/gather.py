@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import SmtpServerSpec, TenantSpec
+from smtpinfra_kube import KubeApi
 
 from ... import tenancy
 from ...builders import tenant as tenant_build
@@ -22,7 +23,6 @@ from ...builders.assignment import ReplicaKey
 from ...builders.keys import generate_dkim_key
 from ...builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress
 from ...campaigns.suspension import suspended_reason
-from ...kubeapi import KubeApi
 from ..ippool import IpPoolController, source_address
 from .decide import Gathered, MissingReference, selected
 
