@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from .gather import Gatherer, StatsOptions, api_client
+from .gather import Gatherer, StatsOptions, kube_client
 from .render import render, to_json
 
 
@@ -36,7 +36,7 @@ def report(
              "without it /stats is asked without a token.")] = "{server}-stats-token",
 ) -> None:
     """Servers and their pods, pools per address, tenants against quotas, campaigns with progress."""
-    gatherer = Gatherer(api_client(str(kubeconfig) if kubeconfig else None),
+    gatherer = Gatherer(kube_client(str(kubeconfig) if kubeconfig else None),
                         StatsOptions(enabled=stats, token_secret=stats_token_secret))
     console = Console()
     if output is Output.JSON:

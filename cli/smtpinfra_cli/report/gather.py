@@ -17,14 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from smtpinfra_kube import ApiException, Client, ConfigError, KubeConfig
 
 from .model import Report, StatsResult, build
 
 GROUP, VERSION = "smtpinfra.com", "v1alpha1"
-#: Kind → plural, for the custom objects API.
+#: Kind → plural, for the REST paths.
 PLURALS = {"SmtpServer": "smtpservers", "IpPool": "ippools", "Tenant": "tenants", "Campaign": "campaigns"}
 #: Labels the operator puts on every MTA pod (app.kubernetes.io/instance is the server's name).
 MTA_POD_SELECTOR = "app.kubernetes.io/name=smtp-infra-mta"
@@ -79,37 +79,36 @@ def read_stats(pod: Mapping[str, Any], token: str | None, fetch: Fetch) -> Stats
 
 
 class Gatherer:
-    """Reads through a Kubernetes API client (``kubernetes.client.ApiClient``)."""
+    """Reads through a Kubernetes client (its sync `request`: the report is one short CLI run)."""
 
-    def __init__(self, api_client: Any, stats: StatsOptions | None = None, fetch: Fetch = fetch_stats) -> None:
-        self._custom = client.CustomObjectsApi(api_client)
-        self._core = client.CoreV1Api(api_client)
-        self._api = api_client
+    def __init__(self, kube: Client, stats: StatsOptions | None = None, fetch: Fetch = fetch_stats) -> None:
+        self._kube = kube
         self._stats = stats or StatsOptions()
         self._fetch = fetch
 
     def _list(self, kind: str) -> list[dict[str, Any]]:
-        result = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURALS[kind])
-        if not isinstance(result, dict):  # the custom objects API returns decoded JSON
+        result = self._kube.request("GET", f"/apis/{GROUP}/{VERSION}/{PLURALS[kind]}")
+        if not isinstance(result, dict):
             raise TypeError(f"unexpected answer listing {PLURALS[kind]}: {type(result).__name__}")
         return list(result.get("items") or [])
 
     def _token(self, namespace: str, server: str) -> str | None:
+        name = self._stats.token_secret.format(server=server)
         try:
-            secret = self._core.read_namespaced_secret(self._stats.token_secret.format(server=server), namespace)
+            secret = self._kube.request("GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}")
         except ApiException as error:
             if error.status in (403, 404):
                 return None  # no token Secret (or no right to read it): ask without one
             raise
-        value = (secret.data or {}).get(self._stats.token_key)
+        value = (secret.get("data") or {}).get(self._stats.token_key)
         if not value:
             return None
         return base64.b64decode(value).decode().strip() or None
 
     def gather(self) -> Report:
         objects = {kind: self._list(kind) for kind in PLURALS}
-        pods = [self._api.sanitize_for_serialization(p)
-                for p in self._core.list_pod_for_all_namespaces(label_selector=MTA_POD_SELECTOR).items]
+        listing = self._kube.request("GET", "/api/v1/pods", query=[("labelSelector", MTA_POD_SELECTOR)])
+        pods: list[dict[str, Any]] = list(listing.get("items") or [])
         stats: dict[tuple[str, str], StatsResult] = {}
         warnings: list[str] = []
         if self._stats.enabled and pods:
@@ -133,12 +132,14 @@ class Gatherer:
         return build(now, objects, pods, stats, warnings)
 
 
-def api_client(kubeconfig: str | None) -> Any:
-    """A client from the kubeconfig given (or $KUBECONFIG / ~/.kube/config), else in-cluster config."""
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+def kube_client(kubeconfig: str | None) -> Client:
+    """A client from the kubeconfig given (or $KUBECONFIG / ~/.kube/config), else in-cluster config.
+
+    A person at a terminal means their kubeconfig even inside a pod, so it is tried first."""
     try:
-        return config.new_client_from_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
+        config = KubeConfig.from_kubeconfig(kubeconfig)
+    except ConfigError:
+        if kubeconfig:
+            raise
+        config = KubeConfig.in_cluster()
+    return Client(config, user_agent="smtp-infra-report")
