@@ -3,7 +3,8 @@
 One implementation for the operator and the local pod runner (they had two, which restarted
 differently). Its life, like client-go's reflector:
 
-* list, store every item (through `keep`, which decides what of an object is held), set `synced`;
+* list, store every item (through `keep`, which decides what of an object is held), tell the
+  listeners, set `synced`;
 * watch from the list's resourceVersion with bookmarks; each event patches the store and is
   passed to the listeners; a watch that simply ends (the server's timeout) resumes from the
   last version seen (a bookmark's too), without a list;
@@ -250,7 +251,6 @@ class Informer:
         with self._lock:
             old, self._store = self._store, fresh
             self._gone.clear()
-        self.synced.set()
         changes = [("DELETED", o) for k, o in old.items() if k not in fresh]
         for key, obj in fresh.items():
             before = old.get(key)
@@ -260,6 +260,8 @@ class Informer:
                 changes.append(("MODIFIED", obj))
         if changes:
             self._notify(changes)
+        # After the listeners: an index a listener keeps is complete once `synced` says so.
+        self.synced.set()
         return str((listing.get("metadata") or {}).get("resourceVersion") or "")
 
     def watch(self, version: str) -> str:

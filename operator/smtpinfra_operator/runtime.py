@@ -27,7 +27,7 @@ from .controllers.campaign import CampaignQueue
 from .controllers.dns import DnsPublisher, uses_rfc2136
 from .controllers.ippool import IpPoolController
 from .controllers.smtpserver import SmtpServerController
-from .controllers.tenant import TenantController
+from .controllers.tenant import TenantController, refused_for_another
 from .controllers.warmupplan import WarmupPlanController
 from .metrics import RuntimeMetrics
 from .peering import PEERING_GROUP, Gate, Peering
@@ -37,6 +37,7 @@ from .reputation.warmup_status import wall_now
 from .resync import Resync, Source
 from .settings import RESYNC_SECONDS
 from .statuswriter import StatusWriter
+from .tenant_index import TenantIndex
 from .usage import UsageCollector
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ class Runtime:
         self.dns = DnsPublisher(self.kube, self.status, self.clock.monotonic, self.pools.note_ptr_checks)
         self.servers = SmtpServerController(deps, self.pools, self.dns)
         self.campaigns = CampaignQueue(deps, self.usage, self.metrics_registry)
-        self.tenants = TenantController(deps, kick_server=self.servers.kick, usage=self.usage.latest,
+        self.tenant_index = TenantIndex(refused=refused_for_another)
+        self.tenants = TenantController(deps, self.tenant_index, kick_server=self.servers.kick,
+                                        usage=self.usage.latest,
                                         campaigns=self.campaigns)
         self.resync = Resync(self._resync_sources(), paused=self.gate.paused, period=resync_seconds,
                              before=self.usage.collect)
@@ -116,6 +119,7 @@ class Runtime:
         if self.gate.me is not None:
             await self.kube.create_if_absent({"apiVersion": PEERING_GROUP, "kind": "ClusterKopfPeering",
                                               "metadata": {"name": self.gate.me.name}})
+        self.kube.watch_cached(API_VERSION, "Tenant", self.tenant_index.observe)
         self.servers.start_watches(asyncio.get_running_loop())
         self.blocklists.start()
         self.resync.start()

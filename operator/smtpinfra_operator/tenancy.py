@@ -83,7 +83,7 @@ def domain_key(domain: str) -> str:
         return text  # not a valid name: compared as written, never equal to a valid one
 
 
-def _ancestors(key: str) -> list[str]:
+def ancestors(key: str) -> list[str]:
     """Proper parent domains of a key: a.b.c → b.c, c."""
     labels = key.split(".")
     return [".".join(labels[i:]) for i in range(1, len(labels))]
@@ -111,40 +111,6 @@ class DomainVerdict:
 
     with_older: tuple[Overlap, ...] = ()
     with_newer: tuple[Overlap, ...] = ()
-
-
-def domain_conflicts(tenants: Iterable[TenantFacts]) -> dict[str, DomainVerdict]:
-    """Per tenant with an overlap, what overlaps whose. A domain overlaps another when it equals it,
-    is a parent of it or a subdomain of it (the MTA lets a tenant send as any subdomain of its
-    domains). Every live tenant's domains count, served or not, so serving one tenant never
-    depends on whether a third one is served. One pass over each domain and its parents.
-    """
-    ordered = sorted(tenants, key=lambda t: t.order)
-    rank = {t.name: i for i, t in enumerate(ordered)}
-    claims = [(t.name, d, domain_key(d)) for t in ordered for d in t.domains]
-    exact: dict[str, list[tuple[str, str]]] = {}
-    for name, domain, key in claims:
-        exact.setdefault(key, []).append((name, domain))
-    older: dict[str, list[Overlap]] = {}
-    newer: dict[str, list[Overlap]] = {}
-
-    def note(a: str, a_domain: str, b: str, b_domain: str) -> None:
-        (new, new_domain), (old, old_domain) = sorted([(a, a_domain), (b, b_domain)], key=lambda x: -rank[x[0]])
-        older.setdefault(new, []).append(Overlap(new_domain, old, old_domain))
-        newer.setdefault(old, []).append(Overlap(old_domain, new, new_domain))
-
-    for holders in exact.values():  # the same domain, held by several tenants
-        for i, (a, a_domain) in enumerate(holders):
-            for b, b_domain in holders[:i]:
-                if a != b:
-                    note(a, a_domain, b, b_domain)
-    for name, domain, key in claims:  # a subdomain of another tenant's domain
-        for parent in _ancestors(key):
-            for other, other_domain in exact.get(parent, ()):
-                if other != name:
-                    note(name, domain, other, other_domain)
-    return {name: DomainVerdict(tuple(older.get(name, ())), tuple(newer.get(name, ())))
-            for name in older.keys() | newer.keys()}
 
 
 MAX_DESCRIBED = 10

@@ -241,3 +241,14 @@ def test_stop_cuts_a_watch_that_is_blocked_reading_a_real_socket():
     finally:
         server.release.set()
         server.shutdown()
+
+
+def test_listeners_hear_the_first_list_before_synced_is_set():
+    """An index a listener keeps (the Tenant index) is complete whenever `synced` says the informer is."""
+    fake = FakeApi([listing(10, pod("a", 5), pod("b", 6))], [])
+    client = Client(CONFIG, transport=fake.transport, start_informers=False)
+    informer = client.informer("v1", "Pod", label_selector="app=mta")
+    synced_when_heard: list[bool] = []
+    informer.listen(lambda type_, obj: synced_when_heard.append(informer.has_synced()))
+    informer.step(None)
+    assert synced_when_heard == [False, False] and informer.has_synced()

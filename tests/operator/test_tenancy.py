@@ -15,10 +15,10 @@ from smtpinfra_operator.tenancy import (
     all_facts,
     check_credentials,
     describe_overlaps,
-    domain_conflicts,
     domain_key,
     namespace_claim,
 )
+from smtpinfra_operator.tenant_index import domain_conflicts
 
 
 def facts(name: str, *domains: str, created: str = "2026-01-01T00:00:00Z", namespace: str | None = None,

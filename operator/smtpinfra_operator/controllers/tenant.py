@@ -21,6 +21,7 @@ from ..builders.keys import generate_password
 from ..conditions import FALSE, TRUE, Outcome, get_condition
 from ..controller import Controller, Deps
 from ..kicker import Locks
+from ..tenant_index import TenantIndex
 from ..usage import Snapshot, tenant_usage
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _exclusive_condition(domains: tenancy.DomainVerdict) -> tuple[str, str, str,
     return (SENDER_DOMAINS_EXCLUSIVE, TRUE, "NoOverlap", "no sender domain overlaps another tenant's")
 
 
-def _refused_for_another(body: Mapping[str, Any]) -> bool:
+def refused_for_another(body: Mapping[str, Any]) -> bool:
     """Whether a Tenant's status says another tenant decides its state (then it is re-decided when one changes)."""
     status = body.get("status") or {}
     exclusive = get_condition(status, SENDER_DOMAINS_EXCLUSIVE)
@@ -78,9 +79,11 @@ class TenantController(Controller[str]):
     """As many as Kopf ran the Tenant's event handler with when it reconciled inline (a bulk apply of
     1,000 tenants is mostly waiting for creates of namespaces and Secrets)."""
 
-    def __init__(self, deps: Deps, kick_server: Callable[[tuple[str, str]], None],
+    def __init__(self, deps: Deps, index: TenantIndex, kick_server: Callable[[tuple[str, str]], None],
                  usage: Callable[[], Snapshot | None], campaigns: TenantSuspension) -> None:
         super().__init__(deps)
+        self.index = index
+        """Every Tenant's facts by domain and namespace, fed by the Tenant informer (`Runtime.start`)."""
         self._kick_server = kick_server
         self._usage = usage
         self._campaigns = campaigns
@@ -135,7 +138,7 @@ class TenantController(Controller[str]):
             if follow[1]:
                 await self._kick_related(key)
 
-    async def _claim_namespace(self, facts: tenancy.TenantFacts, everyone: list[tenancy.TenantFacts],
+    async def _claim_namespace(self, facts: tenancy.TenantFacts, claimants: list[tenancy.TenantFacts],
                                spec: TenantSpec) -> tenancy.NamespaceUse | tenancy.Refusal:
         """Decide on the namespace (`tenancy.namespace_claim`) and create it when it is absent.
 
@@ -145,12 +148,12 @@ class TenantController(Controller[str]):
         """
         operator_ns = tenancy.operator_namespace()
         existing = await self.kube.find_cached("v1", "Namespace", facts.namespace)
-        claim = tenancy.namespace_claim(facts, existing, everyone, operator_ns)
+        claim = tenancy.namespace_claim(facts, existing, claimants, operator_ns)
         if claim == "create":
             existing = await self.kube.create(build.namespace(facts.name, facts.uid, spec))
             if existing is None:
                 return "create"
-            claim = tenancy.namespace_claim(facts, existing, everyone, operator_ns)
+            claim = tenancy.namespace_claim(facts, existing, claimants, operator_ns)
         if claim == "owned" and ((existing or {}).get("metadata", {}).get("labels") or {}).get(
                 build.TENANT_LABEL) != facts.name:
             await self.kube.apply({"apiVersion": "v1", "kind": "Namespace",
@@ -198,13 +201,11 @@ class TenantController(Controller[str]):
             namespace = build.namespace_name(name, spec)
             facts = tenancy.facts_of(body)
             assert facts is not None  # live, and its spec validated above
-            tenants = await self.kube.list_cached(API_VERSION, "Tenant")
-            everyone = [f for f in tenancy.all_facts(tenants) if f.name != name]
-            everyone = sorted([*everyone, facts], key=lambda f: f.order)  # this one as read, even if the list trails
-            domains = tenancy.domain_conflicts(everyone).get(name, tenancy.DomainVerdict())
+            index = await self._index()
+            domains = index.verdict(facts)  # this one as read, even if the informer trails
             exclusive = _exclusive_condition(domains)
             try:
-                claim = await self._claim_namespace(facts, everyone, spec)
+                claim = await self._claim_namespace(facts, index.claimants(facts.namespace), spec)
                 if isinstance(claim, tenancy.Refusal):
                     await self._publish(body, Outcome(ready=FALSE, reason=claim.reason, stalled=True,
                                                  message=f"{claim.message}: nothing is written there",
@@ -267,12 +268,16 @@ class TenantController(Controller[str]):
     async def _kick_related(self, name: str) -> None:
         """Re-decide the tenants whose verdict this one's appearance, change or removal can change: those
         whose domains overlap it now, and those refused or noted because of some other tenant."""
-        bodies = await self.kube.list_cached(API_VERSION, "Tenant")
-        verdict = tenancy.domain_conflicts(tenancy.all_facts(bodies)).get(name, tenancy.DomainVerdict())
-        related = {o.other for o in verdict.with_older + verdict.with_newer}
-        related.update(b["metadata"]["name"] for b in bodies if _refused_for_another(b))
-        for other in sorted(related - {name}):
+        for other in sorted((await self._index()).related(name)):
             self.kick(other)
+
+    async def _index(self) -> TenantIndex:
+        """The live index once the Tenant informer has listed (its listeners have heard every Tenant by
+        then); until then, one built from what the API lists, so no decision rests on a partial cache."""
+        bodies = await self.kube.list_cached(API_VERSION, "Tenant")  # waits for the informer's first list
+        if self.kube.informer(API_VERSION, "Tenant").has_synced():
+            return self.index
+        return TenantIndex.of_bodies(bodies, refused_for_another)
 
 
     async def _kick_servers(self, *labels: Mapping[str, str] | None) -> None:

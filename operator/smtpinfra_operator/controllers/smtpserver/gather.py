@@ -23,6 +23,7 @@ from ...builders.assignment import ReplicaKey
 from ...builders.keys import generate_dkim_key
 from ...builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress
 from ...campaigns.suspension import suspended_reason
+from ...tenant_index import domain_conflicts
 from ..ippool import IpPoolController, source_address
 from .decide import Gathered, MissingReference, selected
 
@@ -53,7 +54,7 @@ class ServerGatherer:
         }
         bodies = {t["metadata"]["name"]: t for t in await self.kube.list_cached(API_VERSION, "Tenant")}
         everyone = tenancy.all_facts(bodies.values())
-        domains = tenancy.domain_conflicts(everyone)
+        domains = domain_conflicts(everyone)
         operator_ns = tenancy.operator_namespace()
         for facts in everyone:
             name, body = facts.name, bodies[facts.name]
