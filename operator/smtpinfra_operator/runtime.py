@@ -66,9 +66,9 @@ class Runtime:
                                         self.metrics_registry)
         self.pools.attach_monitor(self.blocklists)
         self.dns = DnsPublisher(self.kube, self.status, self.clock.monotonic, self.pools.note_ptr_checks)
-        self.servers = SmtpServerController(deps, self.pools, self.dns)
-        self.campaigns = CampaignQueue(deps, self.usage, self.metrics_registry)
         self.tenant_index = TenantIndex(refused=refused_for_another)
+        self.servers = SmtpServerController(deps, self.pools, self.dns, self.tenant_index)
+        self.campaigns = CampaignQueue(deps, self.usage, self.metrics_registry)
         self.tenants = TenantController(deps, self.tenant_index, kick_server=self.servers.kick,
                                         usage=self.usage.latest,
                                         campaigns=self.campaigns)

@@ -65,6 +65,11 @@ class TenantIndex:
             index.observe("ADDED", body)
         return index
 
+    def complete(self, bodies: Iterable[Mapping[str, Any]], synced: bool) -> TenantIndex:
+        """This index once its informer has listed (its listeners have heard every Tenant by then);
+        before that, one built from `bodies` (what the API listed), so no decision rests on a partial cache."""
+        return self if synced else TenantIndex.of_bodies(bodies, self._is_refused)
+
     # -- keeping it
 
     def observe(self, type_: str, body: Mapping[str, Any]) -> None:

@@ -66,19 +66,25 @@ class PoolState:
         return next(a for a in self.addresses if a["address"] == address)
 
 
+DEFAULT_REPLICAS: int = SmtpServerSpec.model_fields["replicas"].default
+
+
 def _servers_using(pool: str, servers: list[dict[str, Any]]) -> list[ReplicaKey]:
-    """Every replica that wants an address of `pool`, oldest server first (stable order)."""
+    """Every replica that wants an address of `pool`, oldest server first (stable order).
+
+    Reads the two fields from the raw spec (the CRD schema validated them), not through the model:
+    every server's reconcile derives its pools, and validating every server's spec each time made
+    a burst of N servers cost N² validations. A value of the wrong type counts as no pool.
+    """
     users = []
     for server in servers:
         meta = server["metadata"]
-        if meta.get("deletionTimestamp"):
+        spec = server.get("spec") or {}
+        pools, replicas = spec.get("ipPools"), spec.get("replicas", DEFAULT_REPLICAS)
+        if meta.get("deletionTimestamp") or not isinstance(pools, list) or pool not in pools \
+                or not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             continue
-        try:
-            spec = SmtpServerSpec.model_validate(server.get("spec") or {})
-        except ValidationError:
-            continue
-        if pool in spec.ip_pools:
-            users.append((meta.get("creationTimestamp", ""), meta["namespace"], meta["name"], spec.replicas))
+        users.append((meta.get("creationTimestamp", ""), meta["namespace"], meta["name"], replicas))
     users.sort()
     return [ReplicaKey(ns, name, i) for _, ns, name, replicas in users for i in range(replicas)]
 

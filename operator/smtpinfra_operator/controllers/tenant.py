@@ -272,12 +272,9 @@ class TenantController(Controller[str]):
             self.kick(other)
 
     async def _index(self) -> TenantIndex:
-        """The live index once the Tenant informer has listed (its listeners have heard every Tenant by
-        then); until then, one built from what the API lists, so no decision rests on a partial cache."""
+        """The index, complete (`TenantIndex.complete`)."""
         bodies = await self.kube.list_cached(API_VERSION, "Tenant")  # waits for the informer's first list
-        if self.kube.informer(API_VERSION, "Tenant").has_synced():
-            return self.index
-        return TenantIndex.of_bodies(bodies, refused_for_another)
+        return self.index.complete(bodies, self.kube.informer(API_VERSION, "Tenant").has_synced())
 
 
     async def _kick_servers(self, *labels: Mapping[str, str] | None) -> None:

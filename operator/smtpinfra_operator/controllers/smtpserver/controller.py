@@ -32,6 +32,7 @@ from ...conditions import FALSE, Outcome
 from ...controller import Controller, Deps
 from ...kicker import Kicker, Locks
 from ...settings import FULL_RESYNC_SECONDS
+from ...tenant_index import TenantIndex
 from ..dns import DnsPublisher
 from ..dnsreport import with_dns
 from ..ippool import IpPoolController
@@ -79,11 +80,11 @@ class SmtpServerController(Controller[Key]):
     kind = "SmtpServer"
     CONCURRENCY = 128
 
-    def __init__(self, deps: Deps, pools: IpPoolController, dns: DnsPublisher) -> None:
+    def __init__(self, deps: Deps, pools: IpPoolController, dns: DnsPublisher, tenants: TenantIndex) -> None:
         super().__init__(deps)
         self.pools = pools
         self.dns = dns
-        self.gatherer = ServerGatherer(deps.kube, pools)
+        self.gatherer = ServerGatherer(deps.kube, pools, tenants)
         self.status_queue: Kicker[Key] = self.make_queue(self.refresh_status, "SmtpServerStatus", concurrency=16)
         self.pool_queue: Kicker[str] = self.make_queue(self._follow_pool, "SmtpServerPools")
         self._locks: Locks[Key] = Locks()

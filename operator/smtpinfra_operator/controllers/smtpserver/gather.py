@@ -23,7 +23,7 @@ from ...builders.assignment import ReplicaKey
 from ...builders.keys import generate_dkim_key
 from ...builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress
 from ...campaigns.suspension import suspended_reason
-from ...tenant_index import domain_conflicts
+from ...tenant_index import TenantIndex
 from ..ippool import IpPoolController, source_address
 from .decide import Gathered, MissingReference, selected
 
@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 class ServerGatherer:
     """What one SmtpServer reconcile reads, through the given client and the pools' controller."""
 
-    def __init__(self, kube: KubeApi, pools: IpPoolController) -> None:
+    def __init__(self, kube: KubeApi, pools: IpPoolController, tenants: TenantIndex) -> None:
         self.kube = kube
         self.pools = pools
+        self.tenants = tenants
 
     async def _gather_tenants(self, spec: SmtpServerSpec) -> tuple[list[ServedTenant], dict[str, str], list[str]]:
         """Tenants this server serves, their `username:hash` lines, and the tenants left out for a conflict.
@@ -52,25 +53,25 @@ class ServerGatherer:
             (s["metadata"]["namespace"], s["metadata"]["name"]): s
             for s in await self.kube.list_cached("v1", "Secret", label_selector=tenant_build.TENANT_LABEL)
         }
-        bodies = {t["metadata"]["name"]: t for t in await self.kube.list_cached(API_VERSION, "Tenant")}
-        everyone = tenancy.all_facts(bodies.values())
-        domains = domain_conflicts(everyone)
+        listed = await self.kube.list_cached(API_VERSION, "Tenant")
+        index = self.tenants.complete(listed, self.kube.informer(API_VERSION, "Tenant").has_synced())
+        bodies = {t["metadata"]["name"]: t for t in listed}
         operator_ns = tenancy.operator_namespace()
-        for facts in everyone:
+        for facts in tenancy.all_facts(b for b in bodies.values() if selected(spec, b)):
             name, body = facts.name, bodies[facts.name]
-            if not selected(spec, body):
-                continue
             try:
                 tspec = TenantSpec.model_validate(body.get("spec") or {})
             except ValidationError:
                 continue
             if tspec.ip_pool and tspec.ip_pool not in spec.ip_pools:
                 continue  # a dedicated pool this server does not send from
-            if name in domains and domains[name].with_older:
-                conflicts.append(f"Tenant {name} is not served: " + tenancy.describe_overlaps(domains[name].with_older))
+            older = index.verdict(facts).with_older
+            if older:
+                conflicts.append(f"Tenant {name} is not served: " + tenancy.describe_overlaps(older))
                 continue
             namespace = await self.kube.find_cached("v1", "Namespace", facts.namespace)
-            if tenancy.namespace_claim(facts, namespace, everyone, operator_ns) not in ("owned", "adopted"):
+            if tenancy.namespace_claim(facts, namespace, index.claimants(facts.namespace),
+                                       operator_ns) not in ("owned", "adopted"):
                 continue
             secret = secrets.get((facts.namespace, tenant_build.CREDENTIALS_SECRET))
             if secret is None or not tenancy.secret_belongs(secret, name):
