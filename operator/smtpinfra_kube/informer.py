@@ -284,7 +284,13 @@ class Informer:
                     self._store.pop(key, None)
                     self._gone[key] = version_number(obj) or 0
                 else:
-                    self._store[key] = kept
+                    # Watch events come in order, so a newer object held here is one of our own
+                    # writes (`put`) the watch has not reached yet: going back to the event's older
+                    # copy would make a reconcile decide on a status it has already replaced.
+                    held = version_number(self._store.get(key))
+                    event_version = version_number(obj)
+                    if held is None or event_version is None or held <= event_version:
+                        self._store[key] = kept
                     self._gone.pop(key, None)
             self._notify([(str(type_), kept)])
         return version

@@ -26,9 +26,12 @@ __all__ = ["CONNECTIONS", "FIELD_MANAGER", "READ_METHODS", "USER_AGENT", "RestCl
 
 FIELD_MANAGER = "smtp-infra-operator"
 USER_AGENT = "smtp-infra-operator"
-CONNECTIONS = 56
+CONNECTIONS = 24
 """Kept-alive connections for requests (watches have their own pool), so a burst of reconciles
-does not open (TLS handshake) and discard a connection per request."""
+does not open (TLS handshake) and discard a connection per request. Not more: httpcore looks at
+every pooled connection (a poll and a getpeername each, and a quadratic idle count) twice per
+request, and with 56 that was a sixth of the operator's CPU in the scale bench; two cores of API
+server gain nothing from more requests in flight."""
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 WriteGuard = Callable[[str], bool]
 """Called with a write's path; True when the write may be sent."""

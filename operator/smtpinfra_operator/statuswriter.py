@@ -119,14 +119,16 @@ def _routine(current: dict[str, Any], before: Mapping[str, Any] | None, outcome:
     """Whether a change of Ready is the normal course of a new object converging (pure).
 
     A new object that starts converging (pods starting) gets no Event, and neither does the end of
-    that first convergence (Ready at last): `lastTransitionTime` records both, and an Event per new
-    server in a burst of 200 was one more write each for nothing a human acts on. The first state
+    that first convergence (Ready at last) or a first status that is Ready at once (a Tenant; a
+    server whose pods started before its first write): `lastTransitionTime` records them, and an
+    Event per new object in a burst of 200 servers or 1,000 tenants was one more write each for
+    nothing a human acts on. The first state
     is recognised by Ready having stayed False since the first status (its lastTransitionTime is
     Stalled's, set together then and not changed since). Every other change of Ready gets its
     Event: failures, stalls, recoveries from them, a Ready object that stops being Ready.
     """
     if before is None:
-        return outcome.reconciling and not outcome.stalled
+        return (outcome.reconciling or outcome.ready == "True") and not outcome.stalled
     reconciling, stalled = get_condition(current, RECONCILING) or {}, get_condition(current, STALLED) or {}
     first_state = before.get("lastTransitionTime") is not None and \
         before.get("lastTransitionTime") == stalled.get("lastTransitionTime")

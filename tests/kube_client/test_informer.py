@@ -181,6 +181,23 @@ def test_our_write_answered_after_a_later_event_does_not_bring_back_an_older_or_
     assert informer.get("mail", "a")["metadata"]["resourceVersion"] == "25"
 
 
+def test_a_watch_event_older_than_our_write_does_not_replace_it():
+    """The watch delivers the object as it was before our write (its event was on the way when
+    the write's answer came back): the store keeps our write, and the listeners still hear the event."""
+    fake = FakeApi([listing(10, pod("a", 5))],
+                   [[event("MODIFIED", pod("a", 12, ready=False))], [event("MODIFIED", pod("a", 30, ready=False))]])
+    informer, seen = stepped(fake)
+    version = informer.step(None)
+    informer.put({"apiVersion": "v1", "kind": "Pod", **pod("a", 20)})  # our write, answered at version 20
+    version = informer.step(version)
+    assert informer.get("mail", "a")["metadata"]["resourceVersion"] == "20"
+    assert informer.get("mail", "a")["status"]["conditions"] == [{"type": "Ready", "status": "True"}]
+    informer.step(version)
+    assert informer.get("mail", "a")["metadata"]["resourceVersion"] == "30"
+    assert informer.get("mail", "a")["status"]["conditions"] == [{"type": "Ready", "status": "False"}]
+    assert seen[-2:] == [("MODIFIED", "a"), ("MODIFIED", "a")]
+
+
 def test_stop_ends_the_thread_during_a_quiet_watch():
     fake = FakeApi([listing(10)], [], idle=60)
     http = httpx.Client(base_url="https://kube.test", transport=fake.transport)

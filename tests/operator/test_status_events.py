@@ -28,7 +28,7 @@ def status_after(*outcomes: Outcome) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("history", "outcome", "routine"), [
     ((), CONVERGING, True),  # a new object starts converging
-    ((), READY_NOW, False),  # Ready from its first status: worth saying
+    ((), READY_NOW, True),  # Ready from its first status (its pods were quicker than its first write)
     ((), STALLED, False),  # stuck from the start
     ((CONVERGING,), READY_NOW, True),  # the end of a convergence the status showed
     ((STALLED,), READY_NOW, False),  # a recovery from a stall

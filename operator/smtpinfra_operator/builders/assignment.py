@@ -9,6 +9,7 @@ unassigned replicas in address order. An address is never given to two replicas.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,16 +42,25 @@ class Assignment:
     by_address: dict[str, ReplicaKey]
     unassigned: list[ReplicaKey]
 
+    @functools.cached_property
+    def by_replica(self) -> dict[ReplicaKey, str]:
+        """replica → address (every server's view of a pool asks once per replica)."""
+        return {owner: address for address, owner in self.by_address.items()}
+
     def address_of(self, replica: ReplicaKey) -> str | None:
         """The address assigned to a replica, if any."""
-        for address, owner in self.by_address.items():
-            if owner == replica:
-                return address
-        return None
+        return self.by_replica.get(replica)
 
 
 def expand_addresses(entries: Iterable[str]) -> list[str]:
     """Single IPs and small CIDRs (schema-limited to /24 and /120) as a sorted, unique list."""
+    return list(_expanded(tuple(entries)))
+
+
+@functools.lru_cache(maxsize=256)
+def _expanded(entries: tuple[str, ...]) -> tuple[str, ...]:
+    """Cached: each reconcile of a server, its pool and the blocklist monitor expands the same
+    pool again, and parsing 256 addresses each time was a tenth of the operator's CPU."""
     out: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for entry in entries:
         if "/" in entry:
@@ -59,7 +69,7 @@ def expand_addresses(entries: Iterable[str]) -> list[str]:
             out.update(ipaddress.ip_address(str(h)) for h in hosts)
         else:
             out.add(ipaddress.ip_address(entry))
-    return [str(a) for a in sorted(out, key=lambda a: (a.version, int(a)))]
+    return tuple(str(a) for a in sorted(out, key=lambda a: (a.version, int(a))))
 
 
 def assign(addresses: list[str], replicas: list[ReplicaKey], current: dict[str, str]) -> Assignment:

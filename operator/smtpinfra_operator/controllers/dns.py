@@ -35,11 +35,10 @@ from ..dns import (
     DnsUnavailable,
     RecordError,
     build_dns_endpoint,
-    build_records,
     dns_endpoint_name,
     inputs_from_spec,
     remove_owned,
-    unmanaged_records,
+    split_records,
 )
 from ..statuswriter import StatusWriter
 from .dnsreport import (
@@ -171,7 +170,7 @@ class DnsPublisher:
         namespace = body["metadata"]["namespace"]
         uid = body["metadata"]["uid"]
         secret = await self._tsig_secret(namespace, rfc)
-        records, required = build_records(inputs), unmanaged_records(inputs)
+        records, required = split_records(inputs)
         sending = sending_pairs(server)
         fingerprint = _fingerprint(rfc.model_dump(), secret, records, required, sending)
         memo = self._memo.get(uid)
@@ -204,7 +203,7 @@ class DnsPublisher:
         return report
 
     async def _reconcile_external_dns(self, body: Mapping[str, Any], inputs: DnsInputs) -> DnsReport:
-        records, required = build_records(inputs), unmanaged_records(inputs)
+        records, required = split_records(inputs)
         if not await self.kube.kind_exists(DNSENDPOINT_API, DNSENDPOINT_KIND):
             return DnsReport(DnsProvider.EXTERNAL_DNS, FALSE, "ExternalDnsNotInstalled",
                              "spec.dns.provider is external-dns, but the DNSEndpoint kind "
@@ -252,7 +251,7 @@ class DnsPublisher:
             await self.kube.delete(DNSENDPOINT_API, DNSENDPOINT_KIND, dns_endpoint_name(owner.name), owner.namespace)
         inputs = await self.gather_inputs(owner, spec, server)
         if provider == DnsProvider.NONE:
-            return required_report(provider, build_records(inputs) + unmanaged_records(inputs),
+            return required_report(provider, [r for part in split_records(inputs) for r in part],
                                    "spec.dns.provider is none; publish the records in status.dns.records yourself")
         if provider == DnsProvider.EXTERNAL_DNS:
             return await self._reconcile_external_dns(body, inputs)

@@ -9,6 +9,7 @@ to publish; PTR results from a server's DNS check reach the pool the same way (`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -61,9 +62,13 @@ class PoolState:
     verdicts: tuple[tuple[str, DayVerdict], ...] = ()
     """(address, verdict) of the days judged in this derivation: holds and step-backs become Events."""
 
+    @functools.cached_property
+    def _by_address(self) -> dict[str, dict[str, Any]]:
+        return {a["address"]: a for a in self.addresses}
+
     def address(self, address: str) -> dict[str, Any]:
-        """The status entry of one address."""
-        return next(a for a in self.addresses if a["address"] == address)
+        """The status entry of one address (KeyError for an address not in the pool)."""
+        return self._by_address[address]
 
 
 DEFAULT_REPLICAS: int = SmtpServerSpec.model_fields["replicas"].default
@@ -220,6 +225,43 @@ def pool_day_figures(snapshot: Snapshot | None, pool: str, spec: IpPoolSpec) -> 
     return pool_figures(reports, expand_addresses(spec.addresses))
 
 
+@dataclass(frozen=True)
+class DeriveInputs:
+    """What one `derive` of a pool read, to reuse its result while nothing of it changed.
+
+    Every new server derives its pools, and so do the pool's reconcile and the servers following
+    its status: with a /24 that was 256 address statuses built again and again from the same
+    reads. Values compare by equality; the /stats snapshot and the blocklist view by identity
+    (each is replaced whole when it changes).
+    """
+
+    values: tuple[Any, ...]
+    snapshot: Snapshot | None
+    view: object
+
+    def same(self, other: DeriveInputs) -> bool:
+        return self.values == other.values and self.snapshot is other.snapshot and self.view is other.view
+
+
+def derive_inputs(body: Mapping[str, Any], servers: list[dict[str, Any]], plan_body: Mapping[str, Any] | None,
+                  ptr_checks: Mapping[str, bool], now: datetime, snapshot: Snapshot | None,
+                  view: object) -> DeriveInputs | None:
+    """The key of a derivation (pure); None when the pool has no resourceVersion to tell versions apart.
+
+    The time enters as the UTC day (warm-up days and caps change with it), and to the second when
+    the pool has a plan (an address's warm-up start is stamped with it).
+    """
+    meta = body.get("metadata") or {}
+    version = meta.get("resourceVersion")
+    if not version:
+        return None
+    name, spec = meta.get("name", ""), body.get("spec") or {}
+    plan_version = ((plan_body or {}).get("metadata") or {}).get("resourceVersion") if plan_body else None
+    moment = now.astimezone(UTC).replace(microsecond=0) if spec.get("warmupPlan") else now.astimezone(UTC).date()
+    return DeriveInputs((version, tuple(_servers_using(name, servers)), plan_body is None, plan_version,
+                         tuple(sorted(ptr_checks.items())), moment), snapshot, view)
+
+
 class IpPoolController(Controller[str]):
     """Keys are pool names: from Kopf's watch of IpPools, the servers that use them (new replicas, PTR
     checks), their warm-up plans and the resync. The servers learn of a new status through their own
@@ -241,6 +283,8 @@ class IpPoolController(Controller[str]):
         self._ptr_checks: dict[str, dict[str, bool]] = {}
         """Per pool, the latest PTR (FCrDNS) result per address that a server's DNS check found; the
         pool's own reconcile writes them into its status (`note_ptr_checks`)."""
+        self._derived: dict[str, tuple[DeriveInputs, PoolState, Outcome]] = {}
+        """Per pool, the last derivation and what it read (`DeriveInputs`)."""
         self._views: dict[tuple[str, str, str], str] = {}
         """(pool, server namespace, server name) → the `server_view` that server's last reconcile rendered."""
 
@@ -291,10 +335,16 @@ class IpPoolController(Controller[str]):
                      if spec.warmup_plan else None)
         if self.monitor is not None:
             self.monitor.configure(name, spec, body.get("status"))
-        state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body,
-                                self._ptr_checks.get(name, {}), self.clock.now(),
-                                pool_day_figures(self._usage(), name, spec),
-                                self.monitor.view(name) if self.monitor is not None else None)
+        now, snapshot, ptr_checks = self.clock.now(), self._usage(), self._ptr_checks.get(name, {})
+        view = self.monitor.view(name) if self.monitor is not None else None
+        inputs = derive_inputs(body, servers, plan_body, ptr_checks, now, snapshot, view)
+        last = self._derived.get(name)
+        if inputs is not None and last is not None and last[0].same(inputs):
+            return body, spec, last[1], last[2]
+        state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body, ptr_checks, now,
+                                pool_day_figures(snapshot, name, spec), view)
+        if inputs is not None:
+            self._derived[name] = (inputs, state, outcome)
         return body, spec, state, outcome
 
     async def read_pool(self, name: str, requester: Requester | None = None) -> PoolState | None:
@@ -327,6 +377,7 @@ class IpPoolController(Controller[str]):
                                                                          message=str(error), stalled=True))
                 return
             if found is None:
+                self._derived.pop(key, None)
                 if self.monitor is not None:
                     self.monitor.forget(key)
                 if self.warmup_metrics is not None:

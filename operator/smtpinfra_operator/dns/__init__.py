@@ -37,6 +37,7 @@ from .records import (
     mta_sts_policy_text,
     spf_text,
     txt_value,
+    split_records,
     unmanaged_records,
 )
 from .rfc2136 import Rfc2136Provider
@@ -79,6 +80,7 @@ __all__ = [
     "spf_text",
     "sync",
     "txt_value",
+    "split_records",
     "unmanaged_records",
     "verify",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import functools
 import ipaddress
 import re
 from collections import defaultdict
@@ -54,7 +55,10 @@ def normalize_name(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
 
+@functools.lru_cache(maxsize=8192)
 def _canonical_value(rtype: str, value: str) -> str:
+    """A value in dnspython's presentation format (cached: every reconcile rebuilds the same
+    records, and parsing them again was most of a server's DNS work)."""
     rd = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rtype), value, origin=dns.name.root,
                              relativize=False)
     text = rd.to_text()
@@ -101,6 +105,7 @@ class Record:
         return [v.rstrip(".") if self.rtype in ("PTR", "CNAME") else v for v in self.values]
 
 
+@functools.lru_cache(maxsize=4096)
 def txt_value(text: str) -> str:
     """One TXT rdata holding `text`, split into character-strings of at most 255 bytes."""
     raw = text.encode()
@@ -382,6 +387,12 @@ def _ours(record: Record, inputs: DnsInputs) -> bool:
     if record.rtype == "PTR":
         return zone_of(record.name, inputs.reverse_zones) is not None
     return not inputs.forward_zones or zone_of(record.name, inputs.forward_zones) is not None
+
+
+def split_records(inputs: DnsInputs) -> tuple[list[Record], list[Record]]:
+    """`build_records` and `unmanaged_records` from one build: a reconcile needs both."""
+    records = _all_records(inputs)
+    return [r for r in records if _ours(r, inputs)], [r for r in records if not _ours(r, inputs)]
 
 
 def build_records(inputs: DnsInputs) -> list[Record]:
