@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from smtpinfra_api.v1alpha1 import SmtpServerSpec
 from smtpinfra_operator.builders import workload
+from smtpinfra_operator.conditions import FALSE, TRUE, Outcome
+from smtpinfra_operator.controllers.smtpserver.decide import (
+    PROGRESS_DELAY,
+    PodSeen,
+    defers_first_status,
+    status_refresh_delay,
+)
 
 OWNER = workload.Owner(name="out", namespace="mail", uid="u-1")
 
@@ -70,3 +79,34 @@ def test_pods_of_other_servers_with_a_common_prefix_are_not_counted() -> None:
 def test_a_pod_without_the_annotation_is_not_current() -> None:
     rollout = workload.pod_rollout("out", [pod("out-0", None, ready=True)], 1, "new")
     assert (rollout.ready, rollout.updated, rollout.available) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(("before", "now", "delay"), [
+    (None, (False, None, False), PROGRESS_DELAY),  # a pod created: progress, written if Ready is slow
+    ((False, None, False), (False, "h1", False), PROGRESS_DELAY),  # its template became known
+    ((False, "h1", False), (True, "h1", False), 0.3),  # Ready: at once
+    (None, (True, "h1", False), 0.3),  # first seen Ready (e.g. after a restart)
+    ((True, "h1", False), (False, "h1", False), 0.3),  # no longer Ready: at once
+    ((True, "h1", False), (True, "h1", True), 0.3),  # terminating
+    ((False, "h1", False), (False, "h1", True), 0.3),
+    ((True, "h1", False), (True, "h1", False), None),  # nothing readiness reads changed
+])
+def test_a_starting_pods_progress_waits_and_readiness_changes_do_not(
+        before: PodSeen | None, now: PodSeen, delay: float | None) -> None:
+    assert status_refresh_delay(before, now, 0.3) == delay
+
+
+STARTING = Outcome(ready=FALSE, reason="PodsNotReady", message="0/1 pods ready, 1/1 updated", reconciling=True)
+
+
+@pytest.mark.parametrize(("status", "outcome", "defers"), [
+    (None, STARTING, True),  # a new server whose pods are starting: its pods' Ready writes the first status
+    ({}, STARTING, True),
+    (None, Outcome(ready=TRUE, reason="Available", message="1/1 pods ready"), False),
+    (None, Outcome(ready=FALSE, reason="PoolTooSmall", message="no address", stalled=True), False),
+    (None, Outcome(ready=FALSE, reason="DnsNotReady", message="zone refused", reconciling=True), False),
+    ({"conditions": [{"type": "Ready", "status": "True", "reason": "Available"}]}, STARTING, False),  # has one
+])
+def test_only_a_new_servers_starting_pods_defer_its_first_status(
+        status: dict[str, Any] | None, outcome: Outcome, defers: bool) -> None:
+    assert defers_first_status(status, outcome) is defers

@@ -71,6 +71,12 @@ class PoolState:
         return self._by_address[address]
 
 
+PUBLISH_DELAY = 2.0
+"""Seconds a pool waits to publish what new servers' reconciles derived. The servers do not wait
+for it (they derive their addresses themselves); a pool's status holds every address of a /24, and
+each write of it costs the API server a decode, validation and encode of the whole object, so servers
+arriving together are published in one write."""
+
 DEFAULT_REPLICAS: int = SmtpServerSpec.model_fields["replicas"].default
 
 
@@ -362,7 +368,7 @@ class IpPoolController(Controller[str]):
         body, _, state, _ = found
         published = (body.get("status") or {}).get("addresses")
         if published != state.addresses:
-            self.kick(name)
+            self.kick(name, delay=PUBLISH_DELAY)
         return state
 
     async def reconcile(self, key: str) -> None:

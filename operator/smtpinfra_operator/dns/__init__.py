@@ -36,8 +36,8 @@ from .records import (
     mta_sts_policy_id,
     mta_sts_policy_text,
     spf_text,
-    txt_value,
     split_records,
+    txt_value,
     unmanaged_records,
 )
 from .rfc2136 import Rfc2136Provider
@@ -78,9 +78,9 @@ __all__ = [
     "plan_changes",
     "remove_owned",
     "spf_text",
+    "split_records",
     "sync",
     "txt_value",
-    "split_records",
     "unmanaged_records",
     "verify",
 ]

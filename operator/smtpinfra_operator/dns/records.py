@@ -8,8 +8,8 @@ compares equal to what a provider reads back and `desired_diff` touches only wha
 from __future__ import annotations
 
 import base64
-import hashlib
 import functools
+import hashlib
 import ipaddress
 import re
 from collections import defaultdict

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -37,14 +38,18 @@ from ..dns import DnsPublisher
 from ..dnsreport import with_dns
 from ..ippool import IpPoolController
 from .decide import (
+    PROGRESS_DELAY,
     Applied,
     Gathered,
     Key,
     MissingReference,
+    PodSeen,
     SettledDns,
     decide,
+    defers_first_status,
     mta_image,
     referenced_secrets,
+    status_refresh_delay,
     wants_resync,
 )
 from .gather import ServerGatherer
@@ -94,7 +99,7 @@ class SmtpServerController(Controller[Key]):
         self._no_pdb: set[Key] = set()
         """Servers whose PodDisruptionBudget is known to be absent: a single-replica server deleted it
         once (a 404 or a delete) and need not ask again on every reconcile until it gets more replicas."""
-        self._pod_seen: dict[tuple[str, str], tuple[bool, str | None, bool]] = {}
+        self._pod_seen: dict[tuple[str, str], PodSeen] = {}
         """Per pod, what readiness reads of it (Ready, template hash, terminating): other changes are not kicked."""
         self._seen_generation: dict[Key, int | None] = {}
         """Per SmtpServer, the generation last put on the queue from an event."""
@@ -121,10 +126,15 @@ class SmtpServerController(Controller[Key]):
             outcome = decide(spec, gathered, rollout, rolled.config_hash)
             dns_report = await self.dns.reconcile_dns(body, rolled.owner, spec, gathered.inputs)
             published = with_dns(outcome, dns_report)
+            applied = Applied(body["metadata"].get("generation"), spec, gathered.settled(), rolled.config_hash,
+                              rolled.template, SettledDns.of(dns_report), at=self.clock.monotonic(),
+                              ready=published.ready)
+            if defers_first_status(body.get("status"), published):
+                self._applied[key] = replace(applied, unpublished=dns_report)
+                self.status_queue.kick(key, delay=PROGRESS_DELAY)  # a pod's Ready kicks it sooner
+                return
             await self.deps.status.publish(SmtpServer, body, published)
-            self._applied[key] = Applied(body["metadata"].get("generation"), spec, gathered.settled(),
-                                         rolled.config_hash, rolled.template, SettledDns.of(dns_report),
-                                         at=self.clock.monotonic(), ready=published.ready)
+            self._applied[key] = applied
 
     async def _roll_out(self, key: Key) -> RolledOut | None:
         """Read, gather, render and apply; None when done already (gone, or a problem was published)."""
@@ -212,13 +222,13 @@ class SmtpServerController(Controller[Key]):
                 if body is None or body["metadata"].get("deletionTimestamp"):
                     return
                 written = (body.get("status") or {}).get("dns")
-                if body["metadata"].get("generation") == last.generation and isinstance(written, dict):
+                dns = last.unpublished or (last.dns.rendering(written) if isinstance(written, dict) else None)
+                if body["metadata"].get("generation") == last.generation and dns is not None:
                     rollout = workload.pod_rollout(name, await self._pods_of(key), last.gathered.replicas,
                                                    last.template)
-                    outcome = with_dns(decide(last.spec, last.gathered, rollout, last.config_hash),
-                                       last.dns.rendering(written))
+                    outcome = with_dns(decide(last.spec, last.gathered, rollout, last.config_hash), dns)
                     await self.deps.status.publish(SmtpServer, body, outcome)
-                    self._applied[key] = replace(last, ready=outcome.ready)
+                    self._applied[key] = replace(last, ready=outcome.ready, unpublished=None)
                     return
         await self.reconcile(key)
 
@@ -286,12 +296,18 @@ class SmtpServerController(Controller[Key]):
             if type_ == "DELETED":
                 self._pod_seen.pop(pod_key, None)
             else:
-                state = (any(c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or []),
+                state = (any(c.get("type") == "Ready" and c.get("status") == "True"
+                             for c in (pod.get("status") or {}).get("conditions") or []),
                          (meta.get("annotations") or {}).get(workload.TEMPLATE_HASH_ANNOTATION),
                          bool(meta.get("deletionTimestamp")))
-                if self._pod_seen.get(pod_key) == state:
+                before = self._pod_seen.get(pod_key)
+                delay = status_refresh_delay(before, state, self.DELAY)
+                if delay is None:
                     return
                 self._pod_seen[pod_key] = state
+                loop.call_soon_threadsafe(functools.partial(self.status_queue.kick, (meta["namespace"], server),
+                                                            delay=delay))
+                return
             loop.call_soon_threadsafe(self.status_queue.kick, (meta["namespace"], server))
 
         self.kube.watch_cached("v1", "Pod", on_pod, label_selector=workload.MTA_SELECTOR)

@@ -14,7 +14,7 @@ from smtpinfra_api.v1alpha1 import Endpoints, SendingAddress, SmtpServerSpec, Sm
 
 from ...builders import workload
 from ...builders.mtaconfig import ServerInputs
-from ...conditions import FALSE, TRUE, UNKNOWN, Outcome
+from ...conditions import FALSE, READY, TRUE, UNKNOWN, Outcome, get_condition
 from ...settings import FULL_RESYNC_SECONDS
 from ..dnsreport import DnsReport
 
@@ -143,6 +143,21 @@ class Applied:
     """When (monotonic) this full reconcile finished."""
     ready: str = UNKNOWN
     """Ready as last published, by this reconcile or a status refresh since."""
+    unpublished: DnsReport | None = None
+    """The DNS report of a first status not written yet (`defers_first_status`): the status refresh
+    writes it, with Ready from the pods as they are then."""
+
+
+def defers_first_status(status: Mapping[str, Any] | None, outcome: Outcome) -> bool:
+    """Whether a new server's first status waits for its pods (pure).
+
+    A new server's first outcome is nearly always "pods starting", and its pods were Ready a
+    second later: two writes of the whole object where one says the same. It waits PROGRESS_DELAY
+    at most (then the status refresh writes whatever the pods say); anything else, a problem
+    above all, is written at once, as is every status of a server that has one.
+    """
+    return get_condition(dict(status or {}), READY) is None and outcome.ready == FALSE \
+        and outcome.reason == "PodsNotReady" and outcome.reconciling and not outcome.stalled
 
 
 def wants_resync(last: Applied | None, now: float, full_resync_seconds: float = FULL_RESYNC_SECONDS) -> bool:
@@ -174,3 +189,28 @@ def referenced_secrets(server: Mapping[str, Any]) -> set[str]:
         if isinstance(key, Mapping) and key.get("secretName"):
             names.add(str(key["secretName"]))
     return names
+
+
+PodSeen = tuple[bool, str | None, bool]
+"""What readiness reads of a pod: (Ready, template hash, terminating)."""
+
+PROGRESS_DELAY = 2.0
+"""Seconds a starting pod's progress (created, not Ready yet) waits before it refreshes its server's
+status. A new server's pod appeared and became Ready a second apart, and each was one more write
+of the whole SmtpServer (every status write re-validates and re-encodes the object in the API
+server: a third of its CPU in the scale bench)."""
+
+
+def status_refresh_delay(before: PodSeen | None, now: PodSeen, window: float) -> float | None:
+    """How soon a pod's change refreshes its server's status (pure); None: readiness reads nothing new.
+
+    A pod that becomes Ready, stops being Ready or starts terminating is written within the queue's
+    `window`; a starting pod's progress waits PROGRESS_DELAY, and its Ready, when it comes within
+    that time, is the one write (the earlier kick wins on the queue).
+    """
+    if before == now:
+        return None
+    ready, _, terminating = now
+    if not ready and not terminating and (before is None or not before[0]):
+        return PROGRESS_DELAY
+    return window

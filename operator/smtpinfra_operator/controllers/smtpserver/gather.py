@@ -7,6 +7,7 @@ cert-manager Certificate), made before the config that needs them is rendered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
@@ -112,7 +113,7 @@ class ServerGatherer:
 
 
     async def _ensure_dkim(self, owner: workload.Owner, spec: SmtpServerSpec) -> None:
-        """Generate each missing DKIM key once; explicit Secrets must exist."""
+        """Generate each missing DKIM key once (in a thread: an RSA key takes a while); explicit Secrets must exist."""
         for key in spec.dkim.keys:
             name = workload.dkim_secret_name(owner.name, key)
             if key.secret_name:
@@ -122,7 +123,8 @@ class ServerGatherer:
                                            f"{key.domain} not found")
                 continue
             if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None:
-                private, dns_value = generate_dkim_key(key.algorithm, key.rsa_key_size or 2048)
+                private, dns_value = await asyncio.to_thread(generate_dkim_key, key.algorithm,
+                                                             key.rsa_key_size or 2048)
                 if await self.kube.create(workload.dkim_secret(owner, key, private, dns_value)) is None:
                     log.info("generated DKIM key %s._domainkey.%s", key.selector, key.domain)
 
@@ -140,7 +142,10 @@ class ServerGatherer:
         if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None and \
                 await self.kube.create(verp.secret(owner, workload.labels(owner.name), verp.new_key())) is None:
             log.info("generated VERP key Secret %s/%s", owner.namespace, name)
-        name = unsubscribe.secret_name(owner.name)  # the same once-only rule for the unsubscribe key
+
+    async def _ensure_unsubscribe(self, owner: workload.Owner) -> None:
+        """The unsubscribe links' key Secret, by the same once-only rule as the VERP key."""
+        name = unsubscribe.secret_name(owner.name)
         if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None and \
                 await self.kube.create(unsubscribe.secret(owner, workload.labels(owner.name),
                                                           unsubscribe.new_key())) is None:
@@ -172,9 +177,13 @@ class ServerGatherer:
             replicas += 1
         runnable = {i: addresses[i] for i in range(replicas)}
         tls_secret = await self._gather_tls(owner, spec)
-        await self._ensure_dkim(owner, spec)
-        await self._ensure_stats_token(owner)
-        await self._ensure_verp(owner)
+        # The generated Secrets are independent creates: a new server's four, one after another,
+        # were four API round trips on the way to its StatefulSet.
+        made = await asyncio.gather(self._ensure_dkim(owner, spec), self._ensure_stats_token(owner),
+                                    self._ensure_verp(owner), self._ensure_unsubscribe(owner),
+                                    return_exceptions=True)
+        if failed := next((m for m in made if isinstance(m, BaseException)), None):
+            raise failed
         tenants, credentials, conflicts = await self._gather_tenants(spec)
         inputs = ServerInputs(name=owner.name, namespace=owner.namespace, spec=spec, tenants=tenants,
                               replica_addresses=runnable)
