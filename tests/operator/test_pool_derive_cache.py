@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from smtpinfra_kube import KubeApi
 from smtpinfra_operator.builders.assignment import ReplicaKey
 from smtpinfra_operator.controller import Clock, Deps
-from smtpinfra_operator.controllers.ippool import IpPoolController, derive_inputs
+from smtpinfra_operator.controllers.ippool import IpPoolController, servers_using, derive_inputs
 from smtpinfra_operator.metrics import RuntimeMetrics
 from smtpinfra_operator.statuswriter import StatusWriter
 from smtpinfra_operator.usage import Snapshot
@@ -33,8 +33,8 @@ def server(name: str, replicas: int = 1) -> dict[str, Any]:
 def key(body: dict[str, Any] | None = None, servers: list[dict[str, Any]] | None = None,
         plan: dict[str, Any] | None = None, ptr: dict[str, bool] | None = None, now: datetime = NOON,
         snapshot: Snapshot | None = None, view: object = None) -> Any:
-    return derive_inputs(body or pool(), servers if servers is not None else [server("a1")], plan, ptr or {},
-                         now, snapshot, view)
+    users = servers_using("p", servers if servers is not None else [server("a1")])
+    return derive_inputs(body or pool(), users, plan, ptr or {}, now, snapshot, view)
 
 
 def test_the_same_reads_make_the_same_key_and_any_change_a_different_one() -> None:

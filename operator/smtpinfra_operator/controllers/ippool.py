@@ -80,7 +80,7 @@ arriving together are published in one write."""
 DEFAULT_REPLICAS: int = SmtpServerSpec.model_fields["replicas"].default
 
 
-def _servers_using(pool: str, servers: list[dict[str, Any]]) -> list[ReplicaKey]:
+def servers_using(pool: str, servers: list[dict[str, Any]]) -> list[ReplicaKey]:
     """Every replica that wants an address of `pool`, oldest server first (stable order).
 
     Reads the two fields from the raw spec (the CRD schema validated them), not through the model:
@@ -169,13 +169,14 @@ def derive(name: str, spec: IpPoolSpec, status: dict[str, Any], servers: list[di
            plan_body: dict[str, Any] | None, ptr_checks: dict[str, bool], now: datetime,
            figures: Mapping[str, Mapping[str, DayFigures]] | None = None,
            blocklists: tuple[dnsbl_status.PoolConfig, dnsbl_status.PoolView] | None = None,
-           ) -> tuple[PoolState, Outcome]:
+           users: list[ReplicaKey] | None = None) -> tuple[PoolState, Outcome]:
     """The pool's assignment, per-address status and Ready outcome from what was read (pure).
 
     The IpPool controller publishes it; a server's reconcile derives the same from the same reads
-    to learn its addresses without writing the pool's status (one writer per status).
+    to learn its addresses without writing the pool's status (one writer per status). `users`
+    is `servers_using(name, servers)` when the caller has it already.
     """
-    replicas = _servers_using(name, servers)
+    replicas = users if users is not None else servers_using(name, servers)
     previous = {a["address"]: a for a in status.get("addresses", [])}
     addresses = expand_addresses(spec.addresses)
     assignment = assign(addresses, replicas, {a: p.get("assignedTo", "") for a, p in previous.items()})
@@ -249,7 +250,7 @@ class DeriveInputs:
         return self.values == other.values and self.snapshot is other.snapshot and self.view is other.view
 
 
-def derive_inputs(body: Mapping[str, Any], servers: list[dict[str, Any]], plan_body: Mapping[str, Any] | None,
+def derive_inputs(body: Mapping[str, Any], users: list[ReplicaKey], plan_body: Mapping[str, Any] | None,
                   ptr_checks: Mapping[str, bool], now: datetime, snapshot: Snapshot | None,
                   view: object) -> DeriveInputs | None:
     """The key of a derivation (pure); None when the pool has no resourceVersion to tell versions apart.
@@ -261,10 +262,10 @@ def derive_inputs(body: Mapping[str, Any], servers: list[dict[str, Any]], plan_b
     version = meta.get("resourceVersion")
     if not version:
         return None
-    name, spec = meta.get("name", ""), body.get("spec") or {}
+    spec = body.get("spec") or {}
     plan_version = ((plan_body or {}).get("metadata") or {}).get("resourceVersion") if plan_body else None
     moment = now.astimezone(UTC).replace(microsecond=0) if spec.get("warmupPlan") else now.astimezone(UTC).date()
-    return DeriveInputs((version, tuple(_servers_using(name, servers)), plan_body is None, plan_version,
+    return DeriveInputs((version, tuple(users), plan_body is None, plan_version,
                          tuple(sorted(ptr_checks.items())), moment), snapshot, view)
 
 
@@ -343,12 +344,13 @@ class IpPoolController(Controller[str]):
             self.monitor.configure(name, spec, body.get("status"))
         now, snapshot, ptr_checks = self.clock.now(), self._usage(), self._ptr_checks.get(name, {})
         view = self.monitor.view(name) if self.monitor is not None else None
-        inputs = derive_inputs(body, servers, plan_body, ptr_checks, now, snapshot, view)
+        users = servers_using(name, servers)
+        inputs = derive_inputs(body, users, plan_body, ptr_checks, now, snapshot, view)
         last = self._derived.get(name)
         if inputs is not None and last is not None and last[0].same(inputs):
             return body, spec, last[1], last[2]
         state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body, ptr_checks, now,
-                                pool_day_figures(snapshot, name, spec), view)
+                                pool_day_figures(snapshot, name, spec), view, users)
         if inputs is not None:
             self._derived[name] = (inputs, state, outcome)
         return body, spec, state, outcome
