@@ -195,8 +195,10 @@ def test_pool_too_small_runs_what_it_can_and_recovers(platform, knot):
     obj = wait_for(lambda: (o := get(cp, "smtpserver", "small", NS)) and condition(o, "Ready") and
                    condition(o, "Ready")["reason"] == "PoolTooSmall" and o, what="PoolTooSmall", timeout=60)
     assert "IpPool small-pool has no free address for replica 1" in condition(obj, "Ready")["message"]
-    pool = get(cp, "ippool", "small-pool")
-    assert condition(pool, "Ready")["reason"] == "PoolExhausted"
+    # the pool publishes what the servers derived a moment later (IpPool PUBLISH_DELAY)
+    wait_for(lambda: (c := condition(get(cp, "ippool", "small-pool"), "Ready")) is not None
+             and c["reason"] == "PoolExhausted",
+             what="the pool reporting PoolExhausted", timeout=30)
     wait_for(lambda: get(cp, "statefulset", "small", NS)["spec"]["replicas"] == 1, what="one replica", timeout=30)
     apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "IpPool", "metadata": {"name": "small-pool"},
                "spec": {"addresses": ["127.0.22.1", "127.0.22.2"]}})

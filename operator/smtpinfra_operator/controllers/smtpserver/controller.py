@@ -65,6 +65,12 @@ RENDER_SLOTS = 16
 200 at once made each slower, not the batch faster; 8 left the API server idle between requests."""
 
 
+READINESS_DELAY = 0.05
+"""Seconds between a pod's readiness change and its server's status refresh: long enough for the
+pods of one server that change together to be one refresh, short enough not to be the largest
+part of a new server's wait for Ready."""
+
+
 @dataclass
 class RolledOut:
     """What the first step of a reconcile applied, for the second."""
@@ -301,7 +307,7 @@ class SmtpServerController(Controller[Key]):
                          (meta.get("annotations") or {}).get(workload.TEMPLATE_HASH_ANNOTATION),
                          bool(meta.get("deletionTimestamp")))
                 before = self._pod_seen.get(pod_key)
-                delay = status_refresh_delay(before, state, self.DELAY)
+                delay = status_refresh_delay(before, state, READINESS_DELAY)
                 if delay is None:
                     return
                 self._pod_seen[pod_key] = state
