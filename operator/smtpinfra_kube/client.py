@@ -39,6 +39,7 @@ GENERATION_KINDS = frozenset({("apps/v1", "StatefulSet"), ("policy/v1", "PodDisr
 """Kinds whose controllers write their status often: a changed `generation` (spec), not resourceVersion, is an edit."""
 SYNC_WAIT_SECONDS = 30.0
 """How long a cached read waits for its informer's first list before asking the API instead."""
+SYNC_POLL_SECONDS = 0.02
 
 
 def _version(api_version: str, kind: str, meta: dict[str, Any]) -> str:
@@ -110,7 +111,18 @@ class Client(RestClient):
         return found
 
     async def _synced(self, informer: Informer) -> bool:
-        return informer.synced.is_set() or await asyncio.to_thread(informer.synced.wait, SYNC_WAIT_SECONDS)
+        """Whether the informer has its first list, waiting up to SYNC_WAIT_SECONDS on the event loop.
+
+        Polled, not waited for in a thread: a wait held one of the threads status writes and Events
+        run in for as long as the list took, and a few slow lists at start-up held them all.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SYNC_WAIT_SECONDS
+        while not informer.synced.is_set():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(SYNC_POLL_SECONDS)
+        return True
 
     async def list_cached(self, api_version: str, kind: str, namespace: str | None = None,
                           label_selector: str | None = None, fresh: bool = False) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from smtpinfra_kube import KubeApi
 from smtpinfra_operator.builders.assignment import ReplicaKey
 from smtpinfra_operator.controller import Clock, Deps
-from smtpinfra_operator.controllers.ippool import IpPoolController, servers_using, derive_inputs
+from smtpinfra_operator.controllers.ippool import IpPoolController, derive_inputs, servers_using
 from smtpinfra_operator.metrics import RuntimeMetrics
 from smtpinfra_operator.statuswriter import StatusWriter
 from smtpinfra_operator.usage import Snapshot
