@@ -19,6 +19,7 @@ from aiosmtplib.errors import (
 )
 from aiosmtplib.response import SMTPResponse
 
+from smtpinfra_mta import pipeline
 from smtpinfra_mta.datastream import encode_for_data, normalize_line_endings
 
 
@@ -126,6 +127,8 @@ class OutboundConnection:
                 return result
             utf8 = False
         options, encoding = ([b"SMTPUTF8"], "utf-8") if utf8 else ([], "ascii")
+        if self.smtp.supports_extension("pipelining"):
+            return await self._send_pipelined(mail_from, rcpts, content, options, encoding, result)
         try:
             # MAIL and RCPT go through execute_command with the addresses exactly as they were received
             # (validated then): aiosmtplib's mail()/rcpt() re-parse every address, a tenth of delivery's CPU.
@@ -166,6 +169,38 @@ class OutboundConnection:
             result.connection_usable = False
             for r in rcpts:
                 result.per_rcpt.setdefault(r, Reply(451, f"4.3.0 local error composing the transaction: {exc}"))
+        return result
+
+    async def _send_pipelined(self, mail_from: str, rcpts: list[str], content: bytes, options: list[bytes],
+                              encoding: str, result: SendResult) -> SendResult:
+        """The transaction as one batch (:func:`pipeline.transaction`), the replies mapped per recipient."""
+        try:
+            mail = b" ".join([b"FROM:<" + mail_from.encode(encoding) + b">", *options])
+            rcpt_args = [b"TO:<" + r.encode(encoding) + b">" for r in rcpts]
+        except ValueError as exc:  # not encodable: retried, then bounced at max queue age
+            for r in rcpts:
+                result.per_rcpt[r] = Reply(451, f"4.3.0 local error composing the transaction: {exc}")
+            return result
+        try:
+            replies = await pipeline.transaction(self.smtp, mail, rcpt_args, content)
+        except (SMTPException, OSError, TimeoutError) as exc:
+            result.connection_usable = False
+            for r in rcpts:
+                result.per_rcpt[r] = Reply(451, f"4.4.2 connection to {self.mx_host} lost: {exc}")
+            return result
+        result.connection_usable = self.smtp.is_connected
+        for i, r in enumerate(rcpts):
+            if replies.mail.code != 250:
+                result.per_rcpt[r] = Reply(replies.mail.code, replies.mail.message)
+            elif not replies.accepted(i):
+                result.per_rcpt[r] = Reply(replies.rcpts[i].code, replies.rcpts[i].message)
+            else:
+                result.per_rcpt[r] = Reply(replies.data.code, replies.data.message)
+        if not replies.any_accepted:
+            if result.connection_usable:
+                await self._rset(result)
+        elif replies.data.code == 421:
+            result.connection_usable = False
         return result
 
     async def _data(self, content: bytes) -> SMTPResponse:
