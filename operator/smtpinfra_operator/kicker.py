@@ -73,6 +73,8 @@ class Kicker(Generic[K]):
         self._background_running = 0
         self._failures: dict[K, int] = {}
         self._workers: set[asyncio.Task[None]] = set()
+        self._sleepers: dict[asyncio.Future[None], float] = {}
+        """Workers waiting for the earliest due key → when they wake by themselves."""
 
     def kick(self, key: K, delay: float | None = None, background: bool = False) -> None:
         """Ask for `key` to be reconciled soon (after `delay`, default the kicker's window).
@@ -82,22 +84,39 @@ class Kicker(Generic[K]):
         server's first reconcile by seconds. A key kicked both ways is reconciled once, urgently.
         """
         loop = asyncio.get_running_loop()
+        due = loop.time()
         if background:
             if key not in self._pending:
                 self._background[key] = None
         else:
             self._background.pop(key, None)
-            due = loop.time() + (self._delay if delay is None else delay)
+            due += self._delay if delay is None else delay
             if due < self._pending.get(key, due + 1):
                 self._pending[key] = due
-        self._start_workers(loop)
+        if not self._start_workers(loop):
+            self._wake_one(due)
 
-    def _start_workers(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _start_workers(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Start workers up to what is wanted; whether any was started."""
         wanted = len(self._pending) + min(len(self._background), self.BACKGROUND_CONCURRENCY)
+        started = False
         while len(self._workers) < min(self._concurrency, wanted):
             task = loop.create_task(self._work())
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
+            started = True
+        return started
+
+    def _wake_one(self, due: float) -> None:
+        """A key became due sooner than every idle worker would wake: wake one to take it.
+
+        Without this, a pod's Ready (kicked with 50 ms) waited behind the same key's earlier kick
+        with a two-second delay until some other kick happened to start a worker.
+        """
+        for sleeper, until in self._sleepers.items():
+            if until > due and not sleeper.done():
+                sleeper.set_result(None)
+                return
 
     def pending(self) -> int:
         """How many keys wait for a reconcile (parked ones included)."""
@@ -158,7 +177,18 @@ class Kicker(Generic[K]):
                 continue
             if wait is None:
                 return
-            await asyncio.sleep(wait)
+            await self._sleep(loop, wait)
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """Sleep until `seconds` have passed or a kick wakes this worker for a sooner key (`_wake_one`)."""
+        sleeper: asyncio.Future[None] = loop.create_future()
+        self._sleepers[sleeper] = loop.time() + seconds
+        timer = loop.call_later(seconds, lambda: sleeper.done() or sleeper.set_result(None))
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            del self._sleepers[sleeper]
 
     async def _run(self, key: K) -> None:
         if self._paused():

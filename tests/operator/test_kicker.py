@@ -94,6 +94,26 @@ def test_an_urgent_kick_of_a_key_waiting_in_the_background_moves_it_forward() ->
     run(scenario)
 
 
+def test_a_sooner_kick_of_a_waiting_key_wakes_the_idle_worker() -> None:
+    """A key waiting 30 s (a server's deferred first status) kicked again with no delay (its pod is Ready)
+    runs now, not when the worker waiting for it would have woken; so does a new key once the worker
+    is idle again."""
+    async def scenario() -> None:
+        rec = Recorder()
+        kicker: Kicker[str] = Kicker(rec.reconcile, delay=0.0, concurrency=1)
+        kicker.kick("a", delay=30.0)
+        await asyncio.sleep(0.05)  # the one worker now sleeps until a is due
+        kicker.kick("a", delay=0.0)
+        await asyncio.wait_for(rec.until(lambda order: order == ["a"]), timeout=5)
+        kicker.kick("b", delay=30.0)
+        await asyncio.sleep(0.05)
+        kicker.kick("c", background=True)
+        await asyncio.wait_for(rec.until(lambda order: order == ["a", "c"]), timeout=5)
+        assert kicker.pending() == 1  # b still waits for its time
+
+    run(scenario)
+
+
 async def eventually(check: Callable[[], bool]) -> None:
     """Poll a condition of the queue (the scenario's timeout bounds the wait)."""
     for _ in range(2000):
