@@ -39,6 +39,11 @@ def _ignore(result: str, seconds: float | None) -> None:
     pass
 
 
+def _wake(sleeper: asyncio.Future[None]) -> None:
+    if not sleeper.done():
+        sleeper.set_result(None)
+
+
 class Kicker(Generic[K]):
     """Runs `reconcile(key)` soon, once per key per window, however often it is kicked.
 
@@ -115,7 +120,7 @@ class Kicker(Generic[K]):
         """
         for sleeper, until in self._sleepers.items():
             if until > due and not sleeper.done():
-                sleeper.set_result(None)
+                _wake(sleeper)
                 return
 
     def pending(self) -> int:
@@ -183,7 +188,7 @@ class Kicker(Generic[K]):
         """Sleep until `seconds` have passed or a kick wakes this worker for a sooner key (`_wake_one`)."""
         sleeper: asyncio.Future[None] = loop.create_future()
         self._sleepers[sleeper] = loop.time() + seconds
-        timer = loop.call_later(seconds, lambda: sleeper.done() or sleeper.set_result(None))
+        timer = loop.call_later(seconds, _wake, sleeper)
         try:
             await sleeper
         finally:
