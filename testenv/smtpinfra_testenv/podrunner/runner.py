@@ -129,6 +129,19 @@ class PodRunner:
         """A container's stdout/stderr (appended across restarts; like ``kubectl logs``, kept)."""
         return self.state_dir / "logs" / namespace / pod / f"{container}.log"
 
+    def running_pids(self, namespace: str, name_prefix: str = "") -> dict[str, int]:
+        """Pod name → the main process of its first running container, for the pods of `namespace` whose
+        names start with `name_prefix`: how a test kills a pod's process as a node failure would."""
+        with self.lock:
+            workers = [w for w in self.workers.values() if w.namespace == namespace
+                       and w.pod_name.startswith(name_prefix)]
+        found: dict[str, int] = {}
+        for worker in workers:
+            proc = next((c.proc for c in worker.containers if c.proc is not None and c.proc.poll() is None), None)
+            if proc is not None:
+                found[worker.pod_name] = proc.pid
+        return found
+
     # -- events
 
     def _wants(self, pod: Obj) -> bool:
