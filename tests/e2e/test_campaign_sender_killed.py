@@ -1,6 +1,7 @@
 """End to end: the campaign sender's pod killed (SIGKILL, as a node failure or the OOM killer would) twice
-mid-send. The Job starts a new pod each time; it takes the campaign's Lease, reads the SQLite ledger the
-dead pod left on the Job's PersistentVolumeClaim and carries on: every recipient once at smtp-sink.
+mid-send, and a second sender Job started by hand in between. The Job starts a new pod each time; it takes
+the campaign's Lease, reads the SQLite ledger the dead pod left on the Job's PersistentVolumeClaim and
+carries on, while the hand-made Job's sender waits for the Lease: every recipient once at smtp-sink.
 
 The process-level variant (three kills, two senders at once) is ``tests/campaign/test_send.py``.
 """
@@ -8,6 +9,7 @@ The process-level variant (three kills, two senders at once) is ``tests/campaign
 from __future__ import annotations
 
 import collections
+import copy
 import os
 import signal
 from pathlib import Path
@@ -24,11 +26,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.operator]
 
 SERVER, CAMPAIGN = "ckill", "ckill"
 COUNT = 300
+SECOND_JOB = "ckill-by-hand"
 PER_MINUTE = 3000
 """50 a second: slow enough that the kills land mid-send, fast enough for a short test."""
 
 
-def test_sender_pod_killed_twice_mid_send_is_replaced_and_sends_each_recipient_once(
+def second_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The operator's sender Job copied by hand under another name (same image, claim, Secret, campaign)."""
+    assert job, "the sender Job"
+    template = copy.deepcopy(job["spec"]["template"])
+    labels = template.get("metadata", {}).get("labels", {})
+    for key in [k for k in labels if "controller-uid" in k or "job-name" in k]:
+        del labels[key]
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": SECOND_JOB, "namespace": TENANT_NS},
+            "spec": {"backoffLimit": 0, "template": template}}
+
+
+def test_sender_pod_killed_twice_and_a_second_job_still_send_each_recipient_once(
         platform: Any, knot: Any, sink_factory: Any, pod_runner: Any, tmp_path: Path) -> None:
     cp = platform
     sink = sink_factory(addr=SINK_ADDR)
@@ -58,6 +72,10 @@ def test_sender_pod_killed_twice_mid_send_is_replaced_and_sends_each_recipient_o
             assert (find(cp, "campaign", CAMPAIGN, TENANT_NS) or {})["status"]["phase"] == "Sending"
             os.kill(pid, signal.SIGKILL)
             killed.append(pod)
+            if len(killed) == 1:
+                apply(cp, second_job(find(cp, "job", job_name, TENANT_NS) or {}))
+                wait_for(lambda: pod_runner.running_pids(TENANT_NS, SECOND_JOB), timeout=60, interval=0.2,
+                         what="the hand-made sender running")
         done: dict[str, Any] = wait_for(lambda: (o := find(cp, "campaign", CAMPAIGN, TENANT_NS)) and
                                         (o.get("status") or {}).get("phase") in ("Completed", "Failed") and o,
                                         timeout=400, interval=2, what="the Campaign finished")
@@ -74,5 +92,6 @@ def test_sender_pod_killed_twice_mid_send_is_replaced_and_sends_each_recipient_o
         ledger = pod_runner.claim_dir(TENANT_NS, build.resource_name(CAMPAIGN)) / "ledger.db"
         assert ledger.is_file() and ledger.stat().st_size > 0, "the ledger lives on the Job's claim"
     finally:
+        cp.kubectl("-n", TENANT_NS, "delete", "job", SECOND_JOB, "--wait=false", check=False)
         cp.kubectl("-n", TENANT_NS, "delete", "campaign", CAMPAIGN, "--wait=false", check=False)
         cp.kubectl("-n", NS, "delete", "smtpserver", SERVER, "--wait=false", check=False)
