@@ -114,7 +114,9 @@ def header_block(content: bytes) -> bytes:
     if content.startswith((b"\r\n", b"\n")):
         return b""
     end = content.find(b"\n\r\n")
-    end2 = content.find(b"\n\n")
+    # A bare-LF blank line counts only before the CRLF one: searched there alone, not through a whole
+    # 100 KB body that has none.
+    end2 = content.find(b"\n\n", 0, end + 2 if end >= 0 else len(content))
     ends = [e for e in (end, end2) if e >= 0]
     return content[: min(ends) + 1] if ends else content
 
