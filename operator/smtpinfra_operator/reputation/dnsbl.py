@@ -12,6 +12,7 @@ an address moves only after N confirmations (listing) or `releaseAfter` without 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -42,13 +43,18 @@ def query_name(address: str, zone: str, key: str | None = None) -> str:
     IPv4 octets reversed, IPv6 as 32 reversed nibbles (RFC 5782 §2.4); a query key goes in front
     of the zone (Spamhaus DQS: `<reversed>.<key>.zen.dq.spamhaus.net`).
     """
-    ip = ipaddress.ip_address(address)
-    if ip.version == 4:
-        reversed_part = ".".join(reversed(str(ip).split(".")))
-    else:
-        reversed_part = ".".join(reversed(ip.exploded.replace(":", "")))
+    reversed_part = _reversed(address)
     zone = zone.rstrip(".")
     return f"{reversed_part}.{key}.{zone}." if key else f"{reversed_part}.{zone}."
+
+
+@functools.lru_cache(maxsize=65536)
+def _reversed(address: str) -> str:
+    """An address's reversed octets or nibbles: the same for every zone, so parsed once per check, not per zone."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return ".".join(reversed(str(ip).split(".")))
+    return ".".join(reversed(ip.exploded.replace(":", "")))
 
 
 def error_codes(zone: str, extra: Iterable[str] = ()) -> frozenset[str]:
