@@ -22,7 +22,7 @@ records = st.lists(st.one_of(
 ), max_size=6)
 
 
-def response(answers: list[tuple[str, str]], rcode: int, authoritative: bool, recursion: bool) -> bytes:
+def response(answers: list[tuple[str, str]], rcode: dns.rcode.Rcode, authoritative: bool, recursion: bool) -> bytes:
     query = dns.message.make_query(QNAME, dns.rdatatype.A)
     reply = dns.message.make_response(query)
     reply.flags = dns.flags.QR | (dns.flags.AA if authoritative else 0) | (dns.flags.RA if recursion else 0)
@@ -34,7 +34,7 @@ def response(answers: list[tuple[str, str]], rcode: int, authoritative: bool, re
 
 @given(records, st.sampled_from([dns.rcode.NOERROR, dns.rcode.NOERROR, dns.rcode.SERVFAIL, dns.rcode.REFUSED]),
        st.booleans(), st.booleans())
-def test_fast_read_agrees_with_dnspython(answers: list[tuple[str, str]], rcode: int, authoritative: bool,
+def test_fast_read_agrees_with_dnspython(answers: list[tuple[str, str]], rcode: dns.rcode.Rcode, authoritative: bool,
                                          recursion: bool) -> None:
     wire = response(answers, rcode, authoritative, recursion)
     fast = read_a_answer(wire, 12 + len(question_wire(QNAME)))
