@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import dns.asyncquery
 import dns.entropy
@@ -100,23 +100,51 @@ _QUERY_FLAGS = 0x0100  # RD: a resolver the pool names recurses; an authoritativ
 _TRUNCATED = Lookup(AnswerKind.FAILURE, detail="truncated")
 
 
-class _Datagrams(asyncio.DatagramProtocol):
+class _Datagrams:
     """One UDP socket for every query of a check: an answer goes to the query waiting for its id and question.
 
     `dns.asyncquery.udp` opens a socket per query and dnspython builds and parses every message in
     full; for 5,000 queries a check that cost 5-10x the DNS itself (bench/dnsbl_monitor.py). Here a
     query is its 12-byte header plus the question, the usual NXDOMAIN answer is read from its header
-    (id, QR, RCODE) and echoed question, and dnspython parses every other answer.
+    (id, QR, RCODE) and echoed question, the usual listing answer by `read_a_answer`, and dnspython
+    parses the rest. The socket is read until empty on each wake-up (asyncio's datagram transport
+    reads one datagram per turn of the loop, one epoll call per answer).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str, port: int) -> None:
         self.waiting: dict[int, tuple[bytes, asyncio.Future[Lookup]]] = {}
-        self.transport: asyncio.DatagramTransport | None = None
+        self._loop = asyncio.get_running_loop()
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.connect((host, port))  # connected: the kernel drops datagrams from anyone else
+        except OSError:
+            self.sock.close()
+            raise
+        self._loop.add_reader(self.sock.fileno(), self._readable)
+        self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)  # not a subclass in Python 3.11
+    def send(self, data: bytes) -> None:
+        self.sock.send(data)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+    def _readable(self) -> None:
+        for _ in range(1024):  # bounded, so a flood cannot hold the loop
+            try:
+                data = self.sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable: every query fails now
+                self.error_received(exc)
+                return
+            self.datagram_received(data)
+
+    def datagram_received(self, data: bytes) -> None:
         if len(data) < 12:
             return
         waiting = self.waiting.get(int.from_bytes(data[:2], "big"))
@@ -164,19 +192,11 @@ class DnsResolver:
         self.timeout = timeout
         self.retries = retries
         self._protocol: _Datagrams | None = None
-        self._opening: asyncio.Lock | None = None
 
     async def _endpoint(self) -> _Datagrams:
-        protocol = self._protocol
-        if protocol is not None and protocol.transport is not None and not protocol.transport.is_closing():
-            return protocol  # the usual case: no lock per query
-        if self._opening is None:
-            self._opening = asyncio.Lock()
-        async with self._opening:
-            if self._protocol is None or self._protocol.transport is None or self._protocol.transport.is_closing():
-                _, self._protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-                    _Datagrams, remote_addr=(self.host, self.port))
-            return self._protocol
+        if self._protocol is None or self._protocol.closed:
+            self._protocol = _Datagrams(self.host, self.port)
+        return self._protocol
 
     async def _udp(self, question: bytes) -> Lookup:
         endpoint = await self._endpoint()
@@ -190,8 +210,7 @@ class DnsResolver:
         # were a tenth of a check's CPU.
         timer = loop.call_later(self.timeout, _time_out, future)
         try:
-            assert endpoint.transport is not None
-            endpoint.transport.sendto(struct.pack("!HHHHHH", qid, _QUERY_FLAGS, 1, 0, 0, 0) + question)
+            endpoint.send(struct.pack("!HHHHHH", qid, _QUERY_FLAGS, 1, 0, 0, 0) + question)
             return await future
         finally:
             timer.cancel()
@@ -216,8 +235,8 @@ class DnsResolver:
         return Lookup(AnswerKind.FAILURE, detail=detail)
 
     def close(self) -> None:
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()
+        if self._protocol is not None:
+            self._protocol.close()
         self._protocol = None
 
 
@@ -405,12 +424,6 @@ class DnsblMonitor:
 
     async def _ask_with(self, config: PoolConfig, resolver: Resolver) -> tuple[dict[str, SelfTest],
                                                                                dict[tuple[str, str], Classified]]:
-        slots = asyncio.Semaphore(self._concurrency)
-
-        async def ask(qname: str) -> Lookup:
-            async with slots:
-                return await resolver.lookup(qname)
-
         keys: dict[str, str | None] = {}
         missing: dict[str, SelfTest] = {}
         for zone in config.zones:
@@ -425,7 +438,7 @@ class DnsblMonitor:
         zones = [z for z in config.zones if z not in missing]
         points = [IPV4_TEST_LISTED, IPV4_TEST_CLEAN] + ([IPV6_TEST_LISTED, IPV6_TEST_CLEAN] if config.has_ipv6 else [])
         wanted = [(p, z) for z in zones for p in points] + [(a, z) for z in zones for a in config.addresses]
-        found = await asyncio.gather(*(ask(query_name(a, z, keys[z])) for a, z in wanted))
+        found = await self._lookup_all(resolver, [query_name(a, z, keys[z]) for a, z in wanted])
         classified = {pair: classify(lookup, config.errors.get(pair[1], frozenset()))
                       for pair, lookup in zip(wanted, found, strict=True)}
         tests = dict(missing)
@@ -433,6 +446,19 @@ class DnsblMonitor:
             c = [classified[(p, zone)] for p in points]
             tests[zone] = self_test(*c)
         return tests, {k: v for k, v in classified.items() if k[0] not in points}
+
+    async def _lookup_all(self, resolver: Resolver, names: list[str]) -> list[Lookup]:
+        """Every name looked up, at most `concurrency` at a time: that many workers taking the next name,
+        rather than a task per name waiting on a semaphore (5,000 tasks per check)."""
+        found: list[Lookup] = [Lookup(AnswerKind.FAILURE, detail="not asked")] * len(names)
+        todo = iter(enumerate(names))
+
+        async def worker() -> None:
+            for i, name in todo:
+                found[i] = await resolver.lookup(name)
+
+        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(names)))))
+        return found
 
     # ------------------------------------------------------------------ the loop
 
