@@ -114,13 +114,25 @@ class MtaSMTP(SMTP):
         open relay because the ``250`` to MAIL arrives where it expects the answer to RCPT.
         """
         line = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") if isinstance(status, str) else status
-        if len(line) > 3 and line[3:4] == b"-":
+        if len(line) > 3 and line[3:4] == b"-" or line.startswith(b"250 ") and self._more_commands_buffered():
             self._held.append(line)
             return
         if self._held:
             line = b"\r\n".join([*self._held, line])
             self._held.clear()
         await super().push(line)
+
+    def _more_commands_buffered(self) -> bool:
+        """Whether the client pipelined another complete command behind this one (RFC 2920 section 3.2).
+
+        Its reply goes out with the next one, as Postfix's smtpd does, so a pipelined MAIL, RCPT and
+        BDAT get their three replies in one write (one TLS record) instead of three. Only a 250 is
+        held, and only while a complete line waits: that command is answered next, so nothing is held
+        while the client waits; every other reply (354, 221, 4xx, 5xx: those after which a session may
+        close) goes out at once with whatever was held, as does the 421 of an expired session.
+        """
+        buffered = getattr(self._reader, "_buffer", None)  # asyncio.StreamReader's read-ahead
+        return isinstance(buffered, bytearray) and b"\n" in buffered
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         stripped = arg.strip()
@@ -175,7 +187,9 @@ class MtaSMTP(SMTP):
 
     def _expire(self) -> None:
         if isinstance(self.transport, asyncio.WriteTransport):
-            self.transport.write(b"421 4.4.2 Session time limit reached, closing connection\r\n")
+            held, self._held = self._held, []
+            self.transport.write(b"".join(line + b"\r\n" for line in held)
+                                 + b"421 4.4.2 Session time limit reached, closing connection\r\n")
         if self.transport is not None:
             self.transport.close()
 

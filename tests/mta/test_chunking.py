@@ -62,6 +62,27 @@ def test_pipelined_transaction_with_bdat_chunks(relay_mta: tuple[RunningMta, Sin
     assert m.content.endswith(msg)
 
 
+def test_pipelined_replies_go_back_together(relay_mta: tuple[RunningMta, Sink]) -> None:
+    """RFC 2920 3.2: the replies to a pipelined group leave in one write once its last command is answered;
+    a reply the client has to wait for (354) is never held back."""
+    mta, sink = relay_mta
+    c = _session(mta)
+    msg = HEAD + b"body\r\n"
+    c.sock.sendall(b"MAIL FROM:<a@partner.test>\r\nRCPT TO:<u1@internal.test>\r\nRCPT TO:<u2@internal.test>\r\n"
+                   + f"BDAT {len(msg)} LAST\r\n".encode() + msg)
+    first = c.sock.recv(65536)
+    lines = first.split(b"\r\n")
+    assert len(lines) == 5 and lines[4] == b"" and [x[:3] for x in lines[:4]] == [b"250"] * 4, first
+    assert lines[3].startswith(b"250 2.0.0 OK queued")
+    c.sock.sendall(b"RSET\r\nMAIL FROM:<a@partner.test>\r\nRCPT TO:<u1@internal.test>\r\nDATA\r\n")
+    replies = [c.reply() for _ in range(4)]
+    assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354"], replies
+    c.sock.sendall(msg + b".\r\n")
+    assert c.reply().startswith(b"250 2.0.0 OK queued")
+    c.close()
+    assert len(sink.wait_messages(2)) == 2
+
+
 def test_refused_chunks_are_read_so_the_session_stays_in_step(relay_mta: tuple[RunningMta, Sink]) -> None:
     """BDAT without RCPT is refused but its bytes are consumed, even bytes that look like commands."""
     mta, sink = relay_mta
