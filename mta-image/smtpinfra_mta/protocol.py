@@ -114,7 +114,7 @@ class MtaSMTP(SMTP):
         open relay because the ``250`` to MAIL arrives where it expects the answer to RCPT.
         """
         line = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") if isinstance(status, str) else status
-        if len(line) > 3 and line[3:4] == b"-" or line.startswith(b"250 ") and self._more_commands_buffered():
+        if (len(line) > 3 and line[3:4] == b"-") or (line.startswith(b"250 ") and self._more_commands_buffered()):
             self._held.append(line)
             return
         if self._held:
