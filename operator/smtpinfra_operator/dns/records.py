@@ -391,8 +391,11 @@ def _ours(record: Record, inputs: DnsInputs) -> bool:
 
 def split_records(inputs: DnsInputs) -> tuple[list[Record], list[Record]]:
     """`build_records` and `unmanaged_records` from one build: a reconcile needs both."""
-    records = _all_records(inputs)
-    return [r for r in records if _ours(r, inputs)], [r for r in records if not _ours(r, inputs)]
+    ours: list[Record] = []
+    theirs: list[Record] = []
+    for r in _all_records(inputs):
+        (ours if _ours(r, inputs) else theirs).append(r)
+    return ours, theirs
 
 
 def build_records(inputs: DnsInputs) -> list[Record]:
@@ -401,12 +404,12 @@ def build_records(inputs: DnsInputs) -> list[Record]:
     Only names inside our forward zones (or any name when none are given) and PTRs inside our
     reverse zones; `unmanaged_records` lists the rest for the user to publish by hand.
     """
-    return [r for r in _all_records(inputs) if _ours(r, inputs)]
+    return split_records(inputs)[0]
 
 
 def unmanaged_records(inputs: DnsInputs) -> list[Record]:
     """Records the server needs but we may not write (outside our zones): report them on status."""
-    return [r for r in _all_records(inputs) if not _ours(r, inputs)]
+    return split_records(inputs)[1]
 
 
 def desired_diff(
