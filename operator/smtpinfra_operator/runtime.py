@@ -58,7 +58,7 @@ class Runtime:
         self.status = StatusWriter(self.kube, self.clock.now)
         deps = Deps(kube=self.kube, status=self.status, metrics=self.metrics, paused=self.gate.paused,
                     clock=self.clock)
-        self.usage = UsageCollector(self.kube)
+        self.usage = UsageCollector(self.kube, now=self.clock.now)
         self.plans = WarmupPlanController(deps)
         self.pools = IpPoolController(deps, usage=self.usage.latest,
                                       warmup_metrics=WarmupMetrics(self.metrics_registry))

@@ -23,6 +23,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from smtpinfra_api.meta import API_VERSION
@@ -86,6 +87,8 @@ class Snapshot:
     """When the pods were read (RFC 3339)."""
     servers: tuple[ServerSelection, ...]
     reports: tuple[PodReport, ...]
+    taken: datetime | None = None
+    """When the reading began on the operator's (and the MTAs') clock: days before this one are final in it."""
 
 
 def _percent(used: int, quota: int | None) -> str | None:
@@ -237,9 +240,11 @@ def _selection(server: Mapping[str, Any]) -> ServerSelection:
 class UsageCollector:
     """Reads the MTA pods' /stats once per resync and keeps the latest snapshot (for the Tenant controller)."""
 
-    def __init__(self, kube: KubeApi, fetch: Fetch = fetch_stats) -> None:
+    def __init__(self, kube: KubeApi, fetch: Fetch = fetch_stats,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.kube = kube
         self._fetch = fetch
+        self._now = now
         self._latest: Snapshot | None = None
 
     def latest(self) -> Snapshot | None:
@@ -254,6 +259,7 @@ class UsageCollector:
 
     async def collect(self) -> Snapshot:
         """Read every running MTA pod's /stats and keep the result as the latest snapshot."""
+        taken = self._now()
         servers = tuple(_selection(s) for s in await self.kube.list_cached(API_VERSION, "SmtpServer")
                         if not s["metadata"].get("deletionTimestamp"))
         known = {(s.namespace, s.name) for s in servers}
@@ -274,7 +280,7 @@ class UsageCollector:
                 return PodReport(namespace, name, server, tenants, addresses, campaigns)
 
         reports = await asyncio.gather(*(read(*p) for p in pods))
-        self._latest = Snapshot(at=now_rfc3339(), servers=servers, reports=tuple(reports))
+        self._latest = Snapshot(at=now_rfc3339(), servers=servers, reports=tuple(reports), taken=taken)
         return self._latest
 
     def campaign_stats(self) -> list[Mapping[str, Any] | None]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from smtpinfra_api.v1alpha1 import IpPoolSpec
 from smtpinfra_operator.builders.assignment import Assignment, ReplicaKey
 from smtpinfra_operator.conditions import FALSE, Outcome
-from smtpinfra_operator.controllers.ippool import PoolState, server_view
+from smtpinfra_operator.controllers.ippool import PoolState, pool_day_figures, server_view
+from smtpinfra_operator.usage import PodReport, ServerSelection, Snapshot
 
 SPEC = IpPoolSpec.model_validate({"addresses": ["127.0.30.1", "127.0.30.2", "127.0.30.3"]})
 
@@ -57,3 +60,15 @@ def test_quarantine_pause_and_overflow_change_the_view() -> None:
     other = PoolState(name="p", spec=SPEC.model_copy(update={"paused": ["127.0.30.2"]}),
                       assignment=base.assignment, addresses=base.addresses, problem=None)
     assert server_view(base, "mail", "a", 1) == server_view(other, "mail", "a", 1)  # not this server's address
+
+
+def test_day_figures_count_only_from_a_snapshot_taken_today() -> None:
+    """A day is judged on figures read after it ended: a snapshot from yesterday is not complete for it."""
+    servers = (ServerSelection("mail", "a", {}, ("p",)),)
+    reports = (PodReport("mail", "a-0", "a", {}, {"127.0.30.1": {"days": {"2026-05-04": {"other": {"sent": 4}}}}}),)
+    now = datetime(2026, 5, 5, 0, 0, 5, tzinfo=UTC)
+    late = Snapshot(at="", servers=servers, reports=reports, taken=datetime(2026, 5, 4, 23, 59, 58, tzinfo=UTC))
+    fresh = Snapshot(at="", servers=servers, reports=reports, taken=datetime(2026, 5, 5, 0, 0, 1, tzinfo=UTC))
+    assert pool_day_figures(late, "p", SPEC, now) is None
+    figures = pool_day_figures(fresh, "p", SPEC, now)
+    assert figures is not None and figures["127.0.30.1"]["2026-05-04"].sent == 4

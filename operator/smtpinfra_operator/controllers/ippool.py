@@ -223,9 +223,16 @@ def server_view(state: PoolState, namespace: str, name: str, replicas: int) -> s
     return repr(view)
 
 
-def pool_day_figures(snapshot: Snapshot | None, pool: str, spec: IpPoolSpec) -> dict[str, dict[str, DayFigures]] | None:
-    """The pool's addresses' per-day figures from a /stats snapshot of the pods of the servers using it (pure)."""
+def pool_day_figures(snapshot: Snapshot | None, pool: str, spec: IpPoolSpec,
+                     now: datetime) -> dict[str, dict[str, DayFigures]] | None:
+    """The pool's addresses' per-day figures from a /stats snapshot of the pods of the servers using it (pure).
+
+    None (not known completely) while the snapshot was taken before today began: the day that just
+    ended would be judged on what it had sent by then, a full day passing for an idle one.
+    """
     if snapshot is None:
+        return None
+    if snapshot.taken is not None and snapshot.taken.astimezone(UTC).date() < now.astimezone(UTC).date():
         return None
     servers = {(s.namespace, s.name) for s in snapshot.servers if pool in s.ip_pools}
     reports = [r.addresses for r in snapshot.reports if (r.namespace, r.server) in servers]
@@ -350,7 +357,7 @@ class IpPoolController(Controller[str]):
         if inputs is not None and last is not None and last[0].same(inputs):
             return body, spec, last[1], last[2]
         state, outcome = derive(name, spec, body.get("status") or {}, servers, plan_body, ptr_checks, now,
-                                pool_day_figures(snapshot, name, spec), view, users)
+                                pool_day_figures(snapshot, name, spec, now), view, users)
         if inputs is not None:
             self._derived[name] = (inputs, state, outcome)
         return body, spec, state, outcome

@@ -27,3 +27,7 @@ class RunnerConfig:
     backoff_max: float = 20.0
     #: Upper bound on any grace period (keeps `down` bounded).
     max_grace: float = 60.0
+    #: Variables passed from the runner's own environment (as it is when a container starts) to every
+    #: container that does not set them: the test clock (SMTP_INFRA_FAKE_TIME_FILE), which a real
+    #: node would not have, so tests move MTA pods' time as they move the operator's.
+    host_env: tuple[str, ...] = ("SMTP_INFRA_FAKE_TIME_FILE",)

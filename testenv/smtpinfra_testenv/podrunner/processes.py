@@ -93,7 +93,8 @@ class PodProcesses(PodVolumes):
             "KUBERNETES_SERVICE_PORT_HTTPS": str(server.port or 443),
             "PYTHONUNBUFFERED": "1",
         }
-        return {**base, **env}
+        host = {name: os.environ[name] for name in self.runner.config.host_env if name in os.environ}
+        return {**base, **host, **env}
 
     def _hostname(self, pod: Obj) -> str:
         return str(pod["spec"].get("hostname") or self.pod_name)[:63]

@@ -1,0 +1,111 @@
+"""End to end: a warming address sends at most its day's cap, and its day advances only on a good, full day.
+
+Real parts: the operator and the MTA pod (run by the local pod runner) both read one test clock (a
+file: the runner passes SMTP_INFRA_FAKE_TIME_FILE to its pods as it is in the test's environment),
+the MTA relays by MX (Knot) to smtp-sink, and the operator judges each finished day from the
+figures it collects from the pod. Day 1's cap is 4: of 6 messages the sink gets 4 that day, the
+other 2 wait (nothing bounces). The next morning day 1 is judged (4 of 4 sent, no bounce): the
+address is on day 2, cap 8, and the 2 waiting messages leave. Two days later (an under-used day and
+an idle one, judged together as after an operator outage) the address is still on day 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.e2e.common import NS, RCPT_DOMAIN, SINK_ADDR
+from tests.e2e.test_dnsbl import TestClock, address
+from tests.e2e.test_smtpserver import pods, server_manifest, swaks, tenant_password
+from tests.kube import OPERATOR_NAMESPACE, OperatorProcess, apply, get, operator_kubeconfig, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.operator]
+
+POOL, PLAN, SERVER = "warm-pool", "e2e-warmup", "wsend"
+ADDRESS = "127.0.20.5"
+T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+CAPS = {1: 4, 2: 8, 3: 12}
+
+
+@pytest.fixture(scope="module")
+def clock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClock]:
+    """The module's time, for the operator and (through the pod runner) the MTA pods started meanwhile."""
+    test_clock = TestClock(tmp_path_factory.mktemp("warmup-clock") / "now")
+    test_clock.set(T0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMTP_INFRA_FAKE_TIME_FILE", str(test_clock.path))
+        yield test_clock
+
+
+@pytest.fixture(scope="module")
+def operator(crds: Any, clock: TestClock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """This module's operator (the platform fixture's): the chart's RBAC, on the test clock."""
+    directory = tmp_path_factory.mktemp("warmup-operator")
+    proc = OperatorProcess(crds, directory / "operator.log",
+                           env={"SMTP_INFRA_FAKE_TIME_FILE": str(clock.path),
+                                "SMTP_INFRA_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE},
+                           kubeconfig=operator_kubeconfig(crds, directory / "kubeconfig"))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_caps_hold_mail_back_and_only_a_good_full_day_advances(platform: Any, knot: Any, clock: TestClock,
+                                                                sink_factory: Any, pod_runner: Any) -> None:
+    cp = platform
+    sink = sink_factory(addr=SINK_ADDR)
+    apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "WarmupPlan", "metadata": {"name": PLAN},
+               "spec": {"stages": [{"day": d, "dailyCap": c} for d, c in CAPS.items()],
+                        "healthGates": {"minVolume": 1}, "onGateFailure": "Hold"}})
+    apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "IpPool", "metadata": {"name": POOL},
+               "spec": {"addresses": [ADDRESS], "ptrTemplate": "mta-w{index}.e2e.example.test",
+                        "warmupPlan": PLAN}})
+    apply(cp, server_manifest(SERVER, knot, sink.port, replicas=1, pools=[POOL]))
+    try:
+        wait_for(lambda: cp.kubectl("-n", NS, "wait", "--for=condition=Ready", f"smtpserver/{SERVER}",
+                                    "--timeout=60s", check=False).returncode == 0,
+                 timeout=240, interval=1, what="the SmtpServer Ready")
+        [ip] = pods(cp, SERVER).values()
+        password = tenant_password(cp)
+
+        def pool_address() -> dict[str, Any]:
+            return address(get(cp, "ippool", POOL), ADDRESS)
+
+        def received() -> list[Any]:
+            return [m for m in sink.messages() if m.rcpts[0].startswith("w")]
+
+        first = pool_address()
+        assert (first.get("warmupDay"), first.get("dailyCap"), first.get("state")) == (1, CAPS[1], "Warming")
+
+        for i in range(6):
+            result = swaks(f"{ip}:587", password, to=f"w{i}@{RCPT_DOMAIN}")
+            assert result.returncode == 0, result.stdout[-2000:]
+        wait_for(lambda: len(received()) >= CAPS[1], timeout=60, what="day 1's cap at the sink")
+        wait_for(lambda: pool_address().get("sentToday") == CAPS[1], timeout=60,
+                 what="the day's figures collected from the pod")
+        assert len(received()) == CAPS[1]  # the cap is reached: the other two wait
+        assert {m.client_addr for m in received()} == {ADDRESS}
+
+        clock.advance(timedelta(days=1))  # day 1 finished: judged (4 of 4 sent, nothing bounced)
+        second = wait_for(lambda: (a := pool_address()).get("warmupDay") == 2 and a, timeout=90,
+                          what="the address on day 2")
+        assert second["dailyCap"] == CAPS[2] and second["lastGate"]["verdict"] == "Advanced", second
+        wait_for(lambda: len(received()) == 6, timeout=90, what="the two held messages delivered on day 2")
+        assert all("mailer-daemon" not in m.mail_from.lower() for m in sink.messages())  # nothing bounced
+
+        # Two days at once, as after an operator outage: day 2 is judged on figures read after it ended.
+        clock.advance(timedelta(days=2))  # day 2: two sent of a cap of 8, under minCapUsage; day 3: idle
+        judged = wait_for(lambda: (a := pool_address()).get("evaluatedThrough") == "2026-05-06" and a,
+                          timeout=90, what="days 2 and 3 judged")
+        assert judged["warmupDay"] == 2 and judged["dailyCap"] == CAPS[2], judged
+        verdicts = [(v["date"], v["verdict"]) for v in judged.get("gateHistory") or []]
+        assert verdicts[-2:] == [("2026-05-05", "UnderUsed"), ("2026-05-06", "Idle")], verdicts
+    finally:
+        cp.kubectl("-n", NS, "delete", "smtpserver", SERVER, "--wait=false", check=False)
+        cp.kubectl("delete", "ippool", POOL, "--wait=false", check=False)
+        cp.kubectl("delete", "warmupplan", PLAN, "--wait=false", check=False)
