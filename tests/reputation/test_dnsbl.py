@@ -25,7 +25,7 @@ from smtpinfra_operator.reputation.dnsbl import (
     self_test,
     step,
 )
-from smtpinfra_operator.reputation.dnsbl_monitor import question_wire
+from smtpinfra_operator.reputation.dnsbl_resolver import question_wire
 from smtpinfra_operator.reputation.dnsbl_status import (
     PoolView,
     address_fields,

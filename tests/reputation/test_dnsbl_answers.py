@@ -11,7 +11,7 @@ import dns.rrset
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtpinfra_operator.reputation.dnsbl_monitor import _lookup, question_wire, read_a_answer
+from smtpinfra_operator.reputation.dnsbl_resolver import _lookup, question_wire, read_a_answer
 
 QNAME = "2.0.0.127.bl.test."
 

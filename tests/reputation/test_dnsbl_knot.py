@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from smtpinfra_api.meta import SecretKeyReference
 from smtpinfra_api.v1alpha1 import IpPoolSpec
 from smtpinfra_operator.reputation.dnsbl import AnswerKind, Lookup, Result, State, classify, error_codes, query_name
-from smtpinfra_operator.reputation.dnsbl_monitor import DnsblMetrics, DnsblMonitor, DnsResolver
+from smtpinfra_operator.reputation.dnsbl_monitor import DnsblMetrics, DnsblMonitor
+from smtpinfra_operator.reputation.dnsbl_resolver import DnsResolver
 from smtpinfra_operator.reputation.dnsbl_status import Event, address_fields, zone_fields
 from tests.reputation.dnsbl_knot import (
     CLEAN,
