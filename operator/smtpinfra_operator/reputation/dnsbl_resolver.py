@@ -58,6 +58,8 @@ class _Datagrams:
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self.sock.setblocking(False)
+            # Room for every answer in flight while the loop is busy (the kernel caps it at rmem_max).
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             self.sock.connect((host, port))  # connected: the kernel drops datagrams from anyone else
         except OSError:
             self.sock.close()
