@@ -112,10 +112,13 @@ class Classified:
 _LOOPBACK = int(ipaddress.IPv4Address("127.0.0.0"))
 
 
-def _in_listing_range(code: str) -> bool:
-    """127.0.0.2 to 127.0.0.254: the only answers that can mean "listed" (RFC 5782 §2.1)."""
-    ip = ipaddress.ip_address(code)
-    return ip.version == 4 and 2 <= int(ip) - _LOOPBACK <= 254
+@functools.lru_cache(maxsize=4096)
+def _code(address: str) -> tuple[str, tuple[int, int], bool]:
+    """A returned address: its canonical text, its sort key, and whether it is in 127.0.0.2 to 127.0.0.254,
+    the only answers that can mean "listed" (RFC 5782 §2.1). Zones answer a handful of codes, so each
+    is parsed once, not for every one of thousands of answers."""
+    ip = ipaddress.ip_address(address)
+    return str(ip), (ip.version, int(ip)), ip.version == 4 and 2 <= int(ip) - _LOOPBACK <= 254
 
 
 def classify(lookup: Lookup, errors: frozenset[str] = frozenset()) -> Classified:
@@ -128,14 +131,14 @@ def classify(lookup: Lookup, errors: frozenset[str] = frozenset()) -> Classified
         return Classified(Result.NOT_LISTED)
     if lookup.kind is AnswerKind.FAILURE or not lookup.addresses:
         return Classified(Result.UNKNOWN, detail=lookup.detail or "no answer")
-    codes = sorted({str(ipaddress.ip_address(a)) for a in lookup.addresses}, key=ipaddress.ip_address)
-    for code in codes:
+    codes = sorted({_code(a) for a in lookup.addresses}, key=lambda c: c[1])
+    for code, _, _ in codes:
         if code in errors:
             return Classified(Result.ERROR, code, f"the zone answered its error code {code}")
-    for code in codes:
-        if not _in_listing_range(code):
+    for code, _, listing in codes:
+        if not listing:
             return Classified(Result.ERROR, code, f"{code} is outside 127.0.0.2-127.0.0.254, not a listing")
-    return Classified(Result.LISTED, codes[0])
+    return Classified(Result.LISTED, codes[0][0])
 
 
 @dataclass(frozen=True)
