@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -215,32 +215,32 @@ def step(prev: ZoneState, seen: Classified, now: datetime, confirmations: int,
     answers and unusable zones move nothing (and never make an address clean), nor do they
     break or extend a streak.
     """
-    base = replace(prev, result=seen.result, detail=seen.detail, checked=now)
+    # One new ZoneState per (address, zone) and check, built directly: `dataclasses.replace` twice
+    # per pair was a tenth of a 5,000-pair check.
+    state, since, code, streak = prev.state, prev.since, prev.code, prev.streak
     if seen.result is Result.LISTED:
-        if prev.state is State.LISTED:
-            return replace(base, code=seen.code, streak=prev.streak + 1)
+        code, streak = seen.code, prev.streak + 1
         if prev.state is State.RELEASING:  # came back before release: still the same listing
-            return replace(base, state=State.LISTED, code=seen.code, streak=prev.streak + 1,
-                           since=prev.since if prev.since else now)
-        streak = prev.streak + 1
-        if streak >= confirmations:
-            return replace(base, state=State.LISTED, since=now, code=seen.code, streak=streak)
-        since = prev.since if prev.state is State.PENDING else now
-        return replace(base, state=State.PENDING, since=since, code=seen.code, streak=streak)
-    if seen.result is Result.NOT_LISTED:
+            state, since = State.LISTED, prev.since if prev.since else now
+        elif prev.state is not State.LISTED:
+            if streak >= confirmations:
+                state, since = State.LISTED, now
+            else:
+                state, since = State.PENDING, prev.since if prev.state is State.PENDING else now
+    elif seen.result is Result.NOT_LISTED:
+        streak = 0
         if prev.state is State.LISTED:
-            return replace(base, state=State.RELEASING, since=now, streak=0)
-        if prev.state is State.RELEASING:
+            state, since = State.RELEASING, now
+        elif prev.state is State.RELEASING:
             assert prev.since is not None
             if now - prev.since >= release_after:
-                return replace(base, state=State.CLEAN, since=now, code=None, streak=0)
-            return replace(base, streak=0)
-        if prev.state is State.CLEAN:
-            return replace(base, streak=0)
-        return replace(base, state=State.CLEAN, since=now, code=None, streak=0)
-    if seen.result is Result.ERROR:
-        return replace(base, code=prev.code if prev.state.listed else seen.code)
-    return base
+                state, since, code = State.CLEAN, now, None
+        elif prev.state is not State.CLEAN:
+            state, since, code = State.CLEAN, now, None
+    elif seen.result is Result.ERROR:
+        code = prev.code if prev.state.listed else seen.code
+    return ZoneState(state=state, since=since, code=code, streak=streak, result=seen.result, detail=seen.detail,
+                     checked=now)
 
 
 @dataclass(frozen=True)
