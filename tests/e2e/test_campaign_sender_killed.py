@@ -87,8 +87,9 @@ def test_sender_pod_killed_twice_and_a_second_job_still_send_each_recipient_once
         counters = done["status"]["counters"]
         assert (counters["total"], counters["delivered"], counters["failed"]) == (COUNT, COUNT, 0), counters
 
-        pods = cp.kubectl("-n", TENANT_NS, "get", "pods", "-l", f"job-name={job_name}", "-o", "name").stdout.split()
-        assert len(pods) >= 3, pods  # the two killed and the one that finished
+        # Two different pods of the Job were killed mid-send. Who finished is a race, and either way is
+        # fine: the Job's third pod, or the hand-made sender once the killed holder's Lease expired.
+        assert len(set(killed)) == 2 and all(p.startswith(job_name) for p in killed), killed
         ledger = pod_runner.claim_dir(TENANT_NS, build.resource_name(CAMPAIGN)) / "ledger.db"
         assert ledger.is_file() and ledger.stat().st_size > 0, "the ledger lives on the Job's claim"
     finally:
