@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -172,11 +173,11 @@ def operator_kubeconfig(cp: Any, path: Path, *values: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def operator(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """A running operator for the tests of one module, with the chart's RBAC (not cluster-admin)."""
-    directory = tmp_path_factory.mktemp("operator")
-    proc = OperatorProcess(crds, directory / "operator.log",
+@contextlib.contextmanager
+def running_operator(crds: Any, directory: Path, env: dict[str, str] | None = None) -> Iterator[OperatorProcess]:
+    """An operator process with the chart's RBAC (not cluster-admin), stopped afterwards; its log's tail
+    is printed when it did not stop cleanly."""
+    proc = OperatorProcess(crds, directory / "operator.log", env=env,
                            kubeconfig=operator_kubeconfig(crds, directory / "kubeconfig"))
     proc.start()
     try:
@@ -185,3 +186,10 @@ def operator(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Op
         proc.stop()
         if proc.process and proc.process.returncode not in (0, -15):
             print(proc.log()[-5000:])
+
+
+@pytest.fixture(scope="module")
+def operator(crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """A running operator for the tests of one module."""
+    with running_operator(crds, tmp_path_factory.mktemp("operator")) as proc:
+        yield proc

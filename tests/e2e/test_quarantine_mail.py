@@ -23,7 +23,7 @@ import pytest
 from tests.e2e.common import NS, POOL_ADDRESSES, RCPT_DOMAIN, SINK_ADDR
 from tests.e2e.test_dnsbl import TestClock, address
 from tests.e2e.test_smtpserver import pods, server_manifest, swaks, tenant_password
-from tests.kube import OPERATOR_NAMESPACE, OperatorProcess, apply, find, get, operator_kubeconfig, wait_for
+from tests.kube import OPERATOR_NAMESPACE, OperatorProcess, apply, find, get, running_operator, wait_for
 from tests.reputation.dnsbl_knot import GOOD, DnsblKnot, make_knot
 
 pytestmark = [pytest.mark.dns, pytest.mark.e2e, pytest.mark.operator]
@@ -50,16 +50,9 @@ def clock(tmp_path_factory: pytest.TempPathFactory) -> TestClock:
 @pytest.fixture(scope="module")
 def operator(crds: Any, clock: TestClock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """This module's operator (the platform fixture's): the chart's RBAC, on the test clock."""
-    directory = tmp_path_factory.mktemp("quarantine-operator")
-    proc = OperatorProcess(crds, directory / "operator.log",
-                           env={"SMTP_INFRA_FAKE_TIME_FILE": str(clock.path),
-                                "SMTP_INFRA_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE},
-                           kubeconfig=operator_kubeconfig(crds, directory / "kubeconfig"))
-    proc.start()
-    try:
+    env = {"SMTP_INFRA_FAKE_TIME_FILE": str(clock.path), "SMTP_INFRA_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE}
+    with running_operator(crds, tmp_path_factory.mktemp("quarantine-operator"), env) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def reloads(pod_runner: Any, pod: str) -> int:

@@ -25,7 +25,7 @@ from tests.e2e.common import NS, RCPT_DOMAIN, SENDER_DOMAIN, SINK_ADDR
 from tests.e2e.test_dnsbl import TestClock, address
 from tests.e2e.test_smtpserver import pods, server_manifest, swaks, tenant_password
 from tests.e2e.test_tenant_suspension import complain
-from tests.kube import OPERATOR_NAMESPACE, OperatorProcess, apply, get, operator_kubeconfig, wait_for
+from tests.kube import OPERATOR_NAMESPACE, OperatorProcess, apply, get, running_operator, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.operator]
 
@@ -48,16 +48,9 @@ def clock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClock]:
 @pytest.fixture(scope="module")
 def operator(crds: Any, clock: TestClock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """This module's operator (the platform fixture's): the chart's RBAC, on the test clock."""
-    directory = tmp_path_factory.mktemp("warmup-operator")
-    proc = OperatorProcess(crds, directory / "operator.log",
-                           env={"SMTP_INFRA_FAKE_TIME_FILE": str(clock.path),
-                                "SMTP_INFRA_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE},
-                           kubeconfig=operator_kubeconfig(crds, directory / "kubeconfig"))
-    proc.start()
-    try:
+    env = {"SMTP_INFRA_FAKE_TIME_FILE": str(clock.path), "SMTP_INFRA_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE}
+    with running_operator(crds, tmp_path_factory.mktemp("warmup-operator"), env) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def day_figures(cp: Any, ip: str, day: str) -> dict[str, int]:
