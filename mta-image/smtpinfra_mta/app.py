@@ -124,6 +124,7 @@ class MtaApp:
             self.scheduler = Scheduler(self.cfg, self.spool, MxResolver(self.cfg.delivery.resolver),
                                        WarmupGate(self.cfg.throttling, self.addr_stats), self.metrics,
                                        suppression=self.suppression)
+            self.metrics.show_warmup_caps(self.cfg.throttling.warmup)
             self.verp = self._make_verp(self.cfg)
             self.scheduler.verp = self.verp
             self.scheduler.outcomes = self.outcomes
@@ -335,6 +336,7 @@ class MtaApp:
             if self.addr_stats is not None:
                 self.addr_stats.tz = cfg.clock.zone
                 self.scheduler.warmup = WarmupGate(cfg.throttling, self.addr_stats)
+                self.metrics.show_warmup_caps(cfg.throttling.warmup)
         log.info("config reloaded")
 
     async def _watch_config(self) -> None:

@@ -13,12 +13,15 @@ import hmac
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from smtpinfra_mta.config.throttling import WarmupCap
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,21 @@ class Metrics:
         self.oldest_age = Gauge("smtpinfra_mta_queue_oldest_age_seconds", "Age of the oldest queued message",
                                 registry=r)
         self.sessions = Gauge("smtpinfra_mta_sessions", "Open inbound SMTP sessions", registry=r)
+        self.warmup_cap = Gauge("smtpinfra_mta_warmup_cap_messages",
+                                "Warm-up cap this process enforces per source address and window (provider "
+                                "'all': the cap over every provider)", ["source_ip", "provider", "window"],
+                                registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def show_warmup_caps(self, caps: Iterable[WarmupCap]) -> None:
+        """Replace the exported caps with those of the config now in force (a reload drops old addresses)."""
+        self.warmup_cap.clear()
+        for cap in caps:
+            for window, limit in (("day", cap.per_day), ("hour", cap.per_hour)):
+                if limit is not None:
+                    self.warmup_cap.labels(cap.source_ip, cap.provider or "all", window).set(limit)
 
 
 @dataclass(frozen=True)

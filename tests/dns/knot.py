@@ -50,6 +50,8 @@ class KnotServer:
     directory: Path
     address: str = KNOT_ADDR
     port: int = 0
+    extra_zones: tuple[str, ...] = ()
+    """More (empty) zones to serve, e.g. a mailbox provider's domain whose MX host names a test resolves."""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -76,8 +78,11 @@ class KnotServer:
             "zone:\n"
             f"  - domain: {FORWARD_ZONE}\n"
             f"  - domain: {REVERSE_ZONE}\n"
+            + "".join(f"  - domain: {zone}\n" for zone in self.extra_zones)
         )
         soa = "@ SOA ns.example.test. hostmaster.example.test. 1 60 60 600 5"
+        for zone in self.extra_zones:
+            (d / f"{zone}.zone").write_text(f"$TTL 60\n{soa}\n@ NS ns.example.test.\n")
         (d / f"{FORWARD_ZONE}.zone").write_text("\n".join(
             ["$TTL 60", soa, "@ NS ns.example.test.", f"ns A {self.address}", *FOREIGN_ZONE_RECORDS]) + "\n")
         (d / f"{REVERSE_ZONE}.zone").write_text("\n".join(

@@ -176,6 +176,25 @@ def test_overflow_to_warm_addresses_only_when_the_pool_says_so(env: dict[str, An
     assert _bounced(mta) == 0
 
 
+def _exported_caps(mta: RunningMta) -> dict[tuple[str, str, str], float]:
+    reg = mta.app.metrics.registry
+    return {(s.labels["source_ip"], s.labels["provider"], s.labels["window"]): s.value
+            for m in reg.collect() if m.name == "smtpinfra_mta_warmup_cap_messages" for s in m.samples}
+
+
+def test_the_caps_in_force_are_exported_and_follow_a_reload(env: dict[str, Any], mta_factory: Any,
+                                                            fake_now: Path) -> None:
+    cfg = env["cfg"]
+    cfg["throttling"]["warmup"] = [{"source_ip": SRC_A1, "per_day": 6, "per_hour": 3},
+                                   {"source_ip": SRC_A1, "provider": "gmail", "per_day": 2}]
+    mta: RunningMta = mta_factory(cfg)
+    assert _exported_caps(mta) == {(SRC_A1, "all", "day"): 6, (SRC_A1, "all", "hour"): 3,
+                                   (SRC_A1, "gmail", "day"): 2}
+    cfg["throttling"]["warmup"] = [{"source_ip": SRC_A2, "per_day": 9}]  # SRC_A1 warm now: no cap left for it
+    mta.call(lambda: mta.app.reload(parse_config(cfg)))
+    assert _exported_caps(mta) == {(SRC_A2, "all", "day"): 9}
+
+
 def test_late_bounces_and_complaints_count_against_the_address_that_sent(env: dict[str, Any], mta_factory: Any,
                                                                          fake_now: Path) -> None:
     cfg, sink = env["cfg"], env["sink"]

@@ -56,8 +56,8 @@ class WarmupCap(Section):
 
     source_ip: IPAddress = Field(description="Source IP the cap applies to.")
     provider: str | None = Field(None, description="Provider name; null caps all traffic from the IP.")
-    per_hour: int | None = Field(None, ge=0, description="Messages per clock hour (UTC).")
-    per_day: int | None = Field(None, ge=0, description="Messages per day (UTC).")
+    per_hour: int | None = Field(None, ge=0, description="Messages per clock hour of the configured clock zone.")
+    per_day: int | None = Field(None, ge=0, description="Messages per day of the configured clock zone.")
 
 
 class AutomationRule(Section):

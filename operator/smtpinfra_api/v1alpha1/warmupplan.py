@@ -34,7 +34,7 @@ class WarmupStage(ApiModel):
     daily_cap: Annotated[int, Field(ge=1, le=1_000_000_000)]
     """Most messages per IP per day; must grow from stage to stage."""
     hourly_cap: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
-    """Most messages per IP per hour; dailyCap/24 rounded up when unset."""
+    """Most messages per IP per hour; unset: the day's cap may leave in any hour."""
     provider_caps: Annotated[list[ProviderCap], Field(max_length=6, json_schema_extra=map_list("provider"))] = []
     """Per mailbox provider caps during the stage; none may exceed dailyCap."""
 
