@@ -24,10 +24,11 @@ from smtpinfra_mta.counters import Counters
 from smtpinfra_mta.dkim_sign import DkimSigner
 from smtpinfra_mta.dnsmx import MxResolver
 from smtpinfra_mta.erasure import erase, load_secret, make_hasher
+from smtpinfra_mta.handoff import HandoffClient, HandoffReceiver
 from smtpinfra_mta.headers import HeaderLimits
 from smtpinfra_mta.inbound import InboundReports
 from smtpinfra_mta.limits import ConnectionBudget, MemoryBudget
-from smtpinfra_mta.metrics import HttpLimits, HttpServer, Metrics, Response
+from smtpinfra_mta.metrics import Handoff, HttpLimits, HttpServer, Metrics, Response
 from smtpinfra_mta.outcomes import OutcomeStore
 from smtpinfra_mta.protocol import ListenerKind
 from smtpinfra_mta.quota_pg import PostgresQuotas, QuotaStoreError
@@ -128,6 +129,7 @@ class MtaApp:
             self.verp = self._make_verp(self.cfg)
             self.scheduler.verp = self.verp
             self.scheduler.outcomes = self.outcomes
+            self.scheduler.handoff = HandoffClient(self._handoff_token)
             self.inbound = InboundReports(self.cfg.bounces, self.cfg.spool.directory, self.metrics,
                                           self.suppression, fsync=self.cfg.spool.fsync)
             self.inbound.verp = self.verp
@@ -159,7 +161,8 @@ class MtaApp:
                                     stats_token=self._stats_token,
                                     limits=HttpLimits(max_connections=self.cfg.http.max_connections,
                                                       request_timeout=self.cfg.http.request_timeout),
-                                    unsubscribe=self._unsubscribe, erase=self._erase)
+                                    unsubscribe=self._unsubscribe, erase=self._erase,
+                                    handoff=self._handoff_endpoint())
             port = self.cfg.http.delivery_port if self.role == "deliver" else self.cfg.http.port
             self.http_port = await self._http.start(self.cfg.http.bind, port)
             if self.role != "deliver" and self.cfg.http.mta_sts_port is not None and self.tls is not None:
@@ -268,7 +271,7 @@ class MtaApp:
         """Spool hook: a message is durably on disk (called by the committer, even if the client left)."""
         if msg.kind == "dsn":
             return  # DSNs are queued by the scheduler that made them
-        if msg.kind != "inbound":
+        if msg.kind != "inbound" and not msg.handed_off:  # a peer's hand-off was accepted (and counted) there
             self.metrics.accepted.labels(tenant=msg.tenant, pool=msg.pool,
                                          listener=msg.listener or "unknown").inc(len(msg.rcpts))
             if self.outcomes is not None:
@@ -418,6 +421,18 @@ class MtaApp:
         if self.scheduler is not None:
             self.metrics.queue_depth.set(len(self.spool.queued_ids()))
             self.metrics.oldest_age.set(self.scheduler.oldest_age())
+
+    def _handoff_endpoint(self) -> Handoff | None:
+        """Where peers hand over mail: the delivering process only (it queues what it takes over)."""
+        if self.role == "accept":
+            return None
+        receiver = HandoffReceiver(self.spool, lambda: self.cfg, self.metrics)
+        return Handoff(token=self._handoff_token, body_limit=receiver.body_limit, action=receiver)
+
+    def _handoff_token(self) -> str | None:
+        """The token peers of this server share (None: no hand-off); raises OSError when unreadable."""
+        path = self.cfg.http.handoff_token_file
+        return None if path is None else path.read_text(encoding="utf-8").strip()
 
     def _stats_token(self) -> str | None:
         """The token /stats requires (None: none configured); raises OSError when the file is unreadable."""

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 _PATH_LABELS = ["tenant", "pool", "source_ip", "provider"]
 UNSUBSCRIBE_PREFIX = "/unsubscribe/"
 ERASE_PATH = "/erase"
+HANDOFF_PATH = "/handoff"
+"""The delivery process's endpoint where a peer replica hands over queued mail (``smtpinfra_mta.handoff``)."""
 Response = tuple[str, str, bytes]
 Action = Callable[[str, str, str, bytes], Awaitable[Response]]
 """(method, path, content type, body) -> response: the endpoints that act (unsubscribe, erase)."""
@@ -60,6 +62,8 @@ class Metrics:
         self.oldest_age = Gauge("smtpinfra_mta_queue_oldest_age_seconds", "Age of the oldest queued message",
                                 registry=r)
         self.sessions = Gauge("smtpinfra_mta_sessions", "Open inbound SMTP sessions", registry=r)
+        self.handed_over = Counter("smtpinfra_mta_handed_over", "Recipients handed to (sent) or taken over from "
+                                   "(received) a peer replica", ["pool", "direction"], registry=r)
         self.warmup_cap = Gauge("smtpinfra_mta_warmup_cap_messages",
                                 "Warm-up cap this process enforces per source address and window (provider "
                                 "'all': the cap over every provider)", ["source_ip", "provider", "window"],
@@ -75,6 +79,16 @@ class Metrics:
             for window, limit in (("day", cap.per_day), ("hour", cap.per_hour)):
                 if limit is not None:
                     self.warmup_cap.labels(cap.source_ip, cap.provider or "all", window).set(limit)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The hand-off endpoint of a delivery process: who may use it, how large a request may be, what it does."""
+
+    token: Callable[[], str | None]
+    """The bearer token peers present (None: not configured, every hand-off is refused)."""
+    body_limit: Callable[[], int]
+    action: Action
 
 
 @dataclass(frozen=True)
@@ -106,8 +120,9 @@ class HttpServer:
                  mta_sts_policy: Callable[[], str | None] | None = None,
                  stats_token: Callable[[], str | None] | None = None,
                  limits: HttpLimits | None = None, unsubscribe: Action | None = None,
-                 erase: Action | None = None) -> None:
+                 erase: Action | None = None, handoff: Handoff | None = None) -> None:
         self._metrics = metrics
+        self._handoff = handoff
         self._unsubscribe = unsubscribe
         self._erase = erase
         self._ready = ready
@@ -182,6 +197,8 @@ class HttpServer:
             return "400 Bad Request", "text/plain", b"bad request\n"
         parts = lines[0].decode("latin-1").split()
         path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
+        if not mta_sts_only and path == HANDOFF_PATH and self._handoff is not None:
+            return await self._take_handoff(reader, parts[0].upper(), lines[1:], self._handoff)
         if not mta_sts_only and (path.startswith(UNSUBSCRIBE_PREFIX) or path == ERASE_PATH):
             return await self._act(reader, parts[0].upper(), path, lines[1:])
         if path == "/stats" and not mta_sts_only:
@@ -226,13 +243,46 @@ class HttpServer:
                 return "400 Bad Request", "text/plain", b"bad request\n"
         return await action(method, path, headers.get("content-type", ""), body)
 
+    async def _take_handoff(self, reader: asyncio.StreamReader, method: str, header_lines: list[bytes],
+                            handoff: Handoff) -> Response:
+        """A peer's hand-off: its token first, then a body bounded by the largest message plus its envelope."""
+        try:
+            configured = handoff.token() is not None
+        except OSError:
+            return "503 Service Unavailable", "text/plain", b"hand-off token unavailable\n"
+        if not configured:
+            return "403 Forbidden", "text/plain", b"hand-off needs http.handoff_token_file\n"
+        refusal = self._bearer_refusal(header_lines, handoff.token, "hand-off")
+        if refusal is not None:
+            return refusal
+        length = -1
+        for line in header_lines:
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip()) if value.strip().isdigit() else -1
+        if length < 0:
+            return "411 Length Required", "text/plain", b"a Content-Length is required\n"
+        if length > handoff.body_limit():
+            return "413 Content Too Large", "text/plain", b"message too large\n"
+        try:
+            body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            return "400 Bad Request", "text/plain", b"bad request\n"
+        return await handoff.action(method, HANDOFF_PATH, "", body)
+
     def _stats_refusal(self, header_lines: list[bytes]) -> tuple[str, str, bytes] | None:
         if self._stats_token is None:
             return None
+        return self._bearer_refusal(header_lines, self._stats_token, "stats")
+
+    @staticmethod
+    def _bearer_refusal(header_lines: list[bytes], token_of: Callable[[], str | None],
+                        what: str) -> tuple[str, str, bytes] | None:
+        """None when the request carries the token ``token_of`` returns (None: no token needed)."""
         try:
-            token = self._stats_token()
+            token = token_of()
         except OSError:
-            return "503 Service Unavailable", "text/plain", b"stats token unavailable\n"
+            return "503 Service Unavailable", "text/plain", f"{what} token unavailable\n".encode()
         if token is None:
             return None
         presented = b""

@@ -1,7 +1,7 @@
 """The delivery scheduler: ready queues per (pool, recipient domain), retries, bounces, shaping.
 
-Slightly over 500 lines: the per-address caps, quarantine and overflow joined the queue logic they
-gate; moving source-address choice into its own module is the next split.
+Slightly over 500 lines: retries, bounces, DSNs and hand-offs all change one queue's state; which
+source address sends (or which peer replica takes over) is decided in ``sources``.
 
 Each spooled message is split into one work item per recipient domain. A domain queue opens up to
 ``connection_limit`` connections; each connection picks a source IP of the tenant's pool that is
@@ -26,6 +26,8 @@ from smtpinfra_mta.bounces import RecipientFailure, build_dsn, classify
 from smtpinfra_mta.config import MtaConfig, SourceIp
 from smtpinfra_mta.delivery import ConnectFailed, OutboundConnection, Reply
 from smtpinfra_mta.dnsmx import DnsPermanentError, DnsTemporaryError, MxResolver, MxResult, provider_for
+from smtpinfra_mta.handoff import HandoffClient, HandoffError
+from smtpinfra_mta.sources import SourcePicker, may_send
 from smtpinfra_mta.spool import Spool, SpooledMessage, new_message_id
 from smtpinfra_mta.tenants import domain_of
 from smtpinfra_mta.throttle import Automation, RateLimiter, Shaping, WarmupGate, effective_shaping, site_key
@@ -88,7 +90,7 @@ class Scheduler:
         self._delayed: list[tuple[float, int, WorkItem]] = []
         self._seq = itertools.count()
         self._site_active: dict[tuple[str, str], int] = defaultdict(int)
-        self._rr: dict[str, int] = defaultdict(int)
+        self.sources = SourcePicker()
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -96,6 +98,7 @@ class Scheduler:
         self._total_active = 0
         self.verp: Verp | None = None  # set by the app when VERP return paths are on
         self.shards: dict[str, Spool] = {}  # other spools this scheduler delivers from (separate_process)
+        self.handoff: HandoffClient | None = None  # set by the app when peers may take mail over
 
     def update_config(self, cfg: MtaConfig) -> None:
         """Hot reload: new limits apply to the next connection; queued work is untouched."""
@@ -271,7 +274,10 @@ class Scheduler:
             return
         provider = provider_for(mx.host_names, self.cfg.throttling.providers)
         site = site_key(q.domain, provider)
-        source, shaping, wait = self._pick_source(q, item.msg.pool, site, provider)
+        source, shaping, wait = self.sources.pick(self.cfg, self.warmup, self.automation, q.domain, item.msg.pool,
+                                                  site, provider, self.clock.recheck)
+        if source is None and await self._hand_off(item, provider):
+            return
         if source is None:
             # Every source IP of the pool is capped or suspended: hold the queue, not counted as an attempt.
             item.state = "ready"
@@ -292,48 +298,34 @@ class Scheduler:
         finally:
             self._site_active[path] -= 1
 
-    def _pick_source(self, q: DomainQueue, pool_name: str, site: str,
-                     provider: str | None) -> tuple[SourceIp | None, Shaping, float]:
-        """A source address of the pool that may send now, or how long until one may.
+    async def _hand_off(self, item: WorkItem, provider: str | None) -> bool:
+        """Give an item no address here may send now to a peer replica that can (``smtpinfra_mta.handoff``).
 
-        Quarantined and paused addresses never send. Warming addresses (those with warm-up caps) are
-        filled first, since a warm-up day only counts when most of its cap was used; the pool's warm
-        addresses take what the warming ones cannot, but only when the pool's overflow policy is
-        'warm-addresses' or it has no warming address that may send. What fits nowhere waits.
+        True when it is dealt with: handed over, or deferred after a failed hand-off (counted as an
+        attempt, so an unreachable peer cannot keep it past the queue lifetime).
         """
+        if self.handoff is None or item.msg.handed_off:
+            return False
         try:
-            pool = self.cfg.pool(pool_name)
-        except KeyError:
-            return None, Shaping(), 60.0
-        sendable = [s for s in pool.source_ips if not s.quarantined and not s.paused]
-        warming = [s for s in sendable if self.warmup.capped(s.address)]
-        warm = [s for s in sendable if not self.warmup.capped(s.address)]
-        tiers = [warming, warm] if pool.overflow == "warm-addresses" or not warming else [warming]
-        best_wait = float("inf") if sendable else 60.0  # nothing may send: a reload wakes the queue
-        for tier_no, tier in enumerate(tiers):
-            n = len(tier)
-            key = f"{pool_name}/{tier_no}"
-            start = self._rr[key] % n if n else 0
-            for i in range(n):
-                src = tier[(start + i) % n]
-                wait = max(
-                    self.warmup.wait_time(src.address, provider),
-                    self.automation.suspended_for([f"domain:{q.domain}", site, f"ip:{src.address}"]),
-                )
-                if wait <= 0:
-                    self._rr[key] = (start + i + 1) % n
-                    shaping = effective_shaping(self.cfg.throttling.rules, q.domain, provider, src.address)
-                    return src, shaping, 0.0
-                best_wait = min(best_wait, wait)
-        return None, Shaping(), self.clock.recheck(best_wait)
-
-    def _may_send(self, pool_name: str, address: str) -> bool:
-        """Whether ``address`` may still send under the running config (a reload may have stopped it)."""
-        try:
-            pool = self.cfg.pool(pool_name)
+            pool = self.cfg.pool(item.msg.pool)
         except KeyError:
             return False
-        return any(s.address == address and not s.quarantined and not s.paused for s in pool.source_ips)
+        peer = self.sources.peer(pool, self.warmup, provider)
+        if peer is None:
+            return False
+        try:
+            content = await self.spool_of(item.msg).content(item.msg.id)
+            answer = await self.handoff.send(peer, item.msg, item.rcpts, content)
+        except (OSError, HandoffError) as exc:
+            await self._fail_temporary(item, Reply(451, f"4.4.0 hand-off to a peer replica failed: {exc}"), None)
+            return True
+        item.state = "done"
+        await self._record(item.msg, [(r, "handed-off") for r in item.rcpts])
+        if self.metrics is not None:
+            self.metrics.handed_over.labels(pool=pool.name, direction="sent").inc(len(item.rcpts))
+        log.info("handed off", extra={"id": item.msg.id, "domain": item.domain, "rcpts": len(item.rcpts),
+                                      "peer": peer.host, "answer": answer[:80]})
+        return True
 
     async def _wait_rate(self, key: str, rate: float | None) -> None:
         if rate is None:
@@ -387,7 +379,7 @@ class Scheduler:
                     rate = min(rate, auto_rate) if rate is not None else auto_rate
                 await self._wait_rate(f"msg:{source.address}:{site}", rate)
                 fits, _ = self.warmup.room(source.address, provider)
-                if fits == 0 or not self._may_send(current.msg.pool, source.address):
+                if fits == 0 or not may_send(self.cfg, current.msg.pool, source.address):
                     current.state = "ready"
                     q.ready.appendleft(current)
                     break

@@ -78,6 +78,7 @@ class SpooledMessage:
     shard: str = ""  # not persisted: which spool directory holds it ("" = the delivering process's own)
     done: dict[str, str] = field(default_factory=dict)
     campaign: str | None = None  # "<namespace>/<campaign>" from the Feedback-ID of the tenant's own campaign
+    handed_off: bool = False  # taken over from a peer replica: sent from here, never handed on again
 
     @property
     def pending(self) -> list[str]:
@@ -91,6 +92,8 @@ class SpooledMessage:
         }
         if self.campaign:
             d["campaign"] = self.campaign
+        if self.handed_off:
+            d["handed_off"] = True
         return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
@@ -100,8 +103,14 @@ class SpooledMessage:
             id=d["id"], tenant=d["tenant"], pool=d["pool"], mail_from=d["mail_from"], rcpts=list(d["rcpts"]),
             received_at=float(d["received_at"]), kind=d.get("kind", "submission"),
             idempotency_key=d.get("idempotency_key"), size=int(d.get("size", 0)), client=d.get("client", ""),
-            campaign=d.get("campaign"),
+            campaign=d.get("campaign"), handed_off=bool(d.get("handed_off", False)),
         )
+
+
+def _accepted_at(msg: SpooledMessage) -> float:
+    """When this spool took the message: its arrival, or now for mail a peer handed over (which keeps its
+    original arrival for the queue lifetime, but must be remembered as a duplicate from now on)."""
+    return time.time() if msg.handed_off else msg.received_at
 
 
 @dataclass
@@ -309,7 +318,7 @@ class Spool:
                 self._content[p.msg.id] = p.content
                 self._content_bytes += len(p.content)
             if ikey is not None:
-                self._idem[ikey] = (p.msg.id, p.msg.received_at)
+                self._idem[ikey] = (p.msg.id, _accepted_at(p.msg))
             if inflight is not None and not inflight.done():
                 inflight.set_result(p.msg.id)
             if not p.future.done():
@@ -395,7 +404,7 @@ class Spool:
         for _, tmp, p in files:
             os.rename(tmp, f"{queue_dir}/{p.msg.id}.msg")  # noqa: PTH104 (hot path, str paths)
         idem_lines = [
-            json.dumps([p.msg.tenant, p.msg.idempotency_key, p.msg.id, p.msg.received_at]).encode() + b"\n"
+            json.dumps([p.msg.tenant, p.msg.idempotency_key, p.msg.id, _accepted_at(p.msg)]).encode() + b"\n"
             for p in batch
             if p.msg.idempotency_key
         ]

@@ -43,3 +43,20 @@ def test_pod_stats_need_the_operator_token(platform: Any, knot: Any, sink_factor
     assert _status(ip, "/stats", "not-the-token") == 401
     wait_for(lambda: _status(ip, "/stats", token) == 200, timeout=60, what="/stats with the token")
     cp.kubectl("-n", NS, "delete", "smtpserver", "guarded", "--wait=false")
+
+
+def test_a_token_secret_from_before_the_hand_off_gets_a_handoff_token_and_keeps_its_stats_token(
+        platform: Any, knot: Any, sink_factory: Any) -> None:
+    cp = platform
+    sink = sink_factory(addr=SINK_ADDR)
+    old = base64.b64encode(b"an-old-stats-token-made-by-an-earlier-operator").decode()
+    apply(cp, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "older-stats-token", "namespace": NS},
+               "type": "Opaque", "data": {"token": old}})
+    apply(cp, server_manifest("older", knot, sink.port, replicas=1))
+    try:
+        secret = wait_for(lambda: (s := get(cp, "secret", "older-stats-token", NS))["data"].get("handoff") and s,
+                          timeout=120, what="the handoff key added")
+        assert secret["data"]["token"] == old
+        assert len(base64.b64decode(secret["data"]["handoff"])) >= 40
+    finally:
+        cp.kubectl("-n", NS, "delete", "smtpserver", "older", "--wait=false")

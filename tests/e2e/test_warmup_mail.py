@@ -15,14 +15,17 @@ from __future__ import annotations
 import base64
 import json
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.common import NS, RCPT_DOMAIN, SENDER_DOMAIN, SINK_ADDR
 from tests.e2e.test_dnsbl import TestClock, address
+from tests.e2e.test_quarantine_mail import reloads
 from tests.e2e.test_smtpserver import pods, server_manifest, swaks, tenant_password
 from tests.e2e.test_tenant_suspension import complain
 from tests.kube import OPERATOR_NAMESPACE, OperatorProcess, apply, get, running_operator, wait_for
@@ -138,3 +141,100 @@ def test_caps_hold_mail_back_and_only_a_good_full_day_advances(platform: Any, kn
         cp.kubectl("-n", NS, "delete", "smtpserver", SERVER, "--wait=false", check=False)
         cp.kubectl("delete", "ippool", POOL, "--wait=false", check=False)
         cp.kubectl("delete", "warmupplan", PLAN, "--wait=false", check=False)
+
+
+OVERFLOW_POOL, QUICK_PLAN, OVERFLOW_SERVER = "overflow-pool", "e2e-quick", "osend"
+WARM, NEW = "127.0.20.7", "127.0.20.8"
+
+
+def delivery_metric(ip: str, name: str, labels: dict[str, str]) -> float:
+    """Sum of a metric's samples on the pod's delivering process (/metrics on 8081) that match ``labels``."""
+    with urllib.request.urlopen(f"http://{ip}:8081/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_mail_moves_between_replicas_to_the_warm_address_only_when_the_pool_says_so(
+        platform: Any, knot: Any, clock: TestClock, sink_factory: Any, pod_runner: Any) -> None:
+    """Each replica owns one address of the pool: replica 0 the warm one, replica 1 a new, warming one (cap 2).
+    With overflow WarmAddresses, replica 1 hands what is over its cap to replica 0 (pod to pod, by the pod's DNS
+    name); with Wait it keeps it; once its address is paused, the pool's quarantine.queuedMail Move sends its
+    queue to replica 0 too. Nothing bounces, nothing is sent twice."""
+    cp = platform
+    sink = sink_factory(addr=SINK_ADDR)
+    apply(cp, {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "WarmupPlan", "metadata": {"name": QUICK_PLAN},
+               "spec": {"stages": [{"day": 1, "dailyCap": 2}], "healthGates": {"minVolume": 1}}})
+    pool = {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "IpPool", "metadata": {"name": OVERFLOW_POOL},
+            "spec": {"addresses": [WARM], "ptrTemplate": "mta-o{index}.e2e.example.test", "warmupPlan": QUICK_PLAN,
+                     "overflow": "WarmAddresses"}}
+    apply(cp, pool)
+    apply(cp, server_manifest(OVERFLOW_SERVER, knot, sink.port, replicas=1, pools=[OVERFLOW_POOL]))
+    try:
+        def ready() -> None:
+            wait_for(lambda: cp.kubectl("-n", NS, "wait", "--for=condition=Ready", f"smtpserver/{OVERFLOW_SERVER}",
+                                        "--timeout=60s", check=False).returncode == 0,
+                     timeout=240, interval=1, what="the SmtpServer Ready")
+
+        ready()
+        password = tenant_password(cp)
+
+        def by_source() -> Counter[str]:
+            return Counter(m.client_addr for m in sink.messages() if m.rcpts[0].startswith("o"))
+
+        def send(ip: str, first: int, count: int) -> None:
+            for i in range(first, first + count):
+                result = swaks(f"{ip}:587", password, to=f"o{i}@{RCPT_DOMAIN}")
+                assert result.returncode == 0, result.stdout[-2000:]
+
+        # The first address warms up in one full day (its plan has one stage).
+        [ip0] = pods(cp, OVERFLOW_SERVER).values()
+        send(ip0, 0, 2)
+        wait_for(lambda: by_source() == {WARM: 2}, timeout=60, what="day 1 of the first address")
+        wait_for(lambda: address(get(cp, "ippool", OVERFLOW_POOL), WARM).get("sentToday") == 2, timeout=60,
+                 what="the day's figures collected from the pod")
+        clock.advance(timedelta(days=1))
+        wait_for(lambda: address(get(cp, "ippool", OVERFLOW_POOL), WARM).get("state") == "Warm", timeout=90,
+                 what="the first address warm")
+
+        # A new address and a second replica for it: warming, cap 2; what is over its cap moves to replica 0.
+        pool["spec"]["addresses"] = [WARM, NEW]
+        apply(cp, pool)
+        apply(cp, server_manifest(OVERFLOW_SERVER, knot, sink.port, replicas=2, pools=[OVERFLOW_POOL]))
+        wait_for(lambda: len(pods(cp, OVERFLOW_SERVER)) == 2, timeout=60, what="the second replica")
+        ready()
+        ip1 = pods(cp, OVERFLOW_SERVER)[f"{OVERFLOW_SERVER}-1"]
+        wait_for(lambda: delivery_metric(ip1, "smtpinfra_mta_warmup_cap_messages",
+                                         {"source_ip": NEW, "window": "day"}) == 2,
+                 timeout=90, what="the new address warming on replica 1, cap 2")
+        send(ip1, 2, 5)
+        wait_for(lambda: sum(by_source().values()) == 7, timeout=60, what="the five messages at the sink")
+        assert by_source() == {WARM: 2 + 3, NEW: 2}  # the warming address first, up to its cap
+        assert delivery_metric(ip1, "smtpinfra_mta_handed_over_total", {"direction": "sent"}) == 3
+        assert delivery_metric(ip0, "smtpinfra_mta_handed_over_total", {"direction": "received"}) == 3
+
+        # The pool says Wait: what is over the warming address's cap stays on replica 1.
+        [pod1] = [name for name in pods(cp, OVERFLOW_SERVER) if name.endswith("-1")]
+        reloaded = reloads(pod_runner, pod1)
+        pool["spec"]["overflow"] = "Wait"
+        apply(cp, pool)
+        wait_for(lambda: reloads(pod_runner, pod1) >= reloaded + 2, timeout=90, what="replica 1 reloaded the pool")
+        waits = delivery_metric(ip1, "smtpinfra_mta_throttle_waits_total", {"reason": "warmup_or_suspend"})
+        send(ip1, 7, 3)
+        wait_for(lambda: delivery_metric(ip1, "smtpinfra_mta_throttle_waits_total",
+                                         {"reason": "warmup_or_suspend"}) >= waits + 2,
+                 timeout=60, what="the three messages held by the cap")
+        assert sum(by_source().values()) == 7
+
+        # The new address is paused: its replica's queue moves to the warm address (queuedMail: Move).
+        pool["spec"]["paused"] = [NEW]
+        apply(cp, pool)
+        wait_for(lambda: sum(by_source().values()) == 10, timeout=90, what="the held messages moved and delivered")
+        assert by_source() == {WARM: 5 + 3, NEW: 2}
+        assert sorted(r for m in sink.messages() for r in m.rcpts if r.startswith("o")) == sorted(
+            f"o{i}@{RCPT_DOMAIN}" for i in range(10))  # each once
+        assert all("mailer-daemon" not in m.mail_from.lower() for m in sink.messages())
+    finally:
+        cp.kubectl("-n", NS, "delete", "smtpserver", OVERFLOW_SERVER, "--wait=false", check=False)
+        cp.kubectl("delete", "ippool", OVERFLOW_POOL, "--wait=false", check=False)
+        cp.kubectl("delete", "warmupplan", QUICK_PLAN, "--wait=false", check=False)

@@ -44,7 +44,7 @@ from .root import (
     with_listen_address,
 )
 from .stores import QuotaStore, Spool, Suppression
-from .tenants import Credential, Pool, Quotas, SourceIp, Tenant
+from .tenants import Credential, Peer, Pool, Quotas, SourceIp, Tenant
 from .throttling import AutomationRule, Provider, ThrottleRule, Throttling, WarmupCap
 from .types import DEFAULT_CONFIG_PATH, ConfigError, DomainName, Duration, IPAddress, Rate, Section
 
@@ -53,7 +53,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH", "FAKE_TIME_ENV", "LISTEN_ADDRESS_ENV",
     "AutomationRule", "Bounces", "ClockSettings", "ConfigError", "Credential", "Delivery", "DkimKey",
     "DomainName", "Duration", "Http", "IPAddress", "ImplicitTlsListener", "InboundListener", "ListenerBase",
-    "ListenerLimits", "Listeners", "MtaConfig", "MtaSts", "Pool", "Provider", "QuotaStore", "Quotas", "Rate",
+    "ListenerLimits", "Listeners", "MtaConfig", "MtaSts", "Peer", "Pool", "Provider", "QuotaStore", "Quotas", "Rate",
     "RelayDomain", "Resolver", "Route", "Scheme", "Section", "SmtpLimits", "SourceIp", "Spool",
     "SubmissionListener", "Suppression", "Tenant", "ThrottleRule", "Throttling", "TlsFiles", "TlsPolicy",
     "Unsubscribe", "WarmupCap",

@@ -43,6 +43,11 @@ class Http(Section):
         description="File holding the bearer token /stats requires ('Authorization: Bearer <token>'), mounted "
         "from a Secret only the operator reads; re-read per request. Null: /stats is open (local runs only).",
     )
+    handoff_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token replicas of one server present when they hand each other "
+        "queued mail (POST /handoff on the delivery port); re-read per request. Null: no hand-off, either way.",
+    )
     max_connections: int = Field(
         128, ge=1, le=100_000, description="Concurrent connections per HTTP listener; more are closed at once.")
     request_timeout: Duration = Field(

@@ -114,6 +114,15 @@ class SourceIp(Section):
         False, description="Paused by the operator: sends nothing, like 'quarantined'. Applied on reload.")
 
 
+class Peer(Section):
+    """Another replica of this server that has a sendable address of the pool (its delivery process)."""
+
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$",
+                      description="Host name or address of the peer's delivery process (its pod DNS name).")
+    port: int = Field(8081, ge=1, le=65535, description="The peer's delivery HTTP port (http.delivery_port).")
+    warm: bool = Field(False, description="The peer's address of this pool has no warm-up caps.")
+
+
 class Pool(Section):
     """The source IPs of one IpPool assigned to this replica."""
 
@@ -123,4 +132,12 @@ class Pool(Section):
         "wait",
         description="Traffic beyond the warm-up caps of the pool's warming addresses (those with caps in "
         "throttling.warmup): 'wait' for the next hour/day, or 'warm-addresses' to send it from the pool's "
-        "addresses without caps. Never bounced.")
+        "addresses without caps. Never bounced. When this replica has no such address, the excess is "
+        "handed to a 'warm' peer.")
+    move_when_blocked: bool = Field(
+        False, description="When none of this replica's addresses of the pool may send (quarantined or paused), "
+        "hand its queued mail for the pool to a peer; false: it waits here.")
+    peers: list[Peer] = Field(
+        default_factory=list, max_length=256,
+        description="Other replicas with a sendable address of this pool, which take mail handed off "
+        "(http.handoff_token_file authenticates it). Empty: nothing is handed off.")

@@ -36,6 +36,7 @@ from .ippool import (
     IpPoolStatus,
     Overflow,
     QuarantinePolicy,
+    QueuedMail,
 )
 from .kind import AGE_COLUMN, Kind, PrinterColumn, ready_columns
 from .smtpserver import (
@@ -148,6 +149,7 @@ __all__ = [
     "ProviderCap",
     "ProviderShaping",
     "QuarantinePolicy",
+    "QueuedMail",
     "Quotas",
     "RateSpec",
     "Recipients",

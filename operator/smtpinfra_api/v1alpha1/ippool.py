@@ -73,6 +73,13 @@ class DnsblSpec(ApiModel):
     """Per-zone query keys and error codes."""
 
 
+class QueuedMail(StrEnum):
+    """What happens to mail queued for an address that may not send (quarantined or paused)."""
+
+    MOVE = "Move"
+    WAIT = "Wait"
+
+
 class QuarantinePolicy(ApiModel):
     """What happens to an address that is listed."""
 
@@ -84,6 +91,10 @@ class QuarantinePolicy(ApiModel):
     """How long an address stays quarantined after its last listing disappears."""
     zones: Annotated[list[Fqdn], Field(max_length=50, json_schema_extra=SET_LIST)] = []
     """Zones whose listings quarantine an address; every zone of spec.dnsbl when empty."""
+    queued_mail: QueuedMail = QueuedMail.MOVE
+    """Mail queued on the replica of a quarantined (or paused) address: Move it to the replicas whose
+    address of this pool may send (the MTA pods hand it over), or Wait there until the release. Never
+    bounced."""
 
 
 class Overflow(StrEnum):

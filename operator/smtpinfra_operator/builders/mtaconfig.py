@@ -31,6 +31,8 @@ ERASURE_SALT_FILE = UNSUBSCRIBE_DIR / "erasure-salt"
 """From the same Secret: the secret every replica derives a tenant's erasure-hash salt from."""
 SPOOL_DIR = PurePosixPath("/var/spool/smtp-infra")
 STATS_TOKEN_FILE = PurePosixPath("/etc/smtp-infra/stats/token")
+HANDOFF_TOKEN_FILE = STATS_TOKEN_FILE.parent / "handoff"
+"""The token replicas of one server present when they hand each other mail (same operator-managed Secret)."""
 """The bearer token /stats requires, mounted from the operator-managed `<server>-stats-token` Secret."""
 HTTP_PORT = 8080
 DELIVERY_HTTP_PORT = 8081
@@ -82,6 +84,8 @@ class SourceAddress:
     """Named in the pool's spec.paused: sends nothing."""
     overflow: str = "wait"
     """The pool's overflow policy as the MTA spells it ('wait' or 'warm-addresses')."""
+    move_when_blocked: bool = True
+    """The pool's quarantine.queuedMail is Move: a replica whose address may not send hands its mail over."""
 
 
 @dataclass(frozen=True)
@@ -217,16 +221,41 @@ def _suspension_fields(t: ServedTenant) -> dict[str, Any]:
     return out
 
 
+def headless_service_name(server: str) -> str:
+    """The StatefulSet's governing Service, which gives each pod its DNS name."""
+    return f"{server}-pods"
+
+
+def peer_host(server: str, namespace: str, ordinal: int) -> str:
+    """The DNS name of one replica's pod (StatefulSet pod name under the headless Service)."""
+    return f"{server}-{ordinal}.{headless_service_name(server)}.{namespace}.svc"
+
+
+def peers(inputs: ServerInputs, ordinal: int) -> dict[str, list[dict[str, Any]]]:
+    """Per pool, the other replicas whose address of it may send: where this replica hands over mail its own
+    address may not send (quarantined, paused, or over a warming cap when the pool overflows)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for other, addresses in sorted(inputs.replica_addresses.items()):
+        if other == ordinal:
+            continue
+        for a in addresses:
+            if not a.quarantined and not a.paused:
+                out.setdefault(a.pool, []).append({"host": peer_host(inputs.name, inputs.namespace, other),
+                                                   "port": DELIVERY_HTTP_PORT, "warm": a.daily_cap is None})
+    return out
+
+
 def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
     """The MTA config of one replica (validated by the MTA's own model)."""
     spec = inputs.spec
     addresses = inputs.replica_addresses[ordinal]
     pools: dict[str, list[dict[str, Any]]] = {}
-    overflow: dict[str, str] = {}
+    policy: dict[str, dict[str, Any]] = {}
     for a in addresses:
         pools.setdefault(a.pool, []).append({"address": a.address, "ehlo_name": a.ehlo_name,
                                              "quarantined": a.quarantined, "paused": a.paused})
-        overflow[a.pool] = a.overflow
+        policy[a.pool] = {"overflow": a.overflow, "move_when_blocked": a.move_when_blocked}
+    peers_of = peers(inputs, ordinal)
     listeners = spec.listeners
     data: dict[str, Any] = {
         "version": 1,
@@ -253,7 +282,8 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
             }
             for t in inputs.tenants
         ],
-        "pools": [{"name": name, "source_ips": ips, "overflow": overflow[name]} for name, ips in pools.items()],
+        "pools": [{"name": name, "source_ips": ips, **policy[name], "peers": peers_of.get(name, [])}
+                  for name, ips in pools.items()],
         "dkim": [
             {"domain": k.domain, "selector": k.selector, "algorithm": k.algorithm.value,
              "key_file": str(dkim_key_path(k))}
@@ -272,7 +302,8 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
         },
         "spool": {"directory": str(SPOOL_DIR)},
         "suppression": {"url": f"sqlite://{SPOOL_DIR}/suppression.db"},
-        "http": {"port": HTTP_PORT, "delivery_port": DELIVERY_HTTP_PORT, "stats_token_file": str(STATS_TOKEN_FILE)},
+        "http": {"port": HTTP_PORT, "delivery_port": DELIVERY_HTTP_PORT, "stats_token_file": str(STATS_TOKEN_FILE),
+                 "handoff_token_file": str(HANDOFF_TOKEN_FILE)},
         "bounces": {"return_path_domain": spec.return_path_domain,
                     # the signing key first; "previous" exists only after a rotation
                     "verp_key_files": [str(VERP_DIR / "current"), str(VERP_DIR / "previous")]},

@@ -27,6 +27,7 @@ from .mtaconfig import (
     SPOOL_DIR,
     STATS_TOKEN_FILE,
     TLS_DIR,
+    headless_service_name,
     serves_mta_sts_https,
 )
 
@@ -55,10 +56,6 @@ class Owner:
 
 def statefulset_name(server: str) -> str:
     return server
-
-
-def headless_service_name(server: str) -> str:
-    return f"{server}-pods"
 
 
 def submission_service_name(server: str) -> str:
@@ -129,10 +126,12 @@ def stats_token_secret_name(server: str) -> str:
     return f"{server}-stats-token"
 
 
-def stats_token_secret(owner: Owner, token: str) -> dict[str, Any]:
-    """The bearer token the MTA requires on /stats (tenant names and usage); only the operator reads it."""
+def stats_token_secret(owner: Owner, token: str, handoff: str) -> dict[str, Any]:
+    """The server's bearer tokens: ``token`` for /stats (tenant names and usage; only the operator reads it)
+    and ``handoff`` for the replicas handing each other mail (only the MTA pods use it)."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": _meta(stats_token_secret_name(owner.name), owner), "stringData": {"token": token}}
+            "metadata": _meta(stats_token_secret_name(owner.name), owner),
+            "stringData": {"token": token, "handoff": handoff}}
 
 
 def credentials_secret(owner: Owner, lines: dict[str, str]) -> dict[str, Any]:

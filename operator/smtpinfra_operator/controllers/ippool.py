@@ -25,6 +25,7 @@ from smtpinfra_api.v1alpha1 import (
     IpPool,
     IpPoolSpec,
     Overflow,
+    QueuedMail,
     SmtpServerSpec,
     WarmupPlanSpec,
 )
@@ -147,7 +148,8 @@ def source_address(state: PoolState, pool: str, address: str) -> SourceAddress:
         provider_caps=caps.providers if caps is not None else (),
         quarantined=bool(entry.get("quarantined")) or entry.get("state") == AddressState.QUARANTINED,
         paused=address in state.spec.paused,
-        overflow="warm-addresses" if state.spec.overflow == Overflow.WARM_ADDRESSES else "wait")
+        overflow="warm-addresses" if state.spec.overflow == Overflow.WARM_ADDRESSES else "wait",
+        move_when_blocked=state.spec.quarantine.queued_mail == QueuedMail.MOVE)
 
 
 def _plan_problem(name: str, plan_body: dict[str, Any] | None) -> tuple[WarmupPlanSpec | None, Outcome | None]:

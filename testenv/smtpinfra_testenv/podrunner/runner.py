@@ -18,7 +18,7 @@ from .claims import ClaimBinder, claim_names
 from .config import RunnerConfig
 from .images import is_local_pod
 from .ipalloc import IpAllocator
-from .servicedns import hosts_lines, service_endpoints
+from .servicedns import hosts_lines, pod_names, service_endpoints
 from .worker import PodWorker
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,8 @@ class PodRunner:
 
     def service_hosts(self, namespace: str) -> list[str]:
         """/etc/hosts lines for the Services of the cluster (the stand-in for cluster DNS + kube-proxy)."""
-        return hosts_lines(service_endpoints(self.services.items(), self.pods.items()), namespace)
+        services, pods = self.services.items(), self.pods.items()
+        return hosts_lines(service_endpoints(services, pods), namespace, pod_names(services, pods))
 
     def _on_node(self, kind: str, node: Obj) -> None:
         for addr in node.get("status", {}).get("addresses") or []:

@@ -50,7 +50,22 @@ def service_endpoints(services: Iterable[Mapping[str, Any]], pods: Iterable[Mapp
     return found
 
 
-def hosts_lines(endpoints: Mapping[tuple[str, str], str], own_namespace: str) -> list[str]:
+def pod_names(services: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """``<hostname>.<subdomain>.<ns>.svc`` → IP of each ready pod that names a Service of its namespace as its
+    subdomain (a StatefulSet's pods under its headless Service), as cluster DNS answers them."""
+    known = {(str(s["metadata"]["namespace"]), str(s["metadata"]["name"])) for s in services}
+    out: dict[str, str] = {}
+    for pod in pods:
+        spec = pod.get("spec") or {}
+        ns = str(pod["metadata"]["namespace"])
+        hostname, subdomain = spec.get("hostname"), spec.get("subdomain")
+        if _ready(pod) and hostname and subdomain and (ns, subdomain) in known:
+            out[f"{hostname}.{subdomain}.{ns}.svc"] = str(pod["status"]["podIP"])
+    return out
+
+
+def hosts_lines(endpoints: Mapping[tuple[str, str], str], own_namespace: str,
+                pods: Mapping[str, str] | None = None) -> list[str]:
     """/etc/hosts lines naming each Service (short name only in the pod's own namespace), sorted."""
     lines = []
     for (ns, name), ip in sorted(endpoints.items()):
@@ -58,4 +73,6 @@ def hosts_lines(endpoints: Mapping[tuple[str, str], str], own_namespace: str) ->
         if ns == own_namespace:
             names.append(name)
         lines.append(f"{ip}\t{' '.join(names)}")
+    for name, ip in sorted((pods or {}).items()):
+        lines.append(f"{ip}\t{name}.{CLUSTER_DOMAIN} {name}")
     return lines

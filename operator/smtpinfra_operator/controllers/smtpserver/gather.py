@@ -8,6 +8,7 @@ cert-manager Certificate), made before the config that needs them is rendered.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
 
@@ -130,10 +131,20 @@ class ServerGatherer:
 
 
     async def _ensure_stats_token(self, owner: workload.Owner) -> None:
-        """Create the /stats bearer token Secret once (never rewritten; delete it to rotate)."""
+        """Create the server's token Secret once (never rewritten; delete it to rotate both tokens).
+
+        A Secret made before the replicas handed each other mail has no ``handoff`` key: it gets one, once.
+        """
         name = workload.stats_token_secret_name(owner.name)
-        if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None:
-            await self.kube.create(workload.stats_token_secret(owner, secrets.token_urlsafe(32)))
+        found = await self.kube.get_known("v1", "Secret", name, owner.namespace)
+        if found is None:
+            await self.kube.create(workload.stats_token_secret(owner, secrets.token_urlsafe(32),
+                                                               secrets.token_urlsafe(32)))
+        elif "handoff" not in (found.get("data") or {}):
+            token = base64.b64encode(secrets.token_urlsafe(32).encode()).decode()
+            await self.kube.apply({"apiVersion": "v1", "kind": "Secret",
+                                   "metadata": {"name": name, "namespace": owner.namespace},
+                                   "data": {"handoff": token}})
 
 
     async def _ensure_verp(self, owner: workload.Owner) -> None:
