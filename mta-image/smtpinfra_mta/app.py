@@ -24,11 +24,11 @@ from smtpinfra_mta.counters import Counters
 from smtpinfra_mta.dkim_sign import DkimSigner
 from smtpinfra_mta.dnsmx import MxResolver
 from smtpinfra_mta.erasure import erase, load_secret, make_hasher
-from smtpinfra_mta.handoff import HandoffClient, HandoffReceiver
+from smtpinfra_mta.handoff import HandoffClient, handoff_endpoint
 from smtpinfra_mta.headers import HeaderLimits
 from smtpinfra_mta.inbound import InboundReports
 from smtpinfra_mta.limits import ConnectionBudget, MemoryBudget
-from smtpinfra_mta.metrics import Handoff, HttpLimits, HttpServer, Metrics, Response
+from smtpinfra_mta.metrics import HttpLimits, HttpServer, Metrics, Response, read_token
 from smtpinfra_mta.outcomes import OutcomeStore
 from smtpinfra_mta.protocol import ListenerKind
 from smtpinfra_mta.quota_pg import PostgresQuotas, QuotaStoreError
@@ -162,7 +162,9 @@ class MtaApp:
                                     limits=HttpLimits(max_connections=self.cfg.http.max_connections,
                                                       request_timeout=self.cfg.http.request_timeout),
                                     unsubscribe=self._unsubscribe, erase=self._erase,
-                                    handoff=self._handoff_endpoint())
+                                    # peers hand mail to the delivering process, which queues it
+                                    handoff=None if self.role == "accept" else handoff_endpoint(
+                                        self.spool, lambda: self.cfg, self.metrics, self._handoff_token))
             port = self.cfg.http.delivery_port if self.role == "deliver" else self.cfg.http.port
             self.http_port = await self._http.start(self.cfg.http.bind, port)
             if self.role != "deliver" and self.cfg.http.mta_sts_port is not None and self.tls is not None:
@@ -422,22 +424,11 @@ class MtaApp:
             self.metrics.queue_depth.set(len(self.spool.queued_ids()))
             self.metrics.oldest_age.set(self.scheduler.oldest_age())
 
-    def _handoff_endpoint(self) -> Handoff | None:
-        """Where peers hand over mail: the delivering process only (it queues what it takes over)."""
-        if self.role == "accept":
-            return None
-        receiver = HandoffReceiver(self.spool, lambda: self.cfg, self.metrics)
-        return Handoff(token=self._handoff_token, body_limit=receiver.body_limit, action=receiver)
-
     def _handoff_token(self) -> str | None:
-        """The token peers of this server share (None: no hand-off); raises OSError when unreadable."""
-        path = self.cfg.http.handoff_token_file
-        return None if path is None else path.read_text(encoding="utf-8").strip()
+        return read_token(self.cfg.http.handoff_token_file)
 
     def _stats_token(self) -> str | None:
-        """The token /stats requires (None: none configured); raises OSError when the file is unreadable."""
-        path = self.cfg.http.stats_token_file
-        return None if path is None else path.read_text(encoding="utf-8").strip()
+        return read_token(self.cfg.http.stats_token_file)
 
     def stats(self) -> dict[str, Any]:
         queued = self.spool.queued_ids()

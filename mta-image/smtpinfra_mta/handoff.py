@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from smtpinfra_mta.config import MtaConfig, Peer, Pool
-from smtpinfra_mta.metrics import HANDOFF_PATH, Metrics, Response
+from smtpinfra_mta.metrics import HANDOFF_PATH, Handoff, Metrics, Response
 from smtpinfra_mta.spool import Spool, SpooledMessage, new_message_id
 
 ENVELOPE_LIMIT = 64 * 1024
@@ -173,3 +173,10 @@ class HandoffReceiver:
         if not duplicate:
             self._metrics.handed_over.labels(pool=msg.pool, direction="received").inc(len(msg.rcpts))
         return "200 OK", "text/plain", f"queued {queue_id}\n".encode()
+
+
+def handoff_endpoint(spool: Spool, config: Callable[[], MtaConfig], metrics: Metrics,
+                     token: Callable[[], str | None]) -> Handoff:
+    """The HTTP server's ``/handoff``: who may use it, how large a request may be, and the receiver."""
+    receiver = HandoffReceiver(spool, config, metrics)
+    return Handoff(token=token, body_limit=receiver.body_limit, action=receiver)

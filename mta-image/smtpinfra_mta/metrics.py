@@ -15,6 +15,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -35,6 +36,12 @@ Action = Callable[[str, str, str, bytes], Awaitable[Response]]
 """(method, path, content type, body) -> response: the endpoints that act (unsubscribe, erase)."""
 MTA_STS_PATH = "/.well-known/mta-sts.txt"
 """Where senders fetch the MTA-STS policy (RFC 8461 section 3.3), on https://mta-sts.<domain>/."""
+
+
+def read_token(path: Path | None) -> str | None:
+    """A bearer token from its mounted file, read per request so a rotated Secret applies at once (None: none
+    configured); raises OSError when the file is unreadable (the endpoint then refuses everyone)."""
+    return None if path is None else path.read_text(encoding="utf-8").strip()
 
 
 class Metrics:

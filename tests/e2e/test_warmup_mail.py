@@ -38,21 +38,26 @@ T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 CAPS = {1: 4, 2: 8, 3: 12}
 
 
-@pytest.fixture(scope="module")
-def clock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClock]:
-    """The module's time, for the operator and (through the pod runner) the MTA pods started meanwhile."""
-    test_clock = TestClock(tmp_path_factory.mktemp("warmup-clock") / "now")
-    test_clock.set(T0)
+def module_clock(tmp_path_factory: pytest.TempPathFactory, start: datetime) -> Iterator[TestClock]:
+    """A module's time from ``start``, for the operator and (through the pod runner) the MTA pods started
+    meanwhile: the runner passes SMTP_INFRA_FAKE_TIME_FILE on as it is in the test's environment."""
+    test_clock = TestClock(tmp_path_factory.mktemp("clock") / "now")
+    test_clock.set(start)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SMTP_INFRA_FAKE_TIME_FILE", str(test_clock.path))
         yield test_clock
 
 
 @pytest.fixture(scope="module")
+def clock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClock]:
+    yield from module_clock(tmp_path_factory, T0)
+
+
+@pytest.fixture(scope="module")
 def operator(crds: Any, clock: TestClock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """This module's operator (the platform fixture's): the chart's RBAC, on the test clock."""
+    """The module's operator (the platform fixture's): the chart's RBAC, on the module's test clock."""
     env = {"SMTP_INFRA_FAKE_TIME_FILE": str(clock.path), "SMTP_INFRA_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE}
-    with running_operator(crds, tmp_path_factory.mktemp("warmup-operator"), env) as proc:
+    with running_operator(crds, tmp_path_factory.mktemp("operator"), env) as proc:
         yield proc
 
 

@@ -37,7 +37,8 @@ from tests.e2e.test_dnsbl import TestClock, address
 from tests.e2e.test_smtpserver import pods, server_manifest, tenant_password
 from tests.e2e.test_tenant_suspension import complain
 from tests.e2e.test_verp import _bounce
-from tests.kube import OPERATOR_NAMESPACE, OperatorProcess, apply, get, running_operator, wait_for
+from tests.e2e.test_warmup_mail import module_clock, operator  # noqa: F401  (the module operator on its clock)
+from tests.kube import apply, get, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.operator, pytest.mark.dns]
 
@@ -90,20 +91,7 @@ def knot() -> Iterator[KnotServer]:
 
 @pytest.fixture(scope="module")
 def clock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClock]:
-    """The module's time, for the operator and (through the pod runner) the MTA pods started meanwhile."""
-    test_clock = TestClock(tmp_path_factory.mktemp("month-clock") / "now")
-    test_clock.set(T0)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SMTP_INFRA_FAKE_TIME_FILE", str(test_clock.path))
-        yield test_clock
-
-
-@pytest.fixture(scope="module")
-def operator(crds: Any, clock: TestClock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """This module's operator (the platform fixture's): the chart's RBAC, on the test clock."""
-    env = {"SMTP_INFRA_FAKE_TIME_FILE": str(clock.path), "SMTP_INFRA_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE}
-    with running_operator(crds, tmp_path_factory.mktemp("month-operator"), env) as proc:
-        yield proc
+    yield from module_clock(tmp_path_factory, T0)
 
 
 def provider_of(rcpt: str) -> str:
