@@ -8,6 +8,9 @@ SMTP_TLS_VERIFY=false (skip verification, for listeners with a self-signed certi
 SMTP_TLS_SERVER_NAME (the name the certificate is verified for, when SMTP_HOST is not it),
 SMTP_INFRA_RECIPIENTS_DIR (where the recipients volume is mounted).
 Exit codes: 0 done (or the Campaign deleted), 2 bad input that stops the campaign, 1 anything else.
+
+`smtp-infra campaign erase-ledger`: the command of the operator's ledger-erasure Job (GDPR erasure
+of addresses from a campaign's SQLite ledger, which only a pod mounting its claim can reach).
 """
 
 from __future__ import annotations
@@ -84,3 +87,26 @@ def send(
     finally:
         store.close()
     raise typer.Exit(code)
+
+
+@app.command("erase-ledger")
+def erase_ledger(
+    campaign: Annotated[str, typer.Option(help="The Campaign's uid (the ledger's key).")],
+    addresses_file: Annotated[Path, typer.Option(help="The addresses to erase, one per line.")],
+    ledger: Annotated[str, typer.Option(help="sqlite:////path.db or postgresql://….")] = DEFAULT_LEDGER,
+) -> None:
+    """Remove every listed address from one campaign's ledger (rows deleted, their bytes overwritten)."""
+    from .ledger import open_ledger
+
+    try:
+        text = addresses_file.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        typer.echo(f"cannot read {addresses_file}: {error}", err=True)
+        raise typer.Exit(2) from error
+    addresses = list(dict.fromkeys(line.strip() for line in text.splitlines() if "@" in line))
+    store = open_ledger(ledger)
+    try:
+        rows = sum(store.erase(address, [campaign]) for address in addresses)
+    finally:
+        store.close()
+    typer.echo(f"erased {rows} ledger rows of {len(addresses)} addresses from campaign {campaign}")

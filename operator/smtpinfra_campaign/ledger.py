@@ -7,6 +7,12 @@ recipient with the same Message-ID and idempotency key and the MTA's idempotency
 without sending it twice. SQLite (WAL, on the sender's volume) needs no server; PostgreSQL is
 for platforms that run one. Both speak the same SQL through `SqlLedger`.
 
+The ledger keeps no address: a recipient's row is keyed by the SHA-256 of its normalised address
+(`h:<digest>`, the digest its idempotency key already carries), so a later campaign to a list that
+still holds an erased address records only that digest. Erasure deletes the rows by the digest. A
+ledger written before keys were hashed (rows but no `campaign_ledger_keys` mark) keeps plain keys,
+so an upgraded sender resumes its campaign without sending anyone twice.
+
 Commits survive the sender's process being killed, but are not forced to disk one by one
 (SQLite `synchronous=NORMAL` in WAL mode, PostgreSQL `synchronous_commit=off`): an fsync per state
 change capped the sender at a few dozen messages a second on a busy disk. What a power cut can lose
@@ -17,6 +23,7 @@ log answers with 250 and no second copy.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sqlite3
 import threading
@@ -28,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
-from smtpinfra_mta.campaign_contract import normalise_address
+from smtpinfra_mta.campaign_contract import address_digest, normalise_address
 
 
 class State(StrEnum):
@@ -48,7 +55,9 @@ _SCHEMA = [
     " message_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
     " reply TEXT, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,"
     " PRIMARY KEY (campaign, recipient))",
+    "CREATE TABLE IF NOT EXISTS campaign_ledger_keys (mode TEXT NOT NULL)",
 ]
+HASHED, PLAIN = "hashed", "plain"
 
 
 @dataclass(frozen=True)
@@ -106,10 +115,28 @@ class SqlLedger:
         """One connection, used from the event loop and from worker threads, one method at a time."""
         for statement in _SCHEMA:
             self.conn.execute(statement)
+        self.hashed = self._key_mode() == HASHED
         self.conn.commit()
+
+    def _key_mode(self) -> str:
+        cur = self.conn.cursor()
+        cur.execute("SELECT mode FROM campaign_ledger_keys")
+        row = cur.fetchone()
+        if row is not None:
+            return str(row[0])
+        cur.execute("SELECT 1 FROM campaign_ledger LIMIT 1")
+        mode = PLAIN if cur.fetchone() is not None else HASHED
+        cur.execute(self._q("INSERT INTO campaign_ledger_keys (mode) VALUES (?)"), (mode,))
+        return mode
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.ph)
+
+    def _key(self, recipient: str) -> str:
+        """The row key of a recipient: `h:<digest>` (invalid rows keep their `#<line>`)."""
+        if not self.hashed or recipient.startswith("#"):
+            return recipient
+        return "h:" + address_digest(recipient)
 
     @_locked
     def claim(self, campaign: str, claims: Sequence[Claim], state: State = State.PENDING) -> list[Entry]:
@@ -123,10 +150,10 @@ class SqlLedger:
             "INSERT INTO campaign_ledger (campaign, recipient, row_number, state, message_id, idempotency_key,"
             " attempts, reply, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
             " ON CONFLICT (campaign, recipient) DO NOTHING")
-        cur.executemany(insert, [(campaign, c.recipient, c.row, str(state), c.message_id, c.idempotency_key,
-                                  c.reply, now, now) for c in claims])
+        cur.executemany(insert, [(campaign, self._key(c.recipient), c.row, str(state), c.message_id,
+                                  c.idempotency_key, c.reply, now, now) for c in claims])
         found: dict[str, Entry] = {}
-        names = [c.recipient for c in claims]
+        names = [self._key(c.recipient) for c in claims]
         for i in range(0, len(names), 500):
             chunk = names[i:i + 500]
             marks = ", ".join([self.ph] * len(chunk))
@@ -136,7 +163,7 @@ class SqlLedger:
             for r in cur.fetchall():
                 found[r[0]] = Entry(r[0], int(r[1]), State(r[2]), r[3], r[4], int(r[5]), r[6])
         self.conn.commit()
-        return [found[n] for n in names]
+        return [dataclasses.replace(found[n], recipient=c.recipient) for n, c in zip(names, claims, strict=True)]
 
     @_locked
     def mark(self, campaign: str, recipient: str, state: State, reply: str | None = None) -> None:
@@ -144,7 +171,7 @@ class SqlLedger:
         bump = 1 if state is State.SUBMITTING else 0
         self.conn.execute(self._q("UPDATE campaign_ledger SET state = ?, reply = COALESCE(?, reply),"
                                   " attempts = attempts + ?, updated_at = ? WHERE campaign = ? AND recipient = ?"),
-                          (str(state), reply, bump, time.time(), campaign, recipient))
+                          (str(state), reply, bump, time.time(), campaign, self._key(recipient)))
         self.conn.commit()
 
     @_locked
@@ -162,10 +189,11 @@ class SqlLedger:
     def entry(self, campaign: str, recipient: str) -> Entry | None:
         cur = self.conn.cursor()
         cur.execute(self._q("SELECT recipient, row_number, state, message_id, idempotency_key, attempts, reply"
-                            " FROM campaign_ledger WHERE campaign = ? AND recipient = ?"), (campaign, recipient))
+                            " FROM campaign_ledger WHERE campaign = ? AND recipient = ?"),
+                    (campaign, self._key(recipient)))
         r = cur.fetchone()
         self.conn.commit()
-        return None if r is None else Entry(r[0], int(r[1]), State(r[2]), r[3], r[4], int(r[5]), r[6])
+        return None if r is None else Entry(recipient, int(r[1]), State(r[2]), r[3], r[4], int(r[5]), r[6])
 
     @_locked
     def invalid_rows(self, campaign: str, limit: int) -> list[tuple[int, str]]:
@@ -186,9 +214,12 @@ class SqlLedger:
         cur = self.conn.cursor()
         marks = ", ".join("?" * len(campaigns))
         cur.execute(self._q(f"DELETE FROM campaign_ledger WHERE recipient = ? AND campaign IN ({marks})"),
-                    (normalise_address(address), *campaigns))
+                    (self._key(normalise_address(address)), *campaigns))
         n = int(cur.rowcount or 0)
         self.conn.commit()
+        if isinstance(self.conn, sqlite3.Connection):
+            # The deleted rows' bytes must not stay in the WAL file (secure_delete zeroes them in the pages).
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return n
 
     def close(self) -> None:
@@ -201,6 +232,7 @@ def open_sqlite(path: Path) -> SqlLedger:
     conn = sqlite3.connect(str(path), timeout=30, isolation_level="DEFERRED", check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA secure_delete=ON")  # an erased recipient's bytes are overwritten, not left in free pages
     return SqlLedger(conn, "?")
 
 

@@ -60,3 +60,57 @@ def test_postgres_ledger(postgres_url: str):
 def test_bad_ledger_url_is_refused():
     with pytest.raises(ValueError, match="unsupported ledger URL"):
         open_ledger("mysql://x")
+
+
+def test_erase_ledger_command_leaves_no_byte_of_the_address_in_the_sqlite_files(tmp_path: Path):
+    """`smtp-infra campaign erase-ledger` (the ledger-erasure Job's command): the rows go, and the address's
+    bytes are in neither the database file nor its WAL afterwards, while the sender keeps its connection."""
+    from typer.testing import CliRunner
+
+    from smtpinfra_campaign.cli import app
+
+    url = f"sqlite:///{tmp_path}/campaign/ledger.db"
+    campaign = str(uuid.uuid4())
+    sender = open_ledger(url)  # a running sender's connection stays open meanwhile
+    sender.claim(campaign, [_claim(f"r{i:04d}@x.test", i) for i in range(200)] + [_claim("erase.me@x.test", 999)])
+    sender.mark(campaign, "erase.me@x.test", State.SUBMITTED, "250 2.0.0 queued as erase.me@x.test")
+    files = [tmp_path / "campaign" / "ledger.db", tmp_path / "campaign" / "ledger.db-wal"]
+    assert any(b"erase.me@x.test" in f.read_bytes() for f in files if f.exists())
+    (tmp_path / "addresses").write_text("erase.me@X.TEST\nnobody@x.test\n")  # the domain compared normalised
+    result = CliRunner().invoke(app, ["erase-ledger", "--campaign", campaign, "--ledger", url,
+                                      "--addresses-file", str(tmp_path / "addresses")])
+    assert result.exit_code == 0, result.output
+    assert f"erased 1 ledger rows of 2 addresses from campaign {campaign}" in result.output
+    assert sender.entry(campaign, "erase.me@x.test") is None and sender.entry(campaign, "r0001@x.test") is not None
+    assert [f.name for f in files if f.exists() and b"erase.me@x.test" in f.read_bytes().lower()] == []
+    sender.close()
+    missing = CliRunner().invoke(app, ["erase-ledger", "--campaign", campaign, "--ledger", url,
+                                       "--addresses-file", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "cannot read" in missing.output
+
+
+def test_sqlite_ledger_keys_rows_by_digest_and_an_older_ledger_keeps_its_plain_keys(tmp_path: Path):
+    import sqlite3
+
+    fresh = open_ledger(f"sqlite:///{tmp_path}/new.db")
+    campaign = str(uuid.uuid4())
+    entries = fresh.claim(campaign, [Claim("ann@x.test", 2, "<m1@x>", f"{campaign}/d1")])
+    assert entries[0].recipient == "ann@x.test" and fresh.entry(campaign, "ann@x.test") is not None
+    fresh.close()
+    assert [f.name for f in tmp_path.glob("new.db*") if b"ann@x.test" in f.read_bytes()] == []
+
+    # a ledger from before hashed keys: rows and no mark; resumed, it finds its rows (nobody sent twice)
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("CREATE TABLE campaign_ledger (campaign TEXT NOT NULL, recipient TEXT NOT NULL, row_number BIGINT"
+                " NOT NULL, state TEXT NOT NULL, message_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, attempts"
+                " INTEGER NOT NULL DEFAULT 0, reply TEXT, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE"
+                " PRECISION NOT NULL, PRIMARY KEY (campaign, recipient))")
+    old.execute("INSERT INTO campaign_ledger VALUES (?, 'bob@x.test', 2, 'submitted', '<m>', 'k', 1, '250', 0, 0)",
+                (campaign,))
+    old.commit()
+    old.close()
+    resumed = open_ledger(f"sqlite:///{tmp_path}/old.db")
+    again = resumed.claim(campaign, [Claim("bob@x.test", 2, "<m>", "k"), Claim("cy@x.test", 3, "<n>", "l")])
+    assert [(e.recipient, e.state) for e in again] == [("bob@x.test", State.SUBMITTED), ("cy@x.test", State.PENDING)]
+    assert resumed.erase("bob@x.test", [campaign]) == 1
+    resumed.close()

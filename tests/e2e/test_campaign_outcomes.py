@@ -9,6 +9,7 @@ is one kwok simulates.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 
 from smtpinfra_mta.campaign_contract import feedback_id
 from smtpinfra_operator.campaigns import job as build
+from smtpinfra_operator.campaigns.erasure import STATUS_ANNOTATION
 from smtpinfra_operator.campaigns.progress import PROGRESS_ANNOTATION
 from tests.e2e.common import NS, RCPT_DOMAIN, SENDER_DOMAIN, SINK_ADDR
 from tests.e2e.test_smtpserver import pods, server_manifest, tenant_password
@@ -93,12 +95,20 @@ def test_counters_follow_the_mta_and_completion_waits_for_delivery(platform, kno
         assert (counters["delivered"], counters["sent"], counters["deferred"], counters["total"]) == (2, 2, 0, 2)
         assert done["status"]["progress"] == "100%" and condition(done, "Ready")["status"] == "True"
 
-        # GDPR erasure through the pod's own endpoint (its /stats token), confirmed by the one running pod.
+        # GDPR erasure through the pod's own endpoint (its /stats token), confirmed by the one running pod; the
+        # campaign's SQLite ledger is left to the operator's erasure Job, whose image kwok simulates here (it
+        # never finishes): the request stays pending, naming that ledger.
         erased = subprocess.run([sys.executable, "-m", "smtpinfra_cli", "tenant", "erase", TENANT, recipients[0],
-                                 "--kubeconfig", str(cp.kubeconfig)], capture_output=True, text=True, timeout=120,
-                                check=False)
+                                 "--kubeconfig", str(cp.kubeconfig), "--wait", "0"], capture_output=True, text=True,
+                                timeout=120, check=False)
         assert erased.returncode == 0, erased.stdout + erased.stderr
         assert f"erased on {NS}/cmpmta-0" in erased.stdout
+        request = re.search(rf"erasure requested as secret {TENANT_NS}/(\S+)", erased.stdout)
+        assert request, erased.stdout
+        pending = wait_for(lambda: (s := find(cp, "secret", request.group(1), TENANT_NS)) and
+                           (s["metadata"].get("annotations") or {}).get(STATUS_ANNOTATION, ""), timeout=60,
+                           what="the operator's note on the erasure request")
+        assert pending.startswith("pending ") and "campaign ledger of campaign outcomes" in pending, pending
     finally:
         cp.kubectl("-n", TENANT_NS, "delete", "campaign", "outcomes", "--wait=false", check=False)
         cp.kubectl("-n", NS, "delete", "smtpserver", "cmpmta", "--wait=false", check=False)

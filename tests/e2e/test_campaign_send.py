@@ -16,8 +16,11 @@ import collections
 import datetime
 import email
 import email.policy
+import json
 import os
 import re
+import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from email.message import EmailMessage
@@ -31,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from smtpinfra_campaign.ledger import open_ledger
 from smtpinfra_operator.campaigns import job as build
 from tests.e2e.common import NS, RCPT_DOMAIN, SENDER_DOMAIN, SINK_ADDR
 from tests.e2e.test_smtpserver import dkim_dns, pods, server_manifest
@@ -199,3 +203,55 @@ def test_one_click_unsubscribe_makes_the_next_campaign_skip_the_address(platform
         for name in ("unsub-first", "unsub-second"):
             cp.kubectl("-n", TENANT_NS, "delete", "campaign", name, "--wait=false", check=False)
         cp.kubectl("-n", NS, "delete", "smtpserver", UNSUB_SERVER, "--wait=false", check=False)
+
+
+def test_erasure_reaches_the_sqlite_ledger_and_a_later_campaign_suppresses_the_address(
+        platform: Any, knot: Any, sink_factory: Any, pod_runner: Any, tmp_path: Path) -> None:
+    """`smtp-infra tenant erase`: the MTA pod at once, then the operator's ledger-erasure Job on the finished
+    campaign's claim; afterwards the address's bytes are nowhere in that SQLite ledger, the Job is gone, and the
+    next campaign to the same list counts it as suppressed and does not mail it."""
+    cp = platform
+    sink = sink_factory(addr=SINK_ADDR)
+    server, first, second = "cerase", "erase-first", "erase-second"
+    start_server(cp, knot, sink.port, tmp_path, server)
+    target = f"r00002@{RCPT_DOMAIN}"
+    try:
+        done = send_campaign(cp, first, 4, server)
+        assert done["status"]["phase"] == "Completed", done["status"]
+        ledger = Path(pod_runner.claim_dir(TENANT_NS, build.resource_name(first)))
+        uid = done["metadata"]["uid"]
+
+        def ledger_entry(address: str) -> Any:
+            store = open_ledger(f"sqlite:///{ledger / 'ledger.db'}")
+            try:
+                return store.entry(uid, address)
+            finally:
+                store.close()
+
+        assert ledger_entry(target) is not None
+        # the ledger keys its rows by digest: the address itself is not in its files even before erasure
+        assert [f.name for f in ledger.glob("ledger.db*") if target.encode() in f.read_bytes()] == []
+
+        erased = subprocess.run([sys.executable, "-m", "smtpinfra_cli", "tenant", "erase", TENANT, target,
+                                 "--kubeconfig", str(cp.kubeconfig), "--wait", "120"],
+                                capture_output=True, text=True, timeout=180, check=False)
+        assert erased.returncode == 0, erased.stdout + erased.stderr
+        assert f"erased on {NS}/{server}-0" in erased.stdout
+        assert "campaign ledgers: erased " in erased.stdout, erased.stdout
+        assert ledger_entry(target) is None
+        assert ledger_entry(f"r00001@{RCPT_DOMAIN}") is not None  # only that address went
+        wait_for(lambda: not cp.kubectl("-n", TENANT_NS, "get", "jobs", "-l",
+                                        f"app.kubernetes.io/component={build.ERASURE_COMPONENT}",
+                                        "-o", "name").stdout.split(), timeout=30, what="the erasure Jobs deleted")
+        assert target not in json.dumps(find(cp, "campaign", first, TENANT_NS))
+
+        later = send_campaign(cp, second, 4, server)
+        assert later["status"]["phase"] == "Completed", later["status"]
+        counters = later["status"]["counters"]
+        assert (counters["total"], counters["suppressed"], counters["delivered"]) == (4, 1, 3), counters
+        received = collections.Counter(r for m in sink.messages() for r in m.rcpts)
+        assert received[target] == 1 and received[f"r00000@{RCPT_DOMAIN}"] == 2
+    finally:
+        for name in (first, second):
+            cp.kubectl("-n", TENANT_NS, "delete", "campaign", name, "--wait=false", check=False)
+        cp.kubectl("-n", NS, "delete", "smtpserver", server, "--wait=false", check=False)

@@ -276,3 +276,36 @@ def test_erasure_request_secret_is_read_and_emptied_only_when_every_pod_confirme
     assert "data" not in partial  # the addresses stay until every pod erased them
     assert partial["metadata"]["annotations"]["smtpinfra.com/erasure-status"] == "pending T: not confirmed by m/a-1"
     assert "data" not in request_patch([ErasureReport()], "T")  # no pod at all confirmed nothing
+
+
+def test_ledger_erasure_job_reads_the_request_secret_and_mounts_the_campaign_ledger() -> None:
+    from smtpinfra_operator.campaigns.erasure import job_outcome, request_digest
+
+    campaign = {"metadata": {"name": "november", "namespace": "tenant-acme", "uid": "u-1"}}
+    secret = {"metadata": {"name": "gdpr-7", "namespace": "tenant-acme", "uid": "s-1"},
+              "data": {"addresses": "YW5uQHgudGVzdAo="}}
+    digest = request_digest(secret)
+    assert digest != request_digest({**secret, "metadata": {**secret["metadata"], "uid": "s-2"}})
+    assert digest != request_digest({**secret, "data": {"addresses": "Ym9iQHgudGVzdAo="}})
+    job = build.ledger_erasure_job(campaign, build.SenderSettings(image="smtp-infra/operator:t"), "gdpr-7",
+                                   "addresses", digest)
+    assert job["metadata"]["name"] == build.erasure_job_name("november", digest)
+    assert job["metadata"]["labels"][build.ERASURE_LABEL] == digest[:63]
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] != build.COMPONENT  # not seen as a sender
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    assert container["command"] == ["smtp-infra", "campaign", "erase-ledger", "--campaign", "u-1", "--ledger",
+                                    build.LEDGER_URL, "--addresses-file", "/etc/smtp-infra/erasure/addresses"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["ledger"]["persistentVolumeClaim"]["claimName"] == build.resource_name("november")
+    assert volumes["request"]["secret"] == {"secretName": "gdpr-7", "items": [{"key": "addresses",
+                                                                               "path": "addresses"}]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"ledger": str(build.LEDGER_DIR), "request": "/etc/smtp-infra/erasure"}
+
+    assert job_outcome({}) == "Running"
+    assert job_outcome({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) == "Complete"
+    assert job_outcome({"status": {"conditions": [{"type": "Failed", "status": "True"}]}}) == "Failed"
+    assert job_outcome({"status": {"conditions": [{"type": "Complete", "status": "False"}]}}) == "Running"

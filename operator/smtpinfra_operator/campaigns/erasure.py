@@ -10,27 +10,36 @@ with the addresses one per line under the key `addresses`. The resync erases the
 every pod confirmed, the operator empties the Secret (the addresses are personal data too) and notes
 `smtpinfra.com/erasure-status: erased <time>`; until then it notes which pods have not confirmed and
 tries again. A Secret, not the Tenant, so the addresses never sit in a cluster-scoped object's spec.
+`smtp-infra tenant erase` calls every pod at once and then files such a request (`file_request`)
+for the ledgers, waiting for the operator to report it done.
 
-With a PostgreSQL campaign ledger (`SMTP_INFRA_CAMPAIGN_LEDGER_DSN`) the address also leaves the
-ledger rows of the namespace's campaigns (`LedgerErase`), and the request counts as done only then.
-An SQLite ledger lives on its campaign's volume, where the operator cannot reach it: it goes with
-the Campaign (its claim is owned by it).
+The address also leaves the campaign ledgers of the namespace, and the request counts as done only
+then: with a PostgreSQL ledger (`SMTP_INFRA_CAMPAIGN_LEDGER_DSN`) the operator deletes the rows
+itself (`LedgerErase`); an SQLite ledger lives on its campaign's claim, which only a pod mounting it
+can reach, so the operator runs a short Job per campaign (`job.ledger_erasure_job`) that reads the
+addresses from the request Secret and erases them there, and counts the campaign done when the Job
+succeeded. The Jobs are deleted once the whole request is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from smtpinfra_api.meta import API_VERSION
+from smtpinfra_api.v1alpha1 import TenantSpec
 from smtpinfra_kube import KubeApi
 
 from ..builders import workload
 from ..builders.mtaconfig import HTTP_PORT
+from ..builders.tenant import namespace_name
+from . import job as build
 
 ERASE_PATH = "/erase"
 REQUEST_LABEL = "smtpinfra.com/erasure-request"
@@ -130,9 +139,108 @@ def request_patch(reports: list[ErasureReport], now: str) -> dict[str, Any]:
     return {"metadata": {"annotations": {STATUS_ANNOTATION: f"erased {now}"}}, "data": {ADDRESSES_KEY: None}}
 
 
+def request_digest(secret: Mapping[str, Any]) -> str:
+    """What names a request's ledger-erasure Jobs (pure): the Secret's uid and addresses, so a changed
+    or re-created request gets Jobs of its own."""
+    raw = (secret.get("data") or {}).get(ADDRESSES_KEY) or ""
+    return hashlib.sha256(f"{secret['metadata'].get('uid', '')}\0{raw}".encode()).hexdigest()
+
+
+def job_outcome(job: Mapping[str, Any]) -> str:
+    """`Complete`, `Failed` or `Running` from a Job's status conditions (pure)."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            return str(cond["type"])
+    return "Running"
+
+
+async def erase_sqlite_ledgers(kube: KubeApi, secret: Mapping[str, Any], campaigns: Sequence[Mapping[str, Any]],
+                               settings: build.SenderSettings) -> ErasureReport:
+    """Start (or read) one ledger-erasure Job per campaign that has an SQLite ledger claim."""
+    report = ErasureReport()
+    digest = request_digest(secret)
+    namespace = secret["metadata"]["namespace"]
+    for body in campaigns:
+        name = body["metadata"]["name"]
+        label = f"{LEDGER} of campaign {name}"
+        if await kube.get("v1", "PersistentVolumeClaim", build.resource_name(name), namespace) is None:
+            continue  # no SQLite ledger (not started yet, or a PostgreSQL one)
+        job_name = build.erasure_job_name(name, digest)
+        found = await kube.get("batch/v1", "Job", job_name, namespace)
+        if found is None:
+            await kube.create(build.ledger_erasure_job(body, settings, secret["metadata"]["name"], ADDRESSES_KEY,
+                                                       digest))
+            report.failed[label] = f"erasure Job {job_name} started"
+            continue
+        outcome = job_outcome(found)
+        if outcome == "Complete":
+            report.erased.append(label)
+        elif outcome == "Failed":  # deleted, so the next round starts it again
+            await _delete_job(kube, namespace, job_name)
+            report.failed[label] = f"erasure Job {job_name} failed: started again"
+        else:
+            report.failed[label] = f"erasure Job {job_name} running"
+    return report
+
+
+async def _erase_ledgers(kube: KubeApi, secret: Mapping[str, Any], addresses: Sequence[str],
+                         reports: list[ErasureReport], erase_ledger: LedgerErase | None,
+                         settings: build.SenderSettings | None) -> None:
+    campaigns = await kube.list_objects(API_VERSION, "Campaign", namespace=secret["metadata"]["namespace"])
+    if erase_ledger is not None:
+        uids = [c["metadata"]["uid"] for c in campaigns]
+        for address, report in zip(addresses, reports, strict=True):
+            try:
+                await erase_ledger(address, uids)
+            except Exception as error:  # the database down: the request stays pending, tried again
+                report.failed[LEDGER] = f"{type(error).__name__}: {error}"[:200]
+    elif settings is not None:
+        reports.append(await erase_sqlite_ledgers(kube, secret, campaigns, settings))
+
+
+async def _delete_job(kube: KubeApi, namespace: str, name: str) -> None:
+    """A Job and its pods (a Job's default deletion would orphan them)."""
+    path = f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}"
+    await asyncio.to_thread(kube.request, "DELETE", path, body={"propagationPolicy": "Background"})
+
+
+async def _delete_erasure_jobs(kube: KubeApi, secret: Mapping[str, Any]) -> None:
+    namespace = secret["metadata"]["namespace"]
+    selector = f"{build.ERASURE_LABEL}={request_digest(secret)[:63]}"
+    for found in await kube.list_objects("batch/v1", "Job", namespace=namespace, label_selector=selector):
+        await _delete_job(kube, namespace, found["metadata"]["name"])
+
+
+async def file_request(kube: KubeApi, tenant: str, addresses: Sequence[str]) -> tuple[str, str]:
+    """An erasure-request Secret in the tenant's namespace (what `smtp-infra tenant erase` leaves for the
+    operator: the campaign ledgers); its (namespace, name)."""
+    body = await kube.get(API_VERSION, "Tenant", tenant)
+    if body is None:
+        raise LookupError(f"Tenant {tenant} not found")
+    namespace = namespace_name(tenant, TenantSpec.model_validate(body.get("spec") or {}))
+    name = f"erasure-{secrets.token_hex(6)}"
+    await kube.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                       "metadata": {"name": name, "namespace": namespace, "labels": {REQUEST_LABEL: "cli"}},
+                       "stringData": {ADDRESSES_KEY: "".join(f"{a.strip()}\n" for a in addresses)}})
+    return namespace, name
+
+
+async def request_status(kube: KubeApi, namespace: str, name: str) -> str:
+    """The operator's note on a request: `erased <time>`, `pending <time>: …`, or "" before its first round."""
+    found = await kube.get("v1", "Secret", name, namespace)
+    if found is None:
+        return "deleted"
+    return str((found["metadata"].get("annotations") or {}).get(STATUS_ANNOTATION, ""))
+
+
 async def process_requests(kube: KubeApi, tenant_namespaces: Mapping[str, str], now: str,
-                           erase_ledger: LedgerErase | None = None) -> None:
-    """One round over every erasure-request Secret of a known tenant's namespace (the resync calls it)."""
+                           erase_ledger: LedgerErase | None = None,
+                           sqlite_ledgers: build.SenderSettings | None = None) -> None:
+    """One round over every erasure-request Secret of a known tenant's namespace (the resync calls it).
+
+    `erase_ledger` erases from a shared PostgreSQL ledger; else `sqlite_ledgers` (the sender settings)
+    erases from each campaign's SQLite ledger by a Job.
+    """
     owners = {namespace: tenant for tenant, namespace in tenant_namespaces.items()}
     for secret in await kube.list_objects("v1", "Secret", label_selector=REQUEST_LABEL):
         meta = secret["metadata"]
@@ -141,14 +249,11 @@ async def process_requests(kube: KubeApi, tenant_namespaces: Mapping[str, str], 
         if tenant is None or not addresses:
             continue
         reports = [await erase(kube, tenant, address) for address in addresses]
-        if erase_ledger is not None:
-            campaigns = [c["metadata"]["uid"] for c in await kube.list_objects(API_VERSION, "Campaign",
-                                                                                namespace=meta["namespace"])]
-            for address, report in zip(addresses, reports, strict=True):
-                try:
-                    await erase_ledger(address, campaigns)
-                except Exception as error:  # the database down: the request stays pending, tried again
-                    report.failed[LEDGER] = f"{type(error).__name__}: {error}"[:200]
+        await _erase_ledgers(kube, secret, addresses, reports, erase_ledger, sqlite_ledgers)
+        patch = request_patch(reports, now)
+        if (patch["metadata"]["annotations"][STATUS_ANNOTATION].startswith("erased ")
+                and sqlite_ledgers is not None and erase_ledger is None):
+            await _delete_erasure_jobs(kube, secret)  # before the Secret they mount is emptied
         path = f"/api/v1/namespaces/{meta['namespace']}/secrets/{meta['name']}"
-        await asyncio.to_thread(kube.request, "PATCH", path, body=request_patch(reports, now),
+        await asyncio.to_thread(kube.request, "PATCH", path, body=patch,
                                 content_type="application/merge-patch+json")

@@ -336,6 +336,72 @@ def desired_job(campaign: CampaignRef, server: ServerRef, settings: SenderSettin
     }
 
 
+ERASURE_LABEL = "smtpinfra.com/erasure"
+"""On a ledger-erasure Job: the digest of the erasure request it carries out."""
+ERASURE_COMPONENT = "campaign-ledger-erasure"
+"""Not the sender's component: the Campaign controller's watch of its sender Jobs does not see these."""
+ERASURE_DIR = PurePosixPath("/etc/smtp-infra/erasure")
+ERASURE_BACKOFF_LIMIT = 3
+
+
+def erasure_job_name(campaign: str, digest: str) -> str:
+    return _short("campaign-erase", f"{campaign}-{digest[:10]}")
+
+
+def ledger_erasure_job(campaign: Mapping[str, Any], settings: SenderSettings, request_secret: str,
+                       address_key: str, digest: str) -> dict[str, Any]:
+    """A Job that erases the addresses of an erasure-request Secret from the campaign's SQLite ledger.
+
+    The ledger sits on the campaign's claim, which only a pod mounting it can reach; the addresses
+    come from the request Secret itself (same namespace), so they are never copied into another
+    object. No API access (no ServiceAccount token); the same image and user as the sender.
+    """
+    name, uid = campaign["metadata"]["name"], campaign["metadata"]["uid"]
+    owner = {"apiVersion": API_VERSION, "kind": "Campaign", "name": name, "uid": uid,
+             "controller": False, "blockOwnerDeletion": True}
+    meta = {"name": erasure_job_name(name, digest), "namespace": campaign["metadata"]["namespace"],
+            "labels": {**labels(name), "app.kubernetes.io/component": ERASURE_COMPONENT,
+                       ERASURE_LABEL: digest[:63]},
+            "ownerReferences": [owner]}
+    container = {
+        "name": "erase", "image": settings.sender_image(),
+        "command": ["smtp-infra", "campaign", "erase-ledger", "--campaign", uid, "--ledger", LEDGER_URL,
+                    "--addresses-file", str(ERASURE_DIR / address_key)],
+        "volumeMounts": [{"name": "ledger", "mountPath": str(LEDGER_DIR)},
+                         {"name": "request", "mountPath": str(ERASURE_DIR), "readOnly": True}],
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    return {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+        "spec": {
+            "backoffLimit": ERASURE_BACKOFF_LIMIT,
+            "template": {
+                "metadata": {"labels": meta["labels"]},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    # a ReadWriteOnce claim attaches to one node: go where a running sender has it
+                    "affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                        {"weight": 100, "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": {CAMPAIGN_LABEL: label_value(name),
+                                                              "app.kubernetes.io/component": COMPONENT}}}}]}},
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": SENDER_UID, "runAsGroup": SENDER_UID,
+                                        "fsGroup": SENDER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "ledger", "persistentVolumeClaim": {"claimName": resource_name(name)}},
+                        {"name": "request", "secret": {"secretName": request_secret,
+                                                       "items": [{"key": address_key, "path": address_key}]}},
+                    ],
+                },
+            },
+        },
+    }
+
+
 def desired_objects(campaign: CampaignRef, server: ServerRef, settings: SenderSettings, unsubscribe_key: str,
                     suspend: bool = False, ca_pem: str | None = None) -> list[dict[str, Any]]:
     """Everything the sender needs in the campaign's namespace, the Job last (it needs the rest)."""

@@ -87,7 +87,8 @@ class CampaignQueue(Controller[Key]):
         dsn = self.campaigns.settings.ledger_dsn
         try:
             await erasure.process_requests(self.kube, namespaces, now_rfc3339(),
-                                           functools.partial(erase_from_ledger, dsn) if dsn else None)
+                                           functools.partial(erase_from_ledger, dsn) if dsn else None,
+                                           self.campaigns.settings)
         except Paused:
             raise
         except Exception:  # one round failing (a pod list, a patch) is tried again next resync
