@@ -156,6 +156,33 @@ def run_load(procs: Processes, host: str, port: int, messages: int, sessions: in
     return time.monotonic() - t0
 
 
+def tree_cpu_seconds(root: int | None) -> float:
+    """CPU seconds (user + system) of a process and all its descendants, the reaped ones included
+    (their time is in their parent's cutime/cstime): a count that does not depend on machine load."""
+    if root is None:
+        return 0.0
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state ppid ... utime(11) stime(12) cutime(13) cstime(14), 0-based from state
+        stats[int(entry.name)] = (int(fields[1]), sum(float(x) for x in fields[11:15]))
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+            todo.extend(children.get(pid, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 # ----------------------------------------------------------------------------------------- our MTA
 
 
@@ -184,7 +211,8 @@ def mta_config(work: Path, sink_port: int, listen_port: int, separate: bool) -> 
 
 
 @contextlib.contextmanager
-def our_mta(procs: Processes, work: Path, sink_port: int, log_level: str, separate: bool) -> Iterator[int]:
+def our_mta(procs: Processes, work: Path, sink_port: int, log_level: str, separate: bool
+            ) -> Iterator[tuple[int, int | None]]:
     port = free_port(MTA_ADDR)
     cfg = mta_config(work, sink_port, port, separate)
     cfg_path = work / "mta.yaml"
@@ -195,7 +223,7 @@ def our_mta(procs: Processes, work: Path, sink_port: int, log_level: str, separa
                         "--log-level", log_level], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
     try:
         wait_port(MTA_ADDR, port)
-        yield port
+        yield port, proc.pid
     finally:
         procs.stop(proc)
         log.close()
@@ -253,7 +281,7 @@ def postfix_main_cf(work: Path, sink_port: int) -> str:
 
 
 @contextlib.contextmanager
-def postfix(procs: Processes, work: Path, sink_port: int) -> Iterator[int]:
+def postfix(procs: Processes, work: Path, sink_port: int) -> Iterator[tuple[int, int | None]]:
     conf = work / "etc"
     conf.mkdir(parents=True)
     (work / "queue").mkdir()
@@ -273,7 +301,10 @@ def postfix(procs: Processes, work: Path, sink_port: int) -> Iterator[int]:
         raise RuntimeError(f"postfix did not start: {started.stdout}{started.stderr}")
     try:
         wait_port(POSTFIX_ADDR, port)
-        yield port
+        master: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            master = int((work / "queue" / "pid" / "master.pid").read_text().split()[0])
+        yield port, master
     finally:
         pf("stop", check=False)
         pid_file = work / "queue" / "pid" / "master.pid"
@@ -295,21 +326,26 @@ def measure(procs: Processes, side: str, work: Path, args: argparse.Namespace, s
     sink = Sink(procs)
     timeout = max(120.0, args.messages / 20.0)
     try:
-        server: contextlib.AbstractContextManager[int]
+        server: contextlib.AbstractContextManager[tuple[int, int | None]]
         if side == "ceiling":
-            server = contextlib.nullcontext(sink.port)
+            server = contextlib.nullcontext((sink.port, None))
         elif side == "mta":
             server = our_mta(procs, work, sink.port, args.log_level, args.separate_process)
         else:
             server = postfix(procs, work, sink.port)
         host = {"mta": MTA_ADDR, "postfix": POSTFIX_ADDR, "ceiling": SINK_ADDR}[side]
-        with server as port:
+        with server as (port, pid):
+            cpu0 = tree_cpu_seconds(pid)
             t0 = time.monotonic()
             accept_s = run_load(procs, host, port, args.messages, args.sessions, size, timeout)
             t_end = sink.wait_for(args.messages, timeout)
+            cpu = tree_cpu_seconds(pid) - cpu0
         total = t_end - t0
-        return {"msgs_per_s": round(args.messages / total, 1), "seconds": round(total, 2),
-                "accept_msgs_per_s": round(args.messages / accept_s, 1)}
+        out = {"msgs_per_s": round(args.messages / total, 1), "seconds": round(total, 2),
+               "accept_msgs_per_s": round(args.messages / accept_s, 1)}
+        if pid is not None:  # the MTA's own CPU per message (its processes, not the load generator's or sink's)
+            out["cpu_ms_per_msg"] = round(cpu * 1000 / args.messages, 3)
+        return out
     finally:
         procs.stop(sink.proc)
 
@@ -365,6 +401,9 @@ def main() -> int:
         "mta_msgs_per_s": {str(size): s["mta_msgs_per_s"] for size, s in per_size.items()},
         "postfix_msgs_per_s": {str(size): s["postfix_msgs_per_s"] for size, s in per_size.items()},
         "ceiling_msgs_per_s": {str(size): s["ceiling_msgs_per_s"] for size, s in per_size.items()},
+        # CPU milliseconds per message of each MTA's own processes: compares fairly across machine load
+        "mta_cpu_ms_per_msg": {str(size): s["mta_cpu_ms_per_msg"] for size, s in per_size.items()},
+        "postfix_cpu_ms_per_msg": {str(size): s["postfix_cpu_ms_per_msg"] for size, s in per_size.items()},
         "mta_separate_process": args.separate_process, "messages": args.messages, "sessions": args.sessions,
         "rounds": args.rounds, "load_avg_1m": round(os.getloadavg()[0], 2),
     }
@@ -383,12 +422,17 @@ def summarize(results: dict[tuple[int, str], list[dict[str, float]]], size: int,
         vals = runs(side)
         return round(statistics.median(vals), 1) if vals else None
 
+    def cpu(side: str) -> float | None:
+        vals = [r["cpu_ms_per_msg"] for r in results.get((size, side), []) if "cpu_ms_per_msg" in r]
+        return round(statistics.median(vals), 3) if vals else None
+
     pairs = [m / p for m, p in zip(runs("mta"), runs("postfix"), strict=False) if p]
     shares = [m / c for m, c in zip(runs("mta"), runs("ceiling"), strict=False) if c]
     return {"mta_msgs_per_s": med("mta"), "postfix_msgs_per_s": med("postfix"), "ceiling_msgs_per_s": med("ceiling"),
             "ratio": round(statistics.median(pairs), 2) if pairs else None,
             "ratio_per_round": [round(x, 2) for x in pairs],
             "ceiling_share": round(statistics.median(shares), 3) if shares else None,
+            "mta_cpu_ms_per_msg": cpu("mta"), "postfix_cpu_ms_per_msg": cpu("postfix"),
             "mta_runs": runs("mta"), "postfix_runs": runs("postfix"), "rounds": rounds}
 
 

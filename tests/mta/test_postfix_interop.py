@@ -77,7 +77,7 @@ def test_we_deliver_to_postfix_with_bdat(tmp_path: Path, tls_files: Any, passwor
     """Postfix's smtpd offers CHUNKING, so our delivery sends the message as one BDAT LAST chunk (no DATA);
     Postfix forwards it to smtp-sink, where it arrives unchanged below the two Received headers."""
     sink = sink_factory(addr=SINK_ADDR)
-    with postfix(procs, postfix_dir, sink.port) as pf_port, \
+    with postfix(procs, postfix_dir, sink.port) as (pf_port, _), \
             recording((PROXY_ADDR, free_port(PROXY_ADDR)), (POSTFIX_ADDR, pf_port)) as proxy:
         mta: RunningMta = mta_factory(relay_config(tmp_path, tls_files, password_hashes, *proxy.listen))
         message = make_message(size, seed=7)
@@ -98,7 +98,7 @@ def test_postfix_relays_through_us(tmp_path: Path, tls_files: Any, password_hash
     sink: Sink = sink_factory()
     mta: RunningMta = mta_factory(relay_config(tmp_path, tls_files, password_hashes, "127.0.0.42", sink.port))
     with recording((SINK_ADDR, free_port(SINK_ADDR)), (MTA_ADDR, mta.inbound_port)) as proxy, \
-            postfix(procs, postfix_dir, proxy.listen[1]) as pf_port:
+            postfix(procs, postfix_dir, proxy.listen[1]) as (pf_port, _):
         message = make_message(100 * 1024, seed=3)
         assert submit_data(POSTFIX_ADDR, pf_port, message).startswith(b"250")
         [m] = wait_for(sink.messages, timeout=120)
