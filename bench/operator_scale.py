@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import shutil
@@ -46,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
+from smtpinfra_kube import Client, KubeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "smtpinfra.com", "v1alpha1"
@@ -79,24 +78,6 @@ def is_ready(obj: dict[str, Any]) -> bool:
     """Ready=True on a custom resource (metav1.Condition) or a pod."""
     conditions = (obj.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def watch_forever(list_call: Callable[..., Any], on_event: Callable[[str, dict[str, Any]], None],
-                  stop: threading.Event, **kwargs: Any) -> None:
-    """Stream watch events until `stop`; re-list and re-watch after any error or timeout."""
-    while not stop.is_set():
-        try:
-            for event in watch.Watch().stream(list_call, timeout_seconds=30, **kwargs):
-                obj = event["object"]
-                if not isinstance(obj, dict):
-                    obj = client.ApiClient().sanitize_for_serialization(obj)
-                on_event(event["type"], obj)
-                if stop.is_set():
-                    return
-        except Exception as error:  # the watch may expire or the server may hiccup: watch again
-            if not stop.is_set():
-                logging.debug("watch restarted: %s", error)
-                time.sleep(0.2)
 
 
 class RssSampler(threading.Thread):
@@ -283,7 +264,7 @@ def main() -> int:
 
     state_dir = Path(tempfile.mkdtemp(prefix="smtp-infra-bench-"))
     operator: subprocess.Popen[bytes] | None = None
-    stop = threading.Event()
+    kube: Client | None = None
     try:
         t0 = time.monotonic()
         cp = up(state_dir / "cp")
@@ -293,15 +274,17 @@ def main() -> int:
         cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                    *[f"crd/{p.stem.split('_', 1)[1]}.smtpinfra.com" for p in sorted(crd_dir.glob("*.yaml"))])
 
-        config.load_kube_config(config_file=str(cp.kubeconfig))  # type: ignore[no-untyped-call]
-        api = client.ApiClient()
-        api.configuration.connection_pool_maxsize = max(args.workers, 4) + 4  # type: ignore[attr-defined]
-        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        # The bench's own client (its user agent is not the operator's, so the audit log tells them apart).
+        kube = Client(KubeConfig.from_kubeconfig(cp.kubeconfig), user_agent="smtp-infra-bench",
+                      connections=max(args.workers, 4) + 4)
+
+        def create(path: str, body: dict[str, Any]) -> Any:
+            return kube.request("POST", path, body=body)
 
         # Fixtures the servers refer to: namespace, TLS Secret, one pre-bound PV per spool claim.
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
-        core.create_namespaced_secret(NAMESPACE, {
-            "metadata": {"name": TLS_SECRET}, "type": "kubernetes.io/tls",
+        create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        create(f"/api/v1/namespaces/{NAMESPACE}/secrets", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": TLS_SECRET}, "type": "kubernetes.io/tls",
             "stringData": {"tls.crt": "bench", "tls.key": "bench"}})
         servers = [f"mta-{i:04d}" for i in range(args.servers)]
         sts_names = {s: f"{s}" for s in servers}
@@ -312,8 +295,8 @@ def main() -> int:
         except ImportError:
             pass
         for server in servers:
-            core.create_persistent_volume({
-                "metadata": {"name": f"bench-{server}"},
+            create("/api/v1/persistentvolumes", {
+                "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"bench-{server}"},
                 "spec": {"capacity": {"storage": SPOOL_SIZE}, "accessModes": ["ReadWriteOnce"],
                          "hostPath": {"path": f"/tmp/bench-pv/{server}"}, "storageClassName": "",
                          "persistentVolumeReclaimPolicy": "Retain",
@@ -330,32 +313,22 @@ def main() -> int:
             return handle
 
         def on_pod(kind: str, obj: dict[str, Any]) -> None:
+            if obj["metadata"].get("namespace") != NAMESPACE:
+                return
             name = obj["metadata"]["name"]
             pod_seen.mark(name)
             if kind != "DELETED" and is_ready(obj):
                 pod_ready.mark(name)
 
         def on_statefulset(kind: str, obj: dict[str, Any]) -> None:
-            sts_seen.mark(obj["metadata"]["name"])
+            if obj["metadata"].get("namespace") == NAMESPACE:
+                sts_seen.mark(obj["metadata"]["name"])
 
-        threads = [
-            threading.Thread(target=watch_forever, daemon=True, args=(
-                client.AppsV1Api(api).list_namespaced_stateful_set, on_statefulset, stop),
-                kwargs={"namespace": NAMESPACE}),
-            threading.Thread(target=watch_forever, daemon=True, args=(
-                custom.list_namespaced_custom_object, on_custom(server_ready), stop),
-                kwargs={"group": GROUP, "version": VERSION, "namespace": NAMESPACE, "plural": "smtpservers"}),
-            threading.Thread(target=watch_forever, daemon=True, args=(
-                custom.list_cluster_custom_object, on_custom(tenant_ready), stop),
-                kwargs={"group": GROUP, "version": VERSION, "plural": "tenants"}),
-            threading.Thread(target=watch_forever, daemon=True, args=(
-                custom.list_cluster_custom_object, on_custom(pool_ready), stop),
-                kwargs={"group": GROUP, "version": VERSION, "plural": "ippools"}),
-            threading.Thread(target=watch_forever, daemon=True, args=(
-                core.list_namespaced_pod, on_pod, stop), kwargs={"namespace": NAMESPACE}),
-        ]
-        for t in threads:
-            t.start()
+        kube.watch_cached("apps/v1", "StatefulSet", on_statefulset)
+        kube.watch_cached(f"{GROUP}/{VERSION}", "SmtpServer", on_custom(server_ready))
+        kube.watch_cached(f"{GROUP}/{VERSION}", "Tenant", on_custom(tenant_ready))
+        kube.watch_cached(f"{GROUP}/{VERSION}", "IpPool", on_custom(pool_ready))
+        kube.watch_cached("v1", "Pod", on_pod)
 
         log_path = state_dir / "operator.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -370,7 +343,7 @@ def main() -> int:
         # Pools: enough /24s for every replica.
         pools = [f"bench-pool-{i}" for i in range(max(1, math.ceil(args.servers / (POOL_CAPACITY - 6))))]
         for i, pool in enumerate(pools):
-            custom.create_cluster_custom_object(GROUP, VERSION, "ippools", {
+            create(f"/apis/{GROUP}/{VERSION}/ippools", {
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": "IpPool", "metadata": {"name": pool},
                 "spec": {"addresses": [f"127.{100 + i // 250}.{i % 250}.0/24"],
                          "ptrTemplate": "mta-{index}.bench.example.test"}})
@@ -385,7 +358,7 @@ def main() -> int:
                     "metadata": {"name": name, "labels": {"bench.smtpinfra.com/group": f"g{i % args.groups}"}},
                     "spec": {"displayName": f"Tenant {i}", "senderDomains": [f"t{i}.bench.example.test"],
                              "quotas": {"perHour": 1000, "perDay": 10000}}}
-            return name, lambda: custom.create_cluster_custom_object(GROUP, VERSION, "tenants", body)
+            return name, lambda: create(f"/apis/{GROUP}/{VERSION}/tenants", body)
 
         t_tenants = time.monotonic()
         create_all([tenant_call(i, n) for i, n in enumerate(tenants)], tenant_applied, args.workers)
@@ -409,8 +382,7 @@ def main() -> int:
                                                 "algorithm": "ed25519-sha256"}]},
                              "tenantSelector": {"matchLabels": {"bench.smtpinfra.com/group": f"g{i % args.groups}"}},
                              "spool": {"size": SPOOL_SIZE}}}
-            return name, lambda: custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "smtpservers",
-                                                                        body)
+            return name, lambda: create(f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/smtpservers", body)
 
         t_servers = time.monotonic()
         cpu_before = cpu_seconds(str(state_dir), {"operator": operator.pid, "bench": os.getpid()})
@@ -506,7 +478,8 @@ def main() -> int:
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}))
         return 0 if len(server_lat) == args.servers and len(tenant_lat) == args.tenants else 1
     finally:
-        stop.set()
+        if kube is not None:
+            kube.close()
         if operator is not None and operator.poll() is None:
             operator.terminate()
             try:

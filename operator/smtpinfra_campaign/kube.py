@@ -1,9 +1,9 @@
 """The API objects the sender reads and the Lease it holds, behind a small interface.
 
-`KubeApi` is the kubernetes client (in-cluster service account, or a kubeconfig); the sender
-only sees `CampaignApi`, so the sending loop is independent of how the objects are fetched.
-Leases are plain dicts in their JSON form (`metadata`, `spec`) to keep the decisions in
-`lease.py` pure.
+`KubeApi` is the project's REST client (`smtpinfra_kube`: in-cluster service account, or a
+kubeconfig); the sender only sees `CampaignApi`, so the sending loop is independent of how the
+objects are fetched. Leases are plain dicts in their JSON form (`metadata`, `spec`) to keep the
+decisions in `lease.py` pure.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 from typing import Any, Protocol, cast
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from smtpinfra_kube import ApiException, KubeConfig
+from smtpinfra_kube.rest import RestClient
 
 GROUP, VERSION = "smtpinfra.com", "v1alpha1"
+USER_AGENT = "smtp-infra-campaign-sender"
 
 
 class Conflict(Exception):
@@ -30,86 +31,60 @@ class CampaignApi(Protocol):
     def replace_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]: ...
 
 
-class KubeApi:
-    """CampaignApi over the kubernetes client."""
+def _leases(namespace: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
-    def __init__(self, kubeconfig: str | None = None) -> None:
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        else:
-            try:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                config.load_kube_config()  # type: ignore[no-untyped-call]
-        self.api = client.ApiClient()
-        self.custom = client.CustomObjectsApi(self.api)
-        self.core = client.CoreV1Api(self.api)
-        self.coordination = client.CoordinationV1Api(self.api)
+
+class KubeApi:
+    """CampaignApi over the REST client (blocking calls: the sender makes a few per second at most)."""
+
+    def __init__(self, kubeconfig: str | None = None, client: RestClient | None = None) -> None:
+        self.client = client if client is not None else RestClient(KubeConfig.load(kubeconfig),
+                                                                   user_agent=USER_AGENT)
+
+    def _get(self, path: str) -> dict[str, Any] | None:
+        try:
+            return cast(dict[str, Any], self.client.request("GET", path))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def get_campaign(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return cast(dict[str, Any], self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
-                                                                                 "campaigns", name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._get(f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/campaigns/{name}")
 
     def get_tenant(self, name: str) -> dict[str, Any] | None:
-        try:
-            return cast(dict[str, Any], self.custom.get_cluster_custom_object(GROUP, VERSION, "tenants", name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._get(f"/apis/{GROUP}/{VERSION}/tenants/{name}")
 
     def read_key(self, kind: str, namespace: str, name: str, key: str) -> str:
         """The text under `key` of a ConfigMap or Secret; KeyError names what is missing."""
-        try:
-            if kind == "Secret":
-                secret = self.core.read_namespaced_secret(name, namespace)
-                data = (secret.data or {}).get(key)
-                if data is None:
-                    raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
-                return base64.b64decode(data).decode("utf-8")
-            cm = self.core.read_namespaced_config_map(name, namespace)
-            text = (cm.data or {}).get(key)
-            if text is None:
-                raise KeyError(f"ConfigMap {namespace}/{name} has no key {key!r}")
-            return str(text)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise KeyError(f"{kind} {namespace}/{name} not found") from None
-            raise
+        plural = "secrets" if kind == "Secret" else "configmaps"
+        found = self._get(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+        if found is None:
+            raise KeyError(f"{kind} {namespace}/{name} not found")
+        value = (found.get("data") or {}).get(key)
+        if value is None:
+            raise KeyError(f"{kind} {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(value).decode("utf-8") if kind == "Secret" else str(value)
 
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            lease = self.coordination.read_namespaced_lease(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return self._plain(lease)
+        return self._get(f"{_leases(namespace)}/{name}")
 
     def create_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", **lease}
         try:
-            created = self.coordination.create_namespaced_lease(namespace, lease)  # type: ignore[arg-type]
+            return cast(dict[str, Any], self.client.request("POST", _leases(namespace), body=body))
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(str(exc.reason)) from None
             raise
-        return self._plain(created)
 
     def replace_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", **lease}
         try:
-            replaced = self.coordination.replace_namespaced_lease(lease["metadata"]["name"], namespace,
-                                                                  lease)  # type: ignore[arg-type]
+            return cast(dict[str, Any], self.client.request("PUT", f"{_leases(namespace)}/{lease['metadata']['name']}",
+                                                            body=body))
         except ApiException as exc:
             if exc.status in (409, 404):
                 raise Conflict(str(exc.reason)) from None
             raise
-        return self._plain(replaced)
-
-    def _plain(self, obj: object) -> dict[str, Any]:
-        """A client model as its JSON dict (camelCase keys), as the API server writes it."""
-        return cast(dict[str, Any], self.api.sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]

@@ -1,8 +1,9 @@
 """A Kubernetes client as an object: REST over httpx (injectable transport), discovery, informers,
 watch-backed caches and server-side apply that skips unchanged children.
 
-Shared by the operator and the local pod runner; it imports neither of them (nor the MTA), and
-holds no module-level mutable state: everything lives in a `Client` and its `Informer`s.
+Shared by the operator, the campaign sender, the CLI and the local pod runner; it imports none of
+them (nor the MTA), and holds no module-level mutable state: everything lives in a `Client` and
+its `Informer`s.
 """
 
 from __future__ import annotations

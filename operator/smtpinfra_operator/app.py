@@ -103,8 +103,9 @@ def run(*, standalone: bool = True, peering_name: str = PEERING_NAME, liveness: 
         priority = default_priority(identity) if priority is None else priority
         me = Peering(name=peering_name, identity=identity, priority=priority)
     _tame_malloc()
-    kube = Client(KubeConfig.load())
-    runtime = Runtime(me, kube=kube)
+    config = KubeConfig.load()
+    kube = Client(config)
+    runtime = Runtime(me, kube=kube, kube_config=config)
     kube.identify(identity, None if standalone else runtime.gate.may_write)
     serve(runtime.metrics_registry, metrics_port)
 

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from smtpinfra_api.meta import API_VERSION, GROUP, VERSION
 from smtpinfra_api.v1alpha1 import Campaign, IpPool, SmtpServer, Tenant, WarmupPlan
-from smtpinfra_kube import KubeApi
+from smtpinfra_kube import KubeApi, KubeConfig
 
 from .campaigns import job as campaign_job
 from .controller import Clock, Deps
@@ -43,13 +43,24 @@ from .usage import UsageCollector
 log = logging.getLogger(__name__)
 
 
+def connection_info(config: KubeConfig) -> kopf.ConnectionInfo:
+    """Kopf's credentials from ours (pure apart from reading a rotated token file): a token that
+    expires makes Kopf log in again, which reads the file again."""
+    return kopf.ConnectionInfo(
+        server=config.server, ca_path=config.ca_file, ca_data=config.ca_data, insecure=config.insecure,
+        token=config.bearer_token(), certificate_path=config.cert_file, certificate_data=config.cert_data,
+        private_key_path=config.key_file, private_key_data=config.key_data)
+
+
 class Runtime:
     """Every part of one operator process, and the Kopf registry whose handlers feed its queues."""
 
     def __init__(self, peering: Peering | None = None, *, kube: KubeApi,
                  metrics_registry: CollectorRegistry | None = None, clock: Clock | None = None,
-                 resync_seconds: float = RESYNC_SECONDS) -> None:
+                 resync_seconds: float = RESYNC_SECONDS, kube_config: KubeConfig | None = None) -> None:
         self.kube = kube
+        self.kube_config = kube_config
+        """What Kopf logs in with (the client's own configuration); None: loaded at login."""
         self.gate = Gate(peering)
         self.clock = clock or Clock(now=wall_now)  # the MTAs' clock too (SMTP_INFRA_FAKE_TIME_FILE in tests)
         self.metrics_registry = metrics_registry or CollectorRegistry()
@@ -137,8 +148,12 @@ class Runtime:
         Handler ids are fixed (Kopf keeps per-handler progress in status.kopf under them).
         """
 
-        # A registry of our own has none of the login handlers Kopf's default one brings along.
-        kopf.on.login(registry=registry, id="login_via_client")(kopf.login_via_client)
+        # A registry of our own has none of the login handlers Kopf's default one brings along. Kopf
+        # logs in with the configuration our client uses (Kopf's own `login_via_client` would need
+        # the `kubernetes` package, which the operator image does not install).
+        @kopf.on.login(registry=registry, id="login")
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return connection_info(self.kube_config or KubeConfig.load())
 
         @kopf.on.startup(registry=registry, id="start_runtime")
         async def start(**_: Any) -> None:
