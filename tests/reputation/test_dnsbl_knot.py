@@ -9,7 +9,7 @@ Event post, IpPool queue) is replaced by plain callables that record what they g
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -92,6 +92,28 @@ def test_classification_of_knot_answers(knot: DnsblKnot, address: str, zone: str
     assert (got.result, got.code) == (result, code)
 
 
+def test_a_batch_answers_each_name_in_order_with_few_queries_in_flight(knot: DnsblKnot, silent: SilentUdp) -> None:
+    """`lookup_many` sends the next query from each answer's callback: with 3 in flight, 39 names still come back
+    each with its own answer, in order; a resolver that never answers makes every one a timeout, after its retry."""
+    names = [query_name(a, z) for a in (LISTED_A, LISTED_B, CLEAN_ADDR) for z in (GOOD, CLEAN, ERRORS, EVERYTHING)]
+    names = names * 3 + [query_name(LISTED_A, KEYED, QUERY_KEY)] * 3
+
+    async def batch(server: str, wanted: list[str], wait: float) -> list[Lookup]:
+        resolver = DnsResolver(server, wait)
+        try:
+            return await resolver.lookup_many(wanted, 3)
+        finally:
+            resolver.close()
+
+    found = asyncio.run(batch(knot.nameserver, names, 2.0))
+    assert found == [ask(knot.nameserver, n) for n in names]
+    zones = (GOOD, CLEAN, ERRORS, EVERYTHING)
+    assert [classify(f, error_codes(z)).result for f, z in zip(found[:4], zones, strict=True)] == [
+        Result.LISTED, Result.NOT_LISTED, Result.ERROR, Result.LISTED]
+    lost = asyncio.run(batch(silent.address, names[:5], 0.2))
+    assert [(f.kind, f.detail) for f in lost] == [(AnswerKind.FAILURE, "timeout after 0.2s")] * 5
+
+
 def test_a_resolver_that_never_answers_is_unknown(silent: SilentUdp) -> None:
     lookup = ask(silent.address, query_name(LISTED_A, GOOD), timeout=0.3)
     assert lookup.kind is AnswerKind.FAILURE and "timeout" in lookup.detail
@@ -114,6 +136,15 @@ class Routed:
 
     async def lookup(self, name: str) -> Lookup:
         return await (self.silent if name.endswith(f".{TIMEOUT_ZONE}.") else self.knot).lookup(name)
+
+    async def lookup_many(self, names: Sequence[str], concurrency: int) -> list[Lookup]:
+        """Each part through its resolver's own batch path (the silent one times every query out)."""
+        silent = [i for i, n in enumerate(names) if n.endswith(f".{TIMEOUT_ZONE}.")]
+        rest = [i for i in range(len(names)) if i not in set(silent)]
+        lost, answered = await asyncio.gather(self.silent.lookup_many([names[i] for i in silent], concurrency),
+                                              self.knot.lookup_many([names[i] for i in rest], concurrency))
+        found = dict(zip(silent, lost, strict=True)) | dict(zip(rest, answered, strict=True))
+        return [found[i] for i in range(len(names))]
 
     def close(self) -> None:
         self.knot.close()

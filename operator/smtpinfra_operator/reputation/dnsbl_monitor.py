@@ -31,7 +31,6 @@ from .dnsbl import (
     IPV4_TEST_LISTED,
     IPV6_TEST_CLEAN,
     IPV6_TEST_LISTED,
-    AnswerKind,
     Classified,
     Lookup,
     SelfTest,
@@ -262,17 +261,8 @@ class DnsblMonitor:
         return tests, {k: v for k, v in classified.items() if k[0] not in points}
 
     async def _lookup_all(self, resolver: Resolver, names: list[str]) -> list[Lookup]:
-        """Every name looked up, at most `concurrency` at a time: that many workers taking the next name,
-        rather than a task per name waiting on a semaphore (5,000 tasks per check)."""
-        found: list[Lookup] = [Lookup(AnswerKind.FAILURE, detail="not asked")] * len(names)
-        todo = iter(enumerate(names))
-
-        async def worker() -> None:
-            for i, name in todo:
-                found[i] = await resolver.lookup(name)
-
-        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(names)))))
-        return found
+        """Every name looked up, at most `concurrency` queries in flight (the resolver's batch path)."""
+        return await resolver.lookup_many(names, self._concurrency)
 
     # ------------------------------------------------------------------ the loop
 

@@ -7,6 +7,7 @@ with `address_fields`, `zone_fields` and `degraded`. Everything here is a functi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,8 +22,10 @@ from .dnsbl import Classified, Quarantine, Result, SelfTest, State, ZoneState, e
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
+@functools.lru_cache(maxsize=4096)
 def stamp(when: datetime | None) -> str | None:
-    """metav1.Time's wire form (second precision, Z)."""
+    """metav1.Time's wire form (second precision, Z); memoised: a pool's 5,000 (address, zone) states share a
+    handful of times (each check's), and formatting each was a fifth of building the status."""
     return when.strftime(TIME_FORMAT) if when is not None else None
 
 
