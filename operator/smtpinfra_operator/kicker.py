@@ -102,7 +102,12 @@ class Kicker(Generic[K]):
             self._wake_one(due)
 
     def _start_workers(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Start workers up to what is wanted; whether any was started."""
+        """Start workers up to what is wanted; whether any was started.
+
+        A worker that found nothing to do has returned, but its done-callback forgets it only a turn of
+        the loop later: counted as live, it left a key kicked in between with no worker at all.
+        """
+        self._workers -= {w for w in self._workers if w.done()}
         wanted = len(self._pending) + min(len(self._background), self.BACKGROUND_CONCURRENCY)
         started = False
         while len(self._workers) < min(self._concurrency, wanted):

@@ -170,3 +170,33 @@ def test_a_reconcile_refused_mid_way_by_the_write_guard_is_parked_not_retried_as
         assert calls == ["a", "a"]
 
     run(scenario)
+
+
+def test_a_kick_between_a_workers_last_return_and_its_removal_still_gets_a_worker() -> None:
+    """A worker that found nothing left to do has finished, but the queue forgets it only in a done-callback a
+    turn later; a kick in between must not count it as a live worker (the key then waited for the next kick:
+    a Tenant created while the operator was down was never reconciled after its start)."""
+    done: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate: asyncio.Future[None] = loop.create_future()
+
+        async def reconcile(key: str) -> None:
+            if key == "A":
+                await gate
+            done.append(key)
+
+        kicker = Kicker(reconcile, delay=0.0, concurrency=1)
+        kicker.kick("A")
+        await asyncio.sleep(0.01)  # the worker waits in A's reconcile
+
+        def release() -> None:
+            gate.set_result(None)  # the worker resumes first, finishes A and returns (nothing else is due) ...
+            loop.call_soon(kicker.kick, "B", 0.0)  # ... then B is kicked before the worker's done-callback runs
+
+        loop.call_soon(release)
+        await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+    assert done == ["A", "B"]
