@@ -251,9 +251,8 @@ async def process_requests(kube: KubeApi, tenant_namespaces: Mapping[str, str], 
         reports = [await erase(kube, tenant, address) for address in addresses]
         await _erase_ledgers(kube, secret, addresses, reports, erase_ledger, sqlite_ledgers)
         patch = request_patch(reports, now)
-        if (patch["metadata"]["annotations"][STATUS_ANNOTATION].startswith("erased ")
-                and sqlite_ledgers is not None and erase_ledger is None):
-            await _delete_erasure_jobs(kube, secret)  # before the Secret they mount is emptied
+        if "data" in patch:  # done: the ledger-erasure Jobs go before the Secret they mount is emptied
+            await _delete_erasure_jobs(kube, secret)
         path = f"/api/v1/namespaces/{meta['namespace']}/secrets/{meta['name']}"
         await asyncio.to_thread(kube.request, "PATCH", path, body=patch,
                                 content_type="application/merge-patch+json")
