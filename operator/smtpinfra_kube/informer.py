@@ -150,6 +150,10 @@ class Relist(Exception):
     """The watch's version expired (410 Gone): only a new list can go on."""
 
 
+def resource_version(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
 class Informer:
     """A collection kept in memory by list + watch; `synced` is set once the first list is stored.
 
@@ -165,6 +169,9 @@ class Informer:
         self._store: dict[tuple[str, str], Obj] = {}
         self._gone: dict[tuple[str, str], int] = {}
         """Objects the watch saw deleted, with the version of their deletion (see `put`)."""
+        self._told: dict[tuple[str, str], str] = {}
+        """The version of each object the listeners last heard of: a relist reports against this,
+        not against the store, which also holds our own writes (`put`) no event has announced."""
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self.synced = threading.Event()
@@ -251,12 +258,13 @@ class Informer:
         with self._lock:
             old, self._store = self._store, fresh
             self._gone.clear()
-        changes = [("DELETED", o) for k, o in old.items() if k not in fresh]
+            told, self._told = self._told, {key: resource_version(obj) for key, obj in fresh.items()}
+        changes = [("DELETED", old[k]) for k in told if k not in fresh and k in old]
         for key, obj in fresh.items():
-            before = old.get(key)
+            before = told.get(key)
             if before is None:
                 changes.append(("ADDED", obj))
-            elif (before.get("metadata") or {}).get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+            elif before != resource_version(obj):
                 changes.append(("MODIFIED", obj))
         if changes:
             self._notify(changes)
@@ -282,6 +290,7 @@ class Informer:
             with self._lock:
                 if type_ == "DELETED":
                     self._store.pop(key, None)
+                    self._told.pop(key, None)
                     self._gone[key] = version_number(obj) or 0
                 else:
                     # Watch events come in order, so a newer object held here is one of our own
@@ -292,6 +301,7 @@ class Informer:
                     if held is None or event_version is None or held <= event_version:
                         self._store[key] = kept
                     self._gone.pop(key, None)
+                    self._told[key] = resource_version(obj)
             self._notify([(str(type_), kept)])
         return version
 

@@ -269,3 +269,25 @@ def test_listeners_hear_the_first_list_before_synced_is_set():
     informer.listen(lambda type_, obj: synced_when_heard.append(informer.has_synced()))
     informer.step(None)
     assert synced_when_heard == [False, False] and informer.has_synced()
+
+
+def test_our_write_stored_before_the_first_list_is_still_announced_by_that_list():
+    """A create answered while the first list is on its way: the list holds the object at the same
+    version, and no watch event will come for it, so the list is where the listeners hear of it."""
+    fake = FakeApi([listing(10, pod("a", 5), pod("b", 6))], [])
+    informer, seen = stepped(fake)
+    informer.put({"apiVersion": "v1", "kind": "Pod", **pod("b", 6)})
+    informer.step(None)
+    assert sorted(seen) == [("ADDED", "a"), ("ADDED", "b")]
+
+
+def test_a_relist_reports_against_what_listeners_heard_not_our_unannounced_writes():
+    fake = FakeApi([listing(10, pod("a", 5)), listing(40, pod("a", 20), pod("c", 21))], [410])
+    informer, seen = stepped(fake)
+    version = informer.step(None)
+    informer.put({"apiVersion": "v1", "kind": "Pod", **pod("a", 20)})  # our write; its event is lost with the watch
+    informer.put({"apiVersion": "v1", "kind": "Pod", **pod("c", 21)})
+    seen.clear()
+    assert informer.step(version) is None
+    informer.step(None)
+    assert sorted(seen) == [("ADDED", "c"), ("MODIFIED", "a")]
