@@ -14,11 +14,11 @@ from .config import ConfigError, KubeConfig
 from .discovery import Discovery
 from .errors import ApiError, ApiException, KindNotFound, Paused
 from .informer import Backoff, Informer, Listener, ListWatch, RestListWatch
-from .objects import Obj, object_key
+from .objects import Obj, Packed, object_key, thaw
 from .rest import FIELD_MANAGER, USER_AGENT, WriteGuard
 
 __all__ = [
     "FIELD_MANAGER", "USER_AGENT", "ApiError", "ApiException", "Backoff", "Client", "ConfigError", "Discovery",
-    "Informer", "KindNotFound", "KubeApi", "KubeConfig", "ListWatch", "Listener", "Obj", "Paused", "RestListWatch",
-    "WriteGuard", "object_key",
+    "Informer", "KindNotFound", "KubeApi", "KubeConfig", "ListWatch", "Listener", "Obj", "Packed", "Paused",
+    "RestListWatch", "WriteGuard", "object_key", "thaw",
 ]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from smtpinfra_kube import thaw
+
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
@@ -121,7 +123,7 @@ def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dic
 def _merge_diff(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     patch: dict[str, Any] = {}
     for key, value in desired.items():
-        before = current.get(key)
+        before = thaw(current.get(key))  # a cached status may hold a large field compressed
         if isinstance(before, dict) and isinstance(value, dict):
             if nested := _merge_diff(before, value):
                 patch[key] = nested

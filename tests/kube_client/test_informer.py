@@ -4,6 +4,7 @@ client's httpx transport seam (a scripted API server, no cluster)."""
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from typing import Any
 
@@ -291,3 +292,21 @@ def test_a_relist_reports_against_what_listeners_heard_not_our_unannounced_write
     assert informer.step(version) is None
     informer.step(None)
     assert sorted(seen) == [("ADDED", "c"), ("MODIFIED", "a")]
+
+
+def test_an_smtpservers_dns_status_is_held_packed_compares_equal_and_reads_back():
+    from smtpinfra_kube import Packed, thaw
+    from smtpinfra_kube.objects import cached
+    dns = {"provider": "none", "records": [{"name": f"d{i}.example", "type": "TXT", "state": "Required",
+                                            "values": ["v=spf1 -all"]} for i in range(50)]}
+    server = {"apiVersion": "smtpinfra.com/v1alpha1", "kind": "SmtpServer",
+              "metadata": {"name": "s", "namespace": "mail", "resourceVersion": "3"},
+              "status": {"dns": dns, "readyReplicas": 1, "kopf": {"progress": {}}}}
+    kept = cached(server)
+    packed = kept["status"]["dns"]
+    assert isinstance(packed, Packed) and packed == dns and dns == packed and packed.get("provider") == "none"
+    assert packed != {**dns, "provider": "rfc2136"}
+    assert thaw(packed) == dns and thaw(packed) is not thaw(packed)
+    assert kept["status"]["readyReplicas"] == 1 and "kopf" not in kept["status"]
+    with pytest.raises(TypeError):
+        json.dumps(kept)  # never written out by accident as something else

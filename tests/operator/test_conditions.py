@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from smtpinfra_kube import Packed
 from smtpinfra_operator.conditions import (
     FALSE,
     TRUE,
@@ -71,6 +72,17 @@ def test_patch_nulls_nested_fields_that_disappeared():
                                                                                      "records": []}}), 1, T0)
     assert status_patch(current, desired) == {"dns": {"provider": "none", "rfc2136": None}}
     assert status_patch(desired, desired) == {}
+
+
+def test_a_packed_field_of_a_cached_status_is_diffed_as_its_content():
+    """An informer holds an SmtpServer's status.dns compressed; the patch is still the nested diff."""
+    dns = {"provider": "rfc2136", "records": [], "rfc2136": {"server": "192.0.2.53", "zone": "example.test"}}
+    current = build_status(None, Outcome(ready=TRUE, reason="Ok", fields={"dns": dns}), 1, T0)
+    cached = {**current, "dns": Packed(dns)}
+    assert status_patch(cached, current) == {}
+    desired = build_status(current, Outcome(ready=TRUE, reason="Ok", fields={"dns": {"provider": "none",
+                                                                                     "records": []}}), 1, T0)
+    assert status_patch(cached, desired) == {"dns": {"provider": "none", "rfc2136": None}}
 
 
 def test_conditions_keep_their_order_and_extra_conditions_are_added():

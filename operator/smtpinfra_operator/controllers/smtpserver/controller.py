@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from smtpinfra_api.meta import API_VERSION
 from smtpinfra_api.v1alpha1 import SmtpServer, SmtpServerSpec
+from smtpinfra_kube import thaw
 from smtpinfra_mta.config import ConfigError
 
 from ...builders import workload
@@ -228,7 +229,7 @@ class SmtpServerController(Controller[Key]):
                 body = await self._server(key)
                 if body is None or body["metadata"].get("deletionTimestamp"):
                     return
-                written = (body.get("status") or {}).get("dns")
+                written = thaw((body.get("status") or {}).get("dns"))
                 dns = last.unpublished or (last.dns.rendering(written) if isinstance(written, dict) else None)
                 if body["metadata"].get("generation") == last.generation and dns is not None:
                     rollout = workload.pod_rollout(name, await self._pods_of(key), last.gathered.replicas,
