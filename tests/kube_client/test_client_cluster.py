@@ -232,3 +232,19 @@ def test_informer_resumes_a_real_watch_without_listing_again(control_plane: Cont
     finally:
         informer.stop(timeout=30)
     client.close()
+
+
+def test_requests_share_one_http2_connection(control_plane: ControlPlane, run: Any):
+    """The operator's requests are multiplexed over HTTP/2: with HTTP/1.1 the connection pool's
+    bookkeeping (a poll per pooled connection per request) was a ninth of its CPU at scale."""
+    client = Client(KubeConfig.from_kubeconfig(Path(control_plane.kubeconfig)), start_informers=False)
+
+    async def scenario() -> list[str]:
+        http = client._async()
+        answers = await asyncio.gather(*(http.get("/version", headers=client.headers()) for _ in range(8)))
+        return [a.http_version for a in answers]
+
+    try:
+        assert run(scenario()) == ["HTTP/2"] * 8
+    finally:
+        client.close()
