@@ -310,3 +310,22 @@ def test_an_smtpservers_dns_status_is_held_packed_compares_equal_and_reads_back(
     assert kept["status"]["readyReplicas"] == 1 and "kopf" not in kept["status"]
     with pytest.raises(TypeError):
         json.dumps(kept)  # never written out by accident as something else
+
+
+def test_cached_objects_share_their_keys_and_short_strings():
+    """Each watch event is its own JSON document: without interning, a thousand Tenants each held
+    their own copies of the same keys, condition types, reasons and timestamps."""
+    from smtpinfra_kube.objects import cached
+
+    def tenant(name: str) -> dict[str, Any]:
+        return json.loads(json.dumps({
+            "apiVersion": "smtpinfra.com/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ok",
+                                       "lastTransitionTime": "2026-12-03T12:00:00Z", "message": "x" * 65}]}}))
+
+    one, two = cached(tenant("a")), cached(tenant("b"))
+    c1, c2 = one["status"]["conditions"][0], two["status"]["conditions"][0]
+    assert c1 == c2 and c1 is not c2
+    assert c1["reason"] is c2["reason"] and c1["lastTransitionTime"] is c2["lastTransitionTime"]
+    assert next(iter(c1)) is next(iter(c2))  # the keys too
+    assert c1["message"] == c2["message"] and c1["message"] is not c2["message"]  # long text stays unshared
