@@ -29,7 +29,7 @@ from typing import Protocol
 import httpx
 
 from .errors import ApiError
-from .objects import Obj, identity, object_key, version_number
+from .objects import Obj, identity, object_key, resource_version, version_number
 
 __all__ = ["WATCH_SECONDS", "Backoff", "Informer", "ListWatch", "Listener", "RestListWatch"]
 
@@ -148,10 +148,6 @@ class Backoff:
 
 class Relist(Exception):
     """The watch's version expired (410 Gone): only a new list can go on."""
-
-
-def resource_version(obj: Obj) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
 class Informer:

@@ -16,8 +16,8 @@ from typing import Any
 Obj = dict[str, Any]
 """A Kubernetes object as decoded JSON."""
 
-__all__ = ["Obj", "Packed", "cached", "identity", "metadata", "object_key", "selects", "slim", "thaw",
-           "version_number"]
+__all__ = ["Obj", "Packed", "cached", "identity", "metadata", "object_key", "resource_version", "selects", "slim",
+           "thaw", "version_number"]
 
 OWN_ANNOTATION_PREFIX = "smtpinfra.com/"
 CACHED_METADATA = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp",
@@ -97,6 +97,11 @@ def object_key(obj: Obj) -> tuple[str, str]:
     """(namespace, name); the namespace is "" for cluster-scoped objects."""
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def resource_version(obj: Obj) -> str:
+    """An object's resourceVersion as the server gave it ("" when absent), to tell versions apart."""
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def version_number(obj: Obj | None) -> int | None:
