@@ -71,7 +71,7 @@ class RestClient:
         self._async_transport = async_transport or (
             transport if isinstance(transport, httpx.AsyncBaseTransport) else None)
         no_network = self._sync_transport is not None and self._async_transport is not None
-        self._verify: ssl.SSLContext | bool = True if no_network else self.config.ssl_context() or True
+        self._no_network = no_network
         self._connections = connections
         self._http = self._sync_client(httpx.Limits(max_connections=connections,
                                                     max_keepalive_connections=connections))
@@ -85,7 +85,13 @@ class RestClient:
     def _sync_client(self, limits: httpx.Limits) -> httpx.Client:
         if self._sync_transport is not None:
             return httpx.Client(base_url=self.server, transport=self._sync_transport)
-        return httpx.Client(base_url=self.server, verify=self._verify, limits=limits, timeout=REQUEST_TIMEOUT)
+        return httpx.Client(base_url=self.server, verify=self._tls(), limits=limits, timeout=REQUEST_TIMEOUT)
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        """A TLS context of its own for each client: httpx sets ALPN on the context it is given, so the
+        HTTP/2 client's context shared with the watch client made every watch offer h2 and land on one
+        multiplexed connection, where one thread's blocking read stalled the other informers' lists."""
+        return True if self._no_network else self.config.ssl_context() or True
 
     def _async(self) -> httpx.AsyncClient:
         """The async client of the running event loop (a client's connections belong to one loop)."""
@@ -97,7 +103,7 @@ class RestClient:
                 else:
                     limits = httpx.Limits(max_connections=self._connections,
                                           max_keepalive_connections=self._connections)
-                    client = httpx.AsyncClient(base_url=self.server, verify=self._verify, limits=limits,
+                    client = httpx.AsyncClient(base_url=self.server, verify=self._tls(), limits=limits,
                                                timeout=REQUEST_TIMEOUT, http2=True)
                 self._async_client = (loop, client)
             return self._async_client[1]
