@@ -230,13 +230,21 @@ class Spool:
         for path in sorted(self.queue_dir.glob("*.msg")):
             try:
                 msg = self._read_envelope(path)
+            except FileNotFoundError:
+                continue  # delivered and removed meanwhile by a delivery process still finishing
             except (OSError, ValueError, KeyError) as exc:
                 log.error("corrupt spool file moved aside", extra={"file": path.name, "error": str(exc)})
-                path.rename(self.corrupt_dir / path.name)
+                with contextlib.suppress(FileNotFoundError):
+                    path.rename(self.corrupt_dir / path.name)
                 continue
-            done_path = path.with_suffix(".done")
-            if done_path.exists():
-                for line in done_path.read_bytes().splitlines():
+            try:
+                done = path.with_suffix(".done").read_bytes()
+            except FileNotFoundError:
+                if not path.exists():
+                    continue
+                done = b""
+            if done:
+                for line in done.splitlines():
                     try:
                         rec = json.loads(line)
                         msg.done[rec["rcpt"]] = rec["status"]

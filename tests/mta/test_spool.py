@@ -115,6 +115,32 @@ def test_corrupt_file_is_moved_aside_not_lost(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
+def test_a_message_removed_during_recovery_is_skipped_not_fatal(tmp_path: Path) -> None:
+    """With a separate delivery process, the one still finishing after its SMTP process was killed
+    deletes delivered files while the restarted process scans them: recovery crashed on the rename
+    to corrupt/ and the MTA never opened its port."""
+    async def run() -> None:
+        spool = Spool(tmp_path)
+        await spool.open()
+        gone, _ = await spool.commit(_msg(), b"Subject: gone\r\n\r\nbody\r\n")
+        kept, _ = await spool.commit(_msg(), b"Subject: kept\r\n\r\nbody\r\n")
+        await spool.close()
+        spool = Spool(tmp_path)
+        read = spool._read_envelope
+
+        def delivered_meanwhile(path: Path) -> Any:
+            if path.stem == gone:
+                path.unlink()  # the other process delivered it between the listing and this read
+            return read(path)
+
+        spool._read_envelope = delivered_meanwhile  # type: ignore[method-assign]
+        assert [m.id for m in await spool.open()] == [kept]
+        assert not list((tmp_path / "corrupt").iterdir())
+        await spool.close()
+
+    asyncio.run(run())
+
+
 def test_torn_file_from_an_unflushed_round_is_moved_aside(tmp_path: Path) -> None:
     """A crash before a round's flush can leave a renamed file shorter than its envelope says: never acked."""
     async def run() -> None:
