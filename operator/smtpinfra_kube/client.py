@@ -23,7 +23,7 @@ from .config import KubeConfig
 from .discovery import ABSENT_KIND_SECONDS
 from .errors import ApiError, ApiException
 from .informer import WATCH_SECONDS, Informer, Listener, RestListWatch
-from .objects import Obj, cached, identity, metadata, selects
+from .objects import Obj, cached, identity, known, metadata, selects
 from .rest import CONNECTIONS, FIELD_MANAGER, USER_AGENT, RestClient, WriteGuard
 
 __all__ = ["GENERATION_KINDS", "KNOWN_CACHE_KINDS", "SYNC_WAIT_SECONDS", "TRACKED_KINDS", "Client"]
@@ -195,6 +195,7 @@ class Client(RestClient):
             return hit[1]
         found = await self.get(api_version, kind, name, namespace)
         if found is not None:
+            found = known(found)
             self._known[key] = (str(found["metadata"].get("resourceVersion")), found)
         else:
             self._known.pop(key, None)
@@ -205,7 +206,7 @@ class Client(RestClient):
         meta = obj.get("metadata") or {}
         if (obj.get("apiVersion"), obj.get("kind")) in KNOWN_CACHE_KINDS and meta.get("resourceVersion"):
             self._known[(obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])] = (
-                str(meta["resourceVersion"]), obj)
+                str(meta["resourceVersion"]), known(obj))
         with self._informers_lock:
             informers = list(self._informers.items())
         for (api_version, kind, namespace, selector, _), informer in informers:

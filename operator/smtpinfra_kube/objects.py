@@ -16,8 +16,8 @@ from typing import Any
 Obj = dict[str, Any]
 """A Kubernetes object as decoded JSON."""
 
-__all__ = ["Obj", "Packed", "cached", "identity", "metadata", "object_key", "resource_version", "selects", "slim",
-           "thaw", "version_number"]
+__all__ = ["Obj", "Packed", "cached", "identity", "known", "metadata", "object_key", "resource_version", "selects",
+           "slim", "thaw", "version_number"]
 
 OWN_ANNOTATION_PREFIX = "smtpinfra.com/"
 CACHED_METADATA = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp",
@@ -122,6 +122,17 @@ def slim(obj: Obj) -> Obj:
     """Drop managedFields: nobody here reads them, and they are most of a listed object's bytes."""
     (obj.get("metadata") or {}).pop("managedFields", None)
     return obj
+
+
+def known(obj: Obj) -> Obj:
+    """What `get_known` keeps of an object it read or we wrote: all of it but managedFields, strings shared.
+
+    Its readers need the whole object (a Secret's data, a Service's status), but every Secret and
+    Service we write is remembered, and each answer's managedFields and keys were its own copies.
+    """
+    meta = obj.get("metadata") or {}
+    kept: Obj = shared_strings({**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}})
+    return kept
 
 
 def metadata(obj: Obj) -> Obj:

@@ -329,3 +329,23 @@ def test_cached_objects_share_their_keys_and_short_strings():
     assert c1["reason"] is c2["reason"] and c1["lastTransitionTime"] is c2["lastTransitionTime"]
     assert next(iter(c1)) is next(iter(c2))  # the keys too
     assert c1["message"] == c2["message"] and c1["message"] is not c2["message"]  # long text stays unshared
+
+
+def test_a_known_object_keeps_everything_but_managed_fields_and_shares_its_strings():
+    """Every Secret and Service the operator writes is remembered for `get_known`: each answer's
+    managedFields and keys were its own copies (1,000 tenants' Secrets held ~6 MB of them)."""
+    from smtpinfra_kube.objects import known
+
+    def secret(name: str) -> dict[str, Any]:
+        return json.loads(json.dumps({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {"password": "cGFzcw=="},
+            "metadata": {"name": name, "namespace": "t", "resourceVersion": "7", "annotations": {"a": "b"},
+                         "managedFields": [{"manager": "smtp-infra", "fieldsV1": {"f:data": {}}}]},
+            "status": {"loadBalancer": {}}}))
+
+    answer = secret("one")
+    one, two = known(answer), known(secret("two"))
+    assert "managedFields" not in one["metadata"] and "managedFields" in answer["metadata"]  # the answer is untouched
+    assert one["data"] == {"password": "cGFzcw=="} and one["metadata"]["annotations"] == {"a": "b"}
+    assert one["status"] == {"loadBalancer": {}} and one["type"] == "Opaque"
+    assert next(iter(one["metadata"])) is next(iter(two["metadata"]))
