@@ -19,10 +19,9 @@ start. It also splits each server's latency: apply → StatefulSet (the operator
 (kube-controller-manager), pod seen → Ready (scheduler, volume binding, kwok), pod Ready → server
 Ready (the operator); ``operator_share`` is the first plus the last. The CPU seconds each process
 used during the server phase show who the machine was busy with.
-Peak RSS is the operator's VmHWM (sampled VmRSS as a cross-check). Spool claims are bound by
-pre-created PersistentVolumes (nothing provisions volumes here), so pods can schedule.
-
-The last line of output is JSON.
+Peak RSS is the operator's VmHWM (sampled VmRSS as a cross-check); its RSS before the first Tenant
+and after the last one is Ready says what the floor, the tenants and the servers each take. Spool
+claims are bound by pre-created PersistentVolumes (nothing provisions volumes here). Last line: JSON.
 
     .venv/bin/python bench/operator_scale.py [--servers 200] [--tenants 1000] [--groups 20] [--rate 2]
 """
@@ -90,16 +89,16 @@ class RssSampler(threading.Thread):
         self.hwm_kb = 0
         self.stop = threading.Event()
 
-    def read(self) -> None:
+    def read(self) -> int:
+        """Take a sample; the VmRSS it read (0 when the process is gone)."""
         try:
             text = Path(f"/proc/{self.pid}/status").read_text()
         except OSError:
-            return
-        for line in text.splitlines():
-            if line.startswith("VmRSS:"):
-                self.peak_rss_kb = max(self.peak_rss_kb, int(line.split()[1]))
-            elif line.startswith("VmHWM:"):
-                self.hwm_kb = max(self.hwm_kb, int(line.split()[1]))
+            return 0
+        fields = dict(line.split(":", 1) for line in text.splitlines() if line.startswith(("VmRSS:", "VmHWM:")))
+        rss, hwm = (int(fields.get(k, "0 kB").split()[0]) for k in ("VmRSS", "VmHWM"))
+        self.peak_rss_kb, self.hwm_kb = max(self.peak_rss_kb, rss), max(self.hwm_kb, hwm)
+        return rss
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
@@ -348,6 +347,7 @@ def main() -> int:
                 "spec": {"addresses": [f"127.{100 + i // 250}.{i % 250}.0/24"],
                          "ptrTemplate": "mta-{index}.bench.example.test"}})
         wait_all(pools, pool_ready, args.timeout, "IpPools")
+        rss_start_mb = sampler.read() / 1024  # started, pools Ready: no tenant or server yet
 
         # Tenants.
         tenants = [f"tenant-{i:05d}" for i in range(args.tenants)]
@@ -365,8 +365,8 @@ def main() -> int:
         created_in = time.monotonic() - t_tenants
         wait_all(tenants, tenant_ready, args.timeout, "Tenants")
         print(f"{args.tenants} tenants created in {created_in:.1f}s, all Ready after "
-              f"{time.monotonic() - t_tenants:.1f}s; operator RSS now {sampler.peak_rss_kb / 1024:.0f} MB",
-              flush=True)
+              f"{time.monotonic() - t_tenants:.1f}s; operator RSS {rss_start_mb:.0f} MB before them, "
+              f"{(rss_tenants_mb := sampler.read() / 1024):.0f} MB now", flush=True)
 
         # Servers.
         server_applied = Timeline()
@@ -467,6 +467,7 @@ def main() -> int:
             "kwok_pod_ready_p50_s": round(quantile(kwok_lat, .5), 3),
             "kwok_pod_ready_p95_s": round(quantile(kwok_lat, .95), 3),
             "operator_peak_rss_mb": round(peak_mb, 1),
+            "operator_rss_start_mb": round(rss_start_mb, 1), "operator_rss_after_tenants_mb": round(rss_tenants_mb, 1),
             "servers_ready": len(server_lat), "tenants_ready": len(tenant_lat),
             # Counts, independent of machine load: the operator's API requests per SmtpServer from its
             # creation until all were Ready (audit log), and its CPU per object over the whole run.

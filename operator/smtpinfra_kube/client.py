@@ -202,20 +202,29 @@ class Client(RestClient):
         return found
 
     def remember(self, obj: dict[str, Any]) -> None:
-        """Write-through: put an object we just wrote into the informers that list it (read-your-writes)."""
+        """Write-through: put an object we just wrote into the informers that list it (read-your-writes).
+
+        `get_known` keeps its own copy only of what no full informer holds: readers of a listed
+        kind (the tenants' credential Secrets) read the informer, so a second copy is only memory.
+        """
         meta = obj.get("metadata") or {}
-        if (obj.get("apiVersion"), obj.get("kind")) in KNOWN_CACHE_KINDS and meta.get("resourceVersion"):
-            self._known[(obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])] = (
-                str(meta["resourceVersion"]), known(obj))
         with self._informers_lock:
             informers = list(self._informers.items())
-        for (api_version, kind, namespace, selector, _), informer in informers:
+        held = False
+        for (api_version, kind, namespace, selector, metadata_only), informer in informers:
             if (api_version, kind) != (obj.get("apiVersion"), obj.get("kind")):
                 continue
             if namespace is not None and namespace != meta.get("namespace"):
                 continue
             if selects(selector, meta.get("labels") or {}):
                 informer.put(obj)
+                held = held or not metadata_only
+        if (obj.get("apiVersion"), obj.get("kind")) in KNOWN_CACHE_KINDS and meta.get("resourceVersion"):
+            key = (obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])
+            if held:
+                self._known.pop(key, None)
+            else:
+                self._known[key] = (str(meta["resourceVersion"]), known(obj))
 
     # -- skipping unchanged children
 

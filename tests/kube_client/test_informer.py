@@ -349,3 +349,20 @@ def test_a_known_object_keeps_everything_but_managed_fields_and_shares_its_strin
     assert one["data"] == {"password": "cGFzcw=="} and one["metadata"]["annotations"] == {"a": "b"}
     assert one["status"] == {"loadBalancer": {}} and one["type"] == "Opaque"
     assert next(iter(one["metadata"])) is next(iter(two["metadata"]))
+
+
+def test_our_write_of_an_object_a_full_informer_lists_is_not_kept_twice():
+    """A tenant's credential Secret is in the full informer of tenant Secrets; `get_known` keeps its
+    own copy only of what no full informer holds (the server's DKIM and token Secrets)."""
+    client = Client(CONFIG, transport=FakeApi([], []).transport, start_informers=False)
+    tenants_secrets = client.informer("v1", "Secret", label_selector="smtpinfra.com/tenant")
+
+    def secret(name: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Secret", "data": {"k": "dg=="},
+                "metadata": {"name": name, "namespace": "t", "resourceVersion": "5", "labels": labels}}
+
+    client.remember(secret("credentials", {"smtpinfra.com/tenant": "a"}))
+    client.remember(secret("dkim", {"app": "mta"}))
+    assert tenants_secrets.get("t", "credentials") is not None and tenants_secrets.get("t", "dkim") is None
+    assert ("v1", "Secret", "t", "credentials") not in client._known
+    assert client._known[("v1", "Secret", "t", "dkim")][1]["data"] == {"k": "dg=="}
