@@ -6,7 +6,8 @@ server with a forward zone (example.test) and the reverse zone of the pool addre
 checked with third-party tools: pyspf, checkdmarc and dkimpy resolve from Knot. Mail submitted
 to the MTA pods reaches Postfix's smtp-sink (MX from Knot) and its DKIM signature is verified
 with the key Knot answers; the MTA-STS policy is fetched from the pods over HTTP and HTTPS. The
-tests of this module run in order and share the servers they create.
+tests of this module run in order and share the servers they create, so they stay one module (over
+500 lines): split, each part would start its own Knot, operator and MTA pods.
 """
 
 from __future__ import annotations
