@@ -364,9 +364,10 @@ def main() -> int:
         create_all([tenant_call(i, n) for i, n in enumerate(tenants)], tenant_applied, args.workers)
         created_in = time.monotonic() - t_tenants
         wait_all(tenants, tenant_ready, args.timeout, "Tenants")
+        rss_tenants_mb = sampler.read() / 1024
         print(f"{args.tenants} tenants created in {created_in:.1f}s, all Ready after "
               f"{time.monotonic() - t_tenants:.1f}s; operator RSS {rss_start_mb:.0f} MB before them, "
-              f"{(rss_tenants_mb := sampler.read() / 1024):.0f} MB now", flush=True)
+              f"{rss_tenants_mb:.0f} MB now", flush=True)
 
         # Servers.
         server_applied = Timeline()
