@@ -29,6 +29,7 @@ from .controllers.ippool import IpPoolController
 from .controllers.smtpserver import SmtpServerController
 from .controllers.tenant import TenantController, refused_for_another
 from .controllers.warmupplan import WarmupPlanController
+from .dkimkeys import DkimKeys
 from .metrics import RuntimeMetrics
 from .peering import PEERING_GROUP, Gate, Peering
 from .reputation.dnsbl_kube import monitor as dnsbl_monitor
@@ -76,9 +77,11 @@ class Runtime:
         self.blocklists = dnsbl_monitor(self.kube, self.status, self.gate.paused, self.pools.kick,
                                         self.metrics_registry)
         self.pools.attach_monitor(self.blocklists)
-        self.dns = DnsPublisher(self.kube, self.status, self.clock.monotonic, self.pools.note_ptr_checks)
+        self.dkim_keys = DkimKeys()
+        self.dns = DnsPublisher(self.kube, self.status, self.clock.monotonic, self.pools.note_ptr_checks,
+                               self.dkim_keys)
         self.tenant_index = TenantIndex(refused=refused_for_another)
-        self.servers = SmtpServerController(deps, self.pools, self.dns, self.tenant_index)
+        self.servers = SmtpServerController(deps, self.pools, self.dns, self.tenant_index, self.dkim_keys)
         self.campaigns = CampaignQueue(deps, self.usage, self.metrics_registry)
         self.tenants = TenantController(deps, self.tenant_index, kick_server=self.servers.kick,
                                         usage=self.usage.latest,

@@ -48,3 +48,12 @@ def dkim_keys() -> dict[str, bytes]:
         "rsa-b": pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
         "ed": pem(ed25519.Ed25519PrivateKey.generate()),
     }
+
+
+@pytest.fixture(scope="session")
+def dkim_public(dkim_keys: dict[str, bytes]) -> dict[str, bytes]:
+    """The public halves of `dkim_keys` as SubjectPublicKeyInfo DER, what DkimPublicKey holds."""
+    from cryptography.hazmat.primitives import serialization
+
+    return {name: serialization.load_pem_private_key(pem, password=None).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) for name, pem in dkim_keys.items()}

@@ -54,9 +54,9 @@ class Published:
 
 
 @pytest.fixture(scope="module")
-def published(knot: KnotServer, dkim_keys: dict[str, bytes]) -> Published:
-    keys = [DkimPublicKey(BASE, "rsa1", dkim_keys["rsa-a"]),
-            DkimPublicKey(BASE, "ed1", dkim_keys["ed"], DkimAlgorithm.ED25519_SHA256)]
+def published(knot: KnotServer, dkim_public: dict[str, bytes]) -> Published:
+    keys = [DkimPublicKey(BASE, "rsa1", dkim_public["rsa-a"]),
+            DkimPublicKey(BASE, "ed1", dkim_public["ed"], DkimAlgorithm.ED25519_SHA256)]
     inputs = scenario("chk", 110, [o + 100 for o in POOL], dkim=keys, mta_sts=True)
     records = build_records(inputs)
     provider = Rfc2136Provider(knot.address, [FORWARD_ZONE, REVERSE_ZONE], key_name=KEY_NAME, secret=KEY_SECRET,

@@ -8,7 +8,6 @@ from typing import Any
 
 import dns.rdata
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from smtpinfra_api.v1alpha1 import DkimAlgorithm, DmarcPolicy, DmarcSpec, SmtpServerSpec
 from smtpinfra_operator.builders import workload
@@ -27,6 +26,7 @@ from smtpinfra_operator.dns import (
     mta_sts_policy_id,
     mta_sts_policy_text,
     spf_text,
+    spki_kind,
     txt_value,
     unmanaged_records,
 )
@@ -122,20 +122,17 @@ def test_contiguous_addresses_collapse_to_cidrs_and_stay_exact() -> None:
     assert spf_text([]) == "v=spf1 -all"
 
 
-def test_dkim_records_for_rsa_and_ed25519(dkim_keys: dict[str, bytes]) -> None:
-    priv = serialization.load_pem_private_key(dkim_keys["rsa-a"], password=None)
-    der = priv.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    rsa_key = DkimPublicKey("d.example.test", "s1", dkim_keys["rsa-a"])
+def test_dkim_records_for_rsa_and_ed25519(dkim_public: dict[str, bytes]) -> None:
+    der = dkim_public["rsa-a"]
+    rsa_key = DkimPublicKey("d.example.test", "s1", der)
     assert dkim_text(rsa_key) == f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
-    # the public key in PEM gives the same record as the private key it came from
-    pub_pem = priv.public_key().public_bytes(serialization.Encoding.PEM,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-    assert dkim_text(dataclasses.replace(rsa_key, key=pub_pem)) == dkim_text(rsa_key)
+    assert spki_kind(der) == "rsa"
 
-    ed = DkimPublicKey("d.example.test", "ed", dkim_keys["ed"], DkimAlgorithm.ED25519_SHA256)
+    ed = DkimPublicKey("d.example.test", "ed", dkim_public["ed"], DkimAlgorithm.ED25519_SHA256)
     text = dkim_text(ed)
+    raw = base64.b64decode(text.split("p=")[1])
     assert text.startswith("v=DKIM1; k=ed25519; p=")
-    assert len(base64.b64decode(text.split("p=")[1])) == 32
+    assert len(raw) == 32 and dkim_public["ed"].endswith(raw)  # RFC 8463: the raw key, not its SPKI
 
     recs = by_key(build_records(dataclasses.replace(scenario("k", 10, [11]), dkim_keys=(rsa_key, ed))))
     rsa_rec = recs[("s1._domainkey.d.example.test", "TXT")]
@@ -144,11 +141,14 @@ def test_dkim_records_for_rsa_and_ed25519(dkim_keys: dict[str, bytes]) -> None:
     assert recs[("ed._domainkey.d.example.test", "TXT")].texts() == [text]
 
 
-def test_dkim_refuses_a_key_of_the_wrong_algorithm_or_garbage(dkim_keys: dict[str, bytes]) -> None:
+def test_dkim_refuses_a_key_of_the_wrong_algorithm_or_garbage(dkim_public: dict[str, bytes]) -> None:
     with pytest.raises(RecordError, match="is ed25519 but algorithm is rsa-sha256"):
-        dkim_text(DkimPublicKey("d.test", "s", dkim_keys["ed"], DkimAlgorithm.RSA_SHA256))
-    with pytest.raises(RecordError, match="neither a PEM nor a DER"):
-        dkim_text(DkimPublicKey("d.test", "s", b"not a key"))
+        dkim_text(DkimPublicKey("d.test", "s", dkim_public["ed"], DkimAlgorithm.RSA_SHA256))
+    with pytest.raises(RecordError, match="is rsa but algorithm is ed25519-sha256"):
+        dkim_text(DkimPublicKey("d.test", "s", dkim_public["rsa-a"], DkimAlgorithm.ED25519_SHA256))
+    for garbage in (b"not a key", b"", dkim_public["ed"][:-1], b"\x30" + dkim_public["rsa-a"][30:]):
+        with pytest.raises(RecordError, match="only RSA and Ed25519 keys are supported"):
+            dkim_text(DkimPublicKey("d.test", "s", garbage))
 
 
 def test_dmarc_text() -> None:

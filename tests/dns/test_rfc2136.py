@@ -41,8 +41,8 @@ def foreign(records: list[Record]) -> list[Record]:
     return sorted(r for r in records if r.name in names)
 
 
-def test_publish_then_read_back(provider: Rfc2136Provider, dkim_keys: dict[str, bytes], knot: KnotServer) -> None:
-    keys = (DkimPublicKey("pub.example.test", "s1", dkim_keys["rsa-a"]),)
+def test_publish_then_read_back(provider: Rfc2136Provider, dkim_public: dict[str, bytes], knot: KnotServer) -> None:
+    keys = (DkimPublicKey("pub.example.test", "s1", dkim_public["rsa-a"]),)
     desired = build_records(scenario("pub", 10, [11, 12, 13], dkim=keys, mta_sts=True))
     result = sync(provider, "mail/pub", desired)
     assert result.applied and not result.plan.conflicts and not result.outside
@@ -74,9 +74,9 @@ def test_foreign_record_is_left_untouched_and_reported(provider: Rfc2136Provider
     assert provider.read() == after
 
 
-def test_dkim_rotation_publishes_both_selectors(provider: Rfc2136Provider, dkim_keys: dict[str, bytes]) -> None:
-    old = DkimPublicKey("rot.example.test", "s2025", dkim_keys["rsa-a"])
-    new = DkimPublicKey("rot.example.test", "s2026", dkim_keys["rsa-b"])
+def test_dkim_rotation_publishes_both_selectors(provider: Rfc2136Provider, dkim_public: dict[str, bytes]) -> None:
+    old = DkimPublicKey("rot.example.test", "s2025", dkim_public["rsa-a"])
+    new = DkimPublicKey("rot.example.test", "s2026", dkim_public["rsa-b"])
     sync(provider, "mail/rot", build_records(scenario("rot", 30, [31], dkim=[old])))
     rotating = sync(provider, "mail/rot", build_records(scenario("rot", 30, [31], dkim=[old, new])))
     assert [r.name for r in rotating.plan.to_add] == ["_smtp-infra-owner-txt.s2026._domainkey.rot.example.test",

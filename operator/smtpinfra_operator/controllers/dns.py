@@ -27,6 +27,7 @@ from smtpinfra_kube import ApiException, KubeApi
 from ..builders import workload
 from ..builders.mtaconfig import ServerInputs
 from ..conditions import FALSE, READY, TRUE, now_rfc3339, set_condition
+from ..dkimkeys import DkimKeyError, DkimKeys
 from ..dns import (
     DkimPublicKey,
     DnsConcurrentChange,
@@ -89,8 +90,9 @@ class DnsPublisher:
     """The DNS side of SmtpServer reconciles; its state (what was checked, what is being deleted) is its own."""
 
     def __init__(self, kube: KubeApi, status: StatusWriter, clock: Callable[[], float],
-                 note_ptr_checks: Callable[[Iterable[str], dict[str, bool]], None]) -> None:
+                 note_ptr_checks: Callable[[Iterable[str], dict[str, bool]], None], keys: DkimKeys) -> None:
         self.kube = kube
+        self.keys = keys
         self.status = status
         self._monotonic = clock
         self._note_ptr_checks = note_ptr_checks
@@ -117,13 +119,19 @@ class DnsPublisher:
             where = f"DKIM {key.selector}._domainkey.{key.domain}"
             if secret is None:
                 raise DnsInputError("DkimSecretNotFound", f"Secret {owner.namespace}/{name} for {where} not found")
-            material = _secret_value(secret, "private.pem")
-            if material is None and (txt := _secret_value(secret, "dns.txt")) is not None:
-                material = dkim_public_from_txt(txt.decode())
-            if material is None:
+            private = _secret_value(secret, "private.pem")
+            if private is not None:
+                try:
+                    public = await self.keys.public_der(private)
+                except DkimKeyError as exc:
+                    raise DnsInputError("DkimSecretInvalid", f"Secret {owner.namespace}/{name} for {where}: "
+                                        f"private.pem: {exc}") from None
+            elif (txt := _secret_value(secret, "dns.txt")) is not None:
+                public = dkim_public_from_txt(txt.decode())
+            else:
                 raise DnsInputError("DkimSecretInvalid", f"Secret {owner.namespace}/{name} for {where} has neither "
                                     "private.pem nor dns.txt")
-            keys.append(DkimPublicKey(key.domain, key.selector, material, DkimAlgorithm(key.algorithm)))
+            keys.append(DkimPublicKey(key.domain, key.selector, public, DkimAlgorithm(key.algorithm)))
         return keys
 
     async def _service_addresses(self, owner: workload.Owner, spec: SmtpServerSpec) -> list[str]:

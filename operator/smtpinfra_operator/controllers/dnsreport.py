@@ -33,8 +33,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import ValidationError
 
 from smtpinfra_api.v1alpha1 import (
@@ -54,7 +52,7 @@ from ..dns import (
     sync,
     verify,
 )
-from ..dns.records import normalize_name, reverse_name, zone_of
+from ..dns.records import ED25519_SPKI_PREFIX, normalize_name, reverse_name, zone_of
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +217,7 @@ def dkim_public_from_txt(txt: str) -> bytes:
     tags = dict(part.strip().partition("=")[::2] for part in txt.split(";") if "=" in part)
     raw = base64.b64decode("".join(tags.get("p", "").split()))
     if tags.get("k", "rsa").strip() == "ed25519":
-        return ed25519.Ed25519PublicKey.from_public_bytes(raw).public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return ED25519_SPKI_PREFIX + raw
     return raw
 
 

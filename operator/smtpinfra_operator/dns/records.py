@@ -23,8 +23,6 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import dns.reversename
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from smtpinfra_api.v1alpha1 import DkimAlgorithm, DmarcPolicy, DmarcSpec
 
@@ -145,8 +143,8 @@ class SendingIp:
 class DkimPublicKey:
     """A DKIM key to publish at <selector>._domainkey.<domain>.
 
-    `key` is PEM or DER; a private key is accepted too (the operator holds the Secret with
-    `private.pem`), and only its public half is published.
+    `key` is the public key as SubjectPublicKeyInfo DER (the operator derives it from the
+    Secret's `private.pem` with `smtpinfra_operator.dkimkeys`).
     """
 
     domain: str
@@ -266,35 +264,39 @@ def spf_text(addresses: Iterable[str], extra: Sequence[str] = (), *, domain: str
     return text
 
 
+ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+"""SubjectPublicKeyInfo of an Ed25519 key: this fixed prefix, then the 32-byte key (RFC 8410)."""
+RSA_ENCRYPTION_OID = bytes.fromhex("06092a864886f70d010101")
+"""The rsaEncryption algorithm identifier (RFC 3279) as it appears near the start of an RSA SPKI."""
+
+
+def spki_kind(der: bytes) -> str | None:
+    """"rsa", "ed25519", or None for anything else (another algorithm, not a key)."""
+    if len(der) == len(ED25519_SPKI_PREFIX) + 32 and der.startswith(ED25519_SPKI_PREFIX):
+        return "ed25519"
+    if der[:1] == b"\x30" and RSA_ENCRYPTION_OID in der[:24]:
+        return "rsa"
+    return None
+
+
+def dkim_value(der: bytes) -> str:
+    """`v=DKIM1; k=rsa|ed25519; p=…` for a SubjectPublicKeyInfo DER (RFC 6376; RFC 8463's raw Ed25519 key)."""
+    kind = spki_kind(der)
+    if kind is None:
+        raise RecordError("DKIM key: only RSA and Ed25519 keys are supported")
+    p = der[len(ED25519_SPKI_PREFIX):] if kind == "ed25519" else der
+    return f"v=DKIM1; k={kind}; p={base64.b64encode(p).decode()}"
+
+
 def dkim_text(key: DkimPublicKey) -> str:
-    """`v=DKIM1; k=rsa|ed25519; p=…` for the public half of `key` (RFC 6376, RFC 8463)."""
-    pub = _load_public_key(key.key)
-    if isinstance(pub, rsa.RSAPublicKey):
-        kind = "rsa"
-        p = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    elif isinstance(pub, ed25519.Ed25519PublicKey):
-        kind = "ed25519"
-        p = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    else:
+    """The TXT value for `key`, refused when the key is not of the selector's algorithm."""
+    kind = spki_kind(key.key)
+    if kind is None:
         raise RecordError(f"DKIM key {key.selector}._domainkey.{key.domain}: only RSA and Ed25519 keys are supported")
     want = "ed25519" if key.algorithm == DkimAlgorithm.ED25519_SHA256 else "rsa"
     if kind != want:
         raise RecordError(f"DKIM key {key.selector}._domainkey.{key.domain} is {kind} but algorithm is {key.algorithm}")
-    return f"v=DKIM1; k={kind}; p={base64.b64encode(p).decode()}"
-
-
-def _load_public_key(data: bytes) -> object:
-    try:
-        if data.lstrip().startswith(b"-----"):
-            if b"PRIVATE KEY" in data:
-                return serialization.load_pem_private_key(data, password=None).public_key()
-            return serialization.load_pem_public_key(data)
-        try:
-            return serialization.load_der_public_key(data)
-        except ValueError:
-            return serialization.load_der_private_key(data, password=None).public_key()
-    except (ValueError, TypeError) as exc:
-        raise RecordError(f"DKIM key is neither a PEM nor a DER public or private key: {exc}") from None
+    return dkim_value(key.key)
 
 
 def _mailto(address: str) -> str:

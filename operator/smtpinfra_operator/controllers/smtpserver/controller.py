@@ -32,6 +32,7 @@ from ...builders import workload
 from ...builders.mtaconfig import config_map_data, content_hash
 from ...conditions import FALSE, Outcome
 from ...controller import Controller, Deps
+from ...dkimkeys import DkimKeys
 from ...kicker import Kicker, Locks
 from ...settings import FULL_RESYNC_SECONDS
 from ...tenant_index import TenantIndex
@@ -93,11 +94,12 @@ class SmtpServerController(Controller[Key]):
     kind = "SmtpServer"
     CONCURRENCY = 128
 
-    def __init__(self, deps: Deps, pools: IpPoolController, dns: DnsPublisher, tenants: TenantIndex) -> None:
+    def __init__(self, deps: Deps, pools: IpPoolController, dns: DnsPublisher, tenants: TenantIndex,
+                 keys: DkimKeys) -> None:
         super().__init__(deps)
         self.pools = pools
         self.dns = dns
-        self.gatherer = ServerGatherer(deps.kube, pools, tenants)
+        self.gatherer = ServerGatherer(deps.kube, pools, tenants, keys)
         self.status_queue: Kicker[Key] = self.make_queue(self.refresh_status, "SmtpServerStatus", concurrency=16)
         self.pool_queue: Kicker[str] = self.make_queue(self._follow_pool, "SmtpServerPools")
         self._locks: Locks[Key] = Locks()

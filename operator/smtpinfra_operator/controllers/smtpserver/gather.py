@@ -22,9 +22,9 @@ from ... import tenancy
 from ...builders import tenant as tenant_build
 from ...builders import unsubscribe, verp, workload
 from ...builders.assignment import ReplicaKey
-from ...builders.keys import generate_dkim_key
 from ...builders.mtaconfig import ServedTenant, ServerInputs, SourceAddress
 from ...campaigns.suspension import suspended_reason
+from ...dkimkeys import DkimKeys
 from ...tenant_index import TenantIndex
 from ..ippool import IpPoolController, source_address
 from .decide import Gathered, MissingReference, selected
@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 class ServerGatherer:
     """What one SmtpServer reconcile reads, through the given client and the pools' controller."""
 
-    def __init__(self, kube: KubeApi, pools: IpPoolController, tenants: TenantIndex) -> None:
+    def __init__(self, kube: KubeApi, pools: IpPoolController, tenants: TenantIndex, keys: DkimKeys) -> None:
+        self.keys = keys
         self.kube = kube
         self.pools = pools
         self.tenants = tenants
@@ -114,7 +115,7 @@ class ServerGatherer:
 
 
     async def _ensure_dkim(self, owner: workload.Owner, spec: SmtpServerSpec) -> None:
-        """Generate each missing DKIM key once (in a thread: an RSA key takes a while); explicit Secrets must exist."""
+        """Generate each missing DKIM key once (openssl, off the event loop); explicit Secrets must exist."""
         for key in spec.dkim.keys:
             name = workload.dkim_secret_name(owner.name, key)
             if key.secret_name:
@@ -124,8 +125,7 @@ class ServerGatherer:
                                            f"{key.domain} not found")
                 continue
             if await self.kube.get_known("v1", "Secret", name, owner.namespace) is None:
-                private, dns_value = await asyncio.to_thread(generate_dkim_key, key.algorithm,
-                                                             key.rsa_key_size or 2048)
+                private, dns_value = await self.keys.generate(key.algorithm, key.rsa_key_size or 2048)
                 if await self.kube.create(workload.dkim_secret(owner, key, private, dns_value)) is None:
                     log.info("generated DKIM key %s._domainkey.%s", key.selector, key.domain)
 
