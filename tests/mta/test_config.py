@@ -144,10 +144,24 @@ def test_mta_sts_errors_are_clear(config: dict[str, Any], message: str) -> None:
     assert message in str(exc.value)
 
 
-def test_yaml_round_trip_and_load(tmp_path: Path) -> None:
+def test_rendered_config_round_trips_and_is_yaml_too(tmp_path: Path) -> None:
+    """The operator renders JSON (fast to write and read); it is ASCII, so any YAML reader takes it as well."""
+    policy = POLICY + "ext: caf\u00e9 \U0001f600\r\n"  # non-ASCII, beyond the BMP too
+    cfg = parse_config(minimal(throttling={"rules": [{"scope": "default", "max_message_rate": "100/m"}]},
+                               mta_sts={"policy": policy}, http={"mta_sts_port": 8443}))
+    text = dump_config(cfg)
+    assert text.isascii() and text.startswith("{\n")
+    path = tmp_path / "mta.yaml"
+    path.write_text(text)
+    assert load_config(path) == cfg
+    assert cfg.mta_sts is not None and load_config(path).mta_sts == cfg.mta_sts
+    assert parse_config(yaml.safe_load(dump_config(parse_config(minimal())))) == parse_config(minimal())
+
+
+def test_a_hand_written_yaml_config_loads(tmp_path: Path) -> None:
     cfg = parse_config(minimal(throttling={"rules": [{"scope": "default", "max_message_rate": "100/m"}]}))
     path = tmp_path / "mta.yaml"
-    path.write_text(dump_config(cfg))
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
     assert load_config(path) == cfg
 
 
