@@ -106,8 +106,9 @@ class RssSampler(threading.Thread):
 
 
 def cpu_seconds(marker: str, extra: dict[str, int]) -> dict[str, float]:
-    """CPU time (user + system) so far of each process whose command line mentions `marker`
-    (the control plane's processes all name the state dir), plus the named `extra` pids."""
+    """CPU time (user + system, its own and its waited-for children's) so far of each process whose
+    command line mentions `marker` (the control plane's processes all name the state dir), plus the
+    named `extra` pids."""
     tick = os.sysconf("SC_CLK_TCK")
     found: dict[str, float] = {}
     for proc in Path("/proc").iterdir():
@@ -122,7 +123,8 @@ def cpu_seconds(marker: str, extra: dict[str, int]) -> dict[str, float]:
         if name is None and any(marker.encode() in a for a in argv):
             name = Path(argv[0].decode(errors="replace")).name
         if name is not None:
-            found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            # user + system, with the children it has waited for (the operator's openssl runs)
+            found[name] = found.get(name, 0.0) + sum(int(f) for f in fields[11:15]) / tick
     return found
 
 
