@@ -7,7 +7,9 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import kopf
 
@@ -38,6 +40,14 @@ class _DiffBaseWhereUsed(kopf.StatusDiffBaseStorage):
         if body.get("kind") in EVENT_DRIVEN_KINDS:
             return
         super().store(body=body, patch=patch, essence=essence)
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None) -> kopf.BodyEssence:
+        """No essence for those kinds either: nothing compares it (nothing stored, no change handler
+        reads a diff), and building it deep-copied every watch event of theirs twice (6% of the
+        operator's Python time when 200 servers were created at once)."""
+        if body.get("kind") in EVENT_DRIVEN_KINDS:
+            return cast(kopf.BodyEssence, {})
+        return super().build(body=body, extra_fields=extra_fields)
 
 
 def operator_settings() -> kopf.OperatorSettings:

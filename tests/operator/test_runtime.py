@@ -83,3 +83,29 @@ def test_a_tenant_event_only_queues_its_key_and_a_replica_that_cannot_tell_the_p
     assert registry.get_sample_value("smtpinfra_operator_queue_depth", {"kind": "Tenant"}) == 1
     assert registry.get_sample_value("smtpinfra_operator_active", {"peering": "p"}) == 0
     assert runtime.tenants.queue.pending() == 1
+
+
+def test_kopf_keeps_and_builds_no_diff_base_for_the_event_driven_kinds() -> None:
+    """Tenant and SmtpServer events are ours to read (a spec change is a new generation): Kopf neither
+    stores their last-handled spec (one status write each) nor copies the body to diff against;
+    IpPool, whose change handlers diff, still gets both."""
+    import kopf
+
+    from smtpinfra_operator.app import operator_settings
+
+    storage = operator_settings().persistence.diffbase_storage
+
+    def body(kind: str) -> kopf.Body:
+        return kopf.Body({"apiVersion": "smtp-infra.io/v1alpha1", "kind": kind,
+                          "metadata": {"name": "x", "labels": {"a": "b"}}, "spec": {"replicas": 2}})
+
+    for kind in ("Tenant", "SmtpServer"):
+        assert storage.build(body=body(kind)) == {}
+        patch = kopf.Patch()
+        storage.store(body=body(kind), patch=patch, essence=storage.build(body=body(kind)))
+        assert not patch
+    essence = storage.build(body=body("IpPool"))
+    assert essence["spec"] == {"replicas": 2} and essence["metadata"]["labels"] == {"a": "b"}
+    patch = kopf.Patch()
+    storage.store(body=body("IpPool"), patch=patch, essence=essence)
+    assert patch["status"]["kopf"]["lastHandledConfiguration"]
