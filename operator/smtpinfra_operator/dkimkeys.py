@@ -1,7 +1,7 @@
 """DKIM key material through the `openssl` command, so the operator process loads no crypto library.
 
 The operator makes a key once per selector and derives a public key once per distinct Secret
-content (remembered by digest); for that, cryptography's bindings cost ~10 MB of resident memory
+content (remembered by digest); for that, cryptography's bindings cost 7-10 MB of resident memory
 for the process's whole life. dkimpy's own `dknewkey` makes keys with `openssl` the same way.
 Each call is its own short process, off the event loop, a few at a time, with a deadline; a key
 from a tenant's Secret is bounded in size and never prompts for a passphrase.

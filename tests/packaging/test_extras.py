@@ -101,7 +101,7 @@ def test_mta_entry_points_run_with_only_the_mta_extra(argv):
 
 def test_operator_entry_point_runs_with_only_the_operator_extra():
     blocked = not_installed_by("operator", "smtpinfra_testenv")
-    # no crypto library either: DKIM keys go through the openssl command (~10 MB less resident memory)
+    # no crypto library either: DKIM keys go through the openssl command (7-10 MB less resident memory)
     assert {"pulumi", "aiosmtpd", "dkim", "uvloop", "pytest", "cryptography", "nacl"} <= set(blocked[0])
     result = probe(blocked, ["smtpinfra_operator"], ["operator", "run", "--help"])
     assert result.returncode == 0, result.stderr
