@@ -23,7 +23,7 @@ from .config import KubeConfig
 from .discovery import ABSENT_KIND_SECONDS
 from .errors import ApiError, ApiException
 from .informer import WATCH_SECONDS, Informer, Listener, RestListWatch
-from .objects import Obj, cached, identity, known, metadata, selects
+from .objects import Obj, cached, identity, known, metadata, selects, version_number
 from .rest import CONNECTIONS, FIELD_MANAGER, USER_AGENT, RestClient, WriteGuard
 
 __all__ = ["GENERATION_KINDS", "KNOWN_CACHE_KINDS", "SYNC_WAIT_SECONDS", "TRACKED_KINDS", "Client"]
@@ -241,7 +241,12 @@ class Client(RestClient):
             informer.listen(functools.partial(self._tracked_event, api_version, kind))
 
     def _tracked_event(self, api_version: str, kind: str, type_: str, obj: dict[str, Any]) -> None:
-        """A deletion always counts; a change counts when the version is not the one our last apply made."""
+        """A deletion always counts; a change counts when it is newer than our last apply and not of its version.
+
+        An event older than our last apply is of our own earlier write, reaching us late (the watch
+        trails our requests under load): reporting it made a change by nobody look like one by
+        somebody else, and an edit by hand right after it went unnoticed by a caller waiting for one.
+        """
         meta = obj["metadata"]
         key = (api_version, kind, meta.get("namespace") or "", meta["name"])
         if type_ == "DELETED":
@@ -249,6 +254,9 @@ class Client(RestClient):
         else:
             last = self._last_applied.get(key)
             if last is None or _version(api_version, kind, meta) == last[1]:
+                return
+            seen, written = version_number(obj), version_number({"metadata": last[2]})
+            if seen is not None and written is not None and seen < written:
                 return
         if self._on_changed is not None:
             self._on_changed(meta)

@@ -3,6 +3,7 @@ client's httpx transport seam (a scripted API server, no cluster)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import threading
@@ -366,3 +367,30 @@ def test_our_write_of_an_object_a_full_informer_lists_is_not_kept_twice():
     assert tenants_secrets.get("t", "credentials") is not None and tenants_secrets.get("t", "dkim") is None
     assert ("v1", "Secret", "t", "credentials") not in client._known
     assert client._known[("v1", "Secret", "t", "dkim")][1]["data"] == {"k": "dg=="}
+
+
+def test_a_late_event_of_our_own_earlier_apply_is_not_a_change_by_somebody_else():
+    """Under load the watch trails our writes: the event of our first apply can arrive after our second.
+    Only an event newer than our last apply (and not of its version) is somebody else's change."""
+    cm_path = "/api/v1/namespaces/mail/configmaps/child"
+
+    def configmap(version: int, value: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "data": {"v": value},
+                "metadata": {"name": "child", "namespace": "mail", "resourceVersion": str(version),
+                             "labels": {"app": "mta"}}}
+
+    def watch_event(version: int) -> dict[str, Any]:
+        return {"type": "MODIFIED", "object": {"apiVersion": "v1", "kind": "ConfigMap",
+                                               "metadata": configmap(version, "")["metadata"]}}
+
+    fake = FakeApi([listing(10)], [[watch_event(11), watch_event(12), watch_event(13)]])
+    client = Client(CONFIG, transport=fake.transport, start_informers=False)
+    changed: list[str] = []
+    client.track_applied("app=mta", on_changed=lambda meta: changed.append(meta["resourceVersion"]))
+    tracker = client.shared_informer(("v1", "ConfigMap", None, "app=mta"), metadata_only=True)
+    version = tracker.step(None)
+    for answer in (11, 12):  # our two applies, answered before the watch tells of either
+        fake.other[("PATCH", cm_path)] = httpx.Response(200, json=configmap(answer, str(answer)))
+        asyncio.run(client.apply(configmap(0, str(answer))))
+    tracker.step(version)  # then the watch: our 11 (late), our 12, somebody else's 13
+    assert changed == ["13"]
