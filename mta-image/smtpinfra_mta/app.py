@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,7 @@ from smtpinfra_mta.protocol import ListenerKind
 from smtpinfra_mta.quota_pg import PostgresQuotas, QuotaStoreError
 from smtpinfra_mta.scheduler import Scheduler
 from smtpinfra_mta.server import make_protocol_factory
-from smtpinfra_mta.spool import Spool, SpooledMessage
+from smtpinfra_mta.spool import ACCEPT_SHARD, Spool, SpooledMessage, accept_shards
 from smtpinfra_mta.suppression import SuppressionStore, open_store
 from smtpinfra_mta.tenants import TenantDirectory
 from smtpinfra_mta.throttle import WarmupGate
@@ -51,7 +52,6 @@ logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 Role = Literal["all", "accept", "deliver"]
 TLS_CHECK_SECONDS = 2.0
-ACCEPT_SHARD = "accept"  # spool subdirectory of the SMTP process when delivery runs separately
 
 
 class MtaApp:
@@ -59,14 +59,15 @@ class MtaApp:
     "accept" (listeners, its own spool shard, quotas, idempotency) and hands each committed message to
     ``forward``; the delivery process runs "deliver" (scheduler, shaping, warm-up, DSNs, reports)."""
 
-    def __init__(self, cfg: MtaConfig, config_path: Path | None = None, role: Role = "all") -> None:
+    def __init__(self, cfg: MtaConfig, config_path: Path | None = None, role: Role = "all",
+                 shard: str = ACCEPT_SHARD) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.role = role
         self.metrics = Metrics()
         self.tenants = TenantDirectory(cfg)
         self.signer = DkimSigner(cfg.dkim)
-        directory = cfg.spool.directory / ACCEPT_SHARD if role == "accept" else cfg.spool.directory
+        directory = cfg.spool.directory / shard if role == "accept" else cfg.spool.directory
         # the accepting process never delivers, so caching content there would only hold memory
         self.spool = Spool(directory, fsync=cfg.spool.fsync, group_commit_window=cfg.spool.group_commit_window,
                            idempotency_retention=cfg.spool.idempotency_retention,
@@ -83,8 +84,12 @@ class MtaApp:
         self.suppression: SuppressionStore | None = None
         self.draining = False
         self.sessions = 0
-        self.connections = ConnectionBudget()
-        self.data_memory = MemoryBudget(cfg.limits.max_data_memory)
+        self.processes = cfg.listeners.processes if role == "accept" else 1  # receiving processes sharing limits
+        self.connections = ConnectionBudget(self.processes)
+        self.data_memory = MemoryBudget(cfg.limits.max_data_memory // self.processes)
+        self.inherited: list[tuple[ListenerKind, socket.socket]] = []
+        """Listening sockets of the first receiving process (the others accept on them instead of binding)."""
+        self.listen_fds: list[tuple[ListenerKind, int]] = []
         self.ready = False
         self.listen_ports: dict[str, list[tuple[str, int]]] = {}
         self.http_port: int | None = None
@@ -104,7 +109,7 @@ class MtaApp:
         self.cfg.spool.directory.mkdir(parents=True, exist_ok=True)
         # Quota counters are only touched by the accepting side and warm-up counters only by the delivering
         # side, so the two processes of separate_process never share a key (no stale cache across them).
-        self.counters = Counters(self.cfg.spool.directory / "counters.sqlite")
+        self.counters = Counters(self.cfg.spool.directory / "counters.sqlite", cache=self.processes == 1)
         if self.role != "deliver" and self.cfg.quota_store.url is not None:
             self.shared_quotas = PostgresQuotas(self.cfg.quota_store.url)
             try:
@@ -137,14 +142,15 @@ class MtaApp:
             self.inbound.unsubscribe = self._mail_unsubscribe
             self.inbound.on_outcome = self._attribute_report
             await self.inbound.start()
-            if self.role == "deliver":
-                shard = Spool(self.cfg.spool.directory / ACCEPT_SHARD, fsync=self.cfg.spool.fsync)
-                self.scheduler.shards[ACCEPT_SHARD] = shard
-                from_shard = await shard.open(view=True)
-                for msg in from_shard:
-                    msg.shard = ACCEPT_SHARD
-                    self._recovered_ids.add(msg.id)
-                recovered += from_shard
+            if self.role == "deliver":  # every receiving process's shard, also those of a larger earlier N
+                for name in accept_shards(self.cfg.spool.directory, self.cfg.listeners.processes):
+                    shard = Spool(self.cfg.spool.directory / name, fsync=self.cfg.spool.fsync)
+                    self.scheduler.shards[name] = shard
+                    from_shard = await shard.open(view=True)
+                    for msg in from_shard:
+                        msg.shard = name
+                        self._recovered_ids.add(msg.id)
+                    recovered += from_shard
             for msg in recovered:
                 self._dispatch(msg)
             if recovered:
@@ -179,6 +185,12 @@ class MtaApp:
     async def _open_listeners(self) -> None:
         loop = asyncio.get_running_loop()
         tls_ctx = self.tls.front if self.tls is not None else None
+        for kind, sock in self.inherited:
+            server = await loop.create_server(make_protocol_factory(self, kind, tls_ctx), sock=sock,
+                                              ssl=tls_ctx if kind == "implicit_tls" else None)
+            self._servers.append(server)
+        if self.inherited:
+            return
         kinds: list[ListenerKind] = ["submission", "implicit_tls", "inbound"]
         for kind in kinds:
             listener = getattr(self.cfg.listeners, kind)
@@ -191,6 +203,7 @@ class MtaApp:
                     ssl=tls_ctx if kind == "implicit_tls" else None,
                 )
                 self._servers.append(server)
+                self.listen_fds.extend((kind, sock.fileno()) for sock in server.sockets)
                 port = int(server.sockets[0].getsockname()[1])
                 self.listen_ports.setdefault(kind, []).append((host, port))
                 log.info("listening", extra={"listener": kind, "host": host, "port": port})
@@ -292,9 +305,13 @@ class MtaApp:
         elif self.scheduler is not None:
             self.scheduler.submit(msg)
 
-    def ingest(self, msg: SpooledMessage) -> None:
-        """Role "deliver": a message the accepting process committed to its spool shard."""
-        msg.shard = ACCEPT_SHARD
+    def ingest(self, msg: SpooledMessage, shard: str = ACCEPT_SHARD) -> None:
+        """Role "deliver": a message a receiving process committed to its spool shard."""
+        if self.scheduler is None or shard not in self.scheduler.shards:
+            log.error("message from an unknown spool shard ignored until the next start",
+                      extra={"id": msg.id, "shard": shard})
+            return
+        msg.shard = shard
         if msg.id in self._recovered_ids:  # already queued by the startup scan
             self._recovered_ids.discard(msg.id)
             return
@@ -328,7 +345,7 @@ class MtaApp:
         self.cfg = cfg
         self.tenants = TenantDirectory(cfg)
         self.signer = DkimSigner(cfg.dkim)
-        self.data_memory.ceiling = cfg.limits.max_data_memory
+        self.data_memory.ceiling = cfg.limits.max_data_memory // self.processes
         if self.scheduler is not None:
             self.scheduler.update_config(cfg)
             try:

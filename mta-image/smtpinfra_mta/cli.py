@@ -101,6 +101,25 @@ def deliver(
     _run(serve_delivering(config, fd))
 
 
+@app.command(hidden=True)
+def receive(
+    config: Annotated[Path, typer.Option("--config", "-c", help="MTA config YAML.")],
+    index: Annotated[int, typer.Option(min=1, help="This receiving process's number (its spool shard).")],
+    control_fd: Annotated[int, typer.Option(help="Socket to the first receiving process.")],
+    listener: Annotated[list[str], typer.Option(help="KIND=FD of an inherited listening socket.")],
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """A further receiving process of listeners.processes (started by 'serve', not by hand)."""
+    from smtpinfra_mta.receivers import serve_receiving
+
+    setup_logging(log_level)
+    listeners: list[Any] = []
+    for item in listener:
+        kind, _, fd = item.partition("=")
+        listeners.append((kind, int(fd)))
+    _run(serve_receiving(config, index, control_fd, listeners))
+
+
 @app.command("check-config")
 def check_config(config: Annotated[Path, typer.Option("--config", "-c", help="MTA config YAML.")]) -> None:
     """Validate a config file and exit non-zero with the problems."""

@@ -27,9 +27,14 @@ def seconds_to_next_window(window: Window, now: float | None = None) -> float:
 
 
 class Counters:
-    """A write-through cache over a small SQLite table; one instance per process."""
+    """A write-through cache over a small SQLite table; one instance per process.
 
-    def __init__(self, path: Path | None) -> None:
+    ``cache=False`` when other processes reserve in the same file (several receiving processes): then every
+    read goes to the file, since a cached figure would miss their reservations and releases.
+    """
+
+    def __init__(self, path: Path | None, *, cache: bool = True) -> None:
+        self._use_cache = cache
         self._db = sqlite3.connect(":memory:" if path is None else str(path), isolation_level=None,
                                    check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -53,7 +58,8 @@ class Counters:
             return hit
         row = self._db.execute("SELECT n FROM counters WHERE key=? AND win=?", (key, win)).fetchone()
         n = int(row[0]) if row else 0
-        self._cache[(key, win)] = n
+        if self._use_cache:
+            self._cache[(key, win)] = n
         return n
 
     def add(self, key: str, n: int = 1, now: float | None = None) -> None:
@@ -61,7 +67,8 @@ class Counters:
         windows: tuple[Window, Window] = ("hour", "day")
         for window in windows:
             win = window_id(window, now)
-            self._cache[(key, win)] = self.get(key, window, now) + n
+            if self._use_cache:
+                self._cache[(key, win)] = self.get(key, window, now) + n
             self._db.execute(
                 "INSERT INTO counters(key, win, n) VALUES (?, ?, ?)"
                 " ON CONFLICT(key, win) DO UPDATE SET n = n + excluded.n",

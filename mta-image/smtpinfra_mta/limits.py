@@ -5,6 +5,12 @@ abusive connections on port 25 can never use up the sessions that tenants need o
 held in memory across all sessions have one ceiling: beyond it a message is refused with a temporary
 452 and its bytes are discarded as they arrive, instead of the process growing until it is killed.
 No I/O here; the protocol asks and reports back.
+
+With several receiving processes (``listeners.processes``) each process admits its share of a listener's
+connections (rounded up), so the replica's total stays the configured figure. The per-address limit is
+enforced whole in each process: whichever process takes a connection is up to the kernel, and one
+client's connections are not spread evenly, so a split figure refused clients under their limit. A
+client can so hold up to ``processes`` times its limit across the replica, within the total.
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ from smtpinfra_mta.config import ListenerLimits
 class ConnectionBudget:
     """Open connections per listener kind and per (listener kind, client address)."""
 
-    def __init__(self) -> None:
+    def __init__(self, processes: int = 1) -> None:
         self._per_listener: Counter[str] = Counter()
         self._per_ip: Counter[tuple[str, str]] = Counter()
+        self.processes = processes
+
+    def _share(self, limit: int) -> int:
+        return -(-limit // self.processes)
 
     def open(self, kind: str, ip: str | None, limits: ListenerLimits) -> str | None:
         """Admit a connection (None) or say why not (a complete 421 reply). ``ip`` None: not checked yet."""
-        if self._per_listener[kind] >= limits.max_connections:
+        if self._per_listener[kind] >= self._share(limits.max_connections):
             return "421 4.3.2 Too many connections to this service, try again later"
         if ip is not None and self._per_ip[(kind, ip)] >= limits.max_connections_per_ip:
             return "421 4.7.0 Too many connections from your address, try again later"

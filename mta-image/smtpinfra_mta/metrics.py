@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -42,6 +43,19 @@ def read_token(path: Path | None) -> str | None:
     """A bearer token from its mounted file, read per request so a rotated Secret applies at once (None: none
     configured); raises OSError when the file is unreadable (the endpoint then refuses everyone)."""
     return None if path is None else path.read_text(encoding="utf-8").strip()
+
+
+Snapshot = list[tuple[str, str, str, list[tuple[str, dict[str, str], float]]]]
+
+
+class _Families:
+    """A collector that yields fixed metric families (the sums of several processes' snapshots)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
 
 
 class Metrics:
@@ -76,8 +90,35 @@ class Metrics:
                                 "'all': the cap over every provider)", ["source_ip", "provider", "window"],
                                 registry=r)
 
+        self.others: dict[int, Snapshot] = {}
+        """The other receiving processes' latest snapshots (``listeners.processes``), summed into render()."""
+
+    def snapshot(self) -> Snapshot:
+        """Every sample as plain data, for the first receiving process to add up (``_created`` left out)."""
+        return [(m.name, m.type, m.documentation,
+                 [(s.name, s.labels, s.value) for s in m.samples if not s.name.endswith("_created")])
+                for m in self.registry.collect()]
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.others:
+            return generate_latest(self.registry)
+        families: dict[str, Metric] = {}
+        sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for snap in [self.snapshot(), *self.others.values()]:
+            for name, typ, doc, samples in snap:
+                if name not in families:
+                    families[name] = Metric(name, doc, typ)
+                    sums[name] = {}
+                for sample, sample_labels, value in samples:
+                    key = (sample, tuple(sorted(sample_labels.items())))
+                    sums[name][key] = sums[name].get(key, 0.0) + value
+        for name, metric in families.items():
+            for (sample, labels), value in sums[name].items():
+                metric.add_sample(sample, dict(labels), value)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(list(families.values())))
+        return generate_latest(registry)
+
 
     def show_warmup_caps(self, caps: Iterable[WarmupCap]) -> None:
         """Replace the exported caps with those of the config now in force (a reload drops old addresses)."""

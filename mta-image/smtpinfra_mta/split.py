@@ -2,8 +2,10 @@
 
 Why two processes: one asyncio process saturates one core receiving *and* delivering; splitting the two
 lets a replica use two cores, and under CPU contention gives it two scheduler entities instead of one.
-Why not N symmetric workers: idempotency keys, quotas, warm-up caps, connection limits and rates are
-each owned by exactly one process here, so none of them needs cross-process coordination.
+Why one delivery process: warm-up caps, connection limits, rates and queues are each owned by exactly
+one process, so none of them needs cross-process coordination. Receiving can take more processes
+(``listeners.processes``, :mod:`smtpinfra_mta.receivers`); the first of them runs the link below and
+passes on the others' messages, each line naming the spool shard that holds the message.
 
 Protocol: the delivery process writes ``ready`` once it has scanned both spools; then the SMTP process
 opens its listeners and sends one envelope (JSON) line per committed message. Nothing depends on a line
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from smtpinfra_mta.app import MtaApp
 from smtpinfra_mta.config import MtaConfig, load_config
-from smtpinfra_mta.spool import SpooledMessage
+from smtpinfra_mta.spool import ACCEPT_SHARD, SpooledMessage, accept_shards
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT = 120.0
@@ -74,10 +76,10 @@ class DeliveryLink:
                 log.error("delivery process did not come back", extra={"error": str(exc)})
                 delay = min(delay * 2, 30.0)
 
-    def send(self, msg: SpooledMessage) -> None:
+    def send(self, msg: SpooledMessage, shard: str = ACCEPT_SHARD) -> None:
         writer = self._writer
         if writer is not None and not writer.is_closing():
-            writer.write(msg.to_json() + b"\n")
+            writer.write(shard.encode() + b"\t" + msg.to_json() + b"\n")
 
     async def close(self, grace: float = 30.0) -> None:
         """After the listeners drained: close the socket; the delivery process finishes and exits."""
@@ -98,10 +100,23 @@ async def serve_accepting(cfg: MtaConfig, config_path: Path, stop: asyncio.Event
     await link.start()
     mta = MtaApp(cfg, config_path, role="accept")
     mta.forward = link.send
+    pool = None
+    if mta.processes > 1:
+        from smtpinfra_mta.receivers import ReceiverPool
+
+        pool = ReceiverPool(mta, config_path, link.send)
+        mta.spool.also_remember = [cfg.spool.directory / name / "idempotency.log"
+                                   for name in accept_shards(cfg.spool.directory, mta.processes)
+                                   if name != ACCEPT_SHARD]
     await mta.start(watch_config=True)
+    if pool is not None:
+        await pool.start()
     await stop.wait()
     log.info("draining")
-    await mta.drain(grace=30.0)
+    if pool is not None:
+        await asyncio.gather(pool.stop(grace=30.0), mta.drain(grace=30.0))
+    else:
+        await mta.drain(grace=30.0)
     await link.close()
 
 
@@ -126,8 +141,9 @@ async def serve_delivering(config_path: Path, fd: int) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):  # the SMTP process decides when delivery stops
             loop.add_signal_handler(sig, lambda: None)
         while line := await reader.readline():
-            with contextlib.suppress(ValueError, KeyError):
-                mta.ingest(SpooledMessage.from_json(line))
+            shard, _, envelope = line.partition(b"\t")
+            with contextlib.suppress(ValueError, KeyError, UnicodeDecodeError):
+                mta.ingest(SpooledMessage.from_json(envelope), shard.decode())
     finally:
         await mta.stop()
         os.close(lock)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from smtpinfra_mta.idempotency import Authority, CommitFailed, IdempotencyIndex
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"SMTPINFRA-SPOOL-1\n"
@@ -53,6 +55,24 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _SYNCFS = _load_syncfs()
+
+
+ACCEPT_SHARD = "accept"
+"""Spool subdirectory of the (first) receiving process when delivery runs in its own process."""
+
+
+def shard_name(index: int) -> str:
+    """The spool shard of receiving process ``index`` (0 is the first: ``accept``)."""
+    return ACCEPT_SHARD if index == 0 else f"{ACCEPT_SHARD}-{index}"
+
+
+def accept_shards(spool_dir: Path, processes: int) -> list[str]:
+    """The shards of ``processes`` receiving processes, and any left in the spool by a larger number before."""
+    names = {shard_name(i) for i in range(processes)}
+    with contextlib.suppress(FileNotFoundError):
+        names |= {p.name for p in spool_dir.iterdir()
+                  if p.is_dir() and p.name.startswith(ACCEPT_SHARD + "-") and p.name[len(ACCEPT_SHARD) + 1:].isdigit()}
+    return sorted(names, key=lambda n: (len(n), n))
 
 
 def new_message_id() -> str:
@@ -146,12 +166,14 @@ class Spool:
         self.idem_path = directory / "idempotency.log"
         self._fsync = fsync
         self._window = group_commit_window
-        self._retention = idempotency_retention
         self._pending: list[_Pending] = []
         self._wakeup: asyncio.Event | None = None
         self._committer: asyncio.Task[None] | None = None
-        self._idem: dict[tuple[str, str], tuple[str, float]] = {}
-        self._idem_inflight: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self.idem = IdempotencyIndex(idempotency_retention)
+        self.authority: Authority = self.idem
+        self.also_remember: list[Path] = []
+        """Other shards' idempotency logs read at recovery (the first of several receiving processes)."""
+        """Who decides whether a key is new: this spool's own index, or the first receiving process's."""
         self._idem_file: Any = None
         self.commit_rounds = 0
         self._rounds: set[asyncio.Task[None]] = set()
@@ -210,16 +232,10 @@ class Spool:
             d.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp_dir.iterdir():  # never acknowledged, so never promised to anyone
             leftover.unlink(missing_ok=True)
-        now = time.time()
-        self._idem.clear()
-        if self.idem_path.exists():
-            for line in self.idem_path.read_bytes().splitlines():
-                try:
-                    tenant, key, msg_id, ts = json.loads(line)
-                except (ValueError, TypeError):
-                    continue  # a torn last line from a crash before its fsync: that commit was never acked
-                if now - float(ts) < self._retention:
-                    self._idem[(tenant, key)] = (msg_id, float(ts))
+        self.idem.clear()
+        for path in [self.idem_path, *self.also_remember]:
+            with contextlib.suppress(FileNotFoundError):
+                self.idem.load(path.read_bytes())
         self._rewrite_idempotency_log()
         return self._scan_queue()
 
@@ -260,7 +276,7 @@ class Spool:
     def _rewrite_idempotency_log(self) -> None:
         tmp = self.directory / "idempotency.log.tmp"
         with tmp.open("wb") as f:
-            for (tenant, key), (msg_id, ts) in self._idem.items():
+            for (tenant, key), (msg_id, ts) in self.idem.items():
                 f.write(json.dumps([tenant, key, msg_id, ts]).encode() + b"\n")
             f.flush()
             if self._fsync:
@@ -283,14 +299,8 @@ class Spool:
     # ------------------------------------------------------------------ commit
 
     def lookup_idempotent(self, tenant: str, key: str) -> str | None:
-        """The queue id already accepted for (tenant, key), if remembered."""
-        hit = self._idem.get((tenant, key))
-        if hit is None:
-            return None
-        if time.time() - hit[1] >= self._retention:
-            del self._idem[(tenant, key)]
-            return None
-        return hit[0]
+        """The queue id already accepted for (tenant, key), if remembered here."""
+        return self.idem.lookup((tenant, key))
 
     async def commit(self, msg: SpooledMessage, content: bytes) -> tuple[str, bool]:
         """Persist a message durably. Returns (queue id, duplicate).
@@ -300,18 +310,16 @@ class Spool:
         The write completes even if the calling session is cancelled (client hung up): the committer,
         not the session, hands committed messages to ``on_committed``, so nothing is left unqueued.
         """
+        assert self._wakeup is not None, "spool not opened"
         ikey = (msg.tenant, msg.idempotency_key) if msg.idempotency_key else None
         if ikey is not None:
-            existing = self.lookup_idempotent(*ikey)
+            try:
+                existing = await self.authority.claim(ikey)
+            except CommitFailed as exc:
+                raise SpoolError(str(exc)) from exc
             if existing is not None:
                 return existing, True
-            inflight = self._idem_inflight.get(ikey)
-            if inflight is not None:
-                return await asyncio.shield(inflight), True
-        assert self._wakeup is not None, "spool not opened"
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if ikey is not None:
-            self._idem_inflight[ikey] = asyncio.get_running_loop().create_future()
         msg.size = len(content)
         self._pending.append(_Pending(msg, content, done))
         self._wakeup.set()
@@ -320,15 +328,14 @@ class Spool:
 
     def _finish(self, p: _Pending, error: BaseException | None) -> None:
         ikey = (p.msg.tenant, p.msg.idempotency_key) if p.msg.idempotency_key else None
-        inflight = self._idem_inflight.pop(ikey, None) if ikey is not None else None
         if error is None:
             if self._content_bytes + len(p.content) <= self._content_budget:
                 self._content[p.msg.id] = p.content
                 self._content_bytes += len(p.content)
             if ikey is not None:
-                self._idem[ikey] = (p.msg.id, _accepted_at(p.msg))
-            if inflight is not None and not inflight.done():
-                inflight.set_result(p.msg.id)
+                if self.authority is not self.idem:
+                    self.idem.settle(ikey, p.msg.id, _accepted_at(p.msg))  # for this shard's log compaction
+                self.authority.settle(ikey, p.msg.id, _accepted_at(p.msg))
             if not p.future.done():
                 p.future.set_result(None)
             if self.on_committed is not None:
@@ -337,10 +344,11 @@ class Spool:
                 except Exception:
                     log.exception("on_committed hook failed", extra={"id": p.msg.id})
         else:
-            for fut in (inflight, p.future):
-                if fut is not None and not fut.done():
-                    fut.set_exception(SpoolError(str(error)))
-                    fut.exception()  # mark retrieved: nobody may be waiting any more
+            if ikey is not None:
+                self.authority.settle(ikey, None, 0.0)
+            if not p.future.done():
+                p.future.set_exception(SpoolError(str(error)))
+                p.future.exception()  # mark retrieved: nobody may be waiting any more
 
     async def _commit_loop(self) -> None:
         """Form rounds from the sessions waiting to commit; up to ``ROUNDS_IN_FLIGHT`` are written at once.

@@ -82,6 +82,12 @@ class Listeners(Section):
     inbound: InboundListener = Field(
         default_factory=InboundListener, description="Port 25: inbound bounces and complaint reports only."
     )
+    processes: int = Field(
+        1, ge=1, le=32,
+        description="Processes accepting on these listeners (needs delivery.separate_process). They share the "
+        "listening sockets, the spool volume, one idempotency index and the quota counters; the connection "
+        "totals and the DATA memory ceiling are split evenly between them, the per-address limits apply in each.",
+    )
 
 
 class ListenerLimits(Section):

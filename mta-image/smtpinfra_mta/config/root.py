@@ -97,6 +97,9 @@ class MtaConfig(Section):
         keys = [(k.domain, k.selector) for k in self.dkim]
         if len(set(keys)) != len(keys):
             raise ValueError("DKIM (domain, selector) pairs must be unique")
+        if self.listeners.processes > 1 and not self.delivery.separate_process:
+            raise ValueError("listeners.processes above 1 needs delivery.separate_process: true (the receiving "
+                             "processes hand their mail to one delivery process)")
         wants_tls = self.listeners.submission.enabled or self.listeners.implicit_tls.enabled
         if wants_tls and self.tls is None:
             raise ValueError("listeners.submission/implicit_tls need 'tls' (cert_file and key_file)")
