@@ -56,6 +56,19 @@ def parse_duration(text: str) -> float:
     return total
 
 
+_QUANTITY_FACTORS = {"": 1.0, "m": 0.001, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+                     "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
+
+
+def parse_quantity(text: str) -> float:
+    """A quantity of QUANTITY_PATTERN as a number ('500m' -> 0.5, '2' -> 2.0, '1Ki' -> 1024.0)."""
+    number = text.rstrip("kMGTPmi")
+    suffix = text[len(number):]
+    if suffix not in _QUANTITY_FACTORS:
+        raise ValueError(f"unknown quantity suffix in {text!r}")
+    return float(number) * _QUANTITY_FACTORS[suffix]
+
+
 def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
     """One ``x-kubernetes-validations`` entry; the message must tell the user what to fix."""
     entry: dict[str, Any] = {"rule": rule, "message": message}

@@ -62,3 +62,19 @@ def test_spec_limits_reach_the_mta_config() -> None:
 def test_spec_limits_ranges_are_enforced_by_the_model() -> None:
     with pytest.raises(ValueError, match=r"max_connections_per_ip|maxConnectionsPerIp"):
         _spec(limits={"inbound": {"maxConnectionsPerIp": 0}})
+
+
+@pytest.mark.parametrize("resources, processes", [
+    ({}, 1),  # no request: one receiving process beside the delivery process
+    ({"requests": {"cpu": "500m"}}, 1),
+    ({"requests": {"cpu": "2"}}, 1),
+    ({"requests": {"cpu": "2500m"}}, 2),
+    ({"requests": {"cpu": "4"}}, 3),
+    ({"limits": {"cpu": "3"}}, 2),  # a limit alone is the request too (Kubernetes defaults it so)
+    ({"requests": {"cpu": "1"}, "limits": {"cpu": "8"}}, 1),  # sized by what is guaranteed
+    ({"requests": {"cpu": "64"}}, 16),
+])
+def test_receiving_processes_follow_the_cpu_request(resources: dict[str, object], processes: int) -> None:
+    cfg = replica_config(_inputs(_spec(resources=resources), 1), 0)
+    assert cfg.listeners.processes == processes
+    assert cfg.delivery.separate_process

@@ -8,11 +8,12 @@ here, in the operator, with the same message.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from smtpinfra_api.meta import parse_duration
+from smtpinfra_api.meta import parse_duration, parse_quantity
 from smtpinfra_api.v1alpha1 import DkimKey, MailboxProvider, ShapingRule, SmtpServerSpec, TenantSpec
 from smtpinfra_mta.config import MtaConfig, dump_config, parse_config
 
@@ -245,6 +246,22 @@ def peers(inputs: ServerInputs, ordinal: int) -> dict[str, list[dict[str, Any]]]
     return out
 
 
+MAX_RECEIVING_PROCESSES = 16
+
+
+def receiving_processes(spec: SmtpServerSpec) -> int:
+    """Receiving processes per pod from its CPU request (or limit): one core stays for the delivery process.
+
+    With 2 cores or less, one receiving and one delivering process (measured to relay fastest there,
+    bench/mta_throughput.py); each further requested core adds a receiving process, up to 16.
+    """
+    cpu = spec.resources.requests.cpu or spec.resources.limits.cpu
+    if cpu is None:
+        return 1
+    cores = math.ceil(parse_quantity(cpu) - 1e-9)
+    return max(1, min(MAX_RECEIVING_PROCESSES, cores - 1))
+
+
 def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
     """The MTA config of one replica (validated by the MTA's own model)."""
     spec = inputs.spec
@@ -267,6 +284,7 @@ def replica_config(inputs: ServerInputs, ordinal: int) -> MtaConfig:
                              "proxy_protocol": listeners.proxy_protocol},
             "inbound": {"enabled": listeners.inbound.enabled, "port": listeners.inbound.port,
                         "proxy_protocol": listeners.proxy_protocol, "domains": [spec.return_path_domain]},
+            "processes": receiving_processes(spec),
         },
         "limits": {"max_message_size": listeners.max_message_size, "max_recipients": listeners.max_recipients,
                    **session_limits(spec)},
