@@ -98,11 +98,11 @@ def self_signed(work: Path) -> tuple[Path, Path]:
     return work / "tls.crt", work / "tls.key"
 
 
-def campaign_mta(procs: mt.Processes, work: Path, sink_port: int, separate: bool) -> tuple[subprocess.Popen[bytes],
-                                                                                           int]:
+def campaign_mta(procs: mt.Processes, work: Path, sink_port: int, separate: bool,
+                 receivers: int = 1) -> tuple[subprocess.Popen[bytes], int]:
     """The bench MTA configuration plus a submission listener and one tenant allowed to send to the sink."""
     port = mt.free_port(mt.MTA_ADDR)
-    cfg = mt.mta_config(work, sink_port, mt.free_port(mt.MTA_ADDR), separate)
+    cfg = mt.mta_config(work, sink_port, mt.free_port(mt.MTA_ADDR), separate, receivers)
     cert, key = self_signed(work)
     cfg["listeners"]["submission"] = {"bind": [mt.MTA_ADDR], "port": port}
     cfg["tls"] = {"cert_file": str(cert), "key_file": str(key)}
@@ -140,7 +140,7 @@ def campaign_objects(rows: int, list_dir: Path) -> tuple[dict[str, Any], dict[st
 def run_campaign(procs: mt.Processes, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True)
     sink = mt.Sink(procs)
-    mta, port = campaign_mta(procs, work, sink.port, args.separate_process)
+    mta, port = campaign_mta(procs, work, sink.port, args.separate_process, args.receivers)
     try:
         campaign, tenant = campaign_objects(args.recipients, work)
         ledger = open_ledger(f"sqlite:///{work / 'ledger.db'}")
@@ -188,6 +188,7 @@ def main() -> int:
                     help="profile the sender (cProfile, in this process) and print its N costliest functions "
                          "to stderr")
     ap.add_argument("--single-process", dest="separate_process", action="store_false")
+    ap.add_argument("--receivers", type=int, default=1, help="receiving processes of the MTA (listeners.processes)")
     args = ap.parse_args()
     procs = mt.Processes()
     try:
@@ -198,7 +199,7 @@ def main() -> int:
                   f"{campaign['end_to_end_msgs_per_s']} msg/s ({args.recipients} recipients, "
                   f"{campaign['seconds']} s)", flush=True)
             own_args = argparse.Namespace(messages=args.recipients, sessions=args.sessions, log_level="WARNING",
-                                          separate_process=args.separate_process)
+                                          separate_process=args.separate_process, receivers=args.receivers)
             own = mt.measure(procs, "mta", work / "mta", own_args, args.size)
             print(f"MTA alone (smtp-source, {args.sessions} sessions, {args.size} B): {own['msgs_per_s']} msg/s",
                   flush=True)

@@ -186,10 +186,11 @@ def tree_cpu_seconds(root: int | None) -> float:
 # ----------------------------------------------------------------------------------------- our MTA
 
 
-def mta_config(work: Path, sink_port: int, listen_port: int, separate: bool) -> dict[str, Any]:
+def mta_config(work: Path, sink_port: int, listen_port: int, separate: bool, receivers: int = 1) -> dict[str, Any]:
     return {
         "hostname": "mta.bench",
         "listeners": {
+            "processes": receivers,
             "submission": {"enabled": False},
             "inbound": {"bind": [MTA_ADDR], "port": listen_port, "starttls": False,
                         "domains": ["bounces.mta.bench"],
@@ -211,10 +212,10 @@ def mta_config(work: Path, sink_port: int, listen_port: int, separate: bool) -> 
 
 
 @contextlib.contextmanager
-def our_mta(procs: Processes, work: Path, sink_port: int, log_level: str, separate: bool
+def our_mta(procs: Processes, work: Path, sink_port: int, log_level: str, separate: bool, receivers: int = 1
             ) -> Iterator[tuple[int, int | None]]:
     port = free_port(MTA_ADDR)
-    cfg = mta_config(work, sink_port, port, separate)
+    cfg = mta_config(work, sink_port, port, separate, receivers)
     cfg_path = work / "mta.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONPATH=str(REPO / "mta-image"))
@@ -330,7 +331,7 @@ def measure(procs: Processes, side: str, work: Path, args: argparse.Namespace, s
         if side == "ceiling":
             server = contextlib.nullcontext((sink.port, None))
         elif side == "mta":
-            server = our_mta(procs, work, sink.port, args.log_level, args.separate_process)
+            server = our_mta(procs, work, sink.port, args.log_level, args.separate_process, args.receivers)
         else:
             server = postfix(procs, work, sink.port)
         host = {"mta": MTA_ADDR, "postfix": POSTFIX_ADDR, "ceiling": SINK_ADDR}[side]
@@ -361,6 +362,9 @@ def main() -> int:
     ap.add_argument("--only", choices=["mta", "postfix"], help="run one side only (for profiling)")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                     help="skip the direct smtp-source -> smtp-sink run that measures the load generator's ceiling")
+    ap.add_argument("--receivers", type=int, default=1,
+                    help="receiving processes of our MTA (listeners.processes; the operator sizes it from the "
+                    "pod's CPU request: 1 up to 2 cores)")
     ap.add_argument("--single-process", dest="separate_process", action="store_false",
                     help="MTA without delivery.separate_process (the operator renders it on: receiving and "
                     "delivering in two processes, as the pods run)")

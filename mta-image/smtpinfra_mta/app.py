@@ -208,6 +208,11 @@ class MtaApp:
                 self.listen_ports.setdefault(kind, []).append((host, port))
                 log.info("listening", extra={"listener": kind, "host": host, "port": port})
 
+    def close_listeners(self) -> None:
+        """Stop accepting (sessions already open go on): inherited sockets are then free for a successor."""
+        for s in self._servers:
+            s.close()
+
     async def drain(self, grace: float = 30.0) -> None:
         """SIGTERM: refuse new sessions (421), finish open ones, then stop delivery and close."""
         self.draining = True

@@ -330,4 +330,5 @@ async def serve_receiving(config_path: Path, index: int, control_fd: int,
     gone = asyncio.create_task(first.closed.wait())
     await asyncio.wait([gone, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     pusher.cancel()
+    mta.close_listeners()
     await mta.drain(grace=30.0)
