@@ -111,6 +111,8 @@ class Processes:
 class Sink:
     """``smtp-sink -c``: a fast remote MX whose running counter tells how many messages have arrived."""
 
+    READ_INTERVAL = 0.02
+
     def __init__(self, procs: Processes) -> None:
         self.port = free_port(SINK_ADDR)
         self.proc = procs.start([SMTP_SINK, "-u", "root", "-c", f"{SINK_ADDR}:{self.port}", "1000"],
@@ -121,13 +123,22 @@ class Sink:
         wait_port(SINK_ADDR, self.port)
 
     def _read(self) -> None:
+        """Keep the latest ``mesg=`` count, waking ``READ_INTERVAL`` apart.
+
+        smtp-sink rewrites its counter line on every SMTP event, several per message; reading and
+        scanning each write took a core's noticeable share and, in campaign_send.py, the GIL from the
+        sender running in this process. The pipe (64 KiB) holds far more than one interval's output.
+        """
         assert self.proc.stdout is not None
-        buf = b""
-        while chunk := os.read(self.proc.stdout.fileno(), 65536):
-            buf = (buf + chunk)[-4096:]
-            found = re.findall(rb"mesg=(\d+)", buf)
-            if found:
-                self.messages = int(found[-1])
+        tail = b""
+        while chunk := os.read(self.proc.stdout.fileno(), 1 << 20):
+            tail = (tail + chunk)[-256:]
+            at = tail.rfind(b"mesg=")
+            if at >= 0:
+                found = re.match(rb"mesg=(\d+)", tail[at:])
+                if found and found.end() < len(tail) - at:  # a complete number, not one cut by the read
+                    self.messages = max(self.messages, int(found.group(1)))
+            time.sleep(self.READ_INTERVAL)
 
     def wait_for(self, n: int, timeout: float) -> float:
         """Monotonic time at which ``n`` messages had arrived (raises on timeout)."""

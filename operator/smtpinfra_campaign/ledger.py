@@ -84,9 +84,14 @@ class Entry:
     reply: str | None
 
 
+Change = tuple[str, "State", str | None]
+"""(recipient, new state, reply) of :meth:`Ledger.mark_many`."""
+
+
 class Ledger(Protocol):
     def claim(self, campaign: str, claims: Sequence[Claim], state: State = State.PENDING) -> list[Entry]: ...
     def mark(self, campaign: str, recipient: str, state: State, reply: str | None = None) -> None: ...
+    def mark_many(self, campaign: str, changes: Sequence[Change]) -> None: ...
     def counts(self, campaign: str) -> dict[State, int]: ...
     def entry(self, campaign: str, recipient: str) -> Entry | None: ...
     def invalid_rows(self, campaign: str, limit: int) -> list[tuple[int, str]]: ...
@@ -172,6 +177,17 @@ class SqlLedger:
         self.conn.execute(self._q("UPDATE campaign_ledger SET state = ?, reply = COALESCE(?, reply),"
                                   " attempts = attempts + ?, updated_at = ? WHERE campaign = ? AND recipient = ?"),
                           (str(state), reply, bump, time.time(), campaign, self._key(recipient)))
+        self.conn.commit()
+
+    @_locked
+    def mark_many(self, campaign: str, changes: Sequence[Change]) -> None:
+        """`mark` for several changes, in order, in one transaction (the sender's batches)."""
+        now = time.time()
+        cur = self.conn.cursor()
+        cur.executemany(self._q("UPDATE campaign_ledger SET state = ?, reply = COALESCE(?, reply),"
+                                " attempts = attempts + ?, updated_at = ? WHERE campaign = ? AND recipient = ?"),
+                        [(str(state), reply, 1 if state is State.SUBMITTING else 0, now, campaign, self._key(r))
+                         for r, state, reply in changes])
         self.conn.commit()
 
     @_locked

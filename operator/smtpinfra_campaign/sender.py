@@ -1,8 +1,9 @@
 """The sending loop: the list streamed through the ledger, paced, submitted by a few connections.
 
-Order per recipient: claim in the ledger (batch) -> render -> `submitting` (committed) -> SMTP ->
-`submitted` / `suppressed` / `failed` (committed). A 4xx or a lost connection retries the same
-message (same Message-ID and idempotency key) after a back-off; nothing is dropped. Around the
+Order per recipient: claim in the ledger (batch) -> render -> `submitting` -> SMTP -> `submitted` /
+`suppressed` / `failed`; the state changes are committed in batches behind the sending (`marks`).
+A 4xx or a lost connection retries the same message (same Message-ID and idempotency key) after a
+back-off; nothing is dropped. Around the
 loop: the Lease (renewed with the progress; losing it stops everything at once) and a watch on
 the Campaign (`spec.suspend` pauses, deletion stops).
 """
@@ -27,6 +28,7 @@ from smtpinfra_mta.campaign_contract import normalise_address
 from .kube import CampaignApi
 from .lease import LeaseHolder, LeaseLost, lease_name
 from .ledger import FINAL, Claim, Ledger, State
+from .marks import LedgerMarks
 from .message import (
     CampaignIdentity,
     Compliance,
@@ -152,6 +154,7 @@ class CampaignSender:
             log.error("Campaign %s/%s not found", self.s.namespace, self.s.name)
             return EXIT_BAD_INPUT
         self.uid = str(obj["metadata"]["uid"])
+        self.marks = LedgerMarks(self.ledger, self.uid)
         self.holder = LeaseHolder(self.api, self.s.namespace, self.s.lease or lease_name(self.s.name),
                                   self.s.identity, duration=self.s.lease_duration)
         try:
@@ -183,6 +186,7 @@ class CampaignSender:
             for task in [producer, *workers, *guards]:
                 task.cancel()
             await asyncio.gather(finished, *guards, return_exceptions=True)
+            await self.marks.close()  # every change committed before the counts are reported
         for guard in guards:
             if guard.done() and not guard.cancelled() and isinstance(guard.exception(), LeaseLost):
                 log.error("stopped: %s", guard.exception())
@@ -267,7 +271,7 @@ class CampaignSender:
                 try:
                     rendered = templates.render(work.recipient.variables)
                 except TemplateProblem as exc:
-                    self.ledger.mark(self.uid, key, State.INVALID, f"row {work.recipient.row}: {exc}"[:512])
+                    self.marks.add(key, State.INVALID, f"row {work.recipient.row}: {exc}"[:512])
                     continue
                 data = writer.write(work.recipient.email, rendered.subject, rendered.text, rendered.html)
                 await self._submit(submitter, bucket, key, work, data)
@@ -279,16 +283,16 @@ class CampaignSender:
         while True:
             await self.run_state.running.wait()
             await bucket.take()
-            self.ledger.mark(self.uid, key, State.SUBMITTING)
+            self.marks.add(key, State.SUBMITTING)
             result = await submitter.submit(self.mail_from, work.recipient.email, data)
             if result.outcome is Outcome.ACCEPTED:
-                self.ledger.mark(self.uid, key, State.SUBMITTED, result.reply)
+                self.marks.add(key, State.SUBMITTED, result.reply)
                 if self.run_state.paused_by_mta:
                     self.run_state.paused_by_mta, self.run_state.error = False, None
                 return
             if result.outcome in (Outcome.SUPPRESSED, Outcome.FAILED):
                 state = State.SUPPRESSED if result.outcome is Outcome.SUPPRESSED else State.FAILED
-                self.ledger.mark(self.uid, key, state, result.reply)
+                self.marks.add(key, state, result.reply)
                 return
             if result.outcome is Outcome.PAUSE:
                 self.run_state.paused_by_mta = True

@@ -21,8 +21,8 @@ def assert_ledger_behaviour(ledger: SqlLedger, reopen) -> None:
         ("a@x.test", 2, State.PENDING), ("b@x.test", 3, State.PENDING), ("a@x.test", 2, State.PENDING)]
     ledger.mark(campaign, "a@x.test", State.SUBMITTING)
     ledger.mark(campaign, "a@x.test", State.SUBMITTING)
-    ledger.mark(campaign, "b@x.test", State.SUBMITTING)
-    ledger.mark(campaign, "b@x.test", State.SUBMITTED, "250 2.0.0 queued")
+    ledger.mark_many(campaign, [("b@x.test", State.SUBMITTING, None),  # in order, in one transaction
+                                ("b@x.test", State.SUBMITTED, "250 2.0.0 queued")])
     ledger.claim(campaign, [Claim("#7", 7, "", "", "invalid email address 'x'")], State.INVALID)
     # a restart: a new connection sees every committed state, and a second claim changes nothing
     again = reopen()
