@@ -6,10 +6,16 @@ plan) and they are what /stats reports under "addresses". Days are calendar days
 time zone; days older than :data:`RETENTION_DAYS` are dropped. Complaints and asynchronous bounces
 arrive days later through the inbound listener: they are attributed to the address that last sent to
 the recipient, remembered here for the same retention.
+
+Durability: a "sent" count is committed before the message leaves (a crash never lets an address send
+uncounted). Outcomes (delivered, deferred, bounced, complained) are figures, not caps: they ride along
+with the next "sent" transaction, or are committed OUTCOME_DELAY after they happened when nothing is
+being sent, so a message costs one commit instead of two; a crash loses at most that delay's outcomes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +25,7 @@ from zoneinfo import ZoneInfo
 from smtpinfra_mta.clock import Clock, day_offset, window_id
 
 RETENTION_DAYS = 45
+OUTCOME_DELAY = 0.2
 KNOWN_PROVIDERS = ("gmail", "yahoo", "microsoft", "apple", "comcast")
 FIELDS = ("sent", "delivered", "deferred", "bounced", "complained")
 Field = Literal["sent", "delivered", "deferred", "bounced", "complained"]
@@ -56,6 +63,8 @@ class AddressStats:
         self._day_sent: dict[tuple[str, str], int] = defaultdict(int)  # (address, day): all providers
         self._hour_sent: dict[tuple[str, str], int] = defaultdict(int)  # (address, hour): all providers
         self._pruned_day = ""
+        self._deferred: list[tuple[str, Any]] = []  # outcome statements not committed yet
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.prune()
         for row in self._db.execute("SELECT address, provider, day, sent, delivered, deferred, bounced, complained"
                                     " FROM days"):
@@ -102,7 +111,11 @@ class AddressStats:
                 "INSERT INTO hours(address, provider, hour, sent) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(address, provider, hour) DO UPDATE SET sent = sent + excluded.sent",
                 (address, name, hour, n)))
-        # One transaction per event: a third of the commits of one per statement, and never half counted.
+        if field != "sent" and self._defer(statements):
+            return
+        # One transaction per "sent", with the outcomes since the last one; never half counted.
+        statements = [*self._deferred, *statements]
+        self._deferred = []
         self._db.execute("BEGIN")
         try:
             for sql, params in statements:
@@ -112,6 +125,34 @@ class AddressStats:
                     "INSERT INTO recipients(rcpt, address, provider, day) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT(rcpt) DO UPDATE SET address = excluded.address, provider = excluded.provider,"
                     " day = excluded.day", [(r.lower(), address, name, day) for r in rcpts])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _defer(self, statements: list[tuple[str, Any]]) -> bool:
+        """Queue outcome statements for the next commit (False outside an event loop: commit now)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._deferred.extend(statements)
+        if self._flush_timer is None:
+            self._flush_timer = loop.call_later(OUTCOME_DELAY, self.flush)
+        return True
+
+    def flush(self) -> None:
+        """Commit the queued outcome statements now."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        statements, self._deferred = self._deferred, []
+        if not statements:
+            return
+        self._db.execute("BEGIN")
+        try:
+            for sql, params in statements:
+                self._db.execute(sql, params)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -182,4 +223,5 @@ class AddressStats:
         self._hour_sent = defaultdict(int, {k: v for k, v in self._hour_sent.items() if k[1][:10] >= yesterday})
 
     def close(self) -> None:
+        self.flush()
         self._db.close()

@@ -149,7 +149,7 @@ class ReceiverPool:
                     self.deliver(msg, shard)
                 elif tag == b"q":
                     n, tenant, key = json.loads(body)
-                    self._task(self._claim(r, int(n), (str(tenant), str(key))), "receiver-claim")
+                    self._task(self._claim(r, int(n), (str(tenant), str(key))), "idempotency-claim")
                 elif tag == b"s":
                     tenant, key = json.loads(body)
                     r.claimed.discard((tenant, key))
@@ -225,6 +225,10 @@ class ReceiverPool:
             except TimeoutError:
                 p.kill()
                 await p.wait()
+        # each link reads to its end, so what a process committed while draining reaches delivery now
+        serving = [t for t in self._tasks if t.get_name().startswith("receiver-") and not t.done()]
+        if serving:
+            await asyncio.wait(serving, timeout=10.0)
         for task in list(self._tasks):
             task.cancel()
 

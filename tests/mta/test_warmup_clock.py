@@ -147,3 +147,36 @@ def test_gate_room_is_the_tightest_of_daily_hourly_and_provider_caps() -> None:
     clock.t += 14 * 3600  # the next day: everything resets
     assert gate.room("192.0.2.1", "gmail")[0] == 3
 
+
+
+def test_outcomes_are_committed_with_the_next_send_or_shortly_after(tmp_path: Path) -> None:
+    """A "sent" is committed before the message leaves; outcomes ride along with the next one, or a timer."""
+    import asyncio
+    import sqlite3
+
+    db = tmp_path / "addresses.sqlite"
+
+    def on_disk(field: str) -> int:
+        with sqlite3.connect(db) as conn:
+            row = conn.execute(f"SELECT SUM({field}) FROM days").fetchone()
+        return int(row[0] or 0)
+
+    async def run() -> None:
+        stats = AddressStats(db, SystemClock(), UTC_ZONE)
+        stats.add("192.0.2.1", "gmail", "sent", 1, rcpts=["a@gmail.com"])
+        assert on_disk("sent") == 1  # committed at once: the cap counts it before the message leaves
+        stats.add("192.0.2.1", "gmail", "delivered", 1)
+        assert on_disk("delivered") == 0 and stats.snapshot()["192.0.2.1"]["days"]  # in memory at once
+        stats.add("192.0.2.1", "gmail", "sent", 1, rcpts=["b@gmail.com"])
+        assert (on_disk("sent"), on_disk("delivered")) == (2, 1)  # one transaction for both
+        stats.add("192.0.2.1", "gmail", "bounced", 1)
+        for _ in range(50):  # nothing else being sent: the timer commits it
+            await asyncio.sleep(0.05)
+            if on_disk("bounced"):
+                break
+        assert on_disk("bounced") == 1
+        stats.add("192.0.2.1", "gmail", "deferred", 1)
+        stats.close()  # and closing commits what is queued
+        assert on_disk("deferred") == 1
+
+    asyncio.run(run())
