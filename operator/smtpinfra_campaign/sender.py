@@ -65,7 +65,7 @@ class SenderSettings:
     unsubscribe_url: str | None
     lease: str | None = None
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    connections: int = 4
+    connections: int = 16
     poll_interval: float = 3.0
     renew_interval: float = 5.0
     lease_duration: int = 15
