@@ -55,8 +55,9 @@ METRICS_INTERVAL = 2.0
 PRUNE_INTERVAL = 30.0
 """How often the first process forgets forwarded ids whose files the delivery process has removed."""
 RESTART_DELAY_MAX = 30.0
-LINE_LIMIT = 1 << 20
-"""Longest line either side accepts (an envelope with many recipients, a metrics snapshot)."""
+LINE_LIMIT = 32 << 20
+"""Longest line either side accepts: an envelope holds every recipient (limits.max_recipients up to
+100,000 addresses of up to 256 bytes), a metrics snapshot every labelled series."""
 
 
 def queued_envelopes(shard_dir: Path) -> dict[str, SpooledMessage]:

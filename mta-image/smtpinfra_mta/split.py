@@ -34,6 +34,9 @@ from smtpinfra_mta.spool import ACCEPT_SHARD, SpooledMessage, accept_shards
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT = 120.0
+LINE_LIMIT = 32 << 20
+"""Longest envelope line the delivery process reads: one holds every recipient of a message
+(limits.max_recipients allows 100,000), far over asyncio's default of 64 KiB."""
 
 
 class DeliveryLink:
@@ -135,7 +138,7 @@ async def serve_delivering(config_path: Path, fd: int) -> None:
     mta = MtaApp(cfg, config_path, role="deliver")
     try:
         await mta.start(watch_config=True)
-        reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
+        reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd), limit=LINE_LIMIT)
         writer.write(b"ready\n")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # the SMTP process decides when delivery stops

@@ -215,3 +215,32 @@ def test_config_refuses_several_receivers_without_a_delivery_process(tmp_path: P
     path.write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="separate_process"):
         load_config(path)
+
+
+def test_an_envelope_larger_than_a_default_stream_line_crosses_the_process_links(mta: Any) -> None:
+    """3,000 recipients make an envelope of ~120 KB: over asyncio's 64 KiB line default on every link."""
+    cfg = mta.cfg
+    cfg["limits"]["max_recipients"] = 3000
+    mta.path.write_text(yaml.safe_dump(cfg))
+    time.sleep(2.5)  # every process reloads its config from the file
+    rcpts = [f"recipient-number-{i:05d}@{RELAY_DOMAIN}" for i in range(3000)]
+    delivery = _delivery_processes(mta.path)
+    receivers = _receivers(mta.path)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP(MTA_ADDR, mta.submission_port, timeout=60) as client:
+        client.ehlo("client.test")
+        client.starttls(context=context)
+        client.ehlo("client.test")
+        client.login("alice", PASSWORDS["alice"])
+        refused = client.sendmail("news@alpha.test", rcpts,
+                                  b"From: news@alpha.test\r\nSubject: many\r\nMessage-ID: <many@client.test>\r\n\r\nHi\r\n")
+    assert refused == {}
+
+    def delivered() -> int:
+        return sum(len(m.rcpts) for m in mta.sink.messages())
+    wait_for(lambda: delivered() == len(rcpts), timeout=120)
+    assert sorted(r for m in mta.sink.messages() for r in m.rcpts) == sorted(rcpts)
+    # delivered through the links, not found by a restarted process's scan of the spool
+    assert _delivery_processes(mta.path) == delivery and _receivers(mta.path) == receivers
