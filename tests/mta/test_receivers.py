@@ -234,8 +234,8 @@ def test_an_envelope_larger_than_a_default_stream_line_crosses_the_process_links
         client.starttls(context=context)
         client.ehlo("client.test")
         client.login("alice", PASSWORDS["alice"])
-        refused = client.sendmail("news@alpha.test", rcpts,
-                                  b"From: news@alpha.test\r\nSubject: many\r\nMessage-ID: <many@client.test>\r\n\r\nHi\r\n")
+        body = b"From: news@alpha.test\r\nSubject: many\r\nMessage-ID: <many@client.test>\r\n\r\nHi\r\n"
+        refused = client.sendmail("news@alpha.test", rcpts, body)
     assert refused == {}
 
     def delivered() -> int:
