@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtpinfra_mta.config import ListenerLimits
 from smtpinfra_mta.idempotency import CommitFailed, IdempotencyIndex
@@ -80,3 +82,45 @@ def test_shards_of_the_configured_processes_and_of_a_larger_number_before(tmp_pa
         (tmp_path / name).mkdir()
     assert accept_shards(tmp_path, 2) == ["accept", "accept-1", "accept-11"]
     assert accept_shards(tmp_path / "missing", 1) == ["accept"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["k1", "k2"]), st.booleans(), st.integers(0, 3)), min_size=1, max_size=30))
+def test_any_interleaving_commits_a_key_at_most_once_and_every_waiter_learns_its_id(
+        attempts: list[tuple[str, bool, int]]) -> None:
+    """Attempts (key, whether its commit succeeds, how many loop turns it takes) from several sessions at once.
+
+    However they interleave: of the attempts that commit, at most one per key does (the others are
+    duplicates of it); a duplicate answers with the id of the one that committed; an attempt waiting on
+    one that fails gets CommitFailed and no id.
+    """
+    async def run() -> tuple[dict[str, list[str]], list[tuple[str, str | None, str]]]:
+        index = IdempotencyIndex(retention=60)
+        committed: dict[str, list[str]] = {}
+        answers: list[tuple[str, str | None, str]] = []
+
+        async def attempt(n: int, key: str, succeeds: bool, turns: int) -> None:
+            try:
+                existing = await index.claim(("t", key))
+            except CommitFailed:
+                answers.append((key, None, "failed"))
+                return
+            if existing is not None:
+                answers.append((key, existing, "duplicate"))
+                return
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            msg_id = f"{key}-{n}" if succeeds else None
+            if msg_id is not None:
+                committed.setdefault(key, []).append(msg_id)
+            index.settle(("t", key), msg_id, time.time())
+            answers.append((key, msg_id, "committed" if succeeds else "lost"))
+
+        await asyncio.gather(*(attempt(n, *a) for n, a in enumerate(attempts)))
+        return committed, answers
+
+    committed, answers = asyncio.run(run())
+    assert all(len(ids) == 1 for ids in committed.values()), committed
+    for key, msg_id, how in answers:
+        if how == "duplicate":
+            assert committed.get(key) == [msg_id]
